@@ -1,0 +1,71 @@
+#ifndef PML_CSYSTEMSHIM_H
+#define PML_CSYSTEMSHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* What pml_spawn needs. Everything is prepared by the parent before fork so the child
+ * only makes async-signal-safe calls. */
+typedef struct {
+    const char *path;            /* absolute path of the program */
+    char *const *argv;           /* NULL-terminated */
+    char **envp;                 /* NULL-terminated; entry listen_pid_index is rewritten in the child */
+    const char *cwd;             /* NULL: inherit */
+    const int *fd_sources;       /* parent fds ... */
+    const int *fd_targets;       /* ... become these child fds */
+    int fd_count;
+    int new_session;             /* setsid(): own session and process group */
+    int parent_death_signal;     /* 0: none; else PR_SET_PDEATHSIG */
+    int listen_pid_index;        /* -1: none; else envp[i] has room for "LISTEN_PID=<pid>" */
+} pml_spawn_attr;
+
+/* Fork and exec. Returns 0 and sets *pid, or an errno value (exec failures included). */
+int pml_spawn(const pml_spawn_attr *attr, pid_t *pid);
+
+/* epoll, reduced to what the event loop uses. */
+typedef struct {
+    uint32_t events;
+    uint64_t data;
+} pml_epoll_event;
+
+enum {
+    PML_EPOLLIN = 0x001,
+    PML_EPOLLOUT = 0x004,
+    PML_EPOLLERR = 0x008,
+    PML_EPOLLHUP = 0x010,
+    PML_EPOLLRDHUP = 0x2000,
+};
+
+int pml_epoll_create(void);
+int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data);
+int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data);
+int pml_epoll_del(int epfd, int fd);
+int pml_epoll_wait(int epfd, pml_epoll_event *events, int max, int timeout_ms);
+
+/* Blocks the given signals in the calling thread and returns a CLOEXEC|NONBLOCK signalfd for them. */
+int pml_signalfd_open(const int *signals, int count);
+/* Reads one signal from a signalfd: its number, 0 if none is pending, -1 on error. */
+int pml_signalfd_read(int fd);
+/* Unblocks every signal in the calling thread. */
+void pml_unblock_all_signals(void);
+
+int pml_pipe(int fds[2], int nonblocking);
+int pml_socketpair_stream(int fds[2]);
+int pml_accept(int fd);
+int pml_set_nonblocking(int fd, int on);
+int pml_peer_credentials(int fd, uid_t *uid, pid_t *pid);
+
+/* Sends buf with fd attached as SCM_RIGHTS (fd < 0: no fd). MSG_NOSIGNAL|MSG_DONTWAIT. */
+ssize_t pml_send_with_fd(int sock, const void *buf, size_t len, int fd);
+/* Receives into buf; a received fd (CLOEXEC) is stored in *fd, else -1. *truncated set on MSG_CTRUNC. */
+ssize_t pml_recv_with_fd(int sock, void *buf, size_t len, int *fd, int *truncated);
+
+int pml_set_child_subreaper(void);
+
+/* waitpid status decoding (the W* macros do not import). */
+int pml_wifexited(int status);
+int pml_wexitstatus(int status);
+int pml_wifsignaled(int status);
+int pml_wtermsig(int status);
+
+#endif

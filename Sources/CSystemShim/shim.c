@@ -1,0 +1,234 @@
+#include "csystemshim.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+
+/* Child side of pml_spawn: only async-signal-safe calls from here on. Reports errno on errfd. */
+static void spawn_child(const pml_spawn_attr *a, int errfd, pid_t parent) {
+    int err = 0;
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    /* Reset dispositions before unblocking so no inherited handler can run in the child. */
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        (void)sigaction(sig, &dfl, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+
+    if (a->new_session && setsid() < 0) goto fail;
+    if (a->parent_death_signal) {
+        if (prctl(PR_SET_PDEATHSIG, a->parent_death_signal, 0, 0, 0) < 0) goto fail;
+        /* The parent may have died before prctl: then nobody would signal us. */
+        if (getppid() != parent) _exit(1);
+    }
+
+    /* Move sources above every target first so one mapping cannot clobber another's source. */
+    int maxfd = errfd;
+    for (int i = 0; i < a->fd_count; i++) {
+        if (a->fd_targets[i] > maxfd) maxfd = a->fd_targets[i];
+        if (a->fd_sources[i] > maxfd) maxfd = a->fd_sources[i];
+    }
+    int moved[64];
+    if (a->fd_count > 64) { errno = EINVAL; goto fail; }
+    for (int i = 0; i < a->fd_count; i++) {
+        moved[i] = fcntl(a->fd_sources[i], F_DUPFD_CLOEXEC, maxfd + 1 + i);
+        if (moved[i] < 0) goto fail;
+    }
+    int maxtarget = 2;
+    for (int i = 0; i < a->fd_count; i++) {
+        if (dup2(moved[i], a->fd_targets[i]) < 0) goto fail; /* dup2 clears CLOEXEC on the target */
+        if (a->fd_targets[i] > maxtarget) maxtarget = a->fd_targets[i];
+    }
+    /* Nothing else leaks into the worker, even fds opened without CLOEXEC by a library. */
+    (void)syscall(SYS_close_range, (unsigned)maxtarget + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+
+    if (a->listen_pid_index >= 0) {
+        /* systemd's LISTEN_PID must be the worker's own pid, known only now. */
+        char *slot = a->envp[a->listen_pid_index];
+        static const char prefix[] = "LISTEN_PID=";
+        char digits[24];
+        int n = 0;
+        unsigned long v = (unsigned long)getpid();
+        do { digits[n++] = (char)('0' + v % 10); v /= 10; } while (v && n < 23);
+        size_t p = sizeof prefix - 1;
+        memcpy(slot, prefix, p);
+        while (n) slot[p++] = digits[--n];
+        slot[p] = 0;
+    }
+    if (a->cwd && chdir(a->cwd) < 0) goto fail;
+    execve(a->path, a->argv, a->envp);
+fail:
+    err = errno;
+    ssize_t ignored = write(errfd, &err, sizeof err);
+    (void)ignored;
+    _exit(127);
+}
+
+int pml_spawn(const pml_spawn_attr *a, pid_t *pid) {
+    int errpipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) < 0) return errno;
+    pid_t parent = getpid();
+    pid_t child = fork();
+    if (child < 0) {
+        int e = errno;
+        close(errpipe[0]);
+        close(errpipe[1]);
+        return e;
+    }
+    if (child == 0) {
+        close(errpipe[0]);
+        spawn_child(a, errpipe[1], parent);
+    }
+    close(errpipe[1]);
+    int childerr = 0;
+    ssize_t n;
+    do { n = read(errpipe[0], &childerr, sizeof childerr); } while (n < 0 && errno == EINTR);
+    close(errpipe[0]);
+    if (n == (ssize_t)sizeof childerr) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        return childerr ? childerr : ECHILD;
+    }
+    *pid = child;
+    return 0;
+}
+
+int pml_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+static int epoll_op(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data) { return epoll_op(epfd, EPOLL_CTL_ADD, fd, events, data); }
+int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data) { return epoll_op(epfd, EPOLL_CTL_MOD, fd, events, data); }
+int pml_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
+
+int pml_epoll_wait(int epfd, pml_epoll_event *out, int max, int timeout_ms) {
+    struct epoll_event evs[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        out[i].events = evs[i].events;
+        out[i].data = evs[i].data.u64;
+    }
+    return n;
+}
+
+int pml_signalfd_open(const int *signals, int count) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+int pml_signalfd_read(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n;
+    do { n = read(fd, &info, sizeof info); } while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof info) return (int)info.ssi_signo;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    return -1;
+}
+
+void pml_unblock_all_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
+int pml_pipe(int fds[2], int nonblocking) { return pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0)); }
+
+int pml_socketpair_stream(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
+
+int pml_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+int pml_set_nonblocking(int fd, int on) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    flags = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+    return fcntl(fd, F_SETFL, flags);
+}
+
+int pml_peer_credentials(int fd, uid_t *uid, pid_t *pid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *uid = cred.uid;
+    *pid = cred.pid;
+    return 0;
+}
+
+ssize_t pml_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    if (fd >= 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t pml_recv_with_fd(int sock, void *buf, size_t len, int *fd, int *truncated) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    union { char buf[CMSG_SPACE(sizeof(int) * 4)]; struct cmsghdr align; } control;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    *fd = -1;
+    *truncated = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *fds = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*fd < 0) *fd = fds[i];
+            else close(fds[i]); /* one handle per message, as Node's channel */
+        }
+    }
+    return n;
+}
+
+int pml_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+
+int pml_wifexited(int status) { return WIFEXITED(status); }
+int pml_wexitstatus(int status) { return WEXITSTATUS(status); }
+int pml_wifsignaled(int status) { return WIFSIGNALED(status); }
+int pml_wtermsig(int status) { return WTERMSIG(status); }

@@ -1,0 +1,236 @@
+/// The control protocol between `pml` and its daemon, version 1.
+///
+/// Transport: a unix stream socket, `$PML_HOME/pml.sock`. The client writes one request as one
+/// line of JSON; the daemon answers with one line of JSON and may then read the next request.
+/// A request whose `v` differs from `ControlProtocol.version`, or that does not parse, gets
+/// `{"v":1,"ok":false,"error":…}` and the connection is closed. See docs/PROTOCOL.md.
+public enum ControlProtocol {
+    public static let version = 1
+    /// Requests longer than this are refused (and the connection closed).
+    public static let maxRequestBytes = 1 << 20
+}
+
+/// What the client asks.
+public enum ControlCommand: String, Codable, Sendable, CaseIterable {
+    case ping, start, stop, restart, delete, list, describe, flush, signal, kill
+}
+
+/// One request line.
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public var v: Int
+    public var cmd: ControlCommand
+    /// App name, worker id, or "all" (stop, restart, delete, describe, flush, signal).
+    public var target: String?
+    public var start: StartArguments?
+    /// Signal name or number (signal).
+    public var signal: String?
+
+    public init(cmd: ControlCommand, target: String? = nil, start: StartArguments? = nil, signal: String? = nil) {
+        self.v = ControlProtocol.version
+        self.cmd = cmd
+        self.target = target
+        self.start = start
+        self.signal = signal
+    }
+}
+
+/// What to start: an app file, or an app table built by the CLI from its arguments.
+public struct StartArguments: Codable, Sendable, Equatable {
+    /// Absolute path of an app file.
+    public var file: String?
+    /// An app table (same keys as in an app file) for `pml start script` / `pml start -- cmd`.
+    public var app: ScriptValue?
+    /// Overrides applied to every app started (`--name` only for single apps, `--env`, `-i`).
+    public var name: String?
+    public var env: [String: String]
+    public var instances: ScriptValue?
+    /// The client's environment: workers inherit it under the app's own env, as with PM2.
+    public var clientEnv: [String: String]
+    /// The client's working directory, for relative paths in command-line apps.
+    public var clientCwd: String
+
+    enum CodingKeys: String, CodingKey {
+        case file, app, name, env, instances
+        case clientEnv = "client_env", clientCwd = "client_cwd"
+    }
+
+    public init(file: String? = nil, app: ScriptValue? = nil, name: String? = nil, env: [String: String] = [:],
+                instances: ScriptValue? = nil, clientEnv: [String: String], clientCwd: String) {
+        self.file = file
+        self.app = app
+        self.name = name
+        self.env = env
+        self.instances = instances
+        self.clientEnv = clientEnv
+        self.clientCwd = clientCwd
+    }
+}
+
+/// One answer line.
+public struct ControlResponse: Codable, Sendable, Equatable {
+    public var v: Int
+    public var ok: Bool
+    public var error: String?
+    /// A human sentence about what happened ("stopped web (2 workers)").
+    public var message: String?
+    /// The process table (start, stop, restart, delete, list, signal).
+    public var processes: [ProcessRow]?
+    /// describe
+    public var app: AppDescription?
+    /// ping
+    public var daemon: DaemonInfo?
+
+    public init(ok: Bool, error: String? = nil, message: String? = nil, processes: [ProcessRow]? = nil,
+                app: AppDescription? = nil, daemon: DaemonInfo? = nil) {
+        self.v = ControlProtocol.version
+        self.ok = ok
+        self.error = error
+        self.message = message
+        self.processes = processes
+        self.app = app
+        self.daemon = daemon
+    }
+
+    public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, error: error) }
+}
+
+/// One worker as `pml ls` shows it.
+public struct ProcessRow: Codable, Sendable, Equatable {
+    public var id: Int
+    public var name: String
+    public var instance: Int
+    public var mode: String
+    public var pid: Int32?
+    public var status: WorkerStatus
+    public var restarts: Int
+    /// Milliseconds since this worker started; nil when not running.
+    public var uptimeMs: Int?
+    /// CPU % of one core over the last sample period.
+    public var cpu: Double
+    /// Resident memory in bytes.
+    public var memory: Int
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, instance, mode, pid, status, restarts, uptimeMs = "uptime_ms", cpu, memory
+    }
+
+    public init(id: Int, name: String, instance: Int, mode: String, pid: Int32?, status: WorkerStatus,
+                restarts: Int, uptimeMs: Int?, cpu: Double, memory: Int) {
+        self.id = id
+        self.name = name
+        self.instance = instance
+        self.mode = mode
+        self.pid = pid
+        self.status = status
+        self.restarts = restarts
+        self.uptimeMs = uptimeMs
+        self.cpu = cpu
+        self.memory = memory
+    }
+}
+
+/// How a worker ended.
+public struct ExitInfo: Codable, Sendable, Equatable {
+    /// Exit code, if it exited.
+    public var code: Int?
+    /// Signal name, if a signal killed it.
+    public var signal: String?
+    /// How long it ran, in ms.
+    public var uptimeMs: Int
+
+    enum CodingKeys: String, CodingKey { case code, signal, uptimeMs = "uptime_ms" }
+
+    public init(code: Int?, signal: String?, uptimeMs: Int) {
+        self.code = code
+        self.signal = signal
+        self.uptimeMs = uptimeMs
+    }
+
+    /// The `exit` argument of onExit/onCrash: `{ code, signal, uptime }`.
+    public var scriptValue: ScriptValue {
+        var t: [String: ScriptValue] = ["uptime": .int(Int64(uptimeMs))]
+        if let code { t["code"] = .int(Int64(code)) }
+        if let signal { t["signal"] = .string(signal) }
+        return .object(t)
+    }
+
+    public var summary: String {
+        if let signal { return "killed by \(signal)" }
+        return "exited with code \(code ?? 0)"
+    }
+}
+
+/// `pml describe`: one app in full.
+public struct AppDescription: Codable, Sendable, Equatable {
+    public var name: String
+    public var mode: String
+    public var status: WorkerStatus
+    public var spec: AppSpec
+    public var outLog: String
+    public var errLog: String
+    public var workers: [WorkerDescription]
+
+    enum CodingKeys: String, CodingKey {
+        case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers
+    }
+
+    public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
+                workers: [WorkerDescription]) {
+        self.name = name
+        self.mode = mode
+        self.status = status
+        self.spec = spec
+        self.outLog = outLog
+        self.errLog = errLog
+        self.workers = workers
+    }
+}
+
+/// `pml describe`: one worker in full.
+public struct WorkerDescription: Codable, Sendable, Equatable {
+    public var row: ProcessRow
+    public var lastExit: ExitInfo?
+    /// Why the worker is in its state ("onCrash returned false", "crashed 16 times in a row…").
+    public var reason: String?
+    /// Delay (ms) before the pending restart, when waiting.
+    public var restartDelayMs: Int?
+    public var unstableRestarts: Int
+    public var lastHookError: String?
+
+    enum CodingKeys: String, CodingKey {
+        case row = "process", lastExit = "last_exit", reason, restartDelayMs = "restart_delay_ms"
+        case unstableRestarts = "unstable_restarts", lastHookError = "last_hook_error"
+    }
+
+    public init(row: ProcessRow, lastExit: ExitInfo?, reason: String?, restartDelayMs: Int?, unstableRestarts: Int,
+                lastHookError: String?) {
+        self.row = row
+        self.lastExit = lastExit
+        self.reason = reason
+        self.restartDelayMs = restartDelayMs
+        self.unstableRestarts = unstableRestarts
+        self.lastHookError = lastHookError
+    }
+}
+
+/// `pml ping`: who answered.
+public struct DaemonInfo: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var version: String
+    public var home: String
+    public var uptimeMs: Int
+
+    enum CodingKeys: String, CodingKey { case pid, version, home, uptimeMs = "uptime_ms" }
+
+    public init(pid: Int32, version: String, home: String, uptimeMs: Int) {
+        self.pid = pid
+        self.version = version
+        self.home = home
+        self.uptimeMs = uptimeMs
+    }
+}
+
+/// pml's version, shown by `pml --version` and `pml ping`.
+public enum PMLVersion {
+    public static let string = "0.1.0"
+}
