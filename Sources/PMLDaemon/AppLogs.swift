@@ -1,0 +1,138 @@
+import Glibc
+import PMLPosix
+
+/// Which of a worker's output streams.
+enum OutputStream {
+    case out, err
+}
+
+/// One app's two log files, appended to by all of its workers.
+final class AppLogFiles {
+    let outPath: String
+    let errPath: String
+    private var outFD: Int32 = -1
+    private var errFD: Int32 = -1
+    var timestamps: Bool
+
+    init(outPath: String, errPath: String, timestamps: Bool) {
+        self.outPath = outPath
+        self.errPath = errPath
+        self.timestamps = timestamps
+    }
+
+    deinit {
+        closeFD(outFD)
+        closeFD(errFD)
+    }
+
+    private func fd(_ stream: OutputStream) -> Int32 {
+        switch stream {
+        case .out:
+            if outFD < 0 { outFD = (try? openAppend(outPath)) ?? -1 }
+            return outFD
+        case .err:
+            if errFD < 0 { errFD = (try? openAppend(errPath)) ?? -1 }
+            return errFD
+        }
+    }
+
+    /// Appends raw bytes. A failing log write is dropped: the worker must never wait on it.
+    func append(_ stream: OutputStream, _ bytes: UnsafeRawBufferPointer) {
+        let f = fd(stream)
+        if f >= 0 { try? writeAll(f, bytes) }
+    }
+
+    /// Appends one line from pml itself (hook errors, restarts) to the err log.
+    func note(_ text: String) {
+        var line = "[pml] " + text + "\n"
+        if timestamps { line = Self.timestamp() + " " + line }
+        let f = fd(.err)
+        if f >= 0 { try? writeAll(f, line) }
+    }
+
+    /// Empties both files (`pml flush`); O_APPEND writers continue at the new end.
+    func flush() {
+        for stream in [OutputStream.out, .err] {
+            let f = fd(stream)
+            if f >= 0 { _ = ftruncate(f, 0) }
+        }
+    }
+
+    /// "2026-11-25T14:40:06.123Z", UTC, as log prefixes.
+    static func timestamp() -> String {
+        let ms = wallClockMs()
+        var t = time_t(ms / 1000)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func pad(_ v: Int32, _ width: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ms % 1000), 3))Z"
+    }
+}
+
+/// Reads one worker's stdout or stderr pipe into its app's log file. Reads at most one chunk
+/// per wake-up, so a worker that writes without pause cannot starve the loop.
+final class OutputPipe {
+    private let fd: Int32
+    private let stream: OutputStream
+    private let files: AppLogFiles
+    private weak var loop: EventLoop?
+    private var handle: IOHandle?
+    private var partial: [UInt8] = []
+    private static let chunk = 64 * 1024
+
+    init(fd: Int32, stream: OutputStream, files: AppLogFiles, loop: EventLoop) throws(SystemError) {
+        self.fd = fd
+        self.stream = stream
+        self.files = files
+        self.loop = loop
+        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.readable() }
+    }
+
+    private func readable() {
+        var buffer = [UInt8](repeating: 0, count: Self.chunk)
+        let result = buffer.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
+        switch result {
+        case .data(let n):
+            if files.timestamps { stamp(buffer[0..<n]) } else { buffer.withUnsafeBytes { files.append(stream, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+        case .wouldBlock:
+            break
+        case .eof:
+            if !partial.isEmpty { stamp([UInt8(ascii: "\n")][...]) }
+            close()
+        }
+    }
+
+    /// Prefixes each complete line with a timestamp; keeps an unfinished line for the next read.
+    private func stamp(_ bytes: ArraySlice<UInt8>) {
+        partial.append(contentsOf: bytes)
+        var out: [UInt8] = []
+        while let nl = partial.firstIndex(of: UInt8(ascii: "\n")) {
+            out.append(contentsOf: Array((AppLogFiles.timestamp() + " ").utf8))
+            out.append(contentsOf: partial[...nl])
+            partial.removeSubrange(...nl)
+        }
+        // A line longer than a chunk is written in pieces rather than held without bound.
+        if partial.count > Self.chunk {
+            out.append(contentsOf: Array((AppLogFiles.timestamp() + " ").utf8))
+            out.append(contentsOf: partial)
+            out.append(UInt8(ascii: "\n"))
+            partial.removeAll()
+        }
+        if !out.isEmpty { out.withUnsafeBytes { files.append(stream, $0) } }
+    }
+
+    /// Stops reading and closes the pipe.
+    func close() {
+        if let handle { loop?.unregister(handle) }
+        handle = nil
+        closeFD(fd)
+    }
+
+    deinit {
+        if handle != nil { close() }
+    }
+}

@@ -1,0 +1,82 @@
+import PMLCore
+import PMLPosix
+
+/// Why pml asked a worker to exit, which decides what happens when it does.
+enum StopIntent {
+    case stop, restart, delete
+}
+
+/// One instance of an app: a slot with a stable id that outlives the processes it runs.
+final class Worker {
+    let id: Int
+    let instance: Int
+    unowned let app: ManagedApp
+    var pid: Int32?
+    var status: WorkerStatus = .stopped
+    var startedAt = 0
+    var history = CrashHistory()
+    var stdout: OutputPipe?
+    var stderr: OutputPipe?
+    var ipc: IPCChannel?
+    var killTimer: TimerHandle?
+    var restartTimer: TimerHandle?
+    var intent: StopIntent?
+    var lastExit: ExitInfo?
+    var reason: String?
+    var restartDelayMs: Int?
+    var lastHookError: String?
+    var cpuSample: (cpuMs: Int, at: Int)?
+    var cpuPercent = 0.0
+    var rssBytes = 0
+
+    init(id: Int, instance: Int, app: ManagedApp) {
+        self.id = id
+        self.instance = instance
+        self.app = app
+    }
+
+    /// The `worker` argument of hooks.
+    var scriptValue: ScriptValue {
+        var t = history.scriptFields
+        t["id"] = .int(Int64(id))
+        t["app"] = .string(app.spec.name)
+        t["instance"] = .int(Int64(instance))
+        t["status"] = .string(status.rawValue)
+        if let pid { t["pid"] = .int(Int64(pid)) }
+        if pid != nil { t["uptime"] = .int(Int64(monotonicMs() - startedAt)) }
+        return .object(t)
+    }
+
+    var row: ProcessRow {
+        ProcessRow(id: id, name: app.spec.name, instance: instance, mode: app.spec.mode, pid: pid, status: status,
+                   restarts: history.restarts, uptimeMs: pid != nil ? monotonicMs() - startedAt : nil,
+                   cpu: pid != nil ? (cpuPercent * 10).rounded() / 10 : 0, memory: pid != nil ? rssBytes : 0)
+    }
+
+    var description: WorkerDescription {
+        WorkerDescription(row: row, lastExit: lastExit, reason: reason,
+                          restartDelayMs: status == .waiting ? restartDelayMs : nil,
+                          unstableRestarts: history.unstableRestarts, lastHookError: lastHookError)
+    }
+}
+
+/// One app under supervision: its spec, the environment it was started with, its workers.
+final class ManagedApp {
+    var spec: AppSpec
+    /// The starting client's environment; the app's own `env` goes on top.
+    var baseEnv: [String: String]
+    var workers: [Worker] = []
+    let logs: AppLogFiles
+
+    init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths) {
+        self.spec = spec
+        self.baseEnv = baseEnv
+        logs = AppLogFiles(outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name), timestamps: spec.timestamps)
+    }
+
+    /// The app's status as one word: the liveliest of its workers'.
+    var status: WorkerStatus {
+        let order: [WorkerStatus] = [.online, .starting, .stopping, .waiting, .errored, .stopped]
+        return order.first { s in workers.contains { $0.status == s } } ?? .stopped
+    }
+}

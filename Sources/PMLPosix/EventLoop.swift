@@ -1,0 +1,124 @@
+import CSystemShim
+import Glibc
+
+/// Readiness events an fd handler is told about.
+public struct IOEvents: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let readable = IOEvents(rawValue: UInt32(PML_EPOLLIN))
+    public static let writable = IOEvents(rawValue: UInt32(PML_EPOLLOUT))
+    /// Error or hang-up: the handler should read to EOF or close.
+    public static let hangup = IOEvents(rawValue: UInt32(PML_EPOLLHUP | PML_EPOLLERR | PML_EPOLLRDHUP))
+}
+
+/// Identifies a registered fd handler.
+public struct IOHandle: Hashable, Sendable { let id: UInt64 }
+
+/// Identifies a scheduled timer.
+public struct TimerHandle: Hashable, Sendable { let id: UInt64 }
+
+/// A single-threaded epoll loop with timers. Everything pml's supervisor does happens in
+/// its callbacks, on the thread that calls `run()`, which is also the thread that owns Lua.
+public final class EventLoop {
+    private struct Registration {
+        var fd: Int32
+        var handler: (IOEvents) -> Void
+    }
+
+    private struct Timer {
+        var deadline: Int
+        var id: UInt64
+    }
+
+    private let epfd: Int32
+    private var registrations: [UInt64: Registration] = [:]
+    private var timers: [Timer] = []           // sorted by (deadline, id)
+    private var timerActions: [UInt64: () -> Void] = [:]
+    private var nextID: UInt64 = 1
+    private var running = false
+
+    public init() throws(SystemError) {
+        epfd = try sys("epoll_create1") { pml_epoll_create() }
+    }
+
+    deinit { closeFD(epfd) }
+
+    /// Calls `handler` whenever `fd` is ready for `events` (level-triggered).
+    @discardableResult
+    public func register(fd: Int32, events: IOEvents, handler: @escaping (IOEvents) -> Void) throws(SystemError) -> IOHandle {
+        let id = nextID
+        nextID += 1
+        try sys("epoll_ctl add") { pml_epoll_add(epfd, fd, events.rawValue, id) }
+        registrations[id] = Registration(fd: fd, handler: handler)
+        return IOHandle(id: id)
+    }
+
+    /// Changes the events a registered fd is watched for.
+    public func modify(_ handle: IOHandle, events: IOEvents) {
+        guard let r = registrations[handle.id] else { return }
+        _ = pml_epoll_mod(epfd, r.fd, events.rawValue, handle.id)
+    }
+
+    /// Stops watching; call before closing the fd. Pending events for it are dropped.
+    public func unregister(_ handle: IOHandle) {
+        guard let r = registrations.removeValue(forKey: handle.id) else { return }
+        _ = pml_epoll_del(epfd, r.fd)
+    }
+
+    /// Runs `action` once, `ms` milliseconds from now.
+    @discardableResult
+    public func schedule(after ms: Int, _ action: @escaping () -> Void) -> TimerHandle {
+        let id = nextID
+        nextID += 1
+        let timer = Timer(deadline: monotonicMs() + max(0, ms), id: id)
+        var lo = 0, hi = timers.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if timers[mid].deadline <= timer.deadline { lo = mid + 1 } else { hi = mid }
+        }
+        timers.insert(timer, at: lo)
+        timerActions[id] = action
+        return TimerHandle(id: id)
+    }
+
+    /// Cancels a timer that has not fired yet (no-op otherwise).
+    public func cancel(_ timer: TimerHandle) {
+        if timerActions.removeValue(forKey: timer.id) != nil {
+            timers.removeAll { $0.id == timer.id }
+        }
+    }
+
+    /// Runs until `stop()` is called from a callback.
+    public func run() {
+        running = true
+        var events = [pml_epoll_event](repeating: pml_epoll_event(), count: 64)
+        while running {
+            runDueTimers()
+            if !running { break }
+            let timeout: Int32
+            if let first = timers.first {
+                timeout = Int32(clamping: max(0, first.deadline - monotonicMs()))
+            } else {
+                timeout = -1
+            }
+            let n = events.withUnsafeMutableBufferPointer { pml_epoll_wait(epfd, $0.baseAddress, 64, timeout) }
+            if n < 0 { continue } // EINTR
+            for i in 0..<Int(n) {
+                let ev = events[i]
+                guard let r = registrations[ev.data] else { continue }
+                r.handler(IOEvents(rawValue: ev.events))
+            }
+        }
+    }
+
+    /// Makes `run()` return after the current callback.
+    public func stop() { running = false }
+
+    private func runDueTimers() {
+        let now = monotonicMs()
+        while let first = timers.first, first.deadline <= now {
+            timers.removeFirst()
+            if let action = timerActions.removeValue(forKey: first.id) { action() }
+        }
+    }
+}

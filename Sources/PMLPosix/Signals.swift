@@ -1,0 +1,79 @@
+import CSystemShim
+import Glibc
+
+/// Signals delivered through a signalfd, so they arrive as ordinary events in the loop.
+public final class SignalReceiver {
+    public let fd: Int32
+
+    /// Blocks `signals` in the calling thread (do this first in main, before threads start)
+    /// and opens a signalfd for them.
+    public init(signals: [Int32]) throws(SystemError) {
+        fd = try sys("signalfd") { signals.withUnsafeBufferPointer { pml_signalfd_open($0.baseAddress, Int32($0.count)) } }
+    }
+
+    deinit { closeFD(fd) }
+
+    /// Every signal pending now (SIGCHLD coalesces: one read may stand for many exits).
+    public func drain() -> [Int32] {
+        var out: [Int32] = []
+        while true {
+            let s = pml_signalfd_read(fd)
+            if s <= 0 { return out }
+            out.append(s)
+        }
+    }
+}
+
+/// How a child ended, decoded from waitpid's status.
+public struct ChildExit: Sendable, Equatable {
+    public var pid: Int32
+    /// Exit code, if it exited.
+    public var code: Int32?
+    /// Signal number, if a signal killed it.
+    public var signal: Int32?
+}
+
+/// Reaps every child that has exited, without blocking.
+public func reapChildren() -> [ChildExit] {
+    var out: [ChildExit] = []
+    while true {
+        var status: Int32 = 0
+        let pid = waitpid(-1, &status, WNOHANG)
+        if pid <= 0 {
+            if pid < 0 && errno == EINTR { continue }
+            return out
+        }
+        if pml_wifexited(status) != 0 {
+            out.append(ChildExit(pid: pid, code: pml_wexitstatus(status), signal: nil))
+        } else if pml_wifsignaled(status) != 0 {
+            out.append(ChildExit(pid: pid, code: nil, signal: pml_wtermsig(status)))
+        }
+    }
+}
+
+/// Sends a signal to a whole process group; false if the group no longer exists.
+@discardableResult
+public func signalGroup(_ pgid: Int32, _ signal: Int32) -> Bool {
+    Glibc.kill(-pgid, signal) == 0
+}
+
+/// Sends a signal to one process; false if it no longer exists.
+@discardableResult
+public func signalProcess(_ pid: Int32, _ signal: Int32) -> Bool {
+    Glibc.kill(pid, signal) == 0
+}
+
+/// Whether a process (or zombie) with this pid exists.
+public func processExists(_ pid: Int32) -> Bool {
+    Glibc.kill(pid, 0) == 0 || errno == EPERM
+}
+
+/// Makes this process the reaper of orphaned descendants (PR_SET_CHILD_SUBREAPER).
+public func becomeChildSubreaper() {
+    _ = pml_set_child_subreaper()
+}
+
+/// Ignores SIGPIPE: a write to a closed pipe or socket must be an error, not death.
+public func ignoreSIGPIPE() {
+    signal(SIGPIPE, SIG_IGN)
+}

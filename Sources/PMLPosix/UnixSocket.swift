@@ -1,0 +1,72 @@
+import CSystemShim
+import Glibc
+
+/// Unix-domain stream sockets for the control channel.
+public enum UnixSocket {
+    private static func address(_ path: String) throws(SystemError) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw SystemError("socket path too long (\(bytes.count) bytes): \(path)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return addr
+    }
+
+    /// Binds and listens at `path` (replacing a stale socket file), non-blocking, with `mode`.
+    public static func listen(path: String, mode: mode_t) throws(SystemError) -> Int32 {
+        var addr = try address(path)
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
+        unlink(path)
+        // Created under a tight umask so there is no moment where the socket is open to others.
+        let old = umask(0o177)
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(old)
+        if r < 0 {
+            let e = errno
+            closeFD(fd)
+            throw SystemError("bind \(path)", errno: e)
+        }
+        chmod(path, mode)
+        if Glibc.listen(fd, 128) < 0 {
+            let e = errno
+            closeFD(fd)
+            throw SystemError("listen \(path)", errno: e)
+        }
+        return fd
+    }
+
+    /// Connects (blocking) to the socket at `path`.
+    public static func connect(path: String) throws(SystemError) -> Int32 {
+        var addr = try address(path)
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if r < 0 {
+            let e = errno
+            closeFD(fd)
+            throw SystemError("connect \(path)", errno: e)
+        }
+        return fd
+    }
+
+    /// Accepts one pending connection (non-blocking, CLOEXEC); nil when none is pending.
+    public static func accept(_ fd: Int32) -> Int32? {
+        let c = pml_accept(fd)
+        return c >= 0 ? c : nil
+    }
+
+    /// The uid of the process at the other end.
+    public static func peerUID(_ fd: Int32) -> uid_t? {
+        var uid: uid_t = 0
+        var pid: pid_t = 0
+        return pml_peer_credentials(fd, &uid, &pid) == 0 ? uid : nil
+    }
+}

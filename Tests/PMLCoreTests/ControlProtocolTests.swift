@@ -1,0 +1,45 @@
+import FoundationEssentials
+import Testing
+@testable import PMLCore
+
+@Suite struct ControlProtocolTests {
+    @Test func requestRoundTripsWithVersion() throws {
+        let args = StartArguments(file: "/a/app.lua", env: ["K": "V"], instances: .string("max"), clientEnv: ["PATH": "/bin"], clientCwd: "/a")
+        let request = ControlRequest(cmd: .start, start: args)
+        let data = try JSONEncoder().encode(request)
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(text.contains("\"v\":1"))
+        #expect(text.contains("\"client_env\""))
+        #expect(try JSONDecoder().decode(ControlRequest.self, from: data) == request)
+    }
+
+    @Test func unknownCommandDoesNotDecode() {
+        let line = Data(#"{"v":1,"cmd":"format-disk"}"#.utf8)
+        #expect(throws: (any Error).self) { try JSONDecoder().decode(ControlRequest.self, from: line) }
+    }
+
+    @Test func rowsUseSnakeCase() throws {
+        let row = ProcessRow(id: 1, name: "web", instance: 0, mode: "fork", pid: 42, status: .online, restarts: 2,
+                             uptimeMs: 1500, cpu: 1.5, memory: 1024)
+        let text = String(decoding: try JSONEncoder().encode(row), as: UTF8.self)
+        #expect(text.contains("\"uptime_ms\":1500"))
+        #expect(text.contains("\"status\":\"online\""))
+    }
+
+    @Test func scriptValuesRoundTripThroughJSON() throws {
+        let value = ScriptValue.object(["a": .array([.int(1), .double(2.5), .string("x"), .bool(true), .null])])
+        let data = try JSONEncoder().encode(value)
+        #expect(try JSONDecoder().decode(ScriptValue.self, from: data) == value)
+        #expect(try JSONDecoder().decode(ScriptValue.self, from: Data(#""ready""#.utf8)) == .string("ready"))
+    }
+
+    @Test func exitInfoAsHookArgument() {
+        #expect(ExitInfo(code: 3, signal: nil, uptimeMs: 10).scriptValue == .object(["code": .int(3), "uptime": .int(10)]))
+        #expect(ExitInfo(code: nil, signal: "SIGKILL", uptimeMs: 1).summary == "killed by SIGKILL")
+    }
+
+    @Test func pathsFollowPMLHome() {
+        #expect(PMLPaths.fromEnvironment(["PML_HOME": "/x"]).socket == "/x/pml.sock")
+        #expect(PMLPaths.fromEnvironment(["HOME": "/home/u"]).errLog("web") == "/home/u/.pml/logs/web-err.log")
+    }
+}
