@@ -1,0 +1,9 @@
+#!/bin/sh
+# A tiny worker: says hello, then stays alive and prints a heartbeat now and then.
+echo "$GREETING: worker $PML_INSTANCE of $PML_APP is up (pid $$)"
+trap 'echo "got SIGTERM, bye"; exit 0' TERM
+while :; do
+  sleep 30 &
+  wait $!
+  echo "still alive (pid $$)"
+done
