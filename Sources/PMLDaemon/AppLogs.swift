@@ -74,7 +74,9 @@ final class AppLogFiles {
 }
 
 /// Reads one worker's stdout or stderr pipe into its app's log file. Reads at most one chunk
-/// per wake-up, so a worker that writes without pause cannot starve the loop.
+/// per wake-up, so a worker that writes without pause cannot starve the loop. The loop's
+/// registration keeps it alive until EOF, so output written just before a crash is not lost
+/// when the worker is respawned at once.
 final class OutputPipe {
     private let fd: Int32
     private let stream: OutputStream
@@ -89,7 +91,7 @@ final class OutputPipe {
         self.stream = stream
         self.files = files
         self.loop = loop
-        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.readable() }
+        handle = try loop.register(fd: fd, events: [.readable]) { _ in self.readable() }
     }
 
     private func readable() {
@@ -125,14 +127,9 @@ final class OutputPipe {
         if !out.isEmpty { out.withUnsafeBytes { files.append(stream, $0) } }
     }
 
-    /// Stops reading and closes the pipe.
-    func close() {
+    private func close() {
         if let handle { loop?.unregister(handle) }
         handle = nil
         closeFD(fd)
-    }
-
-    deinit {
-        if handle != nil { close() }
     }
 }

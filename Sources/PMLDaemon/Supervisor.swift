@@ -316,8 +316,9 @@ final class Supervisor {
         closeFD(out.write)
         closeFD(err.write)
         closeFD(ipc.1)
-        w.stdout = try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop)
-        w.stderr = try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop)
+        // Each pipe keeps itself registered until EOF (see OutputPipe).
+        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop)) == nil { closeFD(out.read) }
+        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop)) == nil { closeFD(err.read) }
         w.ipc = try? IPCChannel(fd: ipc.0, loop: loop, onMessage: { [unowned self, unowned w] msg in
             self.logger.debug("message from \(w.app.spec.name)#\(w.id): \(msg.brief)")
         }, onGarbage: { [unowned self, unowned w] why in

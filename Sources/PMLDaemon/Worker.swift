@@ -15,8 +15,6 @@ final class Worker {
     var status: WorkerStatus = .stopped
     var startedAt = 0
     var history = CrashHistory()
-    var stdout: OutputPipe?
-    var stderr: OutputPipe?
     var ipc: IPCChannel?
     var killTimer: TimerHandle?
     var restartTimer: TimerHandle?

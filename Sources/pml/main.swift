@@ -1,1 +1,3 @@
 import PMLCLI
+
+PML.runMain()

@@ -1,0 +1,263 @@
+import ArgumentParser
+import Glibc
+import PMLCore
+import PMLDaemon
+import PMLPosix
+
+/// The `pml` command: configures subcommands only; each does its own work.
+public struct PML: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "pml",
+        abstract: "A process manager scripted in Lua: keeps apps alive, restarts them by your rules.",
+        discussion: "State lives in $PML_HOME (default ~/.pml). The first command starts the daemon.",
+        version: PMLVersion.string,
+        subcommands: [
+            Start.self, Stop.self, Restart.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
+            SignalCommand.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
+        ]
+    )
+
+    public init() {}
+
+    /// Entry point: errors print as one line, `pml: <message>`, and exit 1.
+    public static func runMain() -> Never {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+            Glibc.exit(0)
+        } catch let error as CLIError {
+            try? writeAll(2, "pml: \(error.description)\n")
+            Glibc.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Shared by every command that talks to the daemon.
+struct DaemonOptions: ParsableArguments {
+    var paths: PMLPaths { PMLPaths.fromEnvironment(processEnvironment()) }
+    var client: ControlClient { ControlClient(paths: paths) }
+}
+
+/// `--json` for commands that print a table.
+struct JSONFlag: ParsableArguments {
+    @Flag(name: .long, help: "Print machine-readable JSON.")
+    var json = false
+}
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start the apps of an app file, a script, or a command.",
+        discussion: """
+        pml start app.lua                   the app(s) an app file declares
+        pml start server.js -i 4            a script (.js → node, .py → python3, .sh → sh), 4 instances
+        pml start --name api -- ./bin/api --flag
+        """)
+
+    @Argument(help: "An app file (*.lua), a script, or a program.")
+    var target: String?
+
+    @Argument(parsing: .postTerminator, help: "The command (after --), or the script's arguments.")
+    var command: [String] = []
+
+    @Option(name: .long, help: "The app's name.")
+    var name: String?
+
+    @Option(name: [.short, .customLong("instances")], help: "How many workers: a number or \"max\" (one per core).")
+    var instances: String?
+
+    @Option(name: .long, help: "An environment variable for the app, K=V (repeatable).")
+    var env: [String] = []
+
+    @Option(name: .long, help: "Working directory for a script or command (default: here).")
+    var cwd: String?
+
+    @Flag(name: .long, help: "Prefix each log line with the time.")
+    var timestamps = false
+
+    @OptionGroup var options: DaemonOptions
+
+    mutating func run() throws {
+        var envOverrides: [String: String] = [:]
+        for pair in env {
+            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+                throw CLIError("--env takes K=V, got \"\(pair)\"")
+            }
+            envOverrides[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+        }
+        var instanceValue: ScriptValue?
+        if let i = instances { instanceValue = Int64(i).map { .int($0) } ?? .string(i) }
+        let here = currentDirectory()
+        var args = StartArguments(name: name, env: envOverrides, instances: instanceValue,
+                                  clientEnv: processEnvironment().filter { $0.key != "PML_HOME" && $0.key != "PML_READY_FD" },
+                                  clientCwd: here)
+        func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
+
+        if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
+            if cwd != nil || timestamps { throw CLIError("--cwd and --timestamps belong in the app file (keys cwd, timestamps)") }
+            args.file = absolute(target)
+        } else {
+            var app: [String: ScriptValue] = [:]
+            if let target {
+                if pathExists(absolute(target)) {
+                    app["script"] = .string(absolute(target))
+                    if !command.isEmpty { app["args"] = .array(command.map { .string($0) }) }
+                } else if target.hasSuffix(".lua") {
+                    throw CLIError("no such app file: \(target)")
+                } else {
+                    app["cmd"] = .array(([target] + command).map { .string($0) })
+                }
+            } else {
+                guard !command.isEmpty else { throw CLIError("nothing to start: give an app file, a script, or -- a command") }
+                app["cmd"] = .array(command.map { .string($0) })
+            }
+            if let cwd { app["cwd"] = .string(absolute(cwd)) }
+            if timestamps { app["timestamps"] = .bool(true) }
+            args.app = .object(app)
+        }
+        let response = try options.client.send(ControlRequest(cmd: .start, start: args))
+        Output.print(Output.table(response.processes ?? []))
+    }
+}
+
+/// stop / restart / delete share their shape.
+struct TargetArgument: ParsableArguments {
+    @Argument(help: "An app name, a worker id, or \"all\".")
+    var target: String
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop workers: the kill signal to each process group, SIGKILL after kill_timeout.")
+    @OptionGroup var target: TargetArgument
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .stop, target: target.target))
+        Output.print(Output.table(r.processes ?? []))
+    }
+}
+
+struct Restart: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop and start workers again (also brings back errored apps).")
+    @OptionGroup var target: TargetArgument
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .restart, target: target.target))
+        Output.print(Output.table(r.processes ?? []))
+    }
+}
+
+struct Delete: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop workers and forget them.")
+    @OptionGroup var target: TargetArgument
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .delete, target: target.target))
+        Output.print(Output.table(r.processes ?? []))
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List workers: id, name, mode, pid, uptime, restarts, status, cpu, memory.",
+        aliases: ["list", "status"])
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let rows = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+        Output.print(json.json ? try Output.json(rows) : Output.table(rows))
+    }
+}
+
+struct Describe: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one app in full: command, policy, logs, workers, last exits.")
+    @Argument(help: "An app name or a worker id.")
+    var target: String
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        guard let app = try options.client.send(ControlRequest(cmd: .describe, target: target)).app else {
+            throw CLIError("the daemon sent no description")
+        }
+        Output.print(json.json ? try Output.json(app) : Output.description(app))
+    }
+}
+
+struct Flush: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Empty the log files of an app (or of all apps).")
+    @Argument(help: "An app name (default: all).")
+    var name: String?
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .flush, target: name))
+        Output.print((r.message ?? "flushed") + "\n")
+    }
+}
+
+struct SignalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "signal", abstract: "Send a signal to workers' process groups.")
+    @Argument(help: "A signal: SIGUSR2, USR2 or 12.")
+    var signal: String
+    @OptionGroup var target: TargetArgument
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .signal, target: target.target, signal: signal))
+        Output.print((r.message ?? "sent") + "\n")
+    }
+}
+
+struct Ping: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start the daemon if needed and show that it answers.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        guard let d = try options.client.send(ControlRequest(cmd: .ping)).daemon else { throw CLIError("no daemon info") }
+        Output.print("pong: pml daemon \(d.version), pid \(d.pid), up \(Output.duration(d.uptimeMs)), home \(d.home)\n")
+    }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop every app and the daemon.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let client = options.client
+        guard client.daemonIsRunning() else {
+            Output.print("no daemon running\n")
+            return
+        }
+        let pid = Int32(String(decoding: readFile(options.paths.pidFile) ?? [], as: UTF8.self)
+            .split(separator: "\n").first ?? "")
+        let r = try client.send(ControlRequest(cmd: .kill), autostart: false)
+        // The daemon answers before it exits: wait for it to be gone so "kill" means gone.
+        if let pid {
+            var waited = 0
+            while processExists(pid), waited < 10_000 {
+                usleep(20_000)
+                waited += 20
+            }
+        }
+        Output.print((r.message ?? "daemon stopped") + "\n")
+    }
+}
+
+struct DaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon", abstract: "Run the daemon in the foreground (started for you by other commands).",
+        shouldDisplay: false)
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let readyFD = processEnvironment()["PML_READY_FD"].flatMap { Int32($0) } ?? -1
+        unsetenv("PML_READY_FD")
+        let status = Daemon.run(paths: options.paths, readyFD: readyFD)
+        if status != 0 { throw ExitCode(status) }
+    }
+}
