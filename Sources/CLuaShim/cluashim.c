@@ -1,0 +1,592 @@
+#include "cluashim.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+// The count hook runs every PML_HOOK_EVERY instructions: cheap, yet a runaway loop stops within
+// microseconds of its budget.
+#define PML_HOOK_EVERY 1000
+
+// Per-state bookkeeping, reached through the allocator's userdata (no globals: several
+// runtimes may live in one process).
+typedef struct pml_state {
+    lua_State *L; // the main thread; NULL while lua_newstate runs
+    size_t used;
+    size_t limit;
+    // Crossing this sets `pressure`: the hook then collects garbage and stops the script if it is
+    // still above. Lua reports a refused allocation without a location (LUA_ERRMEM skips the
+    // message handler), so the margin lets most runaway scripts be stopped with a file:line first.
+    size_t soft;
+    int pressure;
+    long budget_total;
+    long budget;
+    int time_ms;
+    int64_t deadline_ns;
+    // Why the current call was stopped; it keeps being stopped for the same reason.
+    enum { PML_RUNNING, PML_OVER_BUDGET, PML_OVER_TIME } stopped;
+    int depth; // nested protected calls (a host callback may call a hook); they share one budget
+    const char *label; // names the running code in budget errors ("onCrash", "app file")
+    pml_dispatch_fn dispatch;
+    void *ctx;
+} pml_state;
+
+static void pml_hook(lua_State *L, lua_Debug *ar);
+
+static pml_state *state_of(lua_State *L) {
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+// Lua assumes that shrinking never fails, so only growth is refused.
+static void *pml_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    pml_state *s = ud;
+    size_t old = ptr != NULL ? osize : 0; // for a new block, osize encodes the object type
+    if (nsize == 0) {
+        free(ptr);
+        s->used -= old;
+        return NULL;
+    }
+    if (nsize > old && s->used - old + nsize > s->limit) return NULL;
+    void *block = realloc(ptr, nsize);
+    if (block == NULL) return NULL;
+    s->used = s->used - old + nsize;
+    if (s->used > s->soft && !s->pressure && s->L != NULL) {
+        s->pressure = 1;
+        // lua_sethook is safe to call at any moment (it is meant for signal handlers).
+        lua_sethook(s->L, pml_hook, LUA_MASKCOUNT, 1);
+    }
+    return block;
+}
+
+static int pml_panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "pml: unprotected Lua error: %s\n", msg != NULL ? msg : "?");
+    return 0; // Lua aborts
+}
+
+lua_State *pml_newstate(size_t memory_limit) {
+    pml_state *s = calloc(1, sizeof *s);
+    if (s == NULL) return NULL;
+    s->limit = memory_limit;
+    s->soft = memory_limit - memory_limit / 8;
+    s->budget_total = 50000000;
+    s->time_ms = 2000;
+    s->label = "script";
+    lua_State *L = lua_newstate(pml_alloc, s);
+    if (L == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->L = L;
+    lua_atpanic(L, pml_panic);
+    return L;
+}
+
+void pml_close(lua_State *L) {
+    pml_state *s = state_of(L);
+    lua_close(L);
+    free(s);
+}
+
+size_t pml_memory_in_use(lua_State *L) { return state_of(L)->used; }
+
+void pml_set_budget(lua_State *L, long instructions, int time_ms) {
+    pml_state *s = state_of(L);
+    s->budget_total = instructions;
+    s->time_ms = time_ms;
+}
+
+void pml_pop(lua_State *L, int n) { lua_pop(L, n); }
+
+// "N MiB" when the limit is whole mebibytes, else bytes.
+static void describe_limit(char *out, size_t size, size_t limit) {
+    if (limit >= (1u << 20) && limit % (1u << 20) == 0) snprintf(out, size, "%zu MiB", limit >> 20);
+    else snprintf(out, size, "%zu bytes", limit);
+}
+
+// Raises `msg` located at the Lua code the hook interrupted.
+static int raise_at(lua_State *L, lua_Debug *ar, const char *msg) {
+    lua_getinfo(L, "Sl", ar);
+    if (ar->currentline > 0) lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, msg);
+    else lua_pushstring(L, msg);
+    return lua_error(L);
+}
+
+// Every PML_HOOK_EVERY instructions (every instruction while memory is short or the budget is
+// spent): charges the budget, checks the deadline and memory, and raises when one is exceeded.
+static void pml_hook(lua_State *L, lua_Debug *ar) {
+    pml_state *s = state_of(L);
+    char msg[160];
+    s->budget -= lua_gethookcount(L);
+    if (s->pressure) {
+        s->pressure = 0;
+        // Scripts cannot set __gc (the sandbox refuses it), so this runs no Lua code.
+        lua_gc(L, LUA_GCCOLLECT);
+        if (s->used > s->soft) {
+            char limit[48];
+            describe_limit(limit, sizeof limit, s->limit);
+            snprintf(msg, sizeof msg, "%s exceeded the memory limit (%s)", s->label, limit);
+            raise_at(L, ar, msg);
+        }
+    }
+    if (s->stopped == PML_RUNNING) {
+        if (s->budget <= 0) s->stopped = PML_OVER_BUDGET;
+        else if (now_ns() >= s->deadline_ns) s->stopped = PML_OVER_TIME;
+    }
+    if (s->stopped != PML_RUNNING) {
+        // From now on fire at every instruction, so a script's own pcall cannot swallow the error
+        // and carry on: the next instruction of its caller raises again.
+        lua_sethook(L, pml_hook, LUA_MASKCOUNT, 1);
+        if (s->stopped == PML_OVER_BUDGET)
+            snprintf(msg, sizeof msg, "%s exceeded its instruction budget (%ld instructions)",
+                     s->label, s->budget_total);
+        else
+            snprintf(msg, sizeof msg, "%s exceeded its time budget (%d ms)", s->label, s->time_ms);
+        raise_at(L, ar, msg);
+    }
+    if (lua_gethookcount(L) != PML_HOOK_EVERY) lua_sethook(L, pml_hook, LUA_MASKCOUNT, PML_HOOK_EVERY);
+}
+
+// "file:line" of the innermost Lua function at or above `level`, into `out` (used for the
+// source of pml.log lines).
+static void lua_location(lua_State *L, int level, char *out, size_t size) {
+    lua_Debug ar;
+    for (; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "Sl", &ar);
+        if (ar.currentline > 0) {
+            snprintf(out, size, "%s:%d", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    snprintf(out, size, "?");
+}
+
+// Message handler for every lua_pcall: keeps "file:line: msg" as Lua made it (adding nothing),
+// and turns non-string errors into text.
+static int pml_msgh(lua_State *L) {
+    int type = lua_type(L, 1);
+    if (type != LUA_TSTRING && type != LUA_TNUMBER) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        return 1;
+    }
+    lua_tostring(L, 1);
+    return 1;
+}
+
+static void start_budget(lua_State *L, pml_state *s) {
+    s->budget = s->budget_total;
+    s->deadline_ns = now_ns() + (int64_t)s->time_ms * 1000000;
+    s->pressure = 0;
+    s->stopped = PML_RUNNING;
+    lua_sethook(L, pml_hook, LUA_MASKCOUNT, PML_HOOK_EVERY);
+}
+
+static int collect_body(lua_State *L) {
+    lua_gc(L, LUA_GCCOLLECT);
+    return 0;
+}
+
+// Calls body(arg, ...) under lua_pcall with the message handler, passing the `nargs` values on
+// top of the stack after `arg` (the body has its own stack frame: indices of the caller's frame
+// mean nothing there). Leaves one value: the result or the error message (nothing if the stack
+// could not even grow; the status is then LUA_ERRMEM).
+static int run_protected(lua_State *L, lua_CFunction body, void *arg, int nargs, const char *label) {
+    pml_state *s = state_of(L);
+    const char *outer_label = s->label;
+    if (!lua_checkstack(L, 4)) return LUA_ERRMEM;
+    if (s->depth == 0) start_budget(L, s);
+    s->depth++;
+    s->label = label;
+    lua_pushcfunction(L, pml_msgh);
+    lua_pushcfunction(L, body);
+    lua_pushlightuserdata(L, arg);
+    lua_rotate(L, -(nargs + 3), 3); // handler, body, arg, then the arguments
+    int handler = lua_gettop(L) - nargs - 2;
+    int status = lua_pcall(L, nargs + 1, 1, handler);
+    lua_remove(L, handler);
+    s->depth--;
+    s->label = outer_label;
+    if (s->depth == 0 && status != LUA_OK) {
+        // The failed call's garbage (an allocation bomb's, say) goes now, with a fresh budget.
+        start_budget(L, s);
+        lua_pushcfunction(L, collect_body);
+        if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
+    }
+    return status;
+}
+
+// ---- Encoded values → Lua ----
+
+typedef struct reader {
+    const unsigned char *p;
+    const unsigned char *end;
+} reader;
+
+static void read_bytes(lua_State *L, reader *r, void *out, size_t n) {
+    if ((size_t)(r->end - r->p) < n) luaL_error(L, "pml: malformed encoded value");
+    memcpy(out, r->p, n);
+    r->p += n;
+}
+
+static uint32_t read_count(lua_State *L, reader *r) {
+    uint32_t n;
+    read_bytes(L, r, &n, sizeof n);
+    // Every value takes at least one byte: a larger count is corrupt (and must not preallocate).
+    if (n > (size_t)(r->end - r->p)) luaL_error(L, "pml: malformed encoded value");
+    return n;
+}
+
+// Pushes one encoded value.
+static void push_value(lua_State *L, reader *r, int depth) {
+    unsigned char tag;
+    luaL_checkstack(L, 3, "value nested too deeply");
+    read_bytes(L, r, &tag, 1);
+    if ((tag == PML_ENC_ARRAY || tag == PML_ENC_OBJECT) && depth >= PML_ENC_MAX_DEPTH)
+        luaL_error(L, "pml: encoded value nested too deeply");
+    switch (tag) {
+    case PML_ENC_NIL: lua_pushnil(L); break;
+    case PML_ENC_FALSE: lua_pushboolean(L, 0); break;
+    case PML_ENC_TRUE: lua_pushboolean(L, 1); break;
+    case PML_ENC_INT: {
+        int64_t i;
+        read_bytes(L, r, &i, sizeof i);
+        lua_pushinteger(L, (lua_Integer)i);
+        break;
+    }
+    case PML_ENC_DOUBLE: {
+        double d;
+        read_bytes(L, r, &d, sizeof d);
+        lua_pushnumber(L, d);
+        break;
+    }
+    case PML_ENC_STRING: {
+        uint32_t n = read_count(L, r);
+        lua_pushlstring(L, (const char *)r->p, n);
+        r->p += n;
+        break;
+    }
+    case PML_ENC_ARRAY: {
+        uint32_t n = read_count(L, r);
+        lua_createtable(L, (int)n, 0);
+        for (uint32_t i = 1; i <= n; i++) {
+            push_value(L, r, depth + 1);
+            lua_rawseti(L, -2, i);
+        }
+        break;
+    }
+    case PML_ENC_OBJECT: {
+        uint32_t n = read_count(L, r);
+        lua_createtable(L, 0, (int)n);
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t len = read_count(L, r);
+            lua_pushlstring(L, (const char *)r->p, len);
+            r->p += len;
+            push_value(L, r, depth + 1);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    default: luaL_error(L, "pml: malformed encoded value");
+    }
+}
+
+// Pushes an encoded list of values; returns how many.
+static int push_list(lua_State *L, const unsigned char *data, size_t len) {
+    reader r = {data, data + len};
+    uint32_t n = read_count(L, &r);
+    luaL_checkstack(L, (int)n, "too many values");
+    for (uint32_t i = 0; i < n; i++) push_value(L, &r, 1);
+    return (int)n;
+}
+
+// ---- The `pml` table: C closures over one upvalue, the pml_op ----
+
+// Checks and converts the arguments, asks Swift, and returns Swift's values or raises its error.
+// Stack: the Lua arguments.
+static int pml_trampoline(lua_State *L) {
+    pml_state *s = state_of(L);
+    pml_op op = (pml_op)lua_tointeger(L, lua_upvalueindex(1));
+    const char *one = NULL;
+    size_t one_len = 0;
+    const char **strings = &one;
+    size_t *lengths = &one_len;
+    int count = 1;
+    switch (op) {
+    case PML_OP_LOG:
+    case PML_OP_WARN: {
+        int n = lua_gettop(L);
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (int i = 1; i <= n; i++) {
+            if (i > 1) luaL_addchar(&b, '\t');
+            luaL_tolstring(L, i, NULL);
+            luaL_addvalue(&b);
+        }
+        luaL_pushresult(&b);
+        one = lua_tolstring(L, -1, &one_len);
+        break;
+    }
+    case PML_OP_APPS: count = 0; break;
+    case PML_OP_WORKERS:
+    case PML_OP_RESTART: one = luaL_checklstring(L, 1, &one_len); break;
+    case PML_OP_SPAWN: {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_Unsigned n = lua_rawlen(L, 1);
+        luaL_argcheck(L, n > 0 && n < 4096, 1, "argv must be a list of 1 to 4095 strings");
+        count = (int)n;
+        // Arrays on the Lua heap, so that an error below frees them; the strings stay on the stack.
+        strings = lua_newuserdatauv(L, n * sizeof *strings, 0);
+        lengths = lua_newuserdatauv(L, n * sizeof *lengths, 0);
+        luaL_checkstack(L, count, "argv too long");
+        for (int i = 0; i < count; i++) {
+            lua_rawgeti(L, 1, i + 1);
+            if (!lua_isstring(L, -1)) return luaL_error(L, "bad argument #1 to 'spawn' (argv[%d] is not a string)", i + 1);
+            strings[i] = lua_tolstring(L, -1, &lengths[i]);
+        }
+        break;
+    }
+    }
+    char source[LUA_IDSIZE + 24];
+    lua_location(L, 1, source, sizeof source);
+    pml_request request = {op, source, strings, lengths, count};
+    pml_reply reply = {NULL, 0};
+    if (s->dispatch(s->ctx, &request, &reply) == PML_REPLY_ERROR) {
+        luaL_where(L, 1);
+        lua_pushlstring(L, (const char *)reply.data, reply.length);
+        lua_concat(L, 2);
+        return lua_error(L);
+    }
+    return push_list(L, reply.data, reply.length);
+}
+
+// ---- Protected entry points ----
+
+typedef struct setup_args {
+    const char *prelude;
+    size_t prelude_len;
+    const char *package_path;
+} setup_args;
+
+static int setup_body(lua_State *L) {
+    const setup_args *a = lua_touserdata(L, 1);
+    // Every standard library except debug, which could reach past the sandbox.
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base}, {LUA_LOADLIBNAME, luaopen_package},
+        {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+        {LUA_IOLIBNAME, luaopen_io}, {LUA_OSLIBNAME, luaopen_os},
+        {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL},
+    };
+    for (const luaL_Reg *lib = libs; lib->func != NULL; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    lua_getglobal(L, LUA_LOADLIBNAME);
+    lua_pushstring(L, a->package_path);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+
+    static const char *const names[] = {"log", "warn", "apps", "workers", "restart", "spawn"};
+    lua_createtable(L, 0, 6);
+    for (int op = PML_OP_LOG; op <= PML_OP_SPAWN; op++) {
+        lua_pushinteger(L, op);
+        lua_pushcclosure(L, pml_trampoline, 1);
+        lua_setfield(L, -2, names[op]);
+    }
+    lua_setglobal(L, "pml");
+
+    if (luaL_loadbufferx(L, a->prelude, a->prelude_len, "=pml.sandbox", "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, 1);
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "pml.newenv");
+    // The environment library calls (callLibrary) run in, searching only the library folders.
+    lua_call(L, 0, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "pml.libenv");
+    return 0;
+}
+
+int pml_setup(lua_State *L, const char *prelude, size_t prelude_len, const char *package_path,
+              pml_dispatch_fn dispatch, void *ctx) {
+    pml_state *s = state_of(L);
+    s->dispatch = dispatch;
+    s->ctx = ctx;
+    setup_args a = {prelude, prelude_len, package_path};
+    return run_protected(L, setup_body, &a, 0, "setup");
+}
+
+typedef struct eval_args {
+    const char *source;
+    size_t source_len;
+    const char *chunkname;
+    const char *dir;
+} eval_args;
+
+static int eval_body(lua_State *L) {
+    const eval_args *a = lua_touserdata(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "pml.newenv");
+    lua_pushstring(L, a->dir);
+    lua_call(L, 1, 1);
+    // As the lua command does: skip a UTF-8 byte-order mark and a "#!" first line (keeping its
+    // newline, so line numbers stay right).
+    const char *src = a->source;
+    size_t len = a->source_len;
+    if (len >= 3 && memcmp(src, "\xEF\xBB\xBF", 3) == 0) src += 3, len -= 3;
+    if (len > 0 && src[0] == '#') {
+        while (len > 0 && src[0] != '\n') src++, len--;
+    }
+    if (luaL_loadbufferx(L, src, len, a->chunkname, "t") != LUA_OK) return lua_error(L);
+    lua_pushvalue(L, -2);
+    lua_setupvalue(L, -2, 1); // a main chunk's only upvalue is _ENV
+    lua_call(L, 0, 1);
+    return 1;
+}
+
+int pml_eval(lua_State *L, const char *source, size_t source_len, const char *chunkname,
+             const char *dir, const char *label) {
+    eval_args a = {source, source_len, chunkname, dir};
+    return run_protected(L, eval_body, &a, 0, label);
+}
+
+typedef struct ref_args {
+    int count;
+    int *refs;
+} ref_args;
+
+// Stack: the ref_args, the value.
+static int ref_body(lua_State *L) {
+    const ref_args *a = lua_touserdata(L, 1);
+    if (a->count == 0) {
+        lua_pushvalue(L, 2);
+        a->refs[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    for (int i = 0; i < a->count; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        a->refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
+int pml_ref_values(lua_State *L, int index, int count, int *refs) {
+    for (int i = 0; i < (count > 0 ? count : 1); i++) refs[i] = LUA_NOREF;
+    if (!lua_checkstack(L, 1)) return LUA_ERRMEM;
+    lua_pushvalue(L, index);
+    ref_args a = {count, refs};
+    return run_protected(L, ref_body, &a, 1, "ref");
+}
+
+static int unref_body(lua_State *L) {
+    luaL_unref(L, LUA_REGISTRYINDEX, *(const int *)lua_touserdata(L, 1));
+    return 0;
+}
+
+void pml_unref(lua_State *L, int ref) {
+    // Unref does not allocate today, but nothing promises it: stay protected.
+    int top = lua_gettop(L);
+    run_protected(L, unref_body, &ref, 0, "unref");
+    lua_settop(L, top);
+}
+
+typedef struct call_args {
+    int ref;
+    const char *key; // the hook's (dotted) path, or the library function's name
+    const char *module;
+    const unsigned char *args;
+    size_t args_len;
+    int *not_defined;
+    const char *label;
+    int describe; // instead of calling the function, leave the message for its running out of memory
+} call_args;
+
+// Pushes the arguments, calls the function on top, leaves its first result.
+static int finish_call(lua_State *L, const call_args *a) {
+    if (!lua_isfunction(L, -1)) {
+        *a->not_defined = 1;
+        return 0;
+    }
+    if (a->describe) {
+        char limit[48];
+        lua_Debug ar;
+        describe_limit(limit, sizeof limit, state_of(L)->limit);
+        lua_getinfo(L, ">S", &ar);
+        if (ar.linedefined > 0)
+            lua_pushfstring(L, "%s:%d: %s exceeded the memory limit (%s)", ar.short_src, ar.linedefined, a->label, limit);
+        else
+            lua_pushfstring(L, "%s exceeded the memory limit (%s)", a->label, limit);
+        return 1;
+    }
+    int n = push_list(L, a->args, a->args_len);
+    lua_call(L, n, 1);
+    return 1;
+}
+
+static int hook_body(lua_State *L) {
+    const call_args *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+    for (const char *p = a->key;;) {
+        if (!lua_istable(L, -1)) {
+            *a->not_defined = 1;
+            return 0;
+        }
+        const char *dot = strchr(p, '.');
+        lua_pushlstring(L, p, dot != NULL ? (size_t)(dot - p) : strlen(p));
+        lua_gettable(L, -2); // not raw: an app table may inherit its hooks through __index
+        lua_remove(L, -2);
+        if (dot == NULL) break;
+        p = dot + 1;
+    }
+    return finish_call(L, a);
+}
+
+// Runs a hook or library call. Lua raises memory errors without a location, so then the message
+// names where the called function is defined instead.
+static int call_function(lua_State *L, lua_CFunction body, call_args *a) {
+    int top = lua_gettop(L);
+    int status = run_protected(L, body, a, 0, a->label);
+    if (status == LUA_ERRMEM) {
+        lua_settop(L, top);
+        a->describe = 1;
+        if (run_protected(L, body, a, 0, a->label) != LUA_OK) lua_settop(L, top);
+    }
+    return status;
+}
+
+int pml_call_hook(lua_State *L, int ref, const char *path, const unsigned char *args,
+                  size_t args_len, const char *label, int *not_defined) {
+    *not_defined = 0;
+    call_args a = {ref, path, NULL, args, args_len, not_defined, label, 0};
+    return call_function(L, hook_body, &a);
+}
+
+static int library_body(lua_State *L) {
+    const call_args *a = lua_touserdata(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "pml.libenv");
+    lua_getfield(L, -1, "require");
+    lua_pushstring(L, a->module);
+    lua_call(L, 1, 1);
+    if (!lua_istable(L, -1)) {
+        *a->not_defined = 1;
+        return 0;
+    }
+    lua_getfield(L, -1, a->key);
+    return finish_call(L, a);
+}
+
+int pml_call_library(lua_State *L, const char *module, const char *function,
+                     const unsigned char *args, size_t args_len, const char *label,
+                     int *not_defined) {
+    *not_defined = 0;
+    call_args a = {LUA_NOREF, function, module, args, args_len, not_defined, label, 0};
+    return call_function(L, library_body, &a);
+}

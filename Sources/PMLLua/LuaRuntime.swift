@@ -1,0 +1,307 @@
+import CLuaShim
+import PMLCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What one call into Lua may consume before it is stopped.
+public struct LuaLimits: Sendable {
+    /// Per hook call / per app-file evaluation.
+    public var instructionBudget: Int
+    /// Wall-clock cap per call.
+    public var timeBudgetMs: Int
+    /// For the whole state.
+    public var memoryLimitBytes: Int
+
+    public init(instructionBudget: Int = 50_000_000, timeBudgetMs: Int = 2000, memoryLimitBytes: Int = 64 << 20) {
+        self.instructionBudget = instructionBudget
+        self.timeBudgetMs = timeBudgetMs
+        self.memoryLimitBytes = memoryLimitBytes
+    }
+}
+
+/// The level of a script's log line: `pml.log` (and `print`) or `pml.warn`.
+public enum LuaLogLevel: String, Sendable { case info, warn }
+
+/// The supervisor side of the `pml` table. All calls happen on the thread that owns the runtime.
+public protocol LuaHost: AnyObject {
+    /// pml.log / pml.warn; source is "file:line" of the caller.
+    func luaLog(level: LuaLogLevel, source: String, message: String)
+    /// pml.apps(): list of app tables.
+    func luaApps() -> ScriptValue
+    /// pml.workers(name): nil → Lua gets nil, "no app named …".
+    func luaWorkers(app: String) -> ScriptValue?
+    /// pml.restart(target): returns an error message (raised in Lua at the caller) or nil.
+    func luaRestart(target: String) -> String?
+    /// pml.spawn({"cmd", "arg"}): returns an error message (raised in Lua at the caller) or nil.
+    func luaSpawn(argv: [String]) -> String?
+}
+
+/// The result of calling a hook or library function.
+public enum HookOutcome: Sendable, Equatable {
+    /// The app (or module) has no such function.
+    case notDefined
+    /// The first return value (.null if none).
+    case returned(ScriptValue)
+    /// The error message with file:line ("app.lua:12: attempt to …", a budget, the memory limit).
+    case failed(String)
+}
+
+/// The result of evaluating an app file.
+public struct LoadedAppFile: Sendable {
+    /// Absolute.
+    public let path: String
+    /// The file's text.
+    public let source: String
+    /// What the chunk returned; Lua functions appear as .function.
+    public let value: ScriptValue
+    /// Registry refs to the returned app table(s), one per app in order: one if a single table was
+    /// returned, one per element for a list. Pass each to `bind` or `release`.
+    public let tableRefs: [Int32]
+}
+
+/// The runtime could not create its Lua state.
+public struct LuaRuntimeError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+/// The embedded Lua state: app files, their hooks, and pml's Lua library, sandboxed and budgeted.
+///
+/// Not thread-safe: use it from the one thread that owns it. Calls may nest (a host callback may
+/// call a hook); a nested call shares the budget of the call it runs in.
+public final class LuaRuntime {
+    public weak var host: LuaHost?
+
+    private let L: OpaquePointer
+    private let limits: LuaLimits
+    private var bindings: [String: Int32] = [:]
+    /// The bytes of the last reply to a `pml.*` call: C reads them after the dispatch returns.
+    private var reply: UnsafeMutableRawBufferPointer?
+
+    /// - Parameter libraryPaths: folders with pml's Lua standard library (the repo's `lua/`).
+    public init(libraryPaths: [String], limits: LuaLimits = LuaLimits()) throws {
+        guard let L = pml_newstate(limits.memoryLimitBytes) else {
+            throw LuaRuntimeError(description: "cannot create a Lua state within \(limits.memoryLimitBytes) bytes")
+        }
+        self.L = L
+        self.limits = limits
+        pml_set_budget(L, limits.instructionBudget, Int32(clamping: limits.timeBudgetMs))
+
+        let packagePath = libraryPaths.map { "\($0)/?.lua;\($0)/?/init.lua" }.joined(separator: ";")
+        let dispatch: pml_dispatch_fn = { ctx, request, reply in
+            Unmanaged<LuaRuntime>.fromOpaque(ctx!).takeUnretainedValue().dispatch(request!.pointee, reply!)
+        }
+        let top = lua_gettop(L)
+        defer { lua_settop(L, top) }
+        let status = sandboxPrelude.withCString { prelude in
+            pml_setup(L, prelude, strlen(prelude), packagePath, dispatch, Unmanaged.passUnretained(self).toOpaque())
+        }
+        if status != LUA_OK {
+            throw LuaRuntimeError(description: "cannot set up Lua: \(failure(status, label: "setup", top: top))")
+        }
+    }
+
+    deinit {
+        pml_close(L)
+        reply?.deallocate()
+    }
+
+    public var memoryInUse: Int { pml_memory_in_use(L) }
+
+    /// Evaluates an app file in a fresh environment whose `require` also searches the file's folder.
+    ///
+    /// Syntax and runtime errors become `AppFileError(file: path as given, line:, message:)`. The
+    /// path as given is also the chunk name, so later hook errors read "<path>:12: …".
+    public func evaluateAppFile(path: String) throws(AppFileError) -> LoadedAppFile {
+        let absolute = AppSpecParser.normalize(path.hasPrefix("/") ? path : Self.currentDirectory() + "/" + path)
+        let bytes: [UInt8]
+        switch Self.readFile(absolute) {
+        case .success(let b): bytes = b
+        case .failure(let reason): throw AppFileError(file: path, message: "cannot read: \(reason.description)")
+        }
+        let folder = String(absolute[..<absolute.lastIndex(of: "/")!])
+
+        let top = lua_gettop(L)
+        defer { lua_settop(L, top) }
+        let status = bytes.withUnsafeBytes { text in
+            pml_eval(L, text.baseAddress?.assumingMemoryBound(to: CChar.self), text.count,
+                     "@" + path, folder.isEmpty ? "/" : folder, "app file")
+        }
+        guard status == LUA_OK else {
+            throw Self.locate(failure(status, label: "app file", top: top), in: path)
+        }
+        let value = ValueReader.value(L, at: -1)
+        // A list gets a ref per element, a single table one ref to itself (count 0).
+        var refs: [Int32] = []
+        var elements: Int32 = 0
+        switch value {
+        case .array(let items): refs = Array(repeating: LUA_NOREF, count: items.count); elements = Int32(items.count)
+        case .object: refs = [LUA_NOREF]
+        default: break
+        }
+        if !refs.isEmpty {
+            let refStatus = refs.withUnsafeMutableBufferPointer { pml_ref_values(L, -1, elements, $0.baseAddress) }
+            if refStatus != LUA_OK {
+                for ref in refs where ref != LUA_NOREF { release(tableRef: ref) }
+                throw AppFileError(file: path, message: failure(refStatus, label: "app file", top: top))
+            }
+        }
+        return LoadedAppFile(path: absolute, source: String(decoding: bytes, as: UTF8.self), value: value, tableRefs: refs)
+    }
+
+    /// Hooks of `app` now come from that table; the previous binding of `app` is released.
+    public func bind(app: String, tableRef: Int32) {
+        if let old = bindings[app], old != tableRef { release(tableRef: old) }
+        bindings[app] = tableRef
+    }
+
+    public func unbind(app: String) {
+        if let old = bindings.removeValue(forKey: app) { release(tableRef: old) }
+    }
+
+    /// Drops a ref from `evaluateAppFile` that was never bound.
+    public func release(tableRef: Int32) {
+        pml_unref(L, tableRef)
+    }
+
+    /// Calls `table[hook](args...)` on the table bound to `app`; `hook` may be a dotted path
+    /// ("autoscale.rule"). Anything but a function there is `.notDefined`.
+    public func callHook(app: String, hook: String, args: [ScriptValue]) -> HookOutcome {
+        guard let ref = bindings[app] else { return .notDefined }
+        return call(label: hook, args: args) { args, count, label, notDefined in
+            pml_call_hook(L, ref, hook, args, count, label, notDefined)
+        }
+    }
+
+    /// Calls `require(module)[function](args...)` in the library environment.
+    public func callLibrary(module: String, function: String, args: [ScriptValue]) -> HookOutcome {
+        call(label: "\(module).\(function)", args: args) { args, count, label, notDefined in
+            pml_call_library(L, module, function, args, count, label, notDefined)
+        }
+    }
+
+    private func call(
+        label: String, args: [ScriptValue],
+        _ body: (UnsafePointer<UInt8>?, Int, String, UnsafeMutablePointer<Int32>) -> Int32
+    ) -> HookOutcome {
+        let top = lua_gettop(L)
+        defer { lua_settop(L, top) }
+        var notDefined: Int32 = 0
+        let encoded = ValueEncoder.list(args)
+        let status = encoded.withUnsafeBufferPointer { body($0.baseAddress, $0.count, label, &notDefined) }
+        guard status == LUA_OK else { return .failed(failure(status, label: label, top: top)) }
+        if notDefined != 0 { return .notDefined }
+        return .returned(ValueReader.value(L, at: -1))
+    }
+
+    /// The message a failed protected call left above `top`. A bare memory error has no location
+    /// (Lua raises it without the message handler) and gets a clearer text.
+    private func failure(_ status: Int32, label: String, top: Int32) -> String {
+        if lua_gettop(L) > top, lua_type(L, -1) == LUA_TSTRING {
+            let message = ValueReader.string(L, at: -1)
+            if status != LUA_ERRMEM || message != "not enough memory" { return message }
+        }
+        return "\(label) exceeded the memory limit (\(Self.describe(bytes: limits.memoryLimitBytes)))"
+    }
+
+    // MARK: - pml.* calls from Lua
+
+    private func dispatch(_ request: pml_request, _ out: UnsafeMutablePointer<pml_reply>) -> Int32 {
+        let strings = (0..<Int(request.count)).map { i in
+            String(decoding: UnsafeRawBufferPointer(start: request.strings[i], count: request.lengths[i]), as: UTF8.self)
+        }
+        let source = String(cString: request.source)
+        switch request.op {
+        case PML_OP_LOG, PML_OP_WARN:
+            host?.luaLog(level: request.op == PML_OP_LOG ? .info : .warn, source: source, message: strings[0])
+            return answer(out, values: [])
+        case PML_OP_APPS:
+            return answer(out, values: [host?.luaApps() ?? .array([])])
+        case PML_OP_WORKERS:
+            if let workers = host?.luaWorkers(app: strings[0]) { return answer(out, values: [workers]) }
+            return answer(out, values: [.null, .string("no app named \"\(strings[0])\"")])
+        case PML_OP_RESTART:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaRestart(target: strings[0]))
+        case PML_OP_SPAWN:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaSpawn(argv: strings))
+        default:
+            return answer(out, error: "unknown pml function")
+        }
+    }
+
+    private func answer(_ out: UnsafeMutablePointer<pml_reply>, values: [ScriptValue]) -> Int32 {
+        store(ValueEncoder.list(values), in: out)
+        return Int32(PML_REPLY_VALUES)
+    }
+
+    /// A nil error is success with no values.
+    private func answer(_ out: UnsafeMutablePointer<pml_reply>, error: String?) -> Int32 {
+        guard let error else { return answer(out, values: []) }
+        store(Array(error.utf8), in: out)
+        return Int32(PML_REPLY_ERROR)
+    }
+
+    private func store(_ bytes: [UInt8], in out: UnsafeMutablePointer<pml_reply>) {
+        reply?.deallocate()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        buffer.copyBytes(from: bytes)
+        reply = buffer
+        out.pointee = pml_reply(data: buffer.baseAddress?.assumingMemoryBound(to: UInt8.self), length: bytes.count)
+    }
+
+    // MARK: - Helpers
+
+    /// "app.lua:7: msg" → line 7, "msg" when the location is the app file itself (Lua shortens long
+    /// chunk names to ".../tail"); any other text stays whole, without a line.
+    static func locate(_ message: String, in path: String) -> AppFileError {
+        var search = message.startIndex
+        while let colon = message[search...].firstIndex(of: ":") {
+            let file = message[..<colon]
+            let rest = message[message.index(after: colon)...]
+            let digits = rest.prefix(while: { $0.isASCII && $0.isNumber })
+            let isPath = file == path || (file.hasPrefix("...") && path.hasSuffix(file.dropFirst(3)))
+            if isPath, !digits.isEmpty, rest.dropFirst(digits.count).first == ":", let line = Int(digits) {
+                let text = rest.dropFirst(digits.count + 1)
+                return AppFileError(file: path, line: line, message: String(text.drop(while: { $0 == " " })))
+            }
+            search = message.index(after: colon)
+        }
+        return AppFileError(file: path, message: message)
+    }
+
+    static func describe(bytes: Int) -> String {
+        bytes >= 1 << 20 && bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes) bytes"
+    }
+
+    private static func currentDirectory() -> String {
+        guard let cwd = getcwd(nil, 0) else { return "/" }
+        defer { free(cwd) }
+        return String(cString: cwd)
+    }
+
+    private struct ReadFailure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private static func readFile(_ path: String) -> Result<[UInt8], ReadFailure> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return .failure(ReadFailure(description: String(cString: strerror(errno)))) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n == 0 { return .success(bytes) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return .failure(ReadFailure(description: String(cString: strerror(errno))))
+            }
+            bytes.append(contentsOf: chunk[..<n])
+        }
+    }
+}

@@ -1,0 +1,100 @@
+import PMLCore
+import PMLLua
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The repo's `lua/` folder, found from this file's path.
+let repoLuaPath: String = {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3) // Tests/PMLLuaTests/Support.swift
+    return parts.joined(separator: "/") + "/lua"
+}()
+
+/// A temporary folder for Lua fixtures, removed when the test drops it.
+final class FixtureFolder {
+    let path: String
+    private var files: [String] = []
+    private var folders: [String] = []
+
+    init(prefix: String = "pml-lua-test") {
+        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    @discardableResult
+    func write(_ name: String, _ text: String) -> String {
+        let full = path + "/" + name
+        var folder = path
+        for part in name.split(separator: "/").dropLast() {
+            folder += "/" + part
+            if mkdir(folder, 0o755) == 0 { folders.append(folder) }
+        }
+        precondition(writeFile(full, text), "cannot write \(full)")
+        files.append(full)
+        return full
+    }
+
+    deinit {
+        for file in files { unlink(file) }
+        for folder in folders.reversed() { rmdir(folder) }
+        rmdir(path)
+    }
+}
+
+private func writeFile(_ path: String, _ text: String) -> Bool {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    if fd < 0 { return false }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
+}
+
+/// Records what scripts ask of the supervisor.
+class RecordingHost: LuaHost {
+    struct Log: Equatable {
+        var level: LuaLogLevel
+        var source: String
+        var message: String
+    }
+    var logs: [Log] = []
+    var restarted: [String] = []
+    var restartError: String?
+    var spawned: [[String]] = []
+    var spawnError: String?
+
+    func luaLog(level: LuaLogLevel, source: String, message: String) {
+        logs.append(Log(level: level, source: source, message: message))
+    }
+    func luaApps() -> ScriptValue {
+        .array([.object(["name": .string("web"), "instances": .int(2)])])
+    }
+    func luaWorkers(app: String) -> ScriptValue? {
+        app == "web" ? .array([.object(["id": .int(0), "pid": .int(4242)])]) : nil
+    }
+    func luaRestart(target: String) -> String? {
+        if let restartError { return restartError }
+        restarted.append(target)
+        return nil
+    }
+    func luaSpawn(argv: [String]) -> String? {
+        if let spawnError { return spawnError }
+        spawned.append(argv)
+        return nil
+    }
+}
+
+/// Evaluates `source` as `name` in `folder` and binds each returned app under its `name`.
+@discardableResult
+func load(_ runtime: LuaRuntime, _ folder: FixtureFolder, _ source: String, as name: String = "app.lua") throws -> LoadedAppFile {
+    let file = try runtime.evaluateAppFile(path: folder.write(name, source))
+    let apps: [ScriptValue]
+    if case .array(let items) = file.value { apps = items } else { apps = [file.value] }
+    for (app, ref) in zip(apps, file.tableRefs) {
+        runtime.bind(app: app["name"]?.stringValue ?? "app", tableRef: ref)
+    }
+    return file
+}
