@@ -29,7 +29,13 @@ public struct PML: ParsableCommand {
             try? writeAll(2, "pml: \(error.description)\n")
             Glibc.exit(1)
         } catch {
-            exit(withError: error)
+            let code = exitCode(for: error)
+            // --help and --version are "errors" that succeed: print them as the parser does.
+            if code == .success { exit(withError: error) }
+            var message = String(message(for: error).split(separator: "\n").first ?? "")
+            if message.hasPrefix("Error: ") { message.removeFirst("Error: ".count) }
+            if !message.isEmpty { try? writeAll(2, "pml: \(message) (see \"pml --help\")\n") }
+            Glibc.exit(code.rawValue)
         }
     }
 }
