@@ -237,6 +237,68 @@ extension Integration {
             }
         }
 
+        @Test("the pml table (apps, workers, spawn, restart) works; os.execute is not available; a hungry hook is capped")
+        func pmlTableAndSandbox() async throws {
+            try await withSandbox { box in
+                try box.write("r1.sh", "echo $$ >> \(box.work)/r1.pids\nexec sleep 1000\n")
+                // r2 crashes on its first start only.
+                try box.write("r2.sh", """
+                    echo $$ >> \(box.work)/r2.pids
+                    if [ "$(wc -l < \(box.work)/r2.pids)" -le 1 ]; then sleep 0.5; exit 5; fi
+                    exec sleep 1000
+                    """)
+                let text = """
+                    return {
+                      { name = "r1", cmd = { "sh", "r1.sh" }, instances = 2 },
+                      {
+                        name = "r2",
+                        cmd = { "sh", "r2.sh" },
+                        restart_delay = 100,
+                        onSpawn = function(w)
+                          local ok = pcall(function() return os.execute("touch \(box.work)/executed") end)
+                          local ok2 = pcall(function() return io.popen("touch \(box.work)/popened") end)
+                          pml.log("SANDBOX exit=" .. type(os.exit) .. " apps=" .. #pml.apps() .. " r1workers=" .. #pml.workers("r1"))
+                          pml.spawn({ "sh", "-c", "echo spawned >> \(box.work)/spawned" })
+                        end,
+                        onExit = function(w, e)
+                          local t = {}
+                          while true do t[#t + 1] = string.rep("x", 1000000) .. #t end
+                        end,
+                        onCrash = function(w, e)
+                          pml.restart("r1")
+                        end,
+                      },
+                    }
+                    """
+                let file = try box.write("tbl.lua", text)
+                let hungryLine = lineNumber(of: "string.rep", in: text)
+                try await box.pmlOK("start", file)
+                let r1 = try await box.waitOnline("r1", count: 2)
+                try await box.waitFor("r2 online after its crash (onExit capped, default restart)", timeout: 20) {
+                    let r = try await box.rows("r2").first
+                    return r?.status == "online" && (r?.restarts ?? 0) >= 1 ? true : nil
+                }
+                // onCrash's pml.restart("r1") replaced both r1 workers.
+                try await box.waitFor("r1 restarted by pml.restart from r2's onCrash") {
+                    let rows = try await box.rows("r1")
+                    let old = Set(r1.compactMap(\.pid))
+                    return rows.count == 2 && rows.allSatisfy({ $0.status == "online" && $0.pid != nil && !old.contains($0.pid!) })
+                        ? true : nil
+                }
+                try await box.waitFor("pml.spawn ran its command (once per r2 spawn)") {
+                    box.lines("spawned").count >= 2 ? true : nil
+                }
+                try await box.waitFor("the SANDBOX line in daemon.log") {
+                    box.read(box.daemonLog).contains("SANDBOX exit=nil apps=2 r1workers=2") ? true : nil
+                }
+                #expect(!FileManager.default.fileExists(atPath: box.work + "/executed"), "os.execute is not available")
+                #expect(!FileManager.default.fileExists(atPath: box.work + "/popened"), "io.popen is not available")
+                #expect(box.read(box.daemonLog).contains("tbl.lua:\(hungryLine)"),
+                        "the hungry onExit is logged with its line \(hungryLine)")
+                if let pid = box.daemonPid { #expect(Proc.alive(pid), "the daemon survived") }
+            }
+        }
+
         @Test("every examples/*/app.lua passes pml check; examples/hooks starts")
         func examplesAreValid() async throws {
             try await withSandbox { box in

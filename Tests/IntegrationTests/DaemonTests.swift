@@ -142,7 +142,9 @@ extension Integration {
                 try await box.pml("logs", "web").expectCleanFailure(mentioning: ["web"])
                 try await box.pml("start", box.work + "/missing.lua").expectCleanFailure(mentioning: ["missing.lua"])
                 try await box.pml("signal", "SIGNOPE", "all").expectCleanFailure()
+                // Usage errors follow the same rule.
                 try await box.pml("no-such-command").expectCleanFailure()
+                try await box.pml("stop").expectCleanFailure()
             }
         }
 

@@ -224,6 +224,35 @@ extension Integration {
             }
         }
 
+        @Test("autorestart = false and stop_exit_codes leave a worker stopped")
+        func noAutorestartAndStopExitCodes() async throws {
+            try await withSandbox { box in
+                let a = try Self.stampingWorker(box, "noauto.sh", then: "sleep 0.2; exit 1")
+                let b = try Self.stampingWorker(box, "code.sh", then: "sleep 0.2; exit 42")
+                let c = try Self.stampingWorker(box, "othercode.sh", then: "sleep 0.2; exit 43")
+                let file = try box.write("stops.lua", """
+                    return {
+                      { name = "noauto", cmd = { "sh", \(lua(a)) }, autorestart = false },
+                      { name = "code", cmd = { "sh", \(lua(b)) }, stop_exit_codes = { 42 }, restart_delay = 100 },
+                      { name = "othercode", cmd = { "sh", \(lua(c)) }, stop_exit_codes = { 42 }, restart_delay = 100 },
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                for name in ["noauto", "code"] {
+                    try await box.waitFor("\(name) stopped after its exit") {
+                        let r = try await box.rows(name).first
+                        return r?.status == "stopped" && r?.pid == nil ? true : nil
+                    }
+                }
+                try await box.waitFor("othercode (exit 43, not in stop_exit_codes) restarted") {
+                    Self.stampsMs(box, "othercode.sh").count >= 2 ? true : nil
+                }
+                await sleepMs(800)
+                #expect(Self.stampsMs(box, "noauto.sh").count == 1, "autorestart = false: no restart")
+                #expect(Self.stampsMs(box, "code.sh").count == 1, "exit 42 is in stop_exit_codes: no restart")
+            }
+        }
+
         @Test("onCrash returning { errored = true } marks the worker errored")
         func onCrashErrored() async throws {
             try await withSandbox { box in
