@@ -1,11 +1,15 @@
 #include "csystemshim.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -159,7 +163,7 @@ int pml_pipe(int fds[2], int nonblocking) { return pipe2(fds, O_CLOEXEC | (nonbl
 
 int pml_socketpair_stream(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 
-int pml_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+int pml_accept(int fd, int nonblocking) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0)); }
 
 int pml_set_nonblocking(int fd, int on) {
     int flags = fcntl(fd, F_GETFL);
@@ -232,3 +236,118 @@ int pml_wifexited(int status) { return WIFEXITED(status); }
 int pml_wexitstatus(int status) { return WEXITSTATUS(status); }
 int pml_wifsignaled(int status) { return WIFSIGNALED(status); }
 int pml_wtermsig(int status) { return WTERMSIG(status); }
+
+static int listen_on(int family, const struct sockaddr *addr, socklen_t len, int backlog, int nonblocking, int v6only) {
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+    if (bind(fd, addr, len) < 0 || listen(fd, backlog) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int bound_port_of(int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -1;
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int *bound_port) {
+    int fd = -1;
+    if (host == NULL) {
+        struct sockaddr_in6 a6;
+        memset(&a6, 0, sizeof a6);
+        a6.sin6_family = AF_INET6;
+        a6.sin6_addr = in6addr_any;
+        a6.sin6_port = htons((uint16_t)port);
+        fd = listen_on(AF_INET6, (struct sockaddr *)&a6, sizeof a6, backlog, nonblocking, 0);
+        if (fd < 0 && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
+            struct sockaddr_in a4;
+            memset(&a4, 0, sizeof a4);
+            a4.sin_family = AF_INET;
+            a4.sin_addr.s_addr = htonl(INADDR_ANY);
+            a4.sin_port = htons((uint16_t)port);
+            fd = listen_on(AF_INET, (struct sockaddr *)&a4, sizeof a4, backlog, nonblocking, 0);
+        }
+    } else {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        char service[16];
+        snprintf(service, sizeof service, "%d", port);
+        if (getaddrinfo(host, service, &hints, &res) != 0 || res == NULL) {
+            errno = EADDRNOTAVAIL;
+            return -1;
+        }
+        int err = EADDRNOTAVAIL;
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+            fd = listen_on(ai->ai_family, ai->ai_addr, ai->ai_addrlen, backlog, nonblocking, 1);
+            if (fd >= 0) break;
+            err = errno;
+        }
+        freeaddrinfo(res);
+        if (fd < 0) errno = err;
+    }
+    if (fd >= 0 && bound_port) *bound_port = bound_port_of(fd);
+    return fd;
+}
+
+int pml_notify_socket(const char *path) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return -1; }
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    unlink(path);
+    if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0 ||
+        bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+ssize_t pml_recv_notify(int fd, void *buf, size_t len, pid_t *pid) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    union { char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    *pid = 0;
+    ssize_t n;
+    do { n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET) continue;
+        if (c->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof cred);
+            *pid = cred.pid;
+        } else if (c->cmsg_type == SCM_RIGHTS) {
+            /* sd_notify may pass fds (FDSTORE); pml keeps none. */
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *fds = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) close(fds[i]);
+        }
+    }
+    return n;
+}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FoundationEssentials
 import Glibc
 import PMLCore
 import PMLDaemon
@@ -13,7 +14,7 @@ public struct PML: ParsableCommand {
         version: PMLVersion.string,
         subcommands: [
             Start.self, Stop.self, Restart.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
-            SignalCommand.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
+            SignalCommand.self, Send.self, Scale.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
         ]
     )
 
@@ -59,6 +60,7 @@ struct Start: ParsableCommand {
         pml start app.lua                   the app(s) an app file declares
         pml start server.js -i 4            a script (.js → node, .py → python3, .sh → sh), 4 instances
         pml start --name api -- ./bin/api --flag
+        pml start server.py -i 2 --port 8080   pml owns port 8080 and hands connections round-robin
         """)
 
     @Argument(help: "An app file (*.lua), a script, or a program.")
@@ -82,6 +84,12 @@ struct Start: ParsableCommand {
     @Flag(name: .long, help: "Prefix each log line with the time.")
     var timestamps = false
 
+    @Option(name: [.short, .customLong("port")], help: "An address pml listens on for the app: 8080, 127.0.0.1:8080, unix:/path (repeatable).")
+    var port: [String] = []
+
+    @Option(name: .long, help: "How connections reach workers: rr (pml passes each) or shared (workers inherit the sockets).")
+    var dispatch: String?
+
     @OptionGroup var options: DaemonOptions
 
     mutating func run() throws {
@@ -101,7 +109,9 @@ struct Start: ParsableCommand {
         func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
 
         if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
-            if cwd != nil || timestamps { throw CLIError("--cwd and --timestamps belong in the app file (keys cwd, timestamps)") }
+            if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
+                throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the app file (keys cwd, timestamps, listen, dispatch)")
+            }
             args.file = absolute(target)
         } else {
             var app: [String: ScriptValue] = [:]
@@ -120,6 +130,8 @@ struct Start: ParsableCommand {
             }
             if let cwd { app["cwd"] = .string(absolute(cwd)) }
             if timestamps { app["timestamps"] = .bool(true) }
+            if !port.isEmpty { app["listen"] = .array(port.map { Int64($0).map { .int($0) } ?? .string($0) }) }
+            if let dispatch { app["dispatch"] = .string(dispatch) }
             args.app = .object(app)
         }
         let response = try options.client.send(ControlRequest(cmd: .start, start: args))
@@ -216,6 +228,41 @@ struct SignalCommand: ParsableCommand {
     func run() throws {
         let r = try options.client.send(ControlRequest(cmd: .signal, target: target.target, signal: signal))
         Output.print((r.message ?? "sent") + "\n")
+    }
+}
+
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send a message to workers over their IPC channel (process.on('message') in Node).",
+        discussion: "The message is JSON if it parses as JSON, else a string: pml send web shutdown, pml send web '{\"type\":\"reload-config\"}'.")
+    @OptionGroup var target: TargetArgument
+    @Argument(help: "The message.")
+    var message: String
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let value = (try? JSONDecoder().decode(ScriptValue.self, from: Data(message.utf8))) ?? .string(message)
+        let r = try options.client.send(ControlRequest(cmd: .send, target: target.target, message: value))
+        Output.print((r.message ?? "sent") + "\n")
+    }
+}
+
+struct Scale: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set the number of workers: N, +N or -N. Scaling down retires the newest gracefully.")
+    @Argument(help: "The app.")
+    var name: String
+    // allUnrecognized: "-1" is a count here, not an option.
+    @Argument(parsing: .allUnrecognized, help: "N, +N or -N.")
+    var count: [String] = []
+    @OptionGroup var options: DaemonOptions
+
+    func validate() throws {
+        if count.count != 1 { throw ValidationError("scale takes one count: N, +N or -N") }
+    }
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .scale, target: name, count: count[0]))
+        Output.print(Output.table(r.processes ?? []))
     }
 }
 

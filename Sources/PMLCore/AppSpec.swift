@@ -21,6 +21,12 @@ public struct AppSpec: Sendable, Codable, Equatable {
     public var killSignal: String
     /// Prefix each log line with an ISO-8601 time.
     public var timestamps: Bool
+    /// Sockets pml owns for the app, bound once and kept across worker restarts.
+    public var listen: [ListenAddress]
+    public var dispatch: DispatchMode
+    public var ready: ReadinessRule
+    /// A worker not ready this long (ms) after spawning has failed to start.
+    public var readyTimeout: Int
     /// Absolute path of the app file it came from, if any.
     public var appFile: String?
     /// Names of the hooks the app file defines.
@@ -31,11 +37,11 @@ public struct AppSpec: Sendable, Codable, Equatable {
         case minUptime = "min_uptime", maxRestarts = "max_restarts", restartDelay = "restart_delay"
         case restartDelayMax = "restart_delay_max", stableAfter = "stable_after"
         case stopExitCodes = "stop_exit_codes", killTimeout = "kill_timeout", killSignal = "kill_signal"
-        case timestamps, appFile = "app_file", hooks
+        case timestamps, listen, dispatch, ready, readyTimeout = "ready_timeout", appFile = "app_file", hooks
     }
 
-    /// "cluster" when several instances run, else "fork" (PM2's words).
-    public var mode: String { instances > 1 ? "cluster" : "fork" }
+    /// "cluster" when pml owns sockets or runs several instances, else "fork" (PM2's words).
+    public var mode: String { instances > 1 || !listen.isEmpty ? "cluster" : "fork" }
 
     /// The value of this app as Lua hooks see it (`app` argument).
     public var scriptValue: ScriptValue {
@@ -55,6 +61,9 @@ public struct AppSpec: Sendable, Codable, Equatable {
             "kill_timeout": .int(Int64(killTimeout)),
             "kill_signal": .string(killSignal),
             "mode": .string(mode),
+            "listen": .array(listen.map { .string($0.description) }),
+            "dispatch": .string(dispatch.rawValue),
+            "ready_timeout": .int(Int64(readyTimeout)),
         ])
     }
 }

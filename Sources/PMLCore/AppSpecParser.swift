@@ -1,12 +1,13 @@
 /// Turns the value an app file returns (or a command-line app) into validated `AppSpec`s.
 public struct AppSpecParser: Sendable {
     /// Hooks an app table may define; each must be a function.
-    public static let hookKeys: [String] = ["onStart", "onSpawn", "onExit", "onCrash", "onStop"]
+    public static let hookKeys: [String] = ["onStart", "onSpawn", "onReady", "onExit", "onCrash", "onStop", "onMessage"]
     /// Every key an app table may hold.
     public static let knownKeys: [String] = [
         "name", "cmd", "script", "args", "interpreter", "cwd", "env", "instances", "autorestart",
         "min_uptime", "max_restarts", "restart_delay", "restart_delay_max", "stable_after",
-        "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps",
+        "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps", "listen", "dispatch", "ready",
+        "ready_timeout",
     ] + hookKeys
 
     /// Interpreters chosen by a script's extension, as PM2 does.
@@ -134,6 +135,38 @@ public struct AppSpecParser: Sendable {
             }
             killSignal = SignalNames.name(number)
         }
+        var listen: [ListenAddress] = []
+        switch t["listen"] {
+        case nil: break
+        case .array(let items)?:
+            for item in items {
+                guard let a = ListenAddress.parse(item, baseDirectory: baseDirectory) else {
+                    throw typeError("listen", "ports or addresses such as 8080, \"127.0.0.1:8080\", \"unix:/run/web.sock\"", item)
+                }
+                listen.append(a)
+            }
+        case let v?:
+            guard let a = ListenAddress.parse(v, baseDirectory: baseDirectory) else {
+                throw typeError("listen", "a port or an address such as 8080, \"127.0.0.1:8080\", \"[::1]:8080\" or \"unix:/run/web.sock\"", v)
+            }
+            listen = [a]
+        }
+        if Set(listen).count != listen.count { throw fail("listen", "\"listen\" names the same address twice") }
+        var dispatch = DispatchMode.roundRobin
+        if let v = t["dispatch"] {
+            guard let s = v.stringValue, let d = DispatchMode(rawValue: s) else { throw typeError("dispatch", "\"rr\" or \"shared\"", v) }
+            dispatch = d
+        }
+        var ready = ReadinessRule.automatic
+        switch t["ready"] {
+        case nil, .string("auto")?: break
+        case .string("message")?: ready = .message
+        case let v?:
+            guard let ms = v.intValue, ms >= 0, ms <= 86_400_000 else {
+                throw typeError("ready", "\"message\", \"auto\" or a delay in milliseconds", v)
+            }
+            ready = .delay(Int(ms))
+        }
         return AppSpec(
             name: name, argv: argv, cwd: cwd, env: env, instances: instances,
             autorestart: try bool(t, "autorestart", true),
@@ -146,6 +179,10 @@ public struct AppSpecParser: Sendable {
             killTimeout: try millis(t, "kill_timeout", 5000),
             killSignal: killSignal,
             timestamps: try bool(t, "timestamps", false),
+            listen: listen,
+            dispatch: dispatch,
+            ready: ready,
+            readyTimeout: try millis(t, "ready_timeout", 10000),
             appFile: nil,
             hooks: Self.hookKeys.filter { t[$0] == .function }
         )

@@ -12,7 +12,7 @@ public enum ControlProtocol {
 
 /// What the client asks.
 public enum ControlCommand: String, Codable, Sendable, CaseIterable {
-    case ping, start, stop, restart, delete, list, describe, flush, signal, kill
+    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale
 }
 
 /// One request line.
@@ -24,13 +24,20 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var start: StartArguments?
     /// Signal name or number (signal).
     public var signal: String?
+    /// What to send to the workers (send).
+    public var message: ScriptValue?
+    /// "N", "+N" or "-N" (scale).
+    public var count: String?
 
-    public init(cmd: ControlCommand, target: String? = nil, start: StartArguments? = nil, signal: String? = nil) {
+    public init(cmd: ControlCommand, target: String? = nil, start: StartArguments? = nil, signal: String? = nil,
+                message: ScriptValue? = nil, count: String? = nil) {
         self.v = ControlProtocol.version
         self.cmd = cmd
         self.target = target
         self.start = start
         self.signal = signal
+        self.message = message
+        self.count = count
     }
 }
 
@@ -169,13 +176,18 @@ public struct AppDescription: Codable, Sendable, Equatable {
     public var outLog: String
     public var errLog: String
     public var workers: [WorkerDescription]
+    /// Sockets pml holds for the app now (bound addresses; ephemeral ports resolved).
+    public var listening: [String]
+    /// Connections accepted but not yet handed to a worker.
+    public var pendingConnections: Int
 
     enum CodingKeys: String, CodingKey {
-        case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers
+        case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
+        case pendingConnections = "pending_connections"
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
-                workers: [WorkerDescription]) {
+                workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0) {
         self.name = name
         self.mode = mode
         self.status = status
@@ -183,6 +195,8 @@ public struct AppDescription: Codable, Sendable, Equatable {
         self.outLog = outLog
         self.errLog = errLog
         self.workers = workers
+        self.listening = listening
+        self.pendingConnections = pendingConnections
     }
 }
 
@@ -196,20 +210,30 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
     public var restartDelayMs: Int?
     public var unstableRestarts: Int
     public var lastHookError: String?
+    /// Latest value of each `{"type":"metric"}` the worker sent.
+    public var metrics: [String: Double]
+    /// The worker's own status line (sd_notify `STATUS=`).
+    public var statusText: String?
+    /// Listen addresses the worker is in rotation for.
+    public var serving: [String]
 
     enum CodingKeys: String, CodingKey {
         case row = "process", lastExit = "last_exit", reason, restartDelayMs = "restart_delay_ms"
-        case unstableRestarts = "unstable_restarts", lastHookError = "last_hook_error"
+        case unstableRestarts = "unstable_restarts", lastHookError = "last_hook_error", metrics
+        case statusText = "status_text", serving
     }
 
     public init(row: ProcessRow, lastExit: ExitInfo?, reason: String?, restartDelayMs: Int?, unstableRestarts: Int,
-                lastHookError: String?) {
+                lastHookError: String?, metrics: [String: Double] = [:], statusText: String? = nil, serving: [String] = []) {
         self.row = row
         self.lastExit = lastExit
         self.reason = reason
         self.restartDelayMs = restartDelayMs
         self.unstableRestarts = unstableRestarts
         self.lastHookError = lastHookError
+        self.metrics = metrics
+        self.statusText = statusText
+        self.serving = serving
     }
 }
 

@@ -10,11 +10,17 @@ public enum Daemon {
     /// installed binary, or the `lua/` folder of the checkout the binary was built in.
     public static func luaLibraryPath(environment: [String: String]) -> String? {
         if let p = environment["PML_LUA_PATH"], pathExists(p + "/pml/policy.lua") { return p }
+        return resourceRoot().map { $0 + "/lua" }
+    }
+
+    /// The folder holding `lua/` and `shims/`: the checkout the binary was built in (walking up
+    /// from its real path), or `<prefix>/share/pml` for an installed binary.
+    static func resourceRoot() -> String? {
         guard let exe = realPath("/proc/self/exe") else { return nil }
         var dir = exe
         while let slash = dir.lastIndex(of: "/"), slash != dir.startIndex {
             dir = String(dir[..<slash])
-            for candidate in [dir + "/lua", dir + "/share/pml/lua"] where pathExists(candidate + "/pml/policy.lua") {
+            for candidate in [dir, dir + "/share/pml"] where pathExists(candidate + "/lua/pml/policy.lua") {
                 return candidate
             }
         }
@@ -68,7 +74,9 @@ public enum Daemon {
             return fatal("cannot start: \(error)")
         }
         becomeChildSubreaper()
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger)
+        let shim = resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
+        if shim == nil { logger.warning("pml's Node preload (shims/node/preload.js) is missing: Node apps cannot listen through pml") }
+        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: shim)
         let server: ControlServer
         do {
             server = try ControlServer(path: paths.socket, loop: loop, logger: logger, handler: supervisor.handle)

@@ -1,18 +1,32 @@
 import FoundationEssentials
+import Glibc
 import PMLCore
 import PMLPosix
 
-/// pml's end of a worker's IPC socket: one JSON value per line, Node's own format.
+/// pml's end of a worker's IPC socket: one JSON value per line, Node's own format, both ways.
+/// Handles (accepted connections) ride as SCM_RIGHTS on the write that starts their line.
 final class IPCChannel {
     /// A line longer than this is garbage: the channel is cut off rather than buffered without bound.
     static let maxLineBytes = 1 << 20
+    /// A worker that leaves this much unread is not reading its channel: cut off.
+    static let maxQueuedBytes = 16 << 20
+
+    private struct Outgoing {
+        var bytes: [UInt8]
+        var offset = 0
+        /// Sent with the first byte of the line, then -1. pml keeps its own copy until the ACK.
+        var fd: Int32
+    }
 
     private let fd: Int32
     private weak var loop: EventLoop?
     private var handle: IOHandle?
-    private var buffer: [UInt8] = []
+    private var input: [UInt8] = []
+    private var output: [Outgoing] = []
+    private var queuedBytes = 0
     private let onMessage: (ScriptValue) -> Void
     private let onGarbage: (String) -> Void
+    private(set) var isOpen = true
 
     init(fd: Int32, loop: EventLoop, onMessage: @escaping (ScriptValue) -> Void,
          onGarbage: @escaping (String) -> Void) throws(SystemError) {
@@ -21,9 +35,15 @@ final class IPCChannel {
         self.onMessage = onMessage
         self.onGarbage = onGarbage
         setNonBlocking(fd)
-        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.readable() }
+        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] events in self.ready(events) }
     }
 
+    private func ready(_ events: IOEvents) {
+        if events.contains(.writable) { flush() }
+        if isOpen, events.contains(.readable) || events.contains(.hangup) { readable() }
+    }
+
+    /// Reads one chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
         var chunk = [UInt8](repeating: 0, count: 65536)
         let result = chunk.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
@@ -34,20 +54,66 @@ final class IPCChannel {
             close()
             return
         case .data(let n):
-            buffer.append(contentsOf: chunk[0..<n])
+            input.append(contentsOf: chunk[0..<n])
         }
-        while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-            let line = Data(buffer[..<nl])
-            buffer.removeSubrange(...nl)
+        var start = 0
+        while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = input[start..<nl]
+            start = nl + 1
             if line.isEmpty { continue }
-            guard let value = try? JSONDecoder().decode(ScriptValue.self, from: line) else {
-                cutOff("a line on its IPC channel is not JSON")
-                return
+            guard let value = try? JSONDecoder().decode(ScriptValue.self, from: Data(line)) else {
+                return cutOff("a line on its IPC channel is not JSON")
             }
             onMessage(value)
-            if handle == nil { return }
+            if !isOpen { return }
         }
-        if buffer.count > Self.maxLineBytes { cutOff("its IPC channel sent a line over 1 MiB") }
+        input.removeFirst(start)
+        if input.count > Self.maxLineBytes { cutOff("its IPC channel sent a line over 1 MiB") }
+    }
+
+    /// Queues one JSON value as a line. False if the channel is closed.
+    @discardableResult
+    func send(_ value: ScriptValue) -> Bool {
+        guard let data = try? JSONEncoder().encode(value) else { return false }
+        return send(line: Array(data), attaching: -1)
+    }
+
+    /// Queues a line, with `fd` passed alongside its first byte (-1: none). False if closed.
+    @discardableResult
+    func send(line: [UInt8], attaching handleFD: Int32) -> Bool {
+        guard isOpen else { return false }
+        output.append(Outgoing(bytes: line + [UInt8(ascii: "\n")], fd: handleFD))
+        queuedBytes += line.count + 1
+        if queuedBytes > Self.maxQueuedBytes {
+            cutOff("it left \(queuedBytes) bytes of its IPC channel unread")
+            return false
+        }
+        if output.count == 1 { flush() }
+        return isOpen
+    }
+
+    private func flush() {
+        while isOpen, !output.isEmpty {
+            let n: Int
+            do {
+                n = try output[0].bytes.withUnsafeBytes { buf in
+                    try ListeningSocket.send(fd, UnsafeRawBufferPointer(rebasing: buf[output[0].offset...]), attaching: output[0].fd)
+                }
+            } catch {
+                // EPIPE / ECONNRESET: the worker closed its end or died; its exit is handled elsewhere.
+                close()
+                return
+            }
+            if n == 0 {
+                if let handle { loop?.modify(handle, events: [.readable, .writable]) }
+                return
+            }
+            output[0].fd = -1
+            output[0].offset += n
+            queuedBytes -= n
+            if output[0].offset == output[0].bytes.count { output.removeFirst() }
+        }
+        if let handle { loop?.modify(handle, events: [.readable]) }
     }
 
     private func cutOff(_ why: String) {
@@ -55,15 +121,16 @@ final class IPCChannel {
         onGarbage(why)
     }
 
-    /// Stops reading and closes pml's end; the worker sees EOF on its channel.
+    /// Stops reading and writing and closes pml's end; the worker sees EOF on its channel.
     func close() {
+        guard isOpen else { return }
+        isOpen = false
         if let handle { loop?.unregister(handle) }
         handle = nil
         closeFD(fd)
-        buffer.removeAll()
+        input.removeAll()
+        output.removeAll()
     }
 
-    deinit {
-        if handle != nil { close() }
-    }
+    deinit { close() }
 }

@@ -5,152 +5,58 @@ import PMLLua
 import PMLPosix
 
 /// The supervisor: keeps apps' workers alive according to their specs, hooks and the
-/// default policy, and answers control requests. Lives on the event loop's thread.
+/// default policy, routes their connections, and answers control requests. Lives on the
+/// event loop's thread.
 final class Supervisor {
     let loop: EventLoop
     let paths: PMLPaths
     let lua: LuaRuntime
     let logger: Logger
-    private(set) var apps: [ManagedApp] = []
-    private var workersByPID: [Int32: Worker] = [:]
-    private var nextWorkerID = 0
-    private var waiters: [(isDone: () -> Bool, done: () -> Void)] = []
-    private let startedAt = monotonicMs()
-    private let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    let router: ConnectionRouter
+    let notify: NotifySocket?
+    /// pml's Node preload (shims/node/preload.js), if found.
+    let nodeShim: String?
+    var apps: [ManagedApp] = []
+    var workersByPID: [Int32: Worker] = [:]
+    var nextWorkerID = 0
+    var nextListenerID = 0
+    var waiters: [(isDone: () -> Bool, done: () -> Void)] = []
+    let startedAt = monotonicMs()
+    let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
 
-    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger) {
+    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?) {
         self.loop = loop
         self.paths = paths
         self.lua = lua
         self.logger = logger
+        self.nodeShim = nodeShim
+        router = ConnectionRouter(loop: loop, logger: logger)
+        do {
+            notify = try NotifySocket(path: paths.home + "/notify.sock")
+        } catch {
+            logger.warning("no NOTIFY_SOCKET for workers: \(error)")
+            notify = nil
+        }
         lua.host = self
+        router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
+        router.onDispatched = { [unowned self] id in self.worker(id: id)?.dispatched += 1 }
+        if let notify {
+            _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }
+        }
         scheduleSampling()
     }
 
-    // MARK: control requests
+    func worker(id: Int) -> Worker? { apps.lazy.flatMap(\.workers).first { $0.id == id } }
 
-    /// Answers one control request; `respond` is called exactly once, maybe later (stop waits for exits).
-    func handle(_ request: ControlRequest, respond: @escaping (ControlResponse) -> Void) {
-        switch request.cmd {
-        case .ping:
-            respond(ControlResponse(ok: true, daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string,
-                                                                 home: paths.home, uptimeMs: monotonicMs() - startedAt)))
-        case .list:
-            respond(ControlResponse(ok: true, processes: rows()))
-        case .start:
-            guard let args = request.start else { return respond(.failure("start needs \"start\" arguments")) }
-            respond(start(args))
-        case .stop, .restart, .delete:
-            guard let target = request.target else { return respond(.failure("\(request.cmd.rawValue) needs a target")) }
-            act(request.cmd, target: target, respond: respond)
-        case .describe:
-            guard let target = request.target else { return respond(.failure("describe needs a target")) }
-            switch select(target) {
-            case .failure(let e): respond(.failure(e.message))
-            case .success(let workers):
-                guard let app = workers.first?.app else { return respond(.failure("nothing to describe")) }
-                respond(ControlResponse(ok: true, app: describe(app)))
-            }
-        case .flush:
-            let targets: [ManagedApp]
-            if let t = request.target, t != "all" {
-                guard let app = apps.first(where: { $0.spec.name == t }) else { return respond(.failure("no app named \"\(t)\"")) }
-                targets = [app]
-            } else {
-                targets = apps
-            }
-            targets.forEach { $0.logs.flush() }
-            respond(ControlResponse(ok: true, message: "flushed logs of \(targets.map(\.spec.name).joined(separator: ", "))"))
-        case .signal:
-            guard let target = request.target, let name = request.signal else {
-                return respond(.failure("signal needs a signal and a target"))
-            }
-            guard let number = SignalNames.number(name) else { return respond(.failure("unknown signal \"\(name)\"")) }
-            switch select(target) {
-            case .failure(let e): respond(.failure(e.message))
-            case .success(let workers):
-                let running = workers.filter { $0.pid != nil }
-                if running.isEmpty { return respond(.failure("no running worker matches \"\(target)\"")) }
-                running.forEach { signalGroup($0.pid!, number) }
-                respond(ControlResponse(ok: true, message: "sent \(SignalNames.name(number)) to \(running.count) worker(s)",
-                                        processes: rows()))
-            }
-        case .kill:
-            stopEverything {
-                respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
-                self.loop.schedule(after: 0) { self.loop.stop() }
-            }
-        }
-    }
+    // MARK: waiting for state
 
-    /// Stops and deletes every app, then calls `done` (daemon shutdown).
-    func stopEverything(_ done: @escaping () -> Void) {
-        let all = apps.flatMap(\.workers)
-        for app in apps { callHook(app, "onStop", [appValue(app)], worker: nil) }
-        stop(all, intent: .delete)
-        wait(until: { self.apps.isEmpty }, then: done)
-    }
-
-    private struct TargetError: Error { var message: String }
-
-    private func select(_ target: String) -> Result<[Worker], TargetError> {
-        switch TargetSelection(target) {
-        case .all:
-            let all = apps.flatMap(\.workers)
-            return all.isEmpty ? .failure(TargetError(message: "no apps are running")) : .success(all)
-        case .app(let name):
-            guard let app = apps.first(where: { $0.spec.name == name }) else {
-                return .failure(TargetError(message: "no app named \"\(name)\""))
-            }
-            return .success(app.workers)
-        case .worker(let id):
-            guard let w = apps.lazy.flatMap(\.workers).first(where: { $0.id == id }) else {
-                return .failure(TargetError(message: "no worker with id \(id)"))
-            }
-            return .success([w])
-        }
-    }
-
-    private func act(_ cmd: ControlCommand, target: String, respond: @escaping (ControlResponse) -> Void) {
-        let workers: [Worker]
-        switch select(target) {
-        case .failure(let e): return respond(.failure(e.message))
-        case .success(let w): workers = w
-        }
-        let ids = Set(workers.map(\.id))
-        let touched = Set(workers.map { ObjectIdentifier($0.app) })
-        let names = apps.filter { touched.contains(ObjectIdentifier($0)) }.map(\.spec.name)
-        let what = "\(names.joined(separator: ", ")) (\(workers.count) worker\(workers.count == 1 ? "" : "s"))"
-        switch cmd {
-        case .stop:
-            for app in apps where touched.contains(ObjectIdentifier(app)) { callHook(app, "onStop", [appValue(app)], worker: nil) }
-            stop(workers, intent: .stop)
-            wait(until: { workers.allSatisfy { !$0.status.hasProcess } }) {
-                respond(ControlResponse(ok: true, message: "stopped \(what)", processes: self.rows()))
-            }
-        case .restart:
-            stop(workers, intent: .restart)
-            wait(until: { workers.allSatisfy { $0.intent == nil } }) {
-                respond(ControlResponse(ok: true, message: "restarted \(what)", processes: self.rows()))
-            }
-        case .delete:
-            for app in apps where touched.contains(ObjectIdentifier(app)) { callHook(app, "onStop", [appValue(app)], worker: nil) }
-            stop(workers, intent: .delete)
-            wait(until: { !self.apps.contains { $0.workers.contains { ids.contains($0.id) } } }) {
-                respond(ControlResponse(ok: true, message: "deleted \(what)", processes: self.rows()))
-            }
-        default:
-            respond(.failure("unexpected command \(cmd.rawValue)"))
-        }
-    }
-
-    private func wait(until isDone: @escaping () -> Bool, then done: @escaping () -> Void) {
+    func wait(until isDone: @escaping () -> Bool, then done: @escaping () -> Void) {
         if isDone() { return done() }
         waiters.append((isDone, done))
     }
 
-    private func checkWaiters() {
+    func checkWaiters() {
         var i = 0
         while i < waiters.count {
             if waiters[i].isDone() {
@@ -162,134 +68,37 @@ final class Supervisor {
         }
     }
 
-    // MARK: start
+    // MARK: spawning
 
-    private func start(_ args: StartArguments) -> ControlResponse {
-        var value: ScriptValue
-        var parser: AppSpecParser
-        var loaded: LoadedAppFile?
-        let cpus = Int(cpuCount)
-        if let file = args.file {
-            do {
-                loaded = try lua.evaluateAppFile(path: file)
-            } catch {
-                return .failure("\(error)")
-            }
-            value = loaded!.value
-            parser = AppSpecParser(file: file, source: loaded!.source, baseDirectory: parentFolder(file), cpuCount: cpus)
-        } else if let app = args.app {
-            value = app
-            parser = AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
-        } else {
-            return .failure("start needs an app file or a command")
-        }
-        let releaseAll = { loaded?.tableRefs.forEach { self.lua.release(tableRef: $0) } }
-
-        // Command-line overrides go into the app tables so the parser validates them too.
-        func override(_ v: ScriptValue) -> ScriptValue {
-            guard case .object(var t) = v else { return v }
-            if let name = args.name { t["name"] = .string(name) }
-            if let n = args.instances { t["instances"] = n }
-            if !args.env.isEmpty {
-                var env: [String: ScriptValue] = [:]
-                if case .object(let e)? = t["env"] { env = e }
-                for (k, v) in args.env { env[k] = .string(v) }
-                t["env"] = .object(env)
-            }
-            return .object(t)
-        }
-        if case .array(let items) = value {
-            if args.name != nil, items.count != 1 {
-                releaseAll()
-                return .failure("--name needs an app file that declares one app, not \(items.count)")
-            }
-            value = .array(items.map(override))
-        } else {
-            value = override(value)
-        }
-        var specs: [AppSpec]
-        do {
-            specs = try parser.parse(value)
-        } catch {
-            releaseAll()
-            return .failure("\(error)")
-        }
-        for i in specs.indices { specs[i].appFile = args.file }
-        for spec in specs {
-            if let existing = apps.first(where: { $0.spec.name == spec.name }), existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {
-                releaseAll()
-                return .failure("app \"\(spec.name)\" is already running (use \"pml restart \(spec.name)\")")
-            }
-        }
-
-        var started: [String] = []
-        for (index, spec) in specs.enumerated() {
-            let app: ManagedApp
-            let isNew: Bool
-            if let existing = apps.first(where: { $0.spec.name == spec.name }) {
-                app = existing
-                isNew = false
-                app.spec = spec
-                app.baseEnv = args.clientEnv
-                app.logs.timestamps = spec.timestamps
-            } else {
-                app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths)
-                isNew = true
-                apps.append(app)
-            }
-            if let refs = loaded?.tableRefs, index < refs.count {
-                lua.bind(app: spec.name, tableRef: refs[index])
-            } else {
-                lua.unbind(app: spec.name)
-            }
-            resize(app, to: spec.instances)
-            for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil }
-            callHook(app, "onStart", [appValue(app)], worker: nil)
-            var failures: [String] = []
-            for w in app.workers {
-                do { try spawn(w) } catch { failures.append("\(error)") }
-            }
-            if failures.count == app.workers.count, let first = failures.first {
-                // Nothing could start: leave no trace of a new app, keep an old one stopped.
-                for w in app.workers { w.status = .stopped; w.reason = first }
-                if isNew { remove(app) }
-                for ref in (loaded?.tableRefs ?? []).dropFirst(index + 1) { lua.release(tableRef: ref) }
-                return .failure("cannot start \(spec.name): \(first)")
-            }
-            for (w, f) in zip(app.workers.filter { $0.pid == nil }, failures) { crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: f) }
-            started.append("\(spec.name) (\(app.workers.count) worker\(app.workers.count == 1 ? "" : "s"))")
-        }
-        logger.info("started \(started.joined(separator: ", "))")
-        return ControlResponse(ok: true, message: "started \(started.joined(separator: ", "))", processes: rows())
-    }
-
-    private func resize(_ app: ManagedApp, to count: Int) {
-        while app.workers.count > count { app.workers.removeLast() }
-        while app.workers.count < count {
-            app.workers.append(Worker(id: nextWorkerID, instance: app.workers.count, app: app))
-            nextWorkerID += 1
-        }
-    }
-
-    private func remove(_ app: ManagedApp) {
-        apps.removeAll { $0 === app }
-        lua.unbind(app: app.spec.name)
-    }
-
-    // MARK: spawning and exits
-
-    private func spawn(_ w: Worker) throws(SpawnError) {
+    func spawn(_ w: Worker) throws(SpawnError) {
         let app = w.app
         var env = app.baseEnv
         for (k, v) in app.spec.env { env[k] = v }
+        env["PML_HOME"] = nil
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
         env["NODE_APP_INSTANCE"] = String(w.instance)
-        env["PML_IPC_FD"] = "3"
-        env["NODE_CHANNEL_FD"] = "3"
+        if let notify { env["NOTIFY_SOCKET"] = notify.path }
+        var fds: [(source: Int32, target: Int32)] = []
+        let shared = app.spec.dispatch == .shared && !app.listeners.isEmpty
+        if shared {
+            // systemd socket activation: listening fds from 3, in app-file order.
+            for (i, l) in app.listeners.enumerated() { fds.append((l.fd, Int32(3 + i))) }
+            env["LISTEN_FDS"] = String(app.listeners.count)
+            env["LISTEN_FDNAMES"] = Array(repeating: app.spec.name, count: app.listeners.count).joined(separator: ":")
+        } else {
+            env["LISTEN_FDS"] = nil
+            env["LISTEN_FDNAMES"] = nil
+        }
+        let ipcTarget = Int32(3 + (shared ? app.listeners.count : 0))
+        env["PML_IPC_FD"] = String(ipcTarget)
+        env["NODE_CHANNEL_FD"] = String(ipcTarget)
         env["NODE_CHANNEL_SERIALIZATION_MODE"] = "json"
-        env["PML_HOME"] = nil
+        if app.usesNodeShim, let nodeShim {
+            let preload = "--require \(nodeShim)"
+            env["NODE_OPTIONS"] = [env["NODE_OPTIONS"], preload].compactMap { $0 }.joined(separator: " ")
+        }
 
         var opened: [Int32] = []
         func closeAll() { opened.forEach(closeFD) }
@@ -308,7 +117,8 @@ final class Supervisor {
         do {
             pid = try spawnProcess(SpawnRequest(
                 argv: app.spec.argv, env: env, cwd: app.spec.cwd,
-                fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, 3)], newSession: true))
+                fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds,
+                newSession: true, setListenPID: shared))
         } catch {
             closeAll()
             throw error
@@ -319,24 +129,41 @@ final class Supervisor {
         // Each pipe keeps itself registered until EOF (see OutputPipe).
         if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop)) == nil { closeFD(out.read) }
         if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop)) == nil { closeFD(err.read) }
-        w.ipc = try? IPCChannel(fd: ipc.0, loop: loop, onMessage: { [unowned self, unowned w] msg in
-            self.logger.debug("message from \(w.app.spec.name)#\(w.id): \(msg.brief)")
-        }, onGarbage: { [unowned self, unowned w] why in
-            self.logger.warning("\(w.app.spec.name) worker \(w.id): \(why); channel closed")
-            w.app.logs.note("worker \(w.id): \(why); pml closed the channel")
-        })
+        do {
+            w.ipc = try IPCChannel(fd: ipc.0, loop: loop, onMessage: { [unowned self, unowned w] msg in
+                self.ipcMessage(w, msg)
+            }, onGarbage: { [unowned self, unowned w] why in
+                self.ipcGarbage(w, why)
+            })
+        } catch {
+            closeFD(ipc.0)
+        }
         w.pid = pid
-        w.status = .online
+        w.status = .starting
         w.startedAt = monotonicMs()
+        w.failedToStart = false
         w.cpuSample = nil
         w.cpuPercent = 0
-        w.rssBytes = ProcStats.read(pid: pid)?.rssBytes ?? 0
+        w.rssBytes = 0
         w.reason = nil
         w.restartDelayMs = nil
+        w.statusText = nil
         workersByPID[pid] = w
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
+        awaitReadiness(w)
     }
+
+    /// Spawns, turning a failure to start into a crash (so backoff and errored apply).
+    func spawnOrCrash(_ w: Worker) {
+        do {
+            try spawn(w)
+        } catch {
+            crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: "\(error)")
+        }
+    }
+
+    // MARK: exits
 
     /// Reaps exited children and decides what happens to their workers.
     func childrenExited() {
@@ -344,11 +171,13 @@ final class Supervisor {
             guard let w = workersByPID.removeValue(forKey: exit.pid) else { continue } // pml.spawn or an adopted orphan
             // Whatever the worker left behind in its group goes with it (no orphan keeps a port).
             signalGroup(exit.pid, SIGKILL)
-            if let t = w.killTimer { loop.cancel(t) }
+            for t in [w.killTimer, w.readyTimer].compactMap({ $0 }) { loop.cancel(t) }
             w.killTimer = nil
+            w.readyTimer = nil
             w.pid = nil
             w.ipc?.close()
             w.ipc = nil
+            router.workerGone(worker: w.id)
             let info = ExitInfo(code: exit.code.map(Int.init), signal: exit.signal.map(SignalNames.name),
                                 uptimeMs: monotonicMs() - w.startedAt)
             w.lastExit = info
@@ -363,12 +192,13 @@ final class Supervisor {
         checkWaiters()
     }
 
-    private func finishStop(_ w: Worker, intent: StopIntent) {
+    func finishStop(_ w: Worker, intent: StopIntent) {
         w.intent = nil
         switch intent {
         case .stop:
             w.status = .stopped
             w.reason = "stopped by pml"
+            closeListenersIfIdle(w.app)
         case .delete:
             w.status = .stopped
             let app = w.app
@@ -378,16 +208,12 @@ final class Supervisor {
             w.history.restarts += 1
             w.history.unstableRestarts = 0
             w.history.backoffStep = 0
-            do {
-                try spawn(w)
-            } catch {
-                crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: "\(error)")
-            }
+            spawnOrCrash(w)
         }
     }
 
     /// An exit nobody asked for: the default policy (Lua) decides, then onCrash may overrule it.
-    private func crashed(_ w: Worker, exit: ExitInfo, spawnError: String?) {
+    func crashed(_ w: Worker, exit: ExitInfo, spawnError: String?) {
         let app = w.app
         if let spawnError { app.logs.note("worker \(w.id): \(spawnError)") }
         w.history.recordCrash(uptimeMs: exit.uptimeMs, spec: app.spec)
@@ -417,7 +243,8 @@ final class Supervisor {
                 }
             }
         }
-        let what = "worker \(w.id) \(exit.summary) after \(exit.uptimeMs) ms"
+        var what = "worker \(w.id) \(exit.summary) after \(exit.uptimeMs) ms"
+        if w.failedToStart { what += " (not ready within ready_timeout \(app.spec.readyTimeout) ms)" }
         switch decision {
         case .restart(let delay):
             w.history.recordRestart()
@@ -428,29 +255,30 @@ final class Supervisor {
             w.restartTimer = loop.schedule(after: delay) { [unowned self, unowned w] in
                 w.restartTimer = nil
                 guard w.status == .waiting else { return }
-                do {
-                    try self.spawn(w)
-                } catch {
-                    self.crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: "\(error)")
-                }
+                self.spawnOrCrash(w)
                 self.checkWaiters()
             }
         case .stop(let reason):
             w.status = .stopped
             w.reason = "\(what); not restarted: \(reason)"
             app.logs.note(w.reason!)
+            closeListenersIfIdle(app)
         case .errored(let reason):
             w.status = .errored
             w.reason = "\(what); errored: \(reason)"
             app.logs.note(w.reason!)
             logger.warning("\(app.spec.name) worker \(w.id) errored: \(reason)")
+            closeListenersIfIdle(app)
         }
     }
 
-    /// Asks workers to exit: the app's kill signal to the whole group, SIGKILL after kill_timeout.
-    private func stop(_ workers: [Worker], intent: StopIntent) {
+    /// Asks workers to exit. Each leaves the rotation first; then, if `graceful` and it runs pml's
+    /// Node preload, it gets "shutdown" and kill_timeout to finish; then the app's kill signal to
+    /// its whole group; then SIGKILL after kill_timeout.
+    func stop(_ workers: [Worker], intent: StopIntent, graceful: Bool = false) {
         for w in workers {
             if let t = w.restartTimer { loop.cancel(t); w.restartTimer = nil }
+            if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
             guard let pid = w.pid else {
                 // No process: the intent takes effect at once.
                 finishStop(w, intent: intent)
@@ -460,22 +288,56 @@ final class Supervisor {
             if w.intent != .delete { w.intent = intent }
             if w.status == .stopping { continue }
             w.status = .stopping
-            let signal = SignalNames.number(w.app.spec.killSignal) ?? SIGTERM
-            signalGroup(pid, signal)
-            w.killTimer = loop.schedule(after: w.app.spec.killTimeout) { [unowned self, unowned w] in
-                w.killTimer = nil
+            router.retire(worker: w.id)
+            let app = w.app
+            let signal = SignalNames.number(app.spec.killSignal) ?? SIGTERM
+            let sendKillSignal = { [unowned self, unowned w] in
                 guard w.pid == pid else { return }
-                self.logger.warning("\(w.app.spec.name) worker \(w.id) (pid \(pid)) ignored \(SignalNames.name(signal)) for \(w.app.spec.killTimeout) ms; sending SIGKILL")
-                signalGroup(pid, SIGKILL)
+                signalGroup(pid, signal)
+                w.killTimer = self.loop.schedule(after: app.spec.killTimeout) { [unowned self, unowned w] in
+                    w.killTimer = nil
+                    guard w.pid == pid else { return }
+                    self.logger.warning("\(app.spec.name) worker \(w.id) (pid \(pid)) ignored \(SignalNames.name(signal)) for \(app.spec.killTimeout) ms; sending SIGKILL")
+                    signalGroup(pid, SIGKILL)
+                }
+            }
+            if graceful, app.usesNodeShim, w.ipc?.send(.string("shutdown")) == true {
+                w.killTimer = loop.schedule(after: app.spec.killTimeout) { sendKillSignal() }
+            } else {
+                sendKillSignal()
             }
         }
         checkWaiters()
     }
 
+    // MARK: apps
+
+    func resize(_ app: ManagedApp, to count: Int) {
+        while app.workers.count > count { app.workers.removeLast() }
+        while app.workers.count < count { addWorker(to: app) }
+    }
+
+    @discardableResult
+    func addWorker(to app: ManagedApp) -> Worker {
+        let used = Set(app.workers.map(\.instance))
+        let instance = (0...).first { !used.contains($0) }!
+        let w = Worker(id: nextWorkerID, instance: instance, app: app)
+        nextWorkerID += 1
+        app.workers.append(w)
+        app.workers.sort { $0.instance < $1.instance }
+        return w
+    }
+
+    func remove(_ app: ManagedApp) {
+        closeListeners(app)
+        apps.removeAll { $0 === app }
+        lua.unbind(app: app.spec.name)
+    }
+
     // MARK: hooks
 
     @discardableResult
-    private func callHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?) -> ScriptValue? {
+    func callHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?) -> ScriptValue? {
         guard app.spec.hooks.contains(hook) else { return nil }
         switch lua.callHook(app: app.spec.name, hook: hook, args: args) {
         case .notDefined: return nil
@@ -486,7 +348,7 @@ final class Supervisor {
         }
     }
 
-    private func hookFailed(_ app: ManagedApp, _ worker: Worker?, _ hook: String, _ message: String) {
+    func hookFailed(_ app: ManagedApp, _ worker: Worker?, _ hook: String, _ message: String) {
         logger.warning("\(app.spec.name): hook \(hook) failed: \(message); the default applies")
         app.logs.note("hook \(hook) failed: \(message); the default applies")
         worker?.lastHookError = "\(hook): \(message)"
@@ -502,9 +364,15 @@ final class Supervisor {
 
     func rows() -> [ProcessRow] { apps.flatMap { $0.workers.map(\.row) } }
 
-    private func describe(_ app: ManagedApp) -> AppDescription {
-        AppDescription(name: app.spec.name, mode: app.spec.mode, status: app.status, spec: app.spec,
-                       outLog: app.logs.outPath, errLog: app.logs.errPath, workers: app.workers.map(\.description))
+    func describe(_ app: ManagedApp) -> AppDescription {
+        AppDescription(
+            name: app.spec.name, mode: app.spec.mode, status: app.status, spec: app.spec,
+            outLog: app.logs.outPath, errLog: app.logs.errPath,
+            workers: app.workers.map { w in
+                w.description(serving: app.listeners.filter { router.serves(worker: w.id, listener: $0.id) }.map(\.address.description))
+            },
+            listening: app.listeners.map(\.address.description),
+            pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) })
     }
 
     private func scheduleSampling() {
@@ -524,47 +392,6 @@ final class Supervisor {
             }
             w.cpuSample = (stats.cpuTimeMs, now)
             w.rssBytes = stats.rssBytes
-        }
-    }
-
-    private func parentFolder(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return currentDirectory() }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
-}
-
-extension Supervisor: LuaHost {
-    func luaLog(level: LuaLogLevel, source: String, message: String) {
-        switch level {
-        case .info: logger.info("[lua] \(source): \(message)")
-        case .warn: logger.warning("[lua] \(source): \(message)")
-        }
-    }
-
-    func luaApps() -> ScriptValue { .array(apps.map(appValue)) }
-
-    func luaWorkers(app: String) -> ScriptValue? {
-        apps.first { $0.spec.name == app }.map { .array($0.workers.map(\.scriptValue)) }
-    }
-
-    func luaRestart(target: String) -> String? {
-        if case .failure(let e) = select(target) { return e.message }
-        // Not from inside the hook: the restart runs on the loop's next turn.
-        loop.schedule(after: 0) { [unowned self] in self.act(.restart, target: target) { _ in } }
-        return nil
-    }
-
-    func luaSpawn(argv: [String]) -> String? {
-        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer { closeFD(devNull) }
-        do {
-            // Output goes to the daemon's own log; the child is reaped like any other.
-            let pid = try spawnProcess(SpawnRequest(argv: argv, env: processEnvironment(),
-                                                    fds: [(devNull, 0), (1, 1), (2, 2)], newSession: true))
-            logger.info("pml.spawn: started \(argv.joined(separator: " ")) as pid \(pid)")
-            return nil
-        } catch {
-            return "\(error)"
         }
     }
 }

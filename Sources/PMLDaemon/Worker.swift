@@ -23,6 +23,13 @@ final class Worker {
     var reason: String?
     var restartDelayMs: Int?
     var lastHookError: String?
+    var readyTimer: TimerHandle?
+    /// Set when the worker was stopped for not becoming ready in time.
+    var failedToStart = false
+    var metrics: [String: Double] = [:]
+    var statusText: String?
+    /// Connections handed to this worker (all its processes).
+    var dispatched = 0
     var cpuSample: (cpuMs: Int, at: Int)?
     var cpuPercent = 0.0
     var rssBytes = 0
@@ -51,10 +58,11 @@ final class Worker {
                    cpu: pid != nil ? (cpuPercent * 10).rounded() / 10 : 0, memory: pid != nil ? rssBytes : 0)
     }
 
-    var description: WorkerDescription {
+    func description(serving: [String]) -> WorkerDescription {
         WorkerDescription(row: row, lastExit: lastExit, reason: reason,
                           restartDelayMs: status == .waiting ? restartDelayMs : nil,
-                          unstableRestarts: history.unstableRestarts, lastHookError: lastHookError)
+                          unstableRestarts: history.unstableRestarts, lastHookError: lastHookError,
+                          metrics: metrics, statusText: statusText, serving: serving)
     }
 }
 
@@ -64,12 +72,21 @@ final class ManagedApp {
     /// The starting client's environment; the app's own `env` goes on top.
     var baseEnv: [String: String]
     var workers: [Worker] = []
+    /// Sockets pml holds for the app; kept across worker restarts, closed when the app stops.
+    var listeners: [AppListener] = []
     let logs: AppLogFiles
 
     init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths) {
         self.spec = spec
         self.baseEnv = baseEnv
         logs = AppLogFiles(outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name), timestamps: spec.timestamps)
+    }
+
+    /// Node workers of `rr` apps get pml's preload, which turns `server.listen()` into a request
+    /// to pml; they serve an address once they ask for it, not as soon as they are ready.
+    var usesNodeShim: Bool {
+        guard spec.dispatch == .roundRobin, let program = spec.argv.first?.split(separator: "/").last else { return false }
+        return program == "node" || program == "nodejs"
     }
 
     /// The app's status as one word: the liveliest of its workers'.

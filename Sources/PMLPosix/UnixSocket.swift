@@ -57,9 +57,10 @@ public enum UnixSocket {
         return fd
     }
 
-    /// Accepts one pending connection (non-blocking, CLOEXEC); nil when none is pending.
-    public static func accept(_ fd: Int32) -> Int32? {
-        let c = pml_accept(fd)
+    /// Accepts one pending connection (CLOEXEC; non-blocking unless it is for a worker, which
+    /// expects what accept() gives); nil when none is pending.
+    public static func accept(_ fd: Int32, nonBlocking: Bool = true) -> Int32? {
+        let c = pml_accept(fd, nonBlocking ? 1 : 0)
         return c >= 0 ? c : nil
     }
 

@@ -51,7 +51,8 @@ void pml_unblock_all_signals(void);
 
 int pml_pipe(int fds[2], int nonblocking);
 int pml_socketpair_stream(int fds[2]);
-int pml_accept(int fd);
+/* accept4 with CLOEXEC; NONBLOCK only if asked (handed-over connections stay blocking, as accept() gives them). */
+int pml_accept(int fd, int nonblocking);
 int pml_set_nonblocking(int fd, int on);
 int pml_peer_credentials(int fd, uid_t *uid, pid_t *pid);
 
@@ -61,6 +62,16 @@ ssize_t pml_send_with_fd(int sock, const void *buf, size_t len, int fd);
 ssize_t pml_recv_with_fd(int sock, void *buf, size_t len, int *fd, int *truncated);
 
 int pml_set_child_subreaper(void);
+
+/* A listening TCP socket, CLOEXEC, SO_REUSEADDR. host NULL: every interface, one dual-stack
+ * IPv6 socket (IPv4 only where IPv6 is off). Returns the fd and the bound port, or -1 with errno
+ * (EAI errors from name lookup become EADDRNOTAVAIL). */
+int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int *bound_port);
+
+/* A unix datagram socket at path that receives senders' credentials (for NOTIFY_SOCKET). */
+int pml_notify_socket(const char *path);
+/* Receives one datagram and the sender's pid (0 if none came). -1 with EAGAIN when empty. */
+ssize_t pml_recv_notify(int fd, void *buf, size_t len, pid_t *pid);
 
 /* waitpid status decoding (the W* macros do not import). */
 int pml_wifexited(int status);

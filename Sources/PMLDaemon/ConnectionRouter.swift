@@ -1,0 +1,228 @@
+import Glibc
+import Logging
+import PMLCore
+import PMLPosix
+
+/// A socket pml holds for an app.
+final class AppListener {
+    let id: Int
+    let address: ListenAddress
+    /// The port asked for (0: any); `address` holds the port actually bound.
+    let requestedPort: Int?
+    let fd: Int32
+    var handle: IOHandle?
+
+    init(id: Int, address: ListenAddress, requestedPort: Int?, fd: Int32) {
+        self.id = id
+        self.address = address
+        self.requestedPort = requestedPort
+        self.fd = fd
+    }
+
+    /// Binds `address`: non-blocking for `rr` (pml accepts), blocking for `shared` (workers accept,
+    /// and inherited sockets should look as systemd passes them).
+    static func bind(id: Int, address: ListenAddress, forSharing: Bool) throws(SystemError) -> AppListener {
+        switch address {
+        case .tcp(let host, let port):
+            let (fd, bound) = try ListeningSocket.tcp(host: host, port: port, nonBlocking: !forSharing)
+            return AppListener(id: id, address: .tcp(host: host, port: bound), requestedPort: port, fd: fd)
+        case .unix(let path):
+            let fd = try ListeningSocket.unix(path: path, nonBlocking: !forSharing)
+            return AppListener(id: id, address: address, requestedPort: nil, fd: fd)
+        }
+    }
+
+    /// Whether a worker's `listen()` for this host/port/path means this socket.
+    func matches(host: String?, port: Int?, path: String?) -> Bool {
+        switch address {
+        case .unix(let p): return path == p
+        case .tcp(let h, let bound):
+            guard let port, path == nil else { return false }
+            let anyHost = host == nil || host == "::" || host == "0.0.0.0"
+            let hostMatches = h == nil ? anyHost : (host == h)
+            return hostMatches && (port == bound || port == requestedPort)
+        }
+    }
+}
+
+/// Accepts connections on `rr` listeners and hands each to the next ready worker, as the
+/// `RoundRobinDispatcher` decides. Holds pml's copy of every handed fd until the worker
+/// acknowledges it, so a worker that dies first does not take the connection with it.
+final class ConnectionRouter {
+    /// Connections accepted but not handed out wait this long at most, then are closed.
+    static let maxWaitMs = 30_000
+    /// Past this many waiting connections pml stops accepting; the kernel backlog holds the rest.
+    static let maxPending = 4096
+
+    private let loop: EventLoop
+    private let logger: Logger
+    private var dispatcher = RoundRobinDispatcher()
+    private var listeners: [Int: AppListener] = [:]
+    private var pending: [Int: [(fd: Int32, since: Int)]] = [:]
+    private var inFlight: [Int: (fd: Int32, listener: Int)] = [:]
+    private var pendingCount = 0
+    private var acceptingPaused = false
+    /// Writes the handle line for `listener`'s connection `fd` to `worker`; false if it cannot.
+    var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
+    /// Counts handed connections per worker, for `ls` and metrics.
+    var onDispatched: (_ worker: Int) -> Void = { _ in }
+
+    init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+        scheduleExpiry()
+    }
+
+    var waitingConnections: Int { pendingCount }
+
+    func waiting(on listener: Int) -> Int { pending[listener]?.count ?? 0 }
+
+    /// Starts accepting on a listener.
+    func add(_ listener: AppListener) throws(SystemError) {
+        listeners[listener.id] = listener
+        listener.handle = try loop.register(fd: listener.fd, events: acceptingPaused ? [] : [.readable]) { [unowned self] _ in
+            self.acceptAll(listener)
+        }
+    }
+
+    /// Stops accepting on a listener and closes it and every connection still waiting for it.
+    func remove(_ listener: AppListener) {
+        if let h = listener.handle { loop.unregister(h) }
+        listener.handle = nil
+        listeners[listener.id] = nil
+        for c in pending.removeValue(forKey: listener.id) ?? [] {
+            closeFD(c.fd)
+            pendingCount -= 1
+        }
+        resumeIfRoom()
+    }
+
+    /// `worker` now takes connections of `listener`.
+    func serve(worker: Int, listener: Int) {
+        dispatcher.add(worker: worker, listener: listener)
+        drain()
+    }
+
+    /// `worker` stops taking connections of `listener` (its server closed).
+    func stopServing(worker: Int, listener: Int) {
+        dispatcher.remove(worker: worker, listener: listener)
+    }
+
+    func serves(worker: Int, listener: Int) -> Bool { dispatcher.serves(worker: worker, listener: listener) }
+
+    /// Takes a worker out of rotation (retiring, stopping). A handle it has not acknowledged yet
+    /// stays with it: it is alive and may still take it.
+    func retire(worker: Int) {
+        dispatcher.remove(worker: worker)
+    }
+
+    /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another.
+    func workerGone(worker: Int) {
+        dispatcher.remove(worker: worker)
+        if let f = inFlight.removeValue(forKey: worker) {
+            if listeners[f.listener] != nil {
+                logger.info("worker \(worker) died before taking its connection; handing it to another")
+                pending[f.listener, default: []].insert((f.fd, monotonicMs()), at: 0)
+                pendingCount += 1
+            } else {
+                closeFD(f.fd)
+            }
+        }
+        drain()
+    }
+
+    /// NODE_HANDLE_ACK: the worker owns the connection now; pml's copy is closed.
+    func acknowledged(worker: Int) {
+        guard let f = inFlight.removeValue(forKey: worker) else { return }
+        closeFD(f.fd)
+        dispatcher.acknowledged(worker: worker)
+        drain()
+    }
+
+    /// NODE_HANDLE_NACK: the handle did not arrive; the connection goes to the front of the line.
+    func refused(worker: Int) {
+        guard let f = inFlight.removeValue(forKey: worker) else { return }
+        pending[f.listener, default: []].insert((f.fd, monotonicMs()), at: 0)
+        pendingCount += 1
+        dispatcher.acknowledged(worker: worker)
+        drain()
+    }
+
+    /// Whether the worker still has a handle it has not acknowledged.
+    func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil }
+
+    private func acceptAll(_ listener: AppListener) {
+        // A bounded batch per wake-up keeps other fds served under a connection storm.
+        for _ in 0..<64 {
+            guard listeners[listener.id] != nil, let fd = UnixSocket.accept(listener.fd, nonBlocking: false) else { return }
+            if !handOut(fd, listener) {
+                pending[listener.id, default: []].append((fd, monotonicMs()))
+                pendingCount += 1
+                if pendingCount >= Self.maxPending { pauseAccepting() }
+            }
+        }
+    }
+
+    /// Gives `fd` to the next worker in rotation; false if none can take it now.
+    private func handOut(_ fd: Int32, _ listener: AppListener) -> Bool {
+        while let worker = dispatcher.next(for: listener.id) {
+            if sendHandle(worker, fd, listener) {
+                inFlight[worker] = (fd, listener.id)
+                onDispatched(worker)
+                return true
+            }
+            // Its channel is gone: out of rotation; its exit will follow.
+            dispatcher.remove(worker: worker)
+        }
+        return false
+    }
+
+    /// Hands waiting connections to workers that can take them, oldest first.
+    func drain() {
+        for (id, queue) in pending where !queue.isEmpty {
+            guard let listener = listeners[id] else { continue }
+            var remaining = queue[...]
+            while let first = remaining.first, handOut(first.fd, listener) {
+                remaining.removeFirst()
+                pendingCount -= 1
+            }
+            pending[id] = Array(remaining)
+        }
+        resumeIfRoom()
+    }
+
+    private func pauseAccepting() {
+        guard !acceptingPaused else { return }
+        acceptingPaused = true
+        logger.warning("\(pendingCount) connections are waiting for a worker; pausing accept")
+        for l in listeners.values { if let h = l.handle { loop.modify(h, events: []) } }
+    }
+
+    private func resumeIfRoom() {
+        guard acceptingPaused, pendingCount < Self.maxPending / 2 else { return }
+        acceptingPaused = false
+        for l in listeners.values { if let h = l.handle { loop.modify(h, events: [.readable]) } }
+    }
+
+    private func scheduleExpiry() {
+        loop.schedule(after: 1000) { [weak self] in
+            guard let self else { return }
+            self.expire()
+            self.scheduleExpiry()
+        }
+    }
+
+    /// Closes connections that waited too long for a worker (bounded wait, not refusal at once).
+    private func expire() {
+        let cutoff = monotonicMs() - Self.maxWaitMs
+        for (id, queue) in pending {
+            let (old, fresh) = (queue.filter { $0.since < cutoff }, queue.filter { $0.since >= cutoff })
+            guard !old.isEmpty else { continue }
+            old.forEach { closeFD($0.fd) }
+            pendingCount -= old.count
+            pending[id] = fresh
+            logger.warning("closed \(old.count) connection(s) that waited \(Self.maxWaitMs) ms for a worker")
+        }
+        resumeIfRoom()
+    }
+}

@@ -1,0 +1,223 @@
+import FoundationEssentials
+import Glibc
+import PMLCore
+import PMLPosix
+
+/// Cluster mode: the sockets pml owns, readiness, and what workers say on their IPC channel.
+extension Supervisor {
+    // MARK: listeners
+
+    /// Binds the app's `listen` addresses that are not bound yet (rr: pml accepts on them).
+    func openListeners(_ app: ManagedApp) throws(SystemError) {
+        var opened: [AppListener] = []
+        for address in app.spec.listen where !app.listeners.contains(where: { $0.matchesSpec(address) }) {
+            do {
+                let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: app.spec.dispatch == .shared)
+                nextListenerID += 1
+                if app.spec.dispatch == .roundRobin { try router.add(l) }
+                opened.append(l)
+                app.listeners.append(l)
+            } catch {
+                for l in opened { closeListener(l, of: app) }
+                throw error
+            }
+        }
+    }
+
+    func closeListeners(_ app: ManagedApp) {
+        for l in app.listeners { closeListener(l, of: app) }
+    }
+
+    private func closeListener(_ l: AppListener, of app: ManagedApp) {
+        router.remove(l)
+        closeFD(l.fd)
+        if case .unix(let path) = l.address { unlink(path) }
+        app.listeners.removeAll { $0 === l }
+    }
+
+    /// A stopped or errored app frees its ports (as PM2 does); they are bound again on start.
+    func closeListenersIfIdle(_ app: ManagedApp) {
+        if app.workers.allSatisfy({ $0.status == .stopped || $0.status == .errored }) { closeListeners(app) }
+    }
+
+    // MARK: readiness
+
+    func awaitReadiness(_ w: Worker) {
+        let app = w.app
+        switch app.spec.ready {
+        case .automatic:
+            // A Node worker of an app that already has sockets is ready when its server listens.
+            if app.usesNodeShim && nodeShim != nil && !app.listeners.isEmpty { break }
+            return markReady(w)
+        case .message:
+            break
+        case .delay(let ms):
+            w.readyTimer = loop.schedule(after: ms) { [unowned self, unowned w] in
+                w.readyTimer = nil
+                self.markReady(w)
+            }
+            return
+        }
+        w.readyTimer = loop.schedule(after: app.spec.readyTimeout) { [unowned self, unowned w] in
+            w.readyTimer = nil
+            guard w.status == .starting, w.pid != nil else { return }
+            self.logger.warning("\(app.spec.name) worker \(w.id) was not ready within \(app.spec.readyTimeout) ms")
+            w.failedToStart = true
+            // Its exit counts as a crash: the restart policy decides what comes next.
+            let pid = w.pid!
+            signalGroup(pid, SignalNames.number(app.spec.killSignal) ?? SIGTERM)
+            w.killTimer = self.loop.schedule(after: app.spec.killTimeout) { [unowned w] in
+                w.killTimer = nil
+                if w.pid == pid { signalGroup(pid, SIGKILL) }
+            }
+        }
+    }
+
+    /// The worker is ready: into rotation (unless it serves through the Node preload, which asks
+    /// for each address itself) and onReady.
+    func markReady(_ w: Worker) {
+        guard w.status == .starting else { return }
+        if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
+        w.status = .online
+        let app = w.app
+        if app.spec.dispatch == .roundRobin && !app.usesNodeShim {
+            for l in app.listeners { router.serve(worker: w.id, listener: l.id) }
+        }
+        callHook(app, "onReady", [w.scriptValue], worker: w)
+        checkWaiters()
+    }
+
+    // MARK: IPC
+
+    func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> Bool {
+        guard let w = worker(id: id), let ipc = w.ipc, ipc.isOpen else { return false }
+        let msg: ScriptValue = .object([
+            "cmd": .string("NODE_HANDLE"),
+            "type": .string("net.Socket"),
+            "msg": .object([
+                "type": .string("pml:connection"),
+                "port": listener.address.port.map { .int(Int64($0)) } ?? .null,
+                "address": .string(listener.address.description),
+            ]),
+        ])
+        guard let line = try? jsonLine(msg) else { return false }
+        return ipc.send(line: line, attaching: fd)
+    }
+
+    /// What a worker said on its channel.
+    func ipcMessage(_ w: Worker, _ msg: ScriptValue) {
+        if case .object(let t) = msg, let cmd = t["cmd"]?.stringValue, cmd.hasPrefix("NODE_") {
+            switch cmd {
+            case "NODE_HANDLE_ACK": router.acknowledged(worker: w.id)
+            case "NODE_HANDLE_NACK": router.refused(worker: w.id)
+            default: break // Node's own housekeeping
+            }
+            return
+        }
+        let type = msg["type"]?.stringValue
+        if msg == .string("ready") || type == "ready" {
+            return markReady(w)
+        }
+        switch type {
+        case "metric":
+            if let name = msg["name"]?.stringValue, let value = msg["value"]?.doubleValue { w.metrics[name] = value }
+        case "pml:listen":
+            listenRequest(w, msg)
+        case "pml:unlisten":
+            for l in w.app.listeners where l.matches(host: msg["host"]?.stringValue, port: msg["port"]?.intValue.map(Int.init),
+                                                     path: msg["path"]?.stringValue) {
+                router.stopServing(worker: w.id, listener: l.id)
+            }
+        default:
+            // Anything else is the app's business; a value returned by onMessage goes back to the worker.
+            if let reply = callHook(w.app, "onMessage", [w.scriptValue, msg], worker: w), reply != .null {
+                w.ipc?.send(reply)
+            }
+        }
+    }
+
+    /// `server.listen()` in a Node worker, through pml's preload: bind the address for the app
+    /// (once) and put the worker in rotation for it.
+    private func listenRequest(_ w: Worker, _ msg: ScriptValue) {
+        let app = w.app
+        let id = msg["id"] ?? .null
+        let host = msg["host"]?.stringValue
+        let port = msg["port"]?.intValue.map(Int.init)
+        let path = msg["path"]?.stringValue
+        func reply(_ fields: [String: ScriptValue]) {
+            var t = fields
+            t["cmd"] = .string("NODE_PML_LISTEN_REPLY")
+            t["id"] = id
+            w.ipc?.send(.object(t))
+        }
+        var listener = app.listeners.first { $0.matches(host: host, port: port, path: path) }
+        if listener == nil {
+            let address: ListenAddress
+            if let path { address = .unix(path: path) } else if let port, (0...65535).contains(port) {
+                let anyHost = host == nil || host == "::" || host == "0.0.0.0"
+                address = .tcp(host: anyHost ? nil : host, port: port)
+            } else {
+                return reply(["ok": .bool(false), "code": .string("EINVAL"), "error": .string("EINVAL: listen needs a port or a path")])
+            }
+            do {
+                let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: false)
+                nextListenerID += 1
+                try router.add(l)
+                app.listeners.append(l)
+                listener = l
+                logger.info("\(app.spec.name): listening on \(l.address.description) for its workers")
+            } catch {
+                let code = error.errno == EADDRINUSE ? "EADDRINUSE" : error.errno == EACCES ? "EACCES" : "EADDRNOTAVAIL"
+                return reply(["ok": .bool(false), "code": .string(code), "error": .string("\(code): \(error)")])
+            }
+        }
+        guard let l = listener else { return }
+        reply(["ok": .bool(true), "port": l.address.port.map { .int(Int64($0)) } ?? .null,
+               "address": .string(l.address.description)])
+        if w.status == .starting && app.spec.ready == .automatic { markReady(w) }
+        if w.status == .online || w.status == .starting { router.serve(worker: w.id, listener: l.id) }
+    }
+
+    /// Garbage or a flood on the channel: pml stops listening to it and restarts the worker.
+    func ipcGarbage(_ w: Worker, _ why: String) {
+        logger.warning("\(w.app.spec.name) worker \(w.id): \(why); restarting it")
+        w.app.logs.note("worker \(w.id): \(why); pml closed the channel and restarts the worker")
+        router.workerGone(worker: w.id)
+        if w.pid != nil { stop([w], intent: .restart) }
+    }
+
+    // MARK: NOTIFY_SOCKET
+
+    func notifyReadable() {
+        guard let notify else { return }
+        while let (pid, text) = notify.receive() {
+            // A worker's own children may notify for it (systemd's NotifyAccess=all): match by group.
+            guard pid > 0, let w = workersByPID[pid] ?? processGroup(of: pid).flatMap({ workersByPID[$0] }) else { continue }
+            for line in text.split(separator: "\n") {
+                if line == "READY=1" {
+                    markReady(w)
+                } else if line == "STOPPING=1" {
+                    router.retire(worker: w.id)
+                } else if line.hasPrefix("STATUS=") {
+                    w.statusText = String(line.dropFirst("STATUS=".count))
+                }
+            }
+        }
+    }
+}
+
+extension AppListener {
+    /// Whether this socket is the one an app file's `listen` entry asks for.
+    func matchesSpec(_ wanted: ListenAddress) -> Bool {
+        switch (wanted, address) {
+        case (.unix(let a), .unix(let b)): return a == b
+        case (.tcp(let h1, let p1), .tcp(let h2, _)): return h1 == h2 && p1 == requestedPort
+        default: return false
+        }
+    }
+}
+
+/// One JSON value as bytes (no newline).
+func jsonLine(_ value: ScriptValue) throws -> [UInt8] {
+    Array(try JSONEncoder().encode(value))
+}

@@ -1,0 +1,344 @@
+import Glibc
+import PMLCore
+import PMLLua
+import PMLPosix
+
+/// Control requests: what `pml <command>` asks of the daemon.
+extension Supervisor {
+    /// Answers one control request; `respond` is called exactly once, maybe later (stop waits for exits).
+    func handle(_ request: ControlRequest, respond: @escaping (ControlResponse) -> Void) {
+        switch request.cmd {
+        case .ping:
+            respond(ControlResponse(ok: true, daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string,
+                                                                 home: paths.home, uptimeMs: monotonicMs() - startedAt)))
+        case .list:
+            respond(ControlResponse(ok: true, processes: rows()))
+        case .start:
+            guard let args = request.start else { return respond(.failure("start needs \"start\" arguments")) }
+            respond(start(args))
+        case .stop, .restart, .delete:
+            guard let target = request.target else { return respond(.failure("\(request.cmd.rawValue) needs a target")) }
+            act(request.cmd, target: target, respond: respond)
+        case .describe:
+            guard let target = request.target else { return respond(.failure("describe needs a target")) }
+            switch select(target) {
+            case .failure(let e): respond(.failure(e.message))
+            case .success(let workers):
+                guard let app = workers.first?.app else { return respond(.failure("nothing to describe")) }
+                respond(ControlResponse(ok: true, app: describe(app)))
+            }
+        case .flush:
+            let targets: [ManagedApp]
+            if let t = request.target, t != "all" {
+                guard let app = apps.first(where: { $0.spec.name == t }) else { return respond(.failure("no app named \"\(t)\"")) }
+                targets = [app]
+            } else {
+                targets = apps
+            }
+            targets.forEach { $0.logs.flush() }
+            respond(ControlResponse(ok: true, message: "flushed logs of \(targets.map(\.spec.name).joined(separator: ", "))"))
+        case .signal:
+            guard let target = request.target, let name = request.signal else {
+                return respond(.failure("signal needs a signal and a target"))
+            }
+            guard let number = SignalNames.number(name) else { return respond(.failure("unknown signal \"\(name)\"")) }
+            switch select(target) {
+            case .failure(let e): respond(.failure(e.message))
+            case .success(let workers):
+                let running = workers.filter { $0.pid != nil }
+                if running.isEmpty { return respond(.failure("no running worker matches \"\(target)\"")) }
+                running.forEach { signalGroup($0.pid!, number) }
+                respond(ControlResponse(ok: true, message: "sent \(SignalNames.name(number)) to \(running.count) worker(s)",
+                                        processes: rows()))
+            }
+        case .send:
+            guard let target = request.target, let message = request.message else {
+                return respond(.failure("send needs a target and a message"))
+            }
+            switch select(target) {
+            case .failure(let e): respond(.failure(e.message))
+            case .success(let workers):
+                let reached = workers.filter { $0.pid != nil && $0.ipc?.send(message) == true }
+                if reached.isEmpty { return respond(.failure("no running worker of \"\(target)\" has an open IPC channel")) }
+                respond(ControlResponse(ok: true, message: "sent to \(reached.count) worker\(reached.count == 1 ? "" : "s")"))
+            }
+        case .scale:
+            guard let target = request.target, let count = request.count else {
+                return respond(.failure("scale needs an app and a count"))
+            }
+            guard let app = apps.first(where: { $0.spec.name == target }) else {
+                return respond(.failure("no app named \"\(target)\""))
+            }
+            let current = app.workers.count
+            let wanted: Int?
+            if count.hasPrefix("+") || count.hasPrefix("-") {
+                wanted = Int(count.dropFirst()).map { count.hasPrefix("+") ? current + $0 : current - $0 }
+            } else {
+                wanted = Int(count)
+            }
+            guard let n = wanted, n >= 1, n <= 1024 else {
+                return respond(.failure("scale takes N, +N or -N giving 1 to 1024 workers (now \(current)), got \"\(count)\"; pml stop stops them all"))
+            }
+            scale(app, to: n) { respond(ControlResponse(ok: true, message: "scaled \(target) from \(current) to \(n)", processes: self.rows())) }
+        case .kill:
+            stopEverything {
+                respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
+                self.loop.schedule(after: 0) { self.loop.stop() }
+            }
+        }
+    }
+
+    /// Stops and deletes every app, then calls `done` (daemon shutdown).
+    func stopEverything(_ done: @escaping () -> Void) {
+        let all = apps.flatMap(\.workers)
+        for app in apps { callHook(app, "onStop", [appValue(app)], worker: nil) }
+        stop(all, intent: .delete)
+        wait(until: { self.apps.isEmpty }, then: done)
+    }
+
+    struct TargetError: Error { var message: String }
+
+    func select(_ target: String) -> Result<[Worker], TargetError> {
+        switch TargetSelection(target) {
+        case .all:
+            let all = apps.flatMap(\.workers)
+            return all.isEmpty ? .failure(TargetError(message: "no apps are running")) : .success(all)
+        case .app(let name):
+            guard let app = apps.first(where: { $0.spec.name == name }) else {
+                return .failure(TargetError(message: "no app named \"\(name)\""))
+            }
+            return .success(app.workers)
+        case .worker(let id):
+            guard let w = worker(id: id) else { return .failure(TargetError(message: "no worker with id \(id)")) }
+            return .success([w])
+        }
+    }
+
+    func act(_ cmd: ControlCommand, target: String, respond: @escaping (ControlResponse) -> Void) {
+        let workers: [Worker]
+        switch select(target) {
+        case .failure(let e): return respond(.failure(e.message))
+        case .success(let w): workers = w
+        }
+        let ids = Set(workers.map(\.id))
+        let touched = Set(workers.map { ObjectIdentifier($0.app) })
+        let touchedApps = apps.filter { touched.contains(ObjectIdentifier($0)) }
+        let what = "\(touchedApps.map(\.spec.name).joined(separator: ", ")) (\(workers.count) worker\(workers.count == 1 ? "" : "s"))"
+        switch cmd {
+        case .stop:
+            touchedApps.forEach { callHook($0, "onStop", [appValue($0)], worker: nil) }
+            stop(workers, intent: .stop)
+            wait(until: { workers.allSatisfy { !$0.status.hasProcess } }) {
+                respond(ControlResponse(ok: true, message: "stopped \(what)", processes: self.rows()))
+            }
+        case .restart:
+            for app in touchedApps {
+                do {
+                    try openListeners(app)
+                } catch {
+                    return respond(.failure("cannot restart \(app.spec.name): \(error)"))
+                }
+            }
+            stop(workers, intent: .restart)
+            wait(until: { workers.allSatisfy { $0.intent == nil } }) {
+                respond(ControlResponse(ok: true, message: "restarted \(what)", processes: self.rows()))
+            }
+        case .delete:
+            touchedApps.forEach { callHook($0, "onStop", [appValue($0)], worker: nil) }
+            stop(workers, intent: .delete)
+            wait(until: { !self.apps.contains { $0.workers.contains { ids.contains($0.id) } } }) {
+                respond(ControlResponse(ok: true, message: "deleted \(what)", processes: self.rows()))
+            }
+        default:
+            respond(.failure("unexpected command \(cmd.rawValue)"))
+        }
+    }
+
+    /// Grows or shrinks an app. Shrinking retires the newest workers: out of rotation first, then a
+    /// graceful stop, so no connection is dropped.
+    func scale(_ app: ManagedApp, to n: Int, done: @escaping () -> Void) {
+        let from = app.workers.count
+        app.spec.instances = n
+        if n > from {
+            for _ in from..<n { spawnOrCrash(addWorker(to: app)) }
+            checkWaiters()
+            return done()
+        }
+        let retiring = Array(app.workers.sorted { $0.instance < $1.instance }.suffix(from - n))
+        let ids = Set(retiring.map(\.id))
+        stop(retiring, intent: .delete, graceful: true)
+        wait(until: { !app.workers.contains { ids.contains($0.id) } }, then: done)
+    }
+
+    // MARK: start
+
+    func start(_ args: StartArguments) -> ControlResponse {
+        var value: ScriptValue
+        var parser: AppSpecParser
+        var loaded: LoadedAppFile?
+        let cpus = Int(cpuCount)
+        if let file = args.file {
+            do {
+                loaded = try lua.evaluateAppFile(path: file)
+            } catch {
+                return .failure(error.description)
+            }
+            value = loaded!.value
+            parser = AppSpecParser(file: file, source: loaded!.source, baseDirectory: parentFolder(file), cpuCount: cpus)
+        } else if let app = args.app {
+            value = app
+            parser = AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
+        } else {
+            return .failure("start needs an app file or a command")
+        }
+        let releaseAll = { loaded?.tableRefs.forEach { self.lua.release(tableRef: $0) } }
+
+        // Command-line overrides go into the app tables so the parser validates them too.
+        func override(_ v: ScriptValue) -> ScriptValue {
+            guard case .object(var t) = v else { return v }
+            if let name = args.name { t["name"] = .string(name) }
+            if let n = args.instances { t["instances"] = n }
+            if !args.env.isEmpty {
+                var env: [String: ScriptValue] = [:]
+                if case .object(let e)? = t["env"] { env = e }
+                for (k, v) in args.env { env[k] = .string(v) }
+                t["env"] = .object(env)
+            }
+            return .object(t)
+        }
+        if case .array(let items) = value {
+            if args.name != nil, items.count != 1 {
+                releaseAll()
+                return .failure("--name needs an app file that declares one app, not \(items.count)")
+            }
+            value = .array(items.map(override))
+        } else {
+            value = override(value)
+        }
+        var specs: [AppSpec]
+        do {
+            specs = try parser.parse(value)
+        } catch {
+            releaseAll()
+            return .failure(error.description)
+        }
+        for i in specs.indices { specs[i].appFile = args.file }
+        for spec in specs {
+            if let existing = apps.first(where: { $0.spec.name == spec.name }),
+               existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {
+                releaseAll()
+                return .failure("app \"\(spec.name)\" is already running (use \"pml restart \(spec.name)\")")
+            }
+        }
+
+        var started: [String] = []
+        for (index, spec) in specs.enumerated() {
+            let app: ManagedApp
+            let isNew: Bool
+            if let existing = apps.first(where: { $0.spec.name == spec.name }) {
+                app = existing
+                isNew = false
+                closeListeners(app)
+                app.spec = spec
+                app.baseEnv = args.clientEnv
+                app.logs.timestamps = spec.timestamps
+            } else {
+                app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths)
+                isNew = true
+                apps.append(app)
+            }
+            let unusedRefs = (loaded?.tableRefs ?? []).dropFirst(index + 1)
+            do {
+                try openListeners(app)
+            } catch {
+                if isNew { remove(app) }
+                unusedRefs.forEach { lua.release(tableRef: $0) }
+                if let ref = loaded?.tableRefs.dropFirst(index).first { lua.release(tableRef: ref) }
+                return .failure("cannot start \(spec.name): \(error)")
+            }
+            if let refs = loaded?.tableRefs, index < refs.count {
+                lua.bind(app: spec.name, tableRef: refs[index])
+            } else {
+                lua.unbind(app: spec.name)
+            }
+            resize(app, to: spec.instances)
+            for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
+            callHook(app, "onStart", [appValue(app)], worker: nil)
+            var failures: [(Worker, String)] = []
+            for w in app.workers {
+                do { try spawn(w) } catch { failures.append((w, "\(error)")) }
+            }
+            if failures.count == app.workers.count, let first = failures.first {
+                // Nothing could start: leave no trace of a new app, keep an old one stopped.
+                for w in app.workers { w.status = .stopped; w.reason = first.1 }
+                if isNew { remove(app) } else { closeListeners(app) }
+                unusedRefs.forEach { lua.release(tableRef: $0) }
+                return .failure("cannot start \(spec.name): \(first.1)")
+            }
+            for (w, why) in failures { crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: why) }
+            started.append("\(spec.name) (\(app.workers.count) worker\(app.workers.count == 1 ? "" : "s"))")
+        }
+        logger.info("started \(started.joined(separator: ", "))")
+        return ControlResponse(ok: true, message: "started \(started.joined(separator: ", "))", processes: rows())
+    }
+
+    private func parentFolder(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return currentDirectory() }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+}
+
+extension Supervisor: LuaHost {
+    func luaLog(level: LuaLogLevel, source: String, message: String) {
+        switch level {
+        case .info: logger.info("[lua] \(source): \(message)")
+        case .warn: logger.warning("[lua] \(source): \(message)")
+        }
+    }
+
+    func luaApps() -> ScriptValue { .array(apps.map(appValue)) }
+
+    func luaWorkers(app: String) -> ScriptValue? {
+        apps.first { $0.spec.name == app }.map { .array($0.workers.map(\.scriptValue)) }
+    }
+
+    func luaRestart(target: String) -> String? {
+        if case .failure(let e) = select(target) { return e.message }
+        // Not from inside the hook: the restart runs on the loop's next turn.
+        loop.schedule(after: 0) { [unowned self] in self.act(.restart, target: target) { _ in } }
+        return nil
+    }
+
+    func luaSpawn(argv: [String]) -> String? {
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { closeFD(devNull) }
+        do {
+            // Output goes to the daemon's own log; the child is reaped like any other.
+            let pid = try spawnProcess(SpawnRequest(argv: argv, env: processEnvironment(),
+                                                    fds: [(devNull, 0), (1, 1), (2, 2)], newSession: true))
+            logger.info("pml.spawn: started \(argv.joined(separator: " ")) as pid \(pid)")
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    func luaSend(worker id: Int, message: ScriptValue) -> String? {
+        guard let w = worker(id: id) else { return "no worker with id \(id)" }
+        guard w.pid != nil, w.ipc?.send(message) == true else { return "worker \(id) is not running" }
+        return nil
+    }
+
+    func luaBroadcast(app name: String, message: ScriptValue) -> String? {
+        guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
+        for w in app.workers where w.pid != nil { w.ipc?.send(message) }
+        return nil
+    }
+
+    func luaScale(app name: String, instances: Int) -> String? {
+        guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
+        guard (1...1024).contains(instances) else { return "pml.scale takes 1 to 1024 workers, got \(instances)" }
+        loop.schedule(after: 0) { [unowned self] in self.scale(app, to: instances) {} }
+        return nil
+    }
+}
