@@ -1,5 +1,7 @@
 #include "cluashim.h"
 
+#include <ctype.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,6 +312,141 @@ static int push_list(lua_State *L, const unsigned char *data, size_t len) {
     return (int)n;
 }
 
+// ---- Arguments of pml.send, pml.broadcast and pml.scale ----
+
+// How a bad argument reads in an error: numbers by value (so "-1" or "1.5" shows), the rest by type.
+static const char *describe_arg(lua_State *L, int arg) {
+    if (lua_type(L, arg) == LUA_TNUMBER) return luaL_tolstring(L, arg, NULL);
+    return luaL_typename(L, arg);
+}
+
+// The worker argument: a worker table's integer `id`, or the id itself.
+static lua_Integer check_worker(lua_State *L, int arg, const char *fn) {
+    int isint = 0;
+    lua_Integer id = 0;
+    if (lua_type(L, arg) == LUA_TTABLE) {
+        lua_getfield(L, arg, "id"); // not raw, as hooks are looked up: a table may inherit its id
+        if (lua_type(L, -1) == LUA_TNUMBER) id = lua_tointegerx(L, -1, &isint);
+        lua_pop(L, 1);
+        if (!isint) luaL_error(L, "%s: the worker table has no integer id", fn);
+        return id;
+    }
+    if (lua_type(L, arg) == LUA_TNUMBER) id = lua_tointegerx(L, arg, &isint);
+    if (!isint) luaL_error(L, "%s: worker must be a worker table or a worker id (got %s)", fn, describe_arg(L, arg));
+    return id;
+}
+
+// The app argument: an app name, or an app table's `name` (which then stays on the stack, so the
+// returned string stays valid).
+static const char *check_app(lua_State *L, int arg, const char *fn, size_t *len) {
+    if (lua_type(L, arg) == LUA_TTABLE) {
+        lua_getfield(L, arg, "name");
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: the app table has no name", fn);
+        return lua_tolstring(L, -1, len);
+    }
+    if (lua_type(L, arg) != LUA_TSTRING)
+        luaL_error(L, "%s: app must be an app name or an app table (got %s)", fn, describe_arg(L, arg));
+    return lua_tolstring(L, arg, len);
+}
+
+// A message's size is bounded by a rough lower bound of its JSON text: string bytes plus one per
+// value and per key, a shared table counted wherever it appears. 1 MiB matches the longest line
+// pml reads from a worker's IPC channel, and keeps a message well below the million values
+// ValueReader reads before it gives up.
+#define PML_MESSAGE_MAX_BYTES (1 << 20)
+
+typedef struct message_check {
+    const char *fn;
+    size_t size;
+    // How many tables enclose the value being checked: each one, for cycles, and the stack index
+    // of the key leading out of it, for the path in error messages.
+    int depth;
+    const void *tables[PML_MESSAGE_MAX_DEPTH];
+    int keys[PML_MESSAGE_MAX_DEPTH];
+} message_check;
+
+// Pushes how a key reads in a path: .name, ["other key"] or [3].
+static void push_key(lua_State *L, int key) {
+    if (lua_type(L, key) != LUA_TSTRING) {
+        luaL_tolstring(L, key, NULL);
+        lua_pushfstring(L, "[%s]", lua_tostring(L, -1));
+        lua_remove(L, -2);
+        return;
+    }
+    const char *s = lua_tostring(L, key);
+    int identifier = isalpha((unsigned char)*s) || *s == '_';
+    for (const char *p = s; identifier && *p != '\0'; p++) identifier = isalnum((unsigned char)*p) || *p == '_';
+    lua_pushfstring(L, identifier ? ".%s" : "[\"%s\"]", s);
+}
+
+// Raises "<fn>: message must be JSON-able: message<path to the value><problem>" at the caller.
+static int message_error(lua_State *L, const message_check *c, const char *problem) {
+    luaL_checkstack(L, c->depth + 4, NULL);
+    luaL_where(L, 1);
+    lua_pushfstring(L, "%s: message must be JSON-able: message", c->fn);
+    for (int i = 0; i < c->depth; i++) push_key(L, c->keys[i]);
+    lua_pushstring(L, problem);
+    lua_concat(L, c->depth + 3);
+    return lua_error(L);
+}
+
+// Raises unless the value at `index` is JSON-able as ValueReader reads it: only booleans, strings,
+// finite numbers and tables with string or number keys, no table inside itself, tables no deeper
+// than PML_MESSAGE_MAX_DEPTH and PML_MESSAGE_MAX_BYTES in all. (ValueReader would read the rest
+// as null, or drop it, without a word.)
+static void check_message(lua_State *L, message_check *c, int index) {
+    c->size++;
+    switch (lua_type(L, index)) {
+    case LUA_TBOOLEAN: break;
+    case LUA_TSTRING: c->size += lua_rawlen(L, index); break;
+    case LUA_TNUMBER:
+        if (!lua_isinteger(L, index) && !isfinite(lua_tonumber(L, index)))
+            message_error(L, c, " is not a finite number");
+        break;
+    case LUA_TTABLE: {
+        const void *table = lua_topointer(L, index);
+        for (int i = 0; i < c->depth; i++)
+            if (c->tables[i] == table) message_error(L, c, " is a table that contains itself");
+        if (c->depth == PML_MESSAGE_MAX_DEPTH)
+            message_error(L, c, lua_pushfstring(L, " nests tables deeper than %d levels", PML_MESSAGE_MAX_DEPTH));
+        index = lua_absindex(L, index);
+        luaL_checkstack(L, 3, "message nested too deeply");
+        c->tables[c->depth] = table;
+        lua_pushnil(L);
+        while (lua_next(L, index)) { // raw, as ValueReader reads
+            int key = lua_type(L, -2);
+            if (key != LUA_TSTRING && key != LUA_TNUMBER)
+                message_error(L, c, lua_pushfstring(L, " has a %s key", lua_typename(L, key)));
+            c->size += 1 + (key == LUA_TSTRING ? lua_rawlen(L, -2) : 0);
+            c->keys[c->depth++] = lua_absindex(L, -2);
+            check_message(L, c, -1);
+            c->depth--;
+            lua_pop(L, 1);
+        }
+        break;
+    }
+    case LUA_TNIL:
+    case LUA_TNONE: message_error(L, c, " is nil"); break;
+    default: message_error(L, c, lua_pushfstring(L, " is a %s", luaL_typename(L, index)));
+    }
+    if (c->size > PML_MESSAGE_MAX_BYTES) luaL_error(L, "%s: message is larger than 1 MiB", c->fn);
+}
+
+// The message argument of pml.send / pml.broadcast, left where it is for Swift to read.
+static int check_message_arg(lua_State *L, int arg, const char *fn) {
+    message_check c = {.fn = fn};
+    check_message(L, &c, arg);
+    return arg;
+}
+
+// The instance count of pml.scale.
+static lua_Integer check_instances(lua_State *L, int arg, const char *fn) {
+    int isint = 0;
+    lua_Integer n = lua_type(L, arg) == LUA_TNUMBER ? lua_tointegerx(L, arg, &isint) : 0;
+    if (!isint || n < 0) luaL_error(L, "%s: instances must be an integer >= 0 (got %s)", fn, describe_arg(L, arg));
+    return n;
+}
+
 // ---- The `pml` table: C closures over one upvalue, the pml_op ----
 
 // Checks and converts the arguments, asks Swift, and returns Swift's values or raises its error.
@@ -322,6 +459,8 @@ static int pml_trampoline(lua_State *L) {
     const char **strings = &one;
     size_t *lengths = &one_len;
     int count = 1;
+    lua_Integer integer = 0;
+    int message = 0;
     switch (op) {
     case PML_OP_LOG:
     case PML_OP_WARN: {
@@ -356,10 +495,23 @@ static int pml_trampoline(lua_State *L) {
         }
         break;
     }
+    case PML_OP_SEND:
+        integer = check_worker(L, 1, "pml.send");
+        message = check_message_arg(L, 2, "pml.send");
+        count = 0;
+        break;
+    case PML_OP_BROADCAST:
+        one = check_app(L, 1, "pml.broadcast", &one_len);
+        message = check_message_arg(L, 2, "pml.broadcast");
+        break;
+    case PML_OP_SCALE:
+        one = check_app(L, 1, "pml.scale", &one_len);
+        integer = check_instances(L, 2, "pml.scale");
+        break;
     }
     char source[LUA_IDSIZE + 24];
     lua_location(L, 1, source, sizeof source);
-    pml_request request = {op, source, strings, lengths, count};
+    pml_request request = {op, source, strings, lengths, count, integer, L, message};
     pml_reply reply = {NULL, 0};
     if (s->dispatch(s->ctx, &request, &reply) == PML_REPLY_ERROR) {
         luaL_where(L, 1);
@@ -397,9 +549,14 @@ static int setup_body(lua_State *L) {
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
 
-    static const char *const names[] = {"log", "warn", "apps", "workers", "restart", "spawn"};
-    lua_createtable(L, 0, 6);
-    for (int op = PML_OP_LOG; op <= PML_OP_SPAWN; op++) {
+    // Indexed by pml_op.
+    static const char *const names[] = {
+        "log", "warn", "apps", "workers", "restart", "spawn", "send", "broadcast", "scale",
+    };
+    enum { NAMES = sizeof names / sizeof *names };
+    _Static_assert(NAMES == PML_OP_SCALE + 1, "one name per pml_op");
+    lua_createtable(L, 0, NAMES);
+    for (int op = 0; op < NAMES; op++) {
         lua_pushinteger(L, op);
         lua_pushcclosure(L, pml_trampoline, 1);
         lua_setfield(L, -2, names[op]);

@@ -38,6 +38,12 @@ public protocol LuaHost: AnyObject {
     func luaRestart(target: String) -> String?
     /// pml.spawn({"cmd", "arg"}): returns an error message (raised in Lua at the caller) or nil.
     func luaSpawn(argv: [String]) -> String?
+    /// pml.send(worker, msg) with a JSON-able message: returns an error message (raised in Lua at the caller) or nil.
+    func luaSend(worker: Int, message: ScriptValue) -> String?
+    /// pml.broadcast(app, msg) with a JSON-able message: returns an error message (raised in Lua at the caller) or nil.
+    func luaBroadcast(app: String, message: ScriptValue) -> String?
+    /// pml.scale(app, n) with n >= 0: returns an error message (raised in Lua at the caller) or nil.
+    func luaScale(app: String, instances: Int) -> String?
 }
 
 /// The result of calling a hook or library function.
@@ -229,9 +235,24 @@ public final class LuaRuntime {
         case PML_OP_SPAWN:
             guard let host else { return answer(out, error: "no supervisor is attached") }
             return answer(out, error: host.luaSpawn(argv: strings))
+        case PML_OP_SEND:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaSend(worker: Int(request.integer), message: message(of: request)))
+        case PML_OP_BROADCAST:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaBroadcast(app: strings[0], message: message(of: request)))
+        case PML_OP_SCALE:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaScale(app: strings[0], instances: Int(request.integer)))
         default:
             return answer(out, error: "unknown pml function")
         }
+    }
+
+    /// The message C checked JSON-able, read as a hook's return value is: from the calling thread's
+    /// stack, which is a coroutine's when the script called from one.
+    private func message(of request: pml_request) -> ScriptValue {
+        ValueReader.value(request.thread!, at: request.message)
     }
 
     private func answer(_ out: UnsafeMutablePointer<pml_reply>, values: [ScriptValue]) -> Int32 {

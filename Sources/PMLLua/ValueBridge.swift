@@ -50,8 +50,8 @@ struct ValueEncoder {
 /// Reads Lua values into `ScriptValue`s with calls that cannot raise (raw access, no metamethods,
 /// no number-to-string conversion on the stack).
 struct ValueReader {
-    /// Tables nested deeper than this read as `.null`.
-    static let maxDepth = 32
+    /// Tables nested deeper than this read as `.null`; C refuses messages that nest deeper.
+    static let maxDepth = Int(PML_MESSAGE_MAX_DEPTH)
 
     let L: OpaquePointer
     /// Tables on the current path: a cycle reads as `.null`.

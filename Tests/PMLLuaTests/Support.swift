@@ -65,6 +65,23 @@ class RecordingHost: LuaHost {
     var restartError: String?
     var spawned: [[String]] = []
     var spawnError: String?
+    struct Sent: Equatable {
+        var worker: Int
+        var message: ScriptValue
+    }
+    var sent: [Sent] = []
+    struct Broadcast: Equatable {
+        var app: String
+        var message: ScriptValue
+    }
+    var broadcasts: [Broadcast] = []
+    struct Scale: Equatable {
+        var app: String
+        var instances: Int
+    }
+    var scaled: [Scale] = []
+    /// Answers every send, broadcast and scale when set.
+    var messagingError: String?
 
     func luaLog(level: LuaLogLevel, source: String, message: String) {
         logs.append(Log(level: level, source: source, message: message))
@@ -83,6 +100,21 @@ class RecordingHost: LuaHost {
     func luaSpawn(argv: [String]) -> String? {
         if let spawnError { return spawnError }
         spawned.append(argv)
+        return nil
+    }
+    func luaSend(worker: Int, message: ScriptValue) -> String? {
+        if let messagingError { return messagingError }
+        sent.append(Sent(worker: worker, message: message))
+        return nil
+    }
+    func luaBroadcast(app: String, message: ScriptValue) -> String? {
+        if let messagingError { return messagingError }
+        broadcasts.append(Broadcast(app: app, message: message))
+        return nil
+    }
+    func luaScale(app: String, instances: Int) -> String? {
+        if let messagingError { return messagingError }
+        scaled.append(Scale(app: app, instances: instances))
         return nil
     }
 }

@@ -24,17 +24,29 @@ enum {
 // The functions of the `pml` table that call into Swift.
 typedef enum pml_op {
     PML_OP_LOG = 0, PML_OP_WARN, PML_OP_APPS, PML_OP_WORKERS, PML_OP_RESTART, PML_OP_SPAWN,
+    PML_OP_SEND, PML_OP_BROADCAST, PML_OP_SCALE,
 } pml_op;
+
+// Messages (pml.send, pml.broadcast) hold tables at depths 1 to PML_MESSAGE_MAX_DEPTH only; Swift's
+// ValueReader reads deeper tables as nil, so C refuses them rather than lose them silently.
+#define PML_MESSAGE_MAX_DEPTH 32
 
 // A call from Lua into Swift, with every argument already checked and converted by C.
 typedef struct pml_request {
     pml_op op;
     // "file:line" of the calling Lua code ("?" when unknown).
     const char *source;
-    // LOG/WARN: the message; WORKERS: the app; RESTART: the target; SPAWN: argv.
+    // LOG/WARN: the message; WORKERS: the app; RESTART: the target; SPAWN: argv;
+    // BROADCAST/SCALE: the app name.
     const char *const *strings;
     const size_t *lengths;
     int count;
+    // SEND: the worker id; SCALE: the instance count (>= 0).
+    lua_Integer integer;
+    // SEND/BROADCAST: the message, checked JSON-able, at stack index `message` of `thread` (the
+    // calling coroutine, not necessarily the main thread). Swift reads it with non-raising calls.
+    lua_State *thread;
+    int message;
 } pml_request;
 
 // Swift's answer. The bytes stay owned by Swift and must stay valid until the next dispatch.
