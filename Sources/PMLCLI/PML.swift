@@ -121,6 +121,8 @@ struct Start: ParsableCommand {
                     if !command.isEmpty { app["args"] = .array(command.map { .string($0) }) }
                 } else if target.hasSuffix(".lua") {
                     throw CLIError("no such app file: \(target)")
+                } else if target.contains("/") || [".js", ".mjs", ".cjs", ".py", ".sh", ".rb", ".pl"].contains(where: { target.hasSuffix($0) }) {
+                    throw CLIError("no such file: \(target)")
                 } else {
                     app["cmd"] = .array(([target] + command).map { .string($0) })
                 }
@@ -292,7 +294,7 @@ struct Kill: ParsableCommand {
         // The daemon answers before it exits: wait for it to be gone so "kill" means gone.
         if let pid {
             var waited = 0
-            while processExists(pid), waited < 10_000 {
+            while processIsAlive(pid), waited < 10_000 {
                 usleep(20_000)
                 waited += 20
             }

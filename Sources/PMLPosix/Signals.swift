@@ -63,9 +63,12 @@ public func signalProcess(_ pid: Int32, _ signal: Int32) -> Bool {
     Glibc.kill(pid, signal) == 0
 }
 
-/// Whether a process (or zombie) with this pid exists.
-public func processExists(_ pid: Int32) -> Bool {
-    Glibc.kill(pid, 0) == 0 || errno == EPERM
+/// Whether a process with this pid is alive (a zombie waiting to be reaped counts as gone).
+public func processIsAlive(_ pid: Int32) -> Bool {
+    guard Glibc.kill(pid, 0) == 0 || errno == EPERM else { return false }
+    guard let stat = readFile("/proc/\(pid)/stat", limit: 4096),
+          let close = stat.lastIndex(of: UInt8(ascii: ")")), close + 2 < stat.count else { return true }
+    return stat[close + 2] != UInt8(ascii: "Z")
 }
 
 /// Makes this process the reaper of orphaned descendants (PR_SET_CHILD_SUBREAPER).

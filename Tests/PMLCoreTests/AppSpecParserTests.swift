@@ -162,3 +162,48 @@ import Testing
         #expect(AppFileError(file: "app.lua", message: "boom").description == "app.lua: boom")
     }
 }
+
+@Suite struct ClusterKeysTests {
+    func parse(_ fields: [String: ScriptValue]) throws(AppFileError) -> AppSpec {
+        var t = fields
+        t["cmd"] = .string("x")
+        t["name"] = .string("web")
+        return try AppSpecParser(file: "app.lua", source: nil, baseDirectory: "/srv", cpuCount: 2).parseApp(.object(t))
+    }
+
+    @Test func listenForms() throws {
+        #expect(try parse(["listen": .int(8080)]).listen == [.tcp(host: nil, port: 8080)])
+        #expect(try parse(["listen": .string("127.0.0.1:8080")]).listen == [.tcp(host: "127.0.0.1", port: 8080)])
+        #expect(try parse(["listen": .string("[::1]:8443")]).listen == [.tcp(host: "::1", port: 8443)])
+        #expect(try parse(["listen": .string("unix:run/web.sock")]).listen == [.unix(path: "/srv/run/web.sock")])
+        #expect(try parse(["listen": .array([.int(80), .string("*:443")])]).listen == [.tcp(host: nil, port: 80), .tcp(host: nil, port: 443)])
+        #expect(try parse(["listen": .int(80)]).mode == "cluster")
+        #expect(try parse([:]).listen.isEmpty)
+    }
+
+    @Test func badListenValues() {
+        for bad: ScriptValue in [.int(70000), .string("::1:80"), .string("host:"), .string("unix:"), .bool(true), .array([.int(-1)])] {
+            #expect(throws: AppFileError.self) { try parse(["listen": bad]) }
+        }
+        #expect(throws: AppFileError(file: "app.lua", message: "\"listen\" names the same address twice")) {
+            try parse(["listen": .array([.int(80), .string("80")])])
+        }
+    }
+
+    @Test func dispatchAndReadiness() throws {
+        #expect(try parse([:]).dispatch == .roundRobin)
+        #expect(try parse(["dispatch": .string("shared")]).dispatch == .shared)
+        #expect(throws: AppFileError.self) { try parse(["dispatch": .string("random")]) }
+        #expect(try parse([:]).ready == .automatic)
+        #expect(try parse(["ready": .string("message")]).ready == .message)
+        #expect(try parse(["ready": .int(500)]).ready == .delay(500))
+        #expect(throws: AppFileError.self) { try parse(["ready": .string("soon")]) }
+        #expect(try parse([:]).readyTimeout == 10000)
+    }
+
+    @Test func addressDescriptionsRoundTrip() {
+        for text in ["8080", "127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock"] {
+            #expect(ListenAddress.parse(.string(text), baseDirectory: "/")?.description == text)
+        }
+    }
+}
