@@ -23,6 +23,7 @@ wanted=(
   nodejs:node          # .js workers
   tmux:tmux
   procps:ps
+  curl:curl            # the example cluster and the tests speak HTTP with it
 )
 
 missing=()
