@@ -13,7 +13,7 @@ public struct PML: ParsableCommand {
         discussion: "State lives in $PML_HOME (default ~/.pml). The first command starts the daemon.",
         version: PMLVersion.string,
         subcommands: [
-            Start.self, Stop.self, Restart.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
+            Start.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
             SignalCommand.self, Send.self, Scale.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
         ]
     )
@@ -166,6 +166,32 @@ struct Restart: ParsableCommand {
     func run() throws {
         let r = try options.client.send(ControlRequest(cmd: .restart, target: target.target))
         Output.print(Output.table(r.processes ?? []))
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replace every worker, one at a time, with no downtime (the app file is read again).",
+        discussion: """
+        For each worker: start its replacement, wait until it is ready, put it into rotation, take the
+        old one out, then stop the old one. If a replacement does not get ready, the reload stops, the
+        old workers keep serving, and pml exits non-zero saying why.
+        """)
+    @Argument(help: "An app name, or \"all\".")
+    var target: String
+    @Flag(name: .long, help: "Send old workers the graceful message (default \"shutdown\") and wait kill_timeout before signals.")
+    var graceful = false
+    @Option(name: .long, help: "Replace this many workers at a time.")
+    var parallel = 1
+    @OptionGroup var options: DaemonOptions
+
+    func validate() throws {
+        if parallel < 1 { throw ValidationError("--parallel must be 1 or more") }
+    }
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .reload, target: target, graceful: graceful, parallel: parallel))
+        Output.print((r.message ?? "reloaded") + "\n" + Output.table(r.processes ?? []))
     }
 }
 

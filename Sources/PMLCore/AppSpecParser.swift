@@ -1,7 +1,9 @@
 /// Turns the value an app file returns (or a command-line app) into validated `AppSpec`s.
 public struct AppSpecParser: Sendable {
     /// Hooks an app table may define; each must be a function.
-    public static let hookKeys: [String] = ["onStart", "onSpawn", "onReady", "onExit", "onCrash", "onStop", "onMessage"]
+    public static let hookKeys: [String] = [
+        "onStart", "onSpawn", "onReady", "onExit", "onCrash", "onStop", "onMessage", "beforeReload", "onReload",
+    ]
     /// Every key an app table may hold.
     public static let knownKeys: [String] = [
         "name", "cmd", "script", "args", "interpreter", "cwd", "env", "instances", "autorestart",

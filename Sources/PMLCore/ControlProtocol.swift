@@ -12,7 +12,7 @@ public enum ControlProtocol {
 
 /// What the client asks.
 public enum ControlCommand: String, Codable, Sendable, CaseIterable {
-    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale
+    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload
 }
 
 /// One request line.
@@ -28,9 +28,13 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var message: ScriptValue?
     /// "N", "+N" or "-N" (scale).
     public var count: String?
+    /// reload: send the graceful message (default "shutdown") and wait before signalling.
+    public var graceful: Bool?
+    /// reload: how many workers to replace at once (default 1).
+    public var parallel: Int?
 
     public init(cmd: ControlCommand, target: String? = nil, start: StartArguments? = nil, signal: String? = nil,
-                message: ScriptValue? = nil, count: String? = nil) {
+                message: ScriptValue? = nil, count: String? = nil, graceful: Bool? = nil, parallel: Int? = nil) {
         self.v = ControlProtocol.version
         self.cmd = cmd
         self.target = target
@@ -38,6 +42,8 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         self.signal = signal
         self.message = message
         self.count = count
+        self.graceful = graceful
+        self.parallel = parallel
     }
 }
 

@@ -183,7 +183,12 @@ final class Supervisor {
             w.lastExit = info
             logger.info("\(w.app.spec.name) worker \(w.id) (pid \(exit.pid)) \(info.summary) after \(info.uptimeMs) ms")
             callHook(w.app, "onExit", [w.scriptValue, info.scriptValue], worker: w)
-            if let intent = w.intent {
+            if let watch = w.startWatch, w.intent == nil {
+                // A reload's replacement that died before it was ready: the reload decides.
+                w.startWatch = nil
+                finishStop(w, intent: .delete)
+                watch("worker \(w.id) (instance \(w.instance)) crashed while starting: \(info.summary) after \(info.uptimeMs) ms")
+            } else if let intent = w.intent {
                 finishStop(w, intent: intent)
             } else {
                 crashed(w, exit: info, spawnError: nil)
@@ -272,13 +277,27 @@ final class Supervisor {
         }
     }
 
-    /// Asks workers to exit. Each leaves the rotation first; then, if `graceful` and it runs pml's
-    /// Node preload, it gets "shutdown" and kill_timeout to finish; then the app's kill signal to
-    /// its whole group; then SIGKILL after kill_timeout.
-    func stop(_ workers: [Worker], intent: StopIntent, graceful: Bool = false) {
+    /// How a worker is asked to exit.
+    struct StopStyle {
+        /// Sent over IPC first; then the signal only after `graceMs` (nil: signal at once).
+        var message: ScriptValue?
+        var graceMs: Int?
+        /// nil: the app's kill_signal.
+        var signal: Int32?
+
+        static let immediate = StopStyle()
+    }
+
+    /// Asks workers to exit. Each leaves the rotation first; then gets `style.message` (if any)
+    /// and time to finish; then the signal to its whole group; then SIGKILL after kill_timeout.
+    func stop(_ workers: [Worker], intent: StopIntent, style: StopStyle = .immediate) {
         for w in workers {
             if let t = w.restartTimer { loop.cancel(t); w.restartTimer = nil }
             if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
+            if let watch = w.startWatch {
+                w.startWatch = nil
+                watch("worker \(w.id) was stopped before it was ready")
+            }
             guard let pid = w.pid else {
                 // No process: the intent takes effect at once.
                 finishStop(w, intent: intent)
@@ -290,7 +309,7 @@ final class Supervisor {
             w.status = .stopping
             router.retire(worker: w.id)
             let app = w.app
-            let signal = SignalNames.number(app.spec.killSignal) ?? SIGTERM
+            let signal = style.signal ?? SignalNames.number(app.spec.killSignal) ?? SIGTERM
             let sendKillSignal = { [unowned self, unowned w] in
                 guard w.pid == pid else { return }
                 signalGroup(pid, signal)
@@ -301,8 +320,8 @@ final class Supervisor {
                     signalGroup(pid, SIGKILL)
                 }
             }
-            if graceful, app.usesNodeShim, w.ipc?.send(.string("shutdown")) == true {
-                w.killTimer = loop.schedule(after: app.spec.killTimeout) { sendKillSignal() }
+            if let message = style.message, w.ipc?.send(message) == true {
+                w.killTimer = loop.schedule(after: style.graceMs ?? app.spec.killTimeout) { sendKillSignal() }
             } else {
                 sendKillSignal()
             }

@@ -48,6 +48,15 @@ extension Supervisor {
         case .automatic:
             // A Node worker of an app that already has sockets is ready when its server listens.
             if app.usesNodeShim && nodeShim != nil && !app.listeners.isEmpty { break }
+            // A reload's replacement must at least survive min_uptime: a version that crashes at
+            // start is caught before the old worker goes.
+            if w.startWatch != nil && app.spec.minUptime > 0 {
+                w.readyTimer = loop.schedule(after: app.spec.minUptime) { [unowned self, unowned w] in
+                    w.readyTimer = nil
+                    self.markReady(w)
+                }
+                return
+            }
             return markReady(w)
         case .message:
             break
@@ -62,6 +71,11 @@ extension Supervisor {
             w.readyTimer = nil
             guard w.status == .starting, w.pid != nil else { return }
             self.logger.warning("\(app.spec.name) worker \(w.id) was not ready within \(app.spec.readyTimeout) ms")
+            if let watch = w.startWatch {
+                w.startWatch = nil
+                self.stop([w], intent: .delete)
+                return watch("worker \(w.id) (instance \(w.instance)) was not ready within ready_timeout (\(app.spec.readyTimeout) ms)")
+            }
             w.failedToStart = true
             // Its exit counts as a crash: the restart policy decides what comes next.
             let pid = w.pid!
@@ -84,6 +98,10 @@ extension Supervisor {
             for l in app.listeners { router.serve(worker: w.id, listener: l.id) }
         }
         callHook(app, "onReady", [w.scriptValue], worker: w)
+        if let watch = w.startWatch {
+            w.startWatch = nil
+            watch(nil)
+        }
         checkWaiters()
     }
 

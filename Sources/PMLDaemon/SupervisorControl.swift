@@ -80,10 +80,39 @@ extension Supervisor {
                 return respond(.failure("scale takes N, +N or -N giving 1 to 1024 workers (now \(current)), got \"\(count)\"; pml stop stops them all"))
             }
             scale(app, to: n) { respond(ControlResponse(ok: true, message: "scaled \(target) from \(current) to \(n)", processes: self.rows())) }
+        case .reload:
+            guard let target = request.target else { return respond(.failure("reload needs an app or all")) }
+            let targets: [ManagedApp]
+            if target == "all" {
+                targets = apps
+                if targets.isEmpty { return respond(.failure("no apps are running")) }
+            } else {
+                guard let app = apps.first(where: { $0.spec.name == target }) else {
+                    return respond(.failure(Int(target) != nil ? "reload takes an app name or all, not a worker id" : "no app named \"\(target)\""))
+                }
+                targets = [app]
+            }
+            reloadEach(targets[...], graceful: request.graceful ?? false, parallel: request.parallel ?? 1, messages: [], respond: respond)
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
                 self.loop.schedule(after: 0) { self.loop.stop() }
+            }
+        }
+    }
+
+    /// Reloads apps one after another; the first failure ends the command.
+    private func reloadEach(_ targets: ArraySlice<ManagedApp>, graceful: Bool, parallel: Int, messages: [String],
+                            respond: @escaping (ControlResponse) -> Void) {
+        guard let app = targets.first else {
+            return respond(ControlResponse(ok: true, message: messages.joined(separator: "\n"), processes: rows()))
+        }
+        reload(app, graceful: graceful, parallel: parallel) { [unowned self] result in
+            switch result {
+            case .success(let m):
+                self.reloadEach(targets.dropFirst(), graceful: graceful, parallel: parallel, messages: messages + [m], respond: respond)
+            case .failure(let e):
+                respond(.failure(e.message))
             }
         }
     }
@@ -166,7 +195,8 @@ extension Supervisor {
         }
         let retiring = Array(app.workers.sorted { $0.instance < $1.instance }.suffix(from - n))
         let ids = Set(retiring.map(\.id))
-        stop(retiring, intent: .delete, graceful: true)
+        // pml's Node preload drains and exits on "shutdown"; other programs get the kill signal.
+        stop(retiring, intent: .delete, style: app.usesNodeShim ? StopStyle(message: .string("shutdown")) : .immediate)
         wait(until: { !app.workers.contains { ids.contains($0.id) } }, then: done)
     }
 

@@ -26,6 +26,9 @@ final class Worker {
     var readyTimer: TimerHandle?
     /// Set when the worker was stopped for not becoming ready in time.
     var failedToStart = false
+    /// Set on a reload's replacement until it is ready: called with nil once ready, or with why
+    /// it failed to start (exited, ready_timeout, stopped). The restart policy does not apply to it.
+    var startWatch: ((_ failure: String?) -> Void)?
     var metrics: [String: Double] = [:]
     var statusText: String?
     /// Connections handed to this worker (all its processes).
@@ -74,6 +77,8 @@ final class ManagedApp {
     var workers: [Worker] = []
     /// Sockets pml holds for the app; kept across worker restarts, closed when the app stops.
     var listeners: [AppListener] = []
+    /// A reload is replacing the workers; a second one is refused.
+    var reloading = false
     let logs: AppLogFiles
 
     init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths) {

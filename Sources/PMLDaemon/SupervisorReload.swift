@@ -1,0 +1,215 @@
+import PMLCore
+import PMLLua
+import PMLPosix
+
+/// One rolling reload of one app: for each old worker in turn, spawn its replacement, wait until
+/// it is ready (it joins the rotation then), take the old one out of rotation and retire it.
+/// A replacement that fails to start stops the reload; the old workers not yet replaced keep serving.
+final class ReloadOperation {
+    let app: ManagedApp
+    let oldSpec: AppSpec
+    let newSpec: AppSpec
+    /// The re-read app file's table for this app, bound once the reload succeeds.
+    let newRef: Int32?
+    let style: Supervisor.StopStyle
+    let parallel: Int
+    let changes: [String]
+    let startedAt = monotonicMs()
+    var queue: [Worker]
+    var replaced = 0
+    var candidates: [Worker] = []
+    var retiring: [Worker] = []
+    var failure: String?
+
+    init(app: ManagedApp, newSpec: AppSpec, newRef: Int32?, style: Supervisor.StopStyle, parallel: Int) {
+        self.app = app
+        oldSpec = app.spec
+        self.newSpec = newSpec
+        self.newRef = newRef
+        self.style = style
+        self.parallel = parallel
+        changes = app.spec.changes(to: newSpec)
+        queue = app.workers.sorted { $0.instance < $1.instance }
+    }
+}
+
+extension Supervisor {
+    /// `pml reload <app>`; `done` gets the sentence to print, or the reason it failed.
+    func reload(_ app: ManagedApp, graceful: Bool, parallel: Int, done: @escaping (Result<String, TargetError>) -> Void) {
+        let name = app.spec.name
+        if app.reloading { return done(.failure(TargetError(message: "a reload of \(name) is already running"))) }
+        if app.workers.contains(where: { $0.status == .starting || $0.status == .stopping }) {
+            return done(.failure(TargetError(message: "\(name) has workers starting or stopping; reload when pml ls shows them settled")))
+        }
+        if !app.workers.contains(where: { $0.status == .online }) {
+            return done(.failure(TargetError(message: "\(name) has no online worker to replace; use pml restart \(name)")))
+        }
+
+        // The app file is read again: a changed cmd, env or instances takes effect.
+        var newSpec = app.spec
+        var newRef: Int32?
+        if let file = app.spec.appFile {
+            let loaded: LoadedAppFile
+            do {
+                loaded = try lua.evaluateAppFile(path: file)
+            } catch {
+                return done(.failure(TargetError(message: "\(error)")))
+            }
+            let folder = String(file[..<(file.lastIndex(of: "/") ?? file.startIndex)])
+            let parser = AppSpecParser(file: file, source: loaded.source, baseDirectory: folder.isEmpty ? "/" : folder,
+                                       cpuCount: Int(cpuCount))
+            let specs: [AppSpec]
+            do {
+                specs = try parser.parse(loaded.value)
+            } catch {
+                loaded.tableRefs.forEach { lua.release(tableRef: $0) }
+                return done(.failure(TargetError(message: "\(error)")))
+            }
+            guard let index = specs.firstIndex(where: { $0.name == name }) else {
+                loaded.tableRefs.forEach { lua.release(tableRef: $0) }
+                return done(.failure(TargetError(message: "\(file) no longer declares an app named \"\(name)\"")))
+            }
+            for (i, ref) in loaded.tableRefs.enumerated() where i != index { lua.release(tableRef: ref) }
+            newRef = index < loaded.tableRefs.count ? loaded.tableRefs[index] : nil
+            newSpec = specs[index]
+            newSpec.appFile = file
+            if let blocker = app.spec.reloadBlocker(for: newSpec) {
+                if let newRef { lua.release(tableRef: newRef) }
+                return done(.failure(TargetError(message: "cannot reload \(name): \(blocker)")))
+            }
+        }
+
+        // beforeReload comes from the running version: it knows how its workers want to be stopped.
+        var style = StopStyle(message: graceful ? .string("shutdown") : nil)
+        if let v = callHook(app, "beforeReload", [appValue(app)], worker: nil) {
+            do {
+                switch try ReloadInstruction.interpret(v, graceful: graceful) {
+                case .veto(let reason):
+                    if let newRef { lua.release(tableRef: newRef) }
+                    callHook(app, "onReload", [appValue(app), .object(["ok": .bool(false), "vetoed": .bool(true), "error": .string(reason)])], worker: nil)
+                    return done(.failure(TargetError(message: "reload of \(name) vetoed: \(reason)")))
+                case .proceed(let message, let timeout, let signal):
+                    style = StopStyle(message: message, graceMs: timeout, signal: signal)
+                }
+            } catch {
+                hookFailed(app, nil, "beforeReload", "\(error)")
+            }
+        }
+
+        let op = ReloadOperation(app: app, newSpec: newSpec, newRef: newRef, style: style, parallel: max(1, parallel))
+        app.reloading = true
+        app.spec = newSpec
+        app.logs.timestamps = newSpec.timestamps
+        logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
+        reloadStep(op, done: done)
+    }
+
+    private func reloadStep(_ op: ReloadOperation, done: @escaping (Result<String, TargetError>) -> Void) {
+        let app = op.app
+        let remainingNew = op.newSpec.instances - op.replaced
+        // Old workers beyond the new count are retired without replacement, at the end.
+        if op.queue.isEmpty || remainingNew <= 0 {
+            let extra = op.queue
+            op.queue = []
+            op.retiring += extra
+            stop(extra, intent: .delete, style: op.style)
+            if remainingNew > 0 {
+                // More instances than before: start them like replacements (no old worker to retire).
+                let batch = (0..<min(op.parallel, remainingNew)).map { _ in addWorker(to: app) }
+                return startCandidates(batch, replacing: [], op, done: done)
+            }
+            return finishReload(op, done: done)
+        }
+        let olds = Array(op.queue.prefix(min(op.parallel, remainingNew)))
+        op.queue.removeFirst(olds.count)
+        let news = olds.map { old -> Worker in
+            let w = Worker(id: nextWorkerID, instance: old.instance, app: app)
+            nextWorkerID += 1
+            app.workers.append(w)
+            return w
+        }
+        startCandidates(news, replacing: olds, op, done: done)
+    }
+
+    private func startCandidates(_ news: [Worker], replacing olds: [Worker], _ op: ReloadOperation,
+                                 done: @escaping (Result<String, TargetError>) -> Void) {
+        var waitingFor = Set(news.map(\.id))
+        op.candidates = news
+        for w in news {
+            w.startWatch = { [unowned self] failure in // holds op: the reload lives as long as it waits
+                guard op.failure == nil else { return }
+                if let failure {
+                    op.failure = failure
+                    return self.rollBack(op, done: done)
+                }
+                waitingFor.remove(w.id)
+                guard waitingFor.isEmpty else { return }
+                // Every replacement is in rotation: now the old ones leave it and are retired.
+                op.replaced += news.count
+                op.candidates = []
+                op.retiring += olds
+                self.stop(olds, intent: .delete, style: op.style)
+                self.loop.schedule(after: 0) { self.reloadStep(op, done: done) }
+            }
+        }
+        for w in news {
+            guard op.failure == nil else { return }
+            do {
+                try spawn(w)
+            } catch {
+                w.startWatch = nil
+                op.failure = "worker \(w.id) (instance \(w.instance)) could not start: \(error)"
+                w.app.workers.removeAll { $0 === w }
+                return rollBack(op, done: done)
+            }
+        }
+    }
+
+    private func rollBack(_ op: ReloadOperation, done: @escaping (Result<String, TargetError>) -> Void) {
+        let app = op.app
+        let failed = op.candidates
+        op.candidates = []
+        for w in failed { w.startWatch = nil }
+        stop(failed, intent: .delete)
+        if op.replaced == 0 {
+            // Nothing was swapped: the app is exactly as before.
+            app.spec = op.oldSpec
+            app.logs.timestamps = op.oldSpec.timestamps
+            if let ref = op.newRef { lua.release(tableRef: ref) }
+        } else if let ref = op.newRef {
+            lua.bind(app: app.spec.name, tableRef: ref)
+        }
+        let reason = op.failure ?? "unknown failure"
+        let kept = app.workers.filter { w in !failed.contains { $0 === w } && !op.retiring.contains { $0 === w } }.count
+        let message = "reload of \(app.spec.name) rolled back: \(reason); \(op.replaced == 0 ? "the old workers keep serving" : "\(op.replaced) worker(s) already run the new version") (\(kept) serving)"
+        logger.warning("\(message)")
+        app.logs.note(message)
+        wait(until: { failed.allSatisfy { !$0.status.hasProcess } }) { [unowned self] in
+            app.reloading = false
+            self.callHook(app, "onReload", [self.appValue(app), .object([
+                "ok": .bool(false), "error": .string(reason), "replaced": .int(Int64(op.replaced)),
+                "duration": .int(Int64(monotonicMs() - op.startedAt)),
+            ])], worker: nil)
+            done(.failure(TargetError(message: message)))
+        }
+    }
+
+    private func finishReload(_ op: ReloadOperation, done: @escaping (Result<String, TargetError>) -> Void) {
+        let app = op.app
+        if let ref = op.newRef { lua.bind(app: app.spec.name, tableRef: ref) }
+        let retiring = op.retiring
+        // Done when every old worker is gone (graceful ones may take their time to drain).
+        wait(until: { retiring.allSatisfy { !$0.status.hasProcess } }) { [unowned self] in
+            app.reloading = false
+            let ms = monotonicMs() - op.startedAt
+            let changed = op.changes.isEmpty ? "" : "; changed: \(op.changes.joined(separator: ", "))"
+            let message = "reloaded \(app.spec.name): \(op.replaced) worker\(op.replaced == 1 ? "" : "s") started in \(ms) ms\(changed)"
+            self.logger.info("\(message)")
+            self.callHook(app, "onReload", [self.appValue(app), .object([
+                "ok": .bool(true), "replaced": .int(Int64(op.replaced)), "duration": .int(Int64(ms)),
+                "changes": .array(op.changes.map { .string($0) }),
+            ])], worker: nil)
+            done(.success(message))
+        }
+    }
+}
