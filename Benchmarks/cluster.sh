@@ -34,9 +34,9 @@ if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
   export PATH=/opt/swift/usr/bin:$PATH
 fi
 pml=${PML:-$root/.build/release/pml}   # PML= to benchmark another build
-if [[ ! -x $pml ]]; then
+if [[ -z ${PML:-} ]]; then
   echo "cluster.sh: building pml (release)"
-  swift build -c release >/dev/null
+  swift build -c release >/dev/null     # incremental: never benchmark a stale binary
 fi
 
 # -- Scratch space, cleaned up whatever happens -------------------------------------------------

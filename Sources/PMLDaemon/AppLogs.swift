@@ -81,13 +81,14 @@ final class OutputPipe {
     private let fd: Int32
     private let stream: OutputStream
     private let files: AppLogFiles
+    private let scratch: ReadBuffer
     private weak var loop: EventLoop?
     private var handle: IOHandle?
     private var partial: [UInt8] = []
-    private static let chunk = 64 * 1024
 
-    init(fd: Int32, stream: OutputStream, files: AppLogFiles, loop: EventLoop) throws(SystemError) {
+    init(fd: Int32, stream: OutputStream, files: AppLogFiles, loop: EventLoop, scratch: ReadBuffer) throws(SystemError) {
         self.fd = fd
+        self.scratch = scratch
         self.stream = stream
         self.files = files
         self.loop = loop
@@ -95,11 +96,13 @@ final class OutputPipe {
     }
 
     private func readable() {
-        var buffer = [UInt8](repeating: 0, count: Self.chunk)
-        let result = buffer.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
-        switch result {
+        switch scratch.read(fd) {
         case .data(let n):
-            if files.timestamps { stamp(buffer[0..<n]) } else { buffer.withUnsafeBytes { files.append(stream, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+            if files.timestamps {
+                stamp(scratch.bytes[0..<n])
+            } else {
+                scratch.bytes.withUnsafeBytes { files.append(stream, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
         case .wouldBlock:
             break
         case .eof:
@@ -118,7 +121,7 @@ final class OutputPipe {
             partial.removeSubrange(...nl)
         }
         // A line longer than a chunk is written in pieces rather than held without bound.
-        if partial.count > Self.chunk {
+        if partial.count > ReadBuffer.size {
             out.append(contentsOf: Array((AppLogFiles.timestamp() + " ").utf8))
             out.append(contentsOf: partial)
             out.append(UInt8(ascii: "\n"))
@@ -131,5 +134,17 @@ final class OutputPipe {
         if let handle { loop?.unregister(handle) }
         handle = nil
         closeFD(fd)
+    }
+}
+
+/// One read buffer shared by every pipe and channel the loop reads: the loop is single-threaded,
+/// and a fresh 64 KiB array per read would cost more than the read itself.
+final class ReadBuffer {
+    static let size = 64 * 1024
+    private(set) var bytes = [UInt8](repeating: 0, count: ReadBuffer.size)
+
+    /// One non-blocking read into the buffer (errors count as EOF: the fd is done either way).
+    func read(_ fd: Int32) -> ReadResult {
+        bytes.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
     }
 }

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Glibc
 import Logging
 import PMLCore
@@ -11,12 +12,24 @@ final class AppListener {
     let requestedPort: Int?
     let fd: Int32
     var handle: IOHandle?
+    /// The NODE_HANDLE line that carries each of its connections: the same every time, so encoded once.
+    let handleLine: [UInt8]
 
     init(id: Int, address: ListenAddress, requestedPort: Int?, fd: Int32) {
         self.id = id
         self.address = address
         self.requestedPort = requestedPort
         self.fd = fd
+        let msg: ScriptValue = .object([
+            "cmd": .string("NODE_HANDLE"),
+            "type": .string("net.Socket"),
+            "msg": .object([
+                "type": .string("pml:connection"),
+                "port": address.port.map { .int(Int64($0)) } ?? .null,
+                "address": .string(address.description),
+            ]),
+        ])
+        handleLine = (try? JSONEncoder().encode(msg)).map { Array($0) } ?? []
     }
 
     /// Binds `address`: non-blocking for `rr` (pml accepts), blocking for `shared` (workers accept,

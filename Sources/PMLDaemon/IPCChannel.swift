@@ -24,15 +24,22 @@ final class IPCChannel {
     private var input: [UInt8] = []
     private var output: [Outgoing] = []
     private var queuedBytes = 0
+    private let scratch: ReadBuffer
+    private var wantsWritable = false
     private let onMessage: (ScriptValue) -> Void
+    private let onAck: () -> Void
     private let onGarbage: (String) -> Void
     private(set) var isOpen = true
+    /// Node's acknowledgement, by far the most frequent line: recognised without a JSON parser.
+    private static let ackLine = Array(#"{"cmd":"NODE_HANDLE_ACK"}"#.utf8)
 
-    init(fd: Int32, loop: EventLoop, onMessage: @escaping (ScriptValue) -> Void,
-         onGarbage: @escaping (String) -> Void) throws(SystemError) {
+    init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, onMessage: @escaping (ScriptValue) -> Void,
+         onAck: @escaping () -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
         self.fd = fd
         self.loop = loop
+        self.scratch = scratch
         self.onMessage = onMessage
+        self.onAck = onAck
         self.onGarbage = onGarbage
         setNonBlocking(fd)
         handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] events in self.ready(events) }
@@ -45,8 +52,7 @@ final class IPCChannel {
 
     /// Reads one chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let result = chunk.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
+        let result = scratch.read(fd)
         switch result {
         case .wouldBlock:
             return
@@ -54,13 +60,18 @@ final class IPCChannel {
             close()
             return
         case .data(let n):
-            input.append(contentsOf: chunk[0..<n])
+            input.append(contentsOf: scratch.bytes.prefix(n))
         }
         var start = 0
         while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")) {
             let line = input[start..<nl]
             start = nl + 1
             if line.isEmpty { continue }
+            if line.elementsEqual(Self.ackLine) {
+                onAck()
+                if !isOpen { return }
+                continue
+            }
             guard let value = try? JSONDecoder().decode(ScriptValue.self, from: Data(line)) else {
                 return cutOff("a line on its IPC channel is not JSON")
             }
@@ -105,7 +116,10 @@ final class IPCChannel {
                 return
             }
             if n == 0 {
-                if let handle { loop?.modify(handle, events: [.readable, .writable]) }
+                if let handle, !wantsWritable {
+                    wantsWritable = true
+                    loop?.modify(handle, events: [.readable, .writable])
+                }
                 return
             }
             output[0].fd = -1
@@ -113,7 +127,11 @@ final class IPCChannel {
             queuedBytes -= n
             if output[0].offset == output[0].bytes.count { output.removeFirst() }
         }
-        if let handle { loop?.modify(handle, events: [.readable]) }
+        // Only touch epoll when the socket had filled up: the usual send is a single sendmsg.
+        if let handle, wantsWritable {
+            wantsWritable = false
+            loop?.modify(handle, events: [.readable])
+        }
     }
 
     private func cutOff(_ why: String) {

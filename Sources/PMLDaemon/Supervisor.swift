@@ -18,6 +18,9 @@ final class Supervisor {
     let nodeShim: String?
     var apps: [ManagedApp] = []
     var workersByPID: [Int32: Worker] = [:]
+    /// Workers with a process, by id: the per-connection path looks them up here.
+    var runningWorkers: [Int: Worker] = [:]
+    let readBuffer = ReadBuffer()
     var nextWorkerID = 0
     var nextListenerID = 0
     var waiters: [(isDone: () -> Bool, done: () -> Void)] = []
@@ -40,7 +43,7 @@ final class Supervisor {
         }
         lua.host = self
         router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
-        router.onDispatched = { [unowned self] id in self.worker(id: id)?.dispatched += 1 }
+        router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
         if let notify {
             _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }
         }
@@ -75,6 +78,7 @@ final class Supervisor {
         var env = app.baseEnv
         for (k, v) in app.spec.env { env[k] = v }
         env["PML_HOME"] = nil
+        env["PML_NODE_SHIM_PID"] = nil // set by the preload in its own process; never inherited from pml's client
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
@@ -127,11 +131,13 @@ final class Supervisor {
         closeFD(err.write)
         closeFD(ipc.1)
         // Each pipe keeps itself registered until EOF (see OutputPipe).
-        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop)) == nil { closeFD(out.read) }
-        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop)) == nil { closeFD(err.read) }
+        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
+        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
         do {
-            w.ipc = try IPCChannel(fd: ipc.0, loop: loop, onMessage: { [unowned self, unowned w] msg in
+            w.ipc = try IPCChannel(fd: ipc.0, loop: loop, scratch: readBuffer, onMessage: { [unowned self, unowned w] msg in
                 self.ipcMessage(w, msg)
+            }, onAck: { [unowned self, unowned w] in
+                self.router.acknowledged(worker: w.id)
             }, onGarbage: { [unowned self, unowned w] why in
                 self.ipcGarbage(w, why)
             })
@@ -149,6 +155,7 @@ final class Supervisor {
         w.restartDelayMs = nil
         w.statusText = nil
         workersByPID[pid] = w
+        runningWorkers[w.id] = w
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
@@ -175,6 +182,7 @@ final class Supervisor {
             w.killTimer = nil
             w.readyTimer = nil
             w.pid = nil
+            runningWorkers[w.id] = nil
             w.ipc?.close()
             w.ipc = nil
             router.workerGone(worker: w.id)

@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 import PMLCore
 import PMLPosix
@@ -108,18 +107,8 @@ extension Supervisor {
     // MARK: IPC
 
     func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> Bool {
-        guard let w = worker(id: id), let ipc = w.ipc, ipc.isOpen else { return false }
-        let msg: ScriptValue = .object([
-            "cmd": .string("NODE_HANDLE"),
-            "type": .string("net.Socket"),
-            "msg": .object([
-                "type": .string("pml:connection"),
-                "port": listener.address.port.map { .int(Int64($0)) } ?? .null,
-                "address": .string(listener.address.description),
-            ]),
-        ])
-        guard let line = try? jsonLine(msg) else { return false }
-        return ipc.send(line: line, attaching: fd)
+        guard let ipc = runningWorkers[id]?.ipc, ipc.isOpen else { return false }
+        return ipc.send(line: listener.handleLine, attaching: fd)
     }
 
     /// What a worker said on its channel.
@@ -233,9 +222,4 @@ extension AppListener {
         default: return false
         }
     }
-}
-
-/// One JSON value as bytes (no newline).
-func jsonLine(_ value: ScriptValue) throws -> [UInt8] {
-    Array(try JSONEncoder().encode(value))
 }
