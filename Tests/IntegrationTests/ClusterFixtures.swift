@@ -1,0 +1,200 @@
+// Worker programs for the cluster-mode tests, written into each sandbox by `ClusterFixture`.
+// They are plain programs (Python 3 standard library, Node.js core): nothing pml-specific beyond
+// the contract in PRODUCT.md §5 (PML_IPC_FD, NODE_HANDLE + SCM_RIGHTS, LISTEN_FDS, NOTIFY_SOCKET).
+//
+// Kept as Swift strings rather than files under the test target so SwiftPM has no unhandled
+// resources to warn about.
+
+import Foundation
+
+enum ClusterFixture {
+    /// The seed's app.js, unchanged but for the port.
+    static func seedApp(port: Int) -> String {
+        "require('http').createServer((req, res) => res.end('hello from ' + process.pid + '\\n')).listen(\(port))\n"
+    }
+
+    /// The seed's server plus a `process.on('message')` that records what pml sends and answers a
+    /// ping with `process.send({type:'pong', ...})`. Env: FX_OUT (file of received messages).
+    static func nodeMessenger(port: Int) -> String {
+        """
+        const fs = require('fs');
+        require('http').createServer((req, res) => res.end('hello from ' + process.pid + '\\n')).listen(\(port));
+        process.on('message', (m) => {
+          if (m && typeof m === 'object' && typeof m.cmd === 'string' && m.cmd.startsWith('NODE_')) return;
+          fs.appendFileSync(process.env.FX_OUT, JSON.stringify({ pid: process.pid, msg: m }) + '\\n');
+          if (m && m.type === 'ping') process.send({ type: 'pong', tag: m.tag, pid: process.pid });
+        });
+
+        """
+    }
+
+    /// A round-robin worker in plain Python: reads NODE_HANDLE lines + SCM_RIGHTS fds from
+    /// PML_IPC_FD, ACKs each, serves "hello from <pid>" over HTTP/1.0.
+    ///
+    /// Behaviour switches (environment):
+    /// - FX_READY: "message" (send "ready" at once, the default), "file" (send {"type":"ready"}
+    ///   once the file FX_READY_FILE exists), "never", "none" (say nothing), "notify"
+    ///   (READY=1 + STATUS= on NOTIFY_SOCKET instead of IPC).
+    /// - FX_METRIC=1: after ready, send {"type":"metric","name":"queue","value":7}.
+    /// - FX_GARBAGE_MARK=<file>: if the file does not exist, create it, wait 300 ms and write a
+    ///   non-JSON line on the IPC channel (then keep running as if nothing happened).
+    /// - FX_DIE_MARK=<file>, FX_DIE_INSTANCE=<n>: the worker with PML_INSTANCE=n, if the file does
+    ///   not exist, creates it on its first NODE_HANDLE and exits at once (os._exit(1)) without ACK.
+    /// - FX_PIDS=<file>: each start appends "<instance> <pid>".
+    static let pythonRR = #"""
+        import json, os, socket, sys, time
+
+        PID = os.getpid()
+        INSTANCE = os.environ.get("PML_INSTANCE", "?")
+        ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+
+        def send(value):
+            ipc.sendall((json.dumps(value) + "\n").encode())
+
+        def serve(conn):
+            conn.settimeout(5)
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                body = ("hello from %d\n" % PID).encode()
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            except OSError as e:
+                print("serve failed: %r" % e, file=sys.stderr, flush=True)
+            finally:
+                conn.close()
+
+        if os.environ.get("FX_PIDS"):
+            with open(os.environ["FX_PIDS"], "a") as f:
+                f.write("%s %d\n" % (INSTANCE, PID))
+        print("rr worker %s up, pid %d" % (INSTANCE, PID), flush=True)
+
+        mode = os.environ.get("FX_READY", "message")
+        if mode == "message":
+            send("ready")
+        elif mode == "file":
+            while not os.path.exists(os.environ["FX_READY_FILE"]):
+                time.sleep(0.02)
+            send({"type": "ready"})
+        elif mode == "notify":
+            n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            addr = os.environ["NOTIFY_SOCKET"]
+            if addr.startswith("@"):
+                addr = "\0" + addr[1:]
+            n.sendto(b"READY=1\nSTATUS=serving from %d" % PID, addr)
+            n.close()
+        elif mode == "never":
+            pass
+
+        if os.environ.get("FX_METRIC") == "1":
+            send({"type": "metric", "name": "queue", "value": 7})
+
+        garbage = os.environ.get("FX_GARBAGE_MARK")
+        if garbage and not os.path.exists(garbage):
+            open(garbage, "w").write(str(PID))
+            time.sleep(0.3)
+            ipc.sendall(b"this is { not json\n")
+
+        die_mark = os.environ.get("FX_DIE_MARK")
+        die_here = bool(die_mark) and os.environ.get("FX_DIE_INSTANCE") == INSTANCE and not os.path.exists(die_mark)
+
+        buffer, fds = b"", []
+        while True:
+            data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+            if not data:
+                sys.exit(0)
+            fds.extend(new_fds)
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
+                    if die_here:
+                        open(die_mark, "w").write(str(PID))
+                        os._exit(1)          # holding the connection, never ACKed
+                    conn = socket.socket(fileno=fds.pop(0))
+                    send({"cmd": "NODE_HANDLE_ACK"})
+                    serve(conn)
+                elif message == "shutdown" or (isinstance(message, dict) and message.get("type") == "shutdown"):
+                    sys.exit(0)
+                else:
+                    print("message: %r" % (message,), flush=True)
+        """#
+
+    /// A `shared` worker (systemd socket activation): records what it inherited into
+    /// FX_ENV_DIR/<instance>.json, then accepts on fds 3…3+LISTEN_FDS-1 itself.
+    static let pythonShared = #"""
+        import json, os, select, socket, sys, threading
+
+        PID = os.getpid()
+        INSTANCE = os.environ.get("PML_INSTANCE", "?")
+        n = int(os.environ.get("LISTEN_FDS", "0"))
+
+        def describe_fd(fd):
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError as e:
+                return {"fd": fd, "error": str(e)}
+            try:
+                info = {"fd": fd, "family": int(s.family), "type": int(s.type),
+                        "listening": s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1}
+                name = s.getsockname()
+                info["port"] = name[1] if isinstance(name, tuple) else None
+                return info
+            finally:
+                s.close()
+
+        record = {
+            "pid": PID,
+            "LISTEN_PID": os.environ.get("LISTEN_PID"),
+            "LISTEN_FDS": os.environ.get("LISTEN_FDS"),
+            "LISTEN_FDNAMES": os.environ.get("LISTEN_FDNAMES"),
+            "PML_IPC_FD": os.environ.get("PML_IPC_FD"),
+            "listen_fds": [describe_fd(fd) for fd in range(3, 3 + n)],
+            "ipc": describe_fd(3 + n),
+        }
+        path = os.path.join(os.environ["FX_ENV_DIR"], "%s.json" % INSTANCE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.rename(path + ".tmp", path)
+
+        def respond(conn):
+            conn.settimeout(5)
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                body = ("hello from %d\n" % PID).encode()
+                conn.sendall(b"HTTP/1.0 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+        def accept_loop(fd):
+            sock = socket.socket(fileno=fd)
+            while True:
+                select.select([sock], [], [])
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                conn.setblocking(True)
+                respond(conn)
+
+        threads = [threading.Thread(target=accept_loop, args=(fd,), daemon=True) for fd in range(3, 3 + n)]
+        for t in threads:
+            t.start()
+        print("shared worker %s (pid %d) accepting on %d fd(s)" % (INSTANCE, PID, n), flush=True)
+        threading.Event().wait()
+        """#
+}
