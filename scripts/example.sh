@@ -10,7 +10,7 @@ if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
   export PATH=/opt/swift/usr/bin:$PATH
 fi
 
-build_args=(-c release)
+build_args=(-c release --static-swift-stdlib)   # self-contained binary, smaller daemon RSS
 if [[ -n ${PML_SCRATCH_PATH:-} ]]; then build_args+=(--scratch-path "$PML_SCRATCH_PATH"); fi
 swift build "${build_args[@]}"
 pml="$(swift build "${build_args[@]}" --show-bin-path)/pml"

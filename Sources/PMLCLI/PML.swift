@@ -108,6 +108,16 @@ struct Start: ParsableCommand {
                                   clientCwd: here)
         func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
 
+        // `pml start web` with no such file starts the stopped app "web" again, as in PM2.
+        if let target, command.isEmpty, !pathExists(absolute(target)), name == nil, instances == nil, env.isEmpty,
+           let rows = try? options.client.send(ControlRequest(cmd: .list)).processes,
+           rows.contains(where: { $0.name == target }) {
+            guard rows.contains(where: { $0.name == target && ($0.status == .stopped || $0.status == .errored) }) else {
+                throw CLIError("app \"\(target)\" is already running (use \"pml restart \(target)\")")
+            }
+            let response = try options.client.send(ControlRequest(cmd: .restart, target: target))
+            return Output.print(Output.table(response.processes ?? []))
+        }
         if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
             if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
                 throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the app file (keys cwd, timestamps, listen, dispatch)")

@@ -393,7 +393,7 @@ final class Supervisor {
 
     func describe(_ app: ManagedApp) -> AppDescription {
         AppDescription(
-            name: app.spec.name, mode: app.spec.mode, status: app.status, spec: app.spec,
+            name: app.spec.name, mode: app.mode, status: app.status, spec: app.spec,
             outLog: app.logs.outPath, errLog: app.logs.errPath,
             workers: app.workers.map { w in
                 w.description(serving: app.listeners.filter { router.serves(worker: w.id, listener: $0.id) }.map(\.address.description))

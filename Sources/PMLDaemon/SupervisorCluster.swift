@@ -111,8 +111,19 @@ extension Supervisor {
         return ipc.send(line: listener.handleLine, attaching: fd)
     }
 
+    /// Messages per second a worker may send to hooks; beyond it they are dropped, and far beyond
+    /// it the worker is flooding and is restarted. Handle ACKs are not counted.
+    static let messageRate = 1000
+    static let floodRate = 20000
+
     /// What a worker said on its channel.
     func ipcMessage(_ w: Worker, _ msg: ScriptValue) {
+        let now = monotonicMs()
+        if now - w.messageWindow.start >= 1000 { w.messageWindow = (now, 0) }
+        w.messageWindow.count += 1
+        if w.messageWindow.count > Self.floodRate {
+            return ipcGarbage(w, "it sent over \(Self.floodRate) messages in a second on its IPC channel")
+        }
         if case .object(let t) = msg, let cmd = t["cmd"]?.stringValue, cmd.hasPrefix("NODE_") {
             switch cmd {
             case "NODE_HANDLE_ACK": router.acknowledged(worker: w.id)
@@ -136,6 +147,12 @@ extension Supervisor {
                 router.stopServing(worker: w.id, listener: l.id)
             }
         default:
+            if w.messageWindow.count > Self.messageRate {
+                if w.messageWindow.count == Self.messageRate + 1 {
+                    w.app.logs.note("worker \(w.id) sends over \(Self.messageRate) messages a second; the rest of this second's are dropped")
+                }
+                return
+            }
             // Anything else is the app's business; a value returned by onMessage goes back to the worker.
             if let reply = callHook(w.app, "onMessage", [w.scriptValue, msg], worker: w), reply != .null {
                 w.ipc?.send(reply)

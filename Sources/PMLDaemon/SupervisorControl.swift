@@ -265,9 +265,11 @@ extension Supervisor {
         for (index, spec) in specs.enumerated() {
             let app: ManagedApp
             let isNew: Bool
+            let previous: (spec: AppSpec, env: [String: String])?
             if let existing = apps.first(where: { $0.spec.name == spec.name }) {
                 app = existing
                 isNew = false
+                previous = (existing.spec, existing.baseEnv)
                 closeListeners(app)
                 app.spec = spec
                 app.baseEnv = args.clientEnv
@@ -275,13 +277,22 @@ extension Supervisor {
             } else {
                 app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths)
                 isNew = true
+                previous = nil
                 apps.append(app)
+            }
+            // A start that fails leaves a stopped app as it was.
+            func restorePrevious() {
+                guard let previous else { return }
+                app.spec = previous.spec
+                app.baseEnv = previous.env
+                app.logs.timestamps = previous.spec.timestamps
+                resize(app, to: previous.spec.instances)
             }
             let unusedRefs = (loaded?.tableRefs ?? []).dropFirst(index + 1)
             do {
                 try openListeners(app)
             } catch {
-                if isNew { remove(app) }
+                if isNew { remove(app) } else { restorePrevious() }
                 unusedRefs.forEach { lua.release(tableRef: $0) }
                 if let ref = loaded?.tableRefs.dropFirst(index).first { lua.release(tableRef: ref) }
                 return .failure("cannot start \(spec.name): \(error)")
@@ -301,7 +312,7 @@ extension Supervisor {
             if failures.count == app.workers.count, let first = failures.first {
                 // Nothing could start: leave no trace of a new app, keep an old one stopped.
                 for w in app.workers { w.status = .stopped; w.reason = first.1 }
-                if isNew { remove(app) } else { closeListeners(app) }
+                if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
                 unusedRefs.forEach { lua.release(tableRef: $0) }
                 return .failure("cannot start \(spec.name): \(first.1)")
             }

@@ -30,6 +30,8 @@ final class Worker {
     /// it failed to start (exited, ready_timeout, stopped). The restart policy does not apply to it.
     var startWatch: ((_ failure: String?) -> Void)?
     var metrics: [String: Double] = [:]
+    /// Messages from the worker in the current one-second window (flood control).
+    var messageWindow = (start: 0, count: 0)
     var statusText: String?
     /// Connections handed to this worker (all its processes).
     var dispatched = 0
@@ -56,7 +58,7 @@ final class Worker {
     }
 
     var row: ProcessRow {
-        ProcessRow(id: id, name: app.spec.name, instance: instance, mode: app.spec.mode, pid: pid, status: status,
+        ProcessRow(id: id, name: app.spec.name, instance: instance, mode: app.mode, pid: pid, status: status,
                    restarts: history.restarts, uptimeMs: pid != nil ? monotonicMs() - startedAt : nil,
                    cpu: pid != nil ? (cpuPercent * 10).rounded() / 10 : 0, memory: pid != nil ? rssBytes : 0)
     }
@@ -93,6 +95,9 @@ final class ManagedApp {
         guard spec.dispatch == .roundRobin, let program = spec.argv.first?.split(separator: "/").last else { return false }
         return program == "node" || program == "nodejs"
     }
+
+    /// "cluster" while pml holds sockets for the app or runs several workers, else "fork" (PM2's words).
+    var mode: String { listeners.isEmpty && workers.count <= 1 && spec.listen.isEmpty ? "fork" : "cluster" }
 
     /// The app's status as one word: the liveliest of its workers'.
     var status: WorkerStatus {

@@ -20,8 +20,13 @@ public enum UnixSocket {
     /// Binds and listens at `path` (replacing a stale socket file), non-blocking, with `mode`.
     public static func listen(path: String, mode: mode_t) throws(SystemError) -> Int32 {
         var addr = try address(path)
+        // Only a stale socket is replaced; any other file at the path is the user's, never deleted.
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw SystemError("\(path) exists and is not a socket", errno: EEXIST) }
+            unlink(path)
+        }
         let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
-        unlink(path)
         // Created under a tight umask so there is no moment where the socket is open to others.
         let old = umask(0o177)
         let r = withUnsafePointer(to: &addr) {
