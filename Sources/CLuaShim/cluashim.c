@@ -447,6 +447,23 @@ static lua_Integer check_instances(lua_State *L, int arg, const char *fn) {
     return n;
 }
 
+// The delay of pml.after / pml.every. At least 1 ms: a 0 ms repeating timer would spin the
+// supervisor's loop.
+static lua_Integer check_delay(lua_State *L, int arg, const char *fn) {
+    int isint = 0;
+    lua_Integer ms = lua_type(L, arg) == LUA_TNUMBER ? lua_tointegerx(L, arg, &isint) : 0;
+    if (!isint || ms < 1) luaL_error(L, "%s: ms must be an integer >= 1 (got %s)", fn, describe_arg(L, arg));
+    return ms;
+}
+
+// The callback of pml.after / pml.every, kept alive in the registry; returns the reference.
+static int ref_callback(lua_State *L, int arg, const char *fn) {
+    if (lua_type(L, arg) != LUA_TFUNCTION)
+        luaL_error(L, "%s: fn must be a function (got %s)", fn, describe_arg(L, arg));
+    lua_pushvalue(L, arg);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 // ---- The `pml` table: C closures over one upvalue, the pml_op ----
 
 // Checks and converts the arguments, asks Swift, and returns Swift's values or raises its error.
@@ -460,6 +477,7 @@ static int pml_trampoline(lua_State *L) {
     size_t *lengths = &one_len;
     int count = 1;
     lua_Integer integer = 0;
+    int ref = LUA_NOREF;
     int message = 0;
     switch (op) {
     case PML_OP_LOG:
@@ -508,12 +526,33 @@ static int pml_trampoline(lua_State *L) {
         one = check_app(L, 1, "pml.scale", &one_len);
         integer = check_instances(L, 2, "pml.scale");
         break;
+    case PML_OP_METRICS: one = check_app(L, 1, "pml.metrics", &one_len); break;
+    case PML_OP_AFTER:
+    case PML_OP_EVERY: {
+        const char *fn = op == PML_OP_AFTER ? "pml.after" : "pml.every";
+        integer = check_delay(L, 1, fn);
+        ref = ref_callback(L, 2, fn); // last: nothing below may raise before the dispatch owns it
+        count = 0;
+        break;
+    }
+    case PML_OP_CANCEL: {
+        int isint = 0;
+        if (lua_type(L, 1) == LUA_TNUMBER) integer = lua_tointegerx(L, 1, &isint);
+        if (!isint) luaL_error(L, "pml.cancel: id must be a timer id (got %s)", describe_arg(L, 1));
+        count = 0;
+        break;
+    }
     }
     char source[LUA_IDSIZE + 24];
     lua_location(L, 1, source, sizeof source);
-    pml_request request = {op, source, strings, lengths, count, integer, L, message};
+    pml_request request = {
+        .op = op, .source = source, .strings = strings, .lengths = lengths, .count = count,
+        .integer = integer, .ref = ref, .thread = L, .message = message,
+    };
     pml_reply reply = {NULL, 0};
     if (s->dispatch(s->ctx, &request, &reply) == PML_REPLY_ERROR) {
+        // The host scheduled nothing, so nothing will ever release the callback.
+        if (ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ref);
         luaL_where(L, 1);
         lua_pushlstring(L, (const char *)reply.data, reply.length);
         lua_concat(L, 2);
@@ -552,9 +591,10 @@ static int setup_body(lua_State *L) {
     // Indexed by pml_op.
     static const char *const names[] = {
         "log", "warn", "apps", "workers", "restart", "spawn", "send", "broadcast", "scale",
+        "metrics", "after", "every", "cancel",
     };
     enum { NAMES = sizeof names / sizeof *names };
-    _Static_assert(NAMES == PML_OP_SCALE + 1, "one name per pml_op");
+    _Static_assert(NAMES == PML_OP_CANCEL + 1, "one name per pml_op");
     lua_createtable(L, 0, NAMES);
     for (int op = 0; op < NAMES; op++) {
         lua_pushinteger(L, op);
@@ -657,7 +697,7 @@ void pml_unref(lua_State *L, int ref) {
 
 typedef struct call_args {
     int ref;
-    const char *key; // the hook's (dotted) path, or the library function's name
+    const char *key; // the hook's (dotted) path, the library function's name, or NULL: ref is the function
     const char *module;
     const unsigned char *args;
     size_t args_len;
@@ -688,10 +728,12 @@ static int finish_call(lua_State *L, const call_args *a) {
     return 1;
 }
 
+// Calls table[key] where table is the reference `ref` (key may be dotted), or with no key the
+// function that is the reference itself.
 static int hook_body(lua_State *L) {
     const call_args *a = lua_touserdata(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
-    for (const char *p = a->key;;) {
+    for (const char *p = a->key; p != NULL;) {
         if (!lua_istable(L, -1)) {
             *a->not_defined = 1;
             return 0;
@@ -723,6 +765,13 @@ int pml_call_hook(lua_State *L, int ref, const char *path, const unsigned char *
                   size_t args_len, const char *label, int *not_defined) {
     *not_defined = 0;
     call_args a = {ref, path, NULL, args, args_len, not_defined, label, 0};
+    return call_function(L, hook_body, &a);
+}
+
+int pml_call_ref(lua_State *L, int ref, const unsigned char *args, size_t args_len, const char *label,
+                 int *not_defined) {
+    *not_defined = 0;
+    call_args a = {ref, NULL, NULL, args, args_len, not_defined, label, 0};
     return call_function(L, hook_body, &a);
 }
 

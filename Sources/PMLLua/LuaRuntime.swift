@@ -44,11 +44,38 @@ public protocol LuaHost: AnyObject {
     func luaBroadcast(app: String, message: ScriptValue) -> String?
     /// pml.scale(app, n) with n >= 0: returns an error message (raised in Lua at the caller) or nil.
     func luaScale(app: String, instances: Int) -> String?
+    /// pml.after(ms, fn) (`repeating` false) or pml.every(ms, fn) (true), with ms >= 1: schedules
+    /// `runtime.call(callback, args: [])` and returns the timer id the script gets. The host calls
+    /// `runtime.release(callback)` once a one-shot has fired or when the timer is cancelled.
+    func luaSchedule(afterMs: Int, repeating: Bool, callback: LuaCallback) -> Int
+    /// pml.cancel(id) with an integer id; an id that names no pending timer is ignored.
+    func luaCancel(timer: Int)
+    /// pml.metrics(name or app table): the `m` an autoscale rule receives; nil → Lua gets nil,
+    /// "no app named …".
+    func luaMetrics(app: String) -> ScriptValue?
+}
+
+/// A Lua function a script handed to `pml.after` or `pml.every`, kept alive in the runtime until
+/// `LuaRuntime.release(_:)`. Opaque: pass it back to the runtime that made it.
+public struct LuaCallback: Sendable, Hashable {
+    /// Unique for the runtime's lifetime, unlike Lua's registry references, which are reused after
+    /// release: a stale callback can never reach another script's function.
+    let id: Int
+}
+
+/// A plugin file the runtime has loaded.
+public struct LoadedPlugin: Sendable, Equatable {
+    /// The plugin table's `name`, unique among loaded plugins.
+    public let name: String
+    /// Absolute.
+    public let path: String
+    /// Sorted names of the plugin table's function-valued keys.
+    public let hooks: [String]
 }
 
 /// The result of calling a hook or library function.
 public enum HookOutcome: Sendable, Equatable {
-    /// The app (or module) has no such function.
+    /// The app, plugin or module has no such function, or the callback was released.
     case notDefined
     /// The first return value (.null if none).
     case returned(ScriptValue)
@@ -84,6 +111,11 @@ public final class LuaRuntime {
     private let L: OpaquePointer
     private let limits: LuaLimits
     private var bindings: [String: Int32] = [:]
+    /// Loaded plugins in load order, each with the registry ref to its table.
+    private var loadedPlugins: [(plugin: LoadedPlugin, ref: Int32)] = []
+    /// Registry refs of the timer callbacks scripts handed over, by `LuaCallback.id`.
+    private var callbacks: [Int: Int32] = [:]
+    private var nextCallbackID = 1
     /// The bytes of the last reply to a `pml.*` call: C reads them after the dispatch returns.
     private var reply: UnsafeMutableRawBufferPointer?
 
@@ -122,23 +154,9 @@ public final class LuaRuntime {
     /// Syntax and runtime errors become `AppFileError(file: path as given, line:, message:)`. The
     /// path as given is also the chunk name, so later hook errors read "<path>:12: …".
     public func evaluateAppFile(path: String) throws(AppFileError) -> LoadedAppFile {
-        let absolute = AppSpecParser.normalize(path.hasPrefix("/") ? path : Self.currentDirectory() + "/" + path)
-        let bytes: [UInt8]
-        switch Self.readFile(absolute) {
-        case .success(let b): bytes = b
-        case .failure(let reason): throw AppFileError(file: path, message: "cannot read: \(reason.description)")
-        }
-        let folder = String(absolute[..<absolute.lastIndex(of: "/")!])
-
         let top = lua_gettop(L)
         defer { lua_settop(L, top) }
-        let status = bytes.withUnsafeBytes { text in
-            pml_eval(L, text.baseAddress?.assumingMemoryBound(to: CChar.self), text.count,
-                     "@" + path, folder.isEmpty ? "/" : folder, "app file")
-        }
-        guard status == LUA_OK else {
-            throw Self.locate(failure(status, label: "app file", top: top), in: path)
-        }
+        let (absolute, bytes) = try evaluate(path: path, label: "app file", top: top)
         let value = ValueReader.value(L, at: -1)
         // A list gets a ref per element, a single table one ref to itself (count 0).
         var refs: [Int32] = []
@@ -156,6 +174,27 @@ public final class LuaRuntime {
             }
         }
         return LoadedAppFile(path: absolute, source: String(decoding: bytes, as: UTF8.self), value: value, tableRefs: refs)
+    }
+
+    /// Reads the file at `path` and runs it in a fresh environment whose `require` also searches
+    /// the file's folder, leaving its first return value on the stack above `top`. Returns the
+    /// absolute path and the file's bytes.
+    private func evaluate(path: String, label: String, top: Int32) throws(AppFileError) -> (String, [UInt8]) {
+        let absolute = AppSpecParser.normalize(path.hasPrefix("/") ? path : Self.currentDirectory() + "/" + path)
+        let bytes: [UInt8]
+        switch Self.readFile(absolute) {
+        case .success(let b): bytes = b
+        case .failure(let reason): throw AppFileError(file: path, message: "cannot read: \(reason.description)")
+        }
+        let folder = String(absolute[..<absolute.lastIndex(of: "/")!])
+        let status = bytes.withUnsafeBytes { text in
+            pml_eval(L, text.baseAddress?.assumingMemoryBound(to: CChar.self), text.count,
+                     "@" + path, folder.isEmpty ? "/" : folder, label)
+        }
+        guard status == LUA_OK else {
+            throw Self.locate(failure(status, label: label, top: top), in: path)
+        }
+        return (absolute, bytes)
     }
 
     /// Hooks of `app` now come from that table; the previous binding of `app` is released.
@@ -180,6 +219,106 @@ public final class LuaRuntime {
         return call(label: hook, args: args) { args, count, label, notDefined in
             pml_call_hook(L, ref, hook, args, count, label, notDefined)
         }
+    }
+
+    // MARK: - Plugins
+
+    /// The plugins loaded so far, in load order.
+    public var plugins: [LoadedPlugin] { loadedPlugins.map(\.plugin) }
+
+    /// Runs a plugin file, in its own environment as an app file runs, and keeps the table it
+    /// returns: `{ name = "...", <hooks as functions> }`.
+    ///
+    /// Syntax and runtime errors carry the file's line; a file that returns no table, a table
+    /// without a non-empty string `name`, or a name already loaded fail too, and load nothing.
+    public func loadPlugin(path: String) throws(AppFileError) -> LoadedPlugin {
+        let top = lua_gettop(L)
+        defer { lua_settop(L, top) }
+        let (absolute, _) = try evaluate(path: path, label: "plugin file", top: top)
+        guard lua_type(L, -1) == LUA_TTABLE else {
+            throw AppFileError(file: path, message: "a plugin must return a table { name = \"...\", <hooks> } (got \(typeName(at: -1)))")
+        }
+        guard let fields = pluginFields(at: -1) else {
+            throw AppFileError(file: path, message: failure(LUA_ERRMEM, label: "plugin file", top: lua_gettop(L)))
+        }
+        guard let name = fields.name, !name.isEmpty else {
+            let got = fields.name == nil ? fields.nameType : "an empty string"
+            throw AppFileError(file: path, message: "a plugin's name must be a non-empty string (got \(got))")
+        }
+        if let other = loadedPlugins.first(where: { $0.plugin.name == name }) {
+            throw AppFileError(file: path, message: "a plugin named \"\(name)\" is already loaded (from \(other.plugin.path))")
+        }
+        var ref = LUA_NOREF
+        let status = pml_ref_values(L, -1, 0, &ref)
+        guard status == LUA_OK else {
+            throw AppFileError(file: path, message: failure(status, label: "plugin file", top: top + 1))
+        }
+        let plugin = LoadedPlugin(name: name, path: absolute, hooks: fields.hooks.sorted())
+        loadedPlugins.append((plugin, ref))
+        return plugin
+    }
+
+    /// Forgets every plugin (for `pml plugins reload`). Timers a plugin started keep running until
+    /// the host cancels them.
+    public func unloadPlugins() {
+        for (_, ref) in loadedPlugins { release(tableRef: ref) }
+        loadedPlugins.removeAll()
+    }
+
+    /// Calls `table[hook](args...)` on the table of the plugin named `plugin`, as `callHook` does
+    /// for an app: `.notDefined` when there is no such plugin or no function there.
+    public func callPluginHook(plugin: String, hook: String, args: [ScriptValue]) -> HookOutcome {
+        guard let ref = loadedPlugins.first(where: { $0.plugin.name == plugin })?.ref else { return .notDefined }
+        return call(label: hook, args: args) { args, count, label, notDefined in
+            pml_call_hook(L, ref, hook, args, count, label, notDefined)
+        }
+    }
+
+    /// The plugin table's `name` (nil unless a string; `nameType` is its Lua type, for the error
+    /// message) and the string keys holding functions, read raw with calls that cannot raise.
+    /// Nil if the stack cannot grow.
+    private func pluginFields(at index: Int32) -> (name: String?, nameType: String, hooks: [String])? {
+        let index = lua_absindex(L, index)
+        guard lua_checkstack(L, 2) != 0 else { return nil }
+        var name: String?
+        var nameType = "nil"
+        var hooks: [String] = []
+        lua_pushnil(L)
+        while lua_next(L, index) != 0 { // key at -2, value at -1
+            if lua_type(L, -2) == LUA_TSTRING {
+                let key = ValueReader.string(L, at: -2)
+                if key == "name" {
+                    nameType = typeName(at: -1)
+                    if lua_type(L, -1) == LUA_TSTRING { name = ValueReader.string(L, at: -1) }
+                } else if lua_type(L, -1) == LUA_TFUNCTION {
+                    hooks.append(key)
+                }
+            }
+            pml_pop(L, 1)
+        }
+        return (name, nameType, hooks)
+    }
+
+    /// The Lua type name of the value at `index` ("nil", "number", ...).
+    private func typeName(at index: Int32) -> String {
+        String(cString: lua_typename(L, lua_type(L, index)))
+    }
+
+    // MARK: - Timer callbacks
+
+    /// Calls a callback from `pml.after` / `pml.every` with `args`, under the budget as a hook is
+    /// called; `.notDefined` once it has been released.
+    public func call(_ callback: LuaCallback, args: [ScriptValue]) -> HookOutcome {
+        guard let ref = callbacks[callback.id] else { return .notDefined }
+        return call(label: "timer", args: args) { args, count, label, notDefined in
+            pml_call_ref(L, ref, args, count, label, notDefined)
+        }
+    }
+
+    /// Lets Lua collect a callback: after a one-shot timer fired, or when a timer was cancelled.
+    /// Releasing one twice does nothing.
+    public func release(_ callback: LuaCallback) {
+        if let ref = callbacks.removeValue(forKey: callback.id) { pml_unref(L, ref) }
     }
 
     /// Calls `require(module)[function](args...)` in the library environment.
@@ -244,6 +383,21 @@ public final class LuaRuntime {
         case PML_OP_SCALE:
             guard let host else { return answer(out, error: "no supervisor is attached") }
             return answer(out, error: host.luaScale(app: strings[0], instances: Int(request.integer)))
+        case PML_OP_METRICS:
+            if let metrics = host?.luaMetrics(app: strings[0]) { return answer(out, values: [metrics]) }
+            return answer(out, values: [.null, .string("no app named \"\(strings[0])\"")])
+        case PML_OP_AFTER, PML_OP_EVERY:
+            // On an error answer C drops the reference itself.
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            let callback = LuaCallback(id: nextCallbackID)
+            nextCallbackID += 1
+            callbacks[callback.id] = request.ref
+            let timer = host.luaSchedule(afterMs: Int(request.integer), repeating: request.op == PML_OP_EVERY, callback: callback)
+            return answer(out, values: [.int(Int64(timer))])
+        case PML_OP_CANCEL:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            host.luaCancel(timer: Int(request.integer))
+            return answer(out, values: [])
         default:
             return answer(out, error: "unknown pml function")
         }

@@ -5,7 +5,7 @@
 /// own environment; library tables are copied per environment, so no script can clobber another's.
 let sandboxPrelude = #"""
 local base = _G
-local ipairs, next, type, error, tostring, rawget = ipairs, next, type, error, tostring, rawget
+local ipairs, next, type, error, tostring, rawget, rawset = ipairs, next, type, error, tostring, rawget, rawset
 local rawload, rawloadfile, searchpath = load, loadfile, package.searchpath
 local rawsetmetatable, rawcollect = setmetatable, collectgarbage
 local libraryPath = package.path
@@ -53,7 +53,7 @@ return function(dir)
   local path = libraryPath
   if dir then path = path .. ";" .. dir .. "/?.lua;" .. dir .. "/?/init.lua" end
   local loaded = {}
-  function env.require(name)
+  local function require(name)
     if type(name) ~= "string" then
       error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
     end
@@ -68,6 +68,20 @@ return function(dir)
     loaded[name] = value
     return value
   end
+  env.require = require
+
+  -- pml.autoscale is lua/pml/autoscale.lua, loaded on first use: scripts that never touch it pay
+  -- nothing, and it is the very table `require "pml.autoscale"` gives this environment (through
+  -- the local require, which a script's own global `require` cannot replace).
+  rawsetmetatable(env.pml, {
+    __metatable = false,
+    __index = function(t, key)
+      if key ~= "autoscale" then return nil end
+      local value = require("pml.autoscale")
+      rawset(t, key, value)
+      return value
+    end,
+  })
 
   -- Text only (a crafted binary chunk can crash the VM), and this environment by default.
   function env.load(chunk, chunkname, _, e)

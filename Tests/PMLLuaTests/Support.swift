@@ -82,6 +82,16 @@ class RecordingHost: LuaHost {
     var scaled: [Scale] = []
     /// Answers every send, broadcast and scale when set.
     var messagingError: String?
+    struct Timer: Equatable {
+        var id: Int
+        var afterMs: Int
+        var repeating: Bool
+        var callback: LuaCallback
+    }
+    var timers: [Timer] = []
+    var cancelled: [Int] = []
+    /// pml.metrics answers with this for "web", nil for any other app.
+    var metrics: ScriptValue = .object(["instances": .int(2), "cpu": .double(42.5)])
 
     func luaLog(level: LuaLogLevel, source: String, message: String) {
         logs.append(Log(level: level, source: source, message: message))
@@ -116,6 +126,17 @@ class RecordingHost: LuaHost {
         if let messagingError { return messagingError }
         scaled.append(Scale(app: app, instances: instances))
         return nil
+    }
+    /// Timer ids start at 100, so a test can tell them from other small integers.
+    func luaSchedule(afterMs: Int, repeating: Bool, callback: LuaCallback) -> Int {
+        timers.append(Timer(id: 100 + timers.count, afterMs: afterMs, repeating: repeating, callback: callback))
+        return timers.last!.id
+    }
+    func luaCancel(timer: Int) {
+        cancelled.append(timer)
+    }
+    func luaMetrics(app: String) -> ScriptValue? {
+        app == "web" ? metrics : nil
     }
 }
 

@@ -24,7 +24,8 @@ enum {
 // The functions of the `pml` table that call into Swift.
 typedef enum pml_op {
     PML_OP_LOG = 0, PML_OP_WARN, PML_OP_APPS, PML_OP_WORKERS, PML_OP_RESTART, PML_OP_SPAWN,
-    PML_OP_SEND, PML_OP_BROADCAST, PML_OP_SCALE,
+    PML_OP_SEND, PML_OP_BROADCAST, PML_OP_SCALE, PML_OP_METRICS, PML_OP_AFTER, PML_OP_EVERY,
+    PML_OP_CANCEL,
 } pml_op;
 
 // Messages (pml.send, pml.broadcast) hold tables at depths 1 to PML_MESSAGE_MAX_DEPTH only; Swift's
@@ -37,12 +38,16 @@ typedef struct pml_request {
     // "file:line" of the calling Lua code ("?" when unknown).
     const char *source;
     // LOG/WARN: the message; WORKERS: the app; RESTART: the target; SPAWN: argv;
-    // BROADCAST/SCALE: the app name.
+    // BROADCAST/SCALE/METRICS: the app name.
     const char *const *strings;
     const size_t *lengths;
     int count;
-    // SEND: the worker id; SCALE: the instance count (>= 0).
+    // SEND: the worker id; SCALE: the instance count (>= 0); AFTER/EVERY: the delay in ms (>= 1);
+    // CANCEL: the timer id.
     lua_Integer integer;
+    // AFTER/EVERY: a registry reference to the callback, made by C. Swift owns it once the dispatch
+    // succeeds (and releases it with pml_unref); when the dispatch answers an error, C drops it.
+    int ref;
     // SEND/BROADCAST: the message, checked JSON-able, at stack index `message` of `thread` (the
     // calling coroutine, not necessarily the main thread). Swift reads it with non-raising calls.
     lua_State *thread;
@@ -102,6 +107,11 @@ void pml_unref(lua_State *L, int ref);
 // the memory limit (64 MiB)"), as Lua gives no location for memory errors.
 int pml_call_hook(lua_State *L, int ref, const char *path, const unsigned char *args,
                   size_t args_len, const char *label, int *not_defined);
+
+// Calls the function that is the registry reference `ref` (see pml_request.ref) with `args`; sets
+// *not_defined when the reference holds no function.
+int pml_call_ref(lua_State *L, int ref, const unsigned char *args, size_t args_len, const char *label,
+                 int *not_defined);
 
 // Calls require(module)[function](args...) in the library environment.
 int pml_call_library(lua_State *L, const char *module, const char *function,
