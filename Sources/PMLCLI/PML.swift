@@ -14,7 +14,7 @@ public struct PML: ParsableCommand {
         version: PMLVersion.string,
         subcommands: [
             Start.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
-            SignalCommand.self, Send.self, Scale.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
+            SignalCommand.self, Send.self, Scale.self, Plugins.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
         ]
     )
 
@@ -45,6 +45,12 @@ public struct PML: ParsableCommand {
 struct DaemonOptions: ParsableArguments {
     var paths: PMLPaths { PMLPaths.fromEnvironment(processEnvironment()) }
     var client: ControlClient { ControlClient(paths: paths) }
+
+    /// Sends a request and prints the process table the daemon answers with.
+    func sendPrintingTable(_ request: ControlRequest) throws {
+        let r = try client.send(request)
+        Output.print(Output.table(r.processes ?? []))
+    }
 }
 
 /// `--json` for commands that print a table.
@@ -162,10 +168,7 @@ struct Stop: ParsableCommand {
     @OptionGroup var target: TargetArgument
     @OptionGroup var options: DaemonOptions
 
-    func run() throws {
-        let r = try options.client.send(ControlRequest(cmd: .stop, target: target.target))
-        Output.print(Output.table(r.processes ?? []))
-    }
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .stop, target: target.target)) }
 }
 
 struct Restart: ParsableCommand {
@@ -173,10 +176,7 @@ struct Restart: ParsableCommand {
     @OptionGroup var target: TargetArgument
     @OptionGroup var options: DaemonOptions
 
-    func run() throws {
-        let r = try options.client.send(ControlRequest(cmd: .restart, target: target.target))
-        Output.print(Output.table(r.processes ?? []))
-    }
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .restart, target: target.target)) }
 }
 
 struct Reload: ParsableCommand {
@@ -210,10 +210,7 @@ struct Delete: ParsableCommand {
     @OptionGroup var target: TargetArgument
     @OptionGroup var options: DaemonOptions
 
-    func run() throws {
-        let r = try options.client.send(ControlRequest(cmd: .delete, target: target.target))
-        Output.print(Output.table(r.processes ?? []))
-    }
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .delete, target: target.target)) }
 }
 
 struct List: ParsableCommand {
@@ -299,8 +296,34 @@ struct Scale: ParsableCommand {
     }
 
     func run() throws {
-        let r = try options.client.send(ControlRequest(cmd: .scale, target: name, count: count[0]))
-        Output.print(Output.table(r.processes ?? []))
+        try options.sendPrintingTable(ControlRequest(cmd: .scale, target: name, count: count[0]))
+    }
+}
+
+struct Plugins: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List loaded plugins and the hooks each defines (and any that failed to load); \"reload\" loads them again.",
+        discussion: "Plugins are the *.lua files in $PML_HOME/plugins, in the folders named by PML_PLUGINS (when the daemon started), and in plugins/ beside started app files.")
+    @Argument(help: "\"reload\" to load every plugin again without touching apps.")
+    var action: String?
+    @OptionGroup var json: JSONFlag
+    @OptionGroup var options: DaemonOptions
+
+    func validate() throws {
+        if let action, action != "reload" { throw ValidationError("unknown action \"\(action)\": use pml plugins or pml plugins reload") }
+    }
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .plugins, target: action))
+        let list = r.plugins ?? []
+        if json.json { return Output.print(try Output.json(list)) }
+        if let m = r.message { Output.print(m + "\n") }
+        if list.isEmpty { return Output.print("no plugins (drop *.lua files into \(options.paths.plugins))\n") }
+        var lines = [["name", "hooks", "file"]]
+        for p in list {
+            lines.append([p.name ?? "(failed)", p.error ?? p.hooks.joined(separator: ", "), p.path])
+        }
+        Output.print(Output.align(lines))
     }
 }
 

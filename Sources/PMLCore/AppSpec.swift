@@ -27,6 +27,7 @@ public struct AppSpec: Sendable, Codable, Equatable {
     public var ready: ReadinessRule
     /// A worker not ready this long (ms) after spawning has failed to start.
     public var readyTimeout: Int
+    public var autoscale: AutoscaleSpec?
     /// Absolute path of the app file it came from, if any.
     public var appFile: String?
     /// Names of the hooks the app file defines.
@@ -37,7 +38,7 @@ public struct AppSpec: Sendable, Codable, Equatable {
         case minUptime = "min_uptime", maxRestarts = "max_restarts", restartDelay = "restart_delay"
         case restartDelayMax = "restart_delay_max", stableAfter = "stable_after"
         case stopExitCodes = "stop_exit_codes", killTimeout = "kill_timeout", killSignal = "kill_signal"
-        case timestamps, listen, dispatch, ready, readyTimeout = "ready_timeout", appFile = "app_file", hooks
+        case timestamps, listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks
     }
 
     /// "cluster" when pml owns sockets or runs several instances, else "fork" (PM2's words).

@@ -3,13 +3,14 @@ public struct AppSpecParser: Sendable {
     /// Hooks an app table may define; each must be a function.
     public static let hookKeys: [String] = [
         "onStart", "onSpawn", "onReady", "onExit", "onCrash", "onStop", "onMessage", "beforeReload", "onReload",
+        "onScale",
     ]
     /// Every key an app table may hold.
     public static let knownKeys: [String] = [
         "name", "cmd", "script", "args", "interpreter", "cwd", "env", "instances", "autorestart",
         "min_uptime", "max_restarts", "restart_delay", "restart_delay_max", "stable_after",
         "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps", "listen", "dispatch", "ready",
-        "ready_timeout",
+        "ready_timeout", "autoscale",
     ] + hookKeys
 
     /// Interpreters chosen by a script's extension, as PM2 does.
@@ -185,6 +186,7 @@ public struct AppSpecParser: Sendable {
             dispatch: dispatch,
             ready: ready,
             readyTimeout: try millis(t, "ready_timeout", 10000),
+            autoscale: try t["autoscale"].map { v throws(AppFileError) in try AutoscaleSpec.parse(v) { fail("autoscale", $0) } },
             appFile: nil,
             hooks: Self.hookKeys.filter { t[$0] == .function }
         )

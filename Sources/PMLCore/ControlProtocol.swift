@@ -12,7 +12,7 @@ public enum ControlProtocol {
 
 /// What the client asks.
 public enum ControlCommand: String, Codable, Sendable, CaseIterable {
-    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload
+    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload, plugins
 }
 
 /// One request line.
@@ -92,9 +92,11 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var app: AppDescription?
     /// ping
     public var daemon: DaemonInfo?
+    /// plugins: every plugin file found, loaded or not.
+    public var plugins: [PluginInfo]?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, processes: [ProcessRow]? = nil,
-                app: AppDescription? = nil, daemon: DaemonInfo? = nil) {
+                app: AppDescription? = nil, daemon: DaemonInfo? = nil, plugins: [PluginInfo]? = nil) {
         self.v = ControlProtocol.version
         self.ok = ok
         self.error = error
@@ -102,6 +104,7 @@ public struct ControlResponse: Codable, Sendable, Equatable {
         self.processes = processes
         self.app = app
         self.daemon = daemon
+        self.plugins = plugins
     }
 
     public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, error: error) }
@@ -186,14 +189,17 @@ public struct AppDescription: Codable, Sendable, Equatable {
     public var listening: [String]
     /// Connections accepted but not yet handed to a worker.
     public var pendingConnections: Int
+    /// The last autoscale decision and why ("rule asked for 4; scaled 2 → 4").
+    public var autoscaleDecision: String?
 
     enum CodingKeys: String, CodingKey {
         case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
-        case pendingConnections = "pending_connections"
+        case pendingConnections = "pending_connections", autoscaleDecision = "autoscale_decision"
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
-                workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0) {
+                workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0,
+                autoscaleDecision: String? = nil) {
         self.name = name
         self.mode = mode
         self.status = status
@@ -203,6 +209,7 @@ public struct AppDescription: Codable, Sendable, Equatable {
         self.workers = workers
         self.listening = listening
         self.pendingConnections = pendingConnections
+        self.autoscaleDecision = autoscaleDecision
     }
 }
 
@@ -240,6 +247,23 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
         self.metrics = metrics
         self.statusText = statusText
         self.serving = serving
+    }
+}
+
+/// `pml plugins`: one plugin file.
+public struct PluginInfo: Codable, Sendable, Equatable {
+    /// The plugin's `name`; nil when it failed to load.
+    public var name: String?
+    public var path: String
+    public var hooks: [String]
+    /// Why it did not load (file:line: message).
+    public var error: String?
+
+    public init(name: String?, path: String, hooks: [String], error: String?) {
+        self.name = name
+        self.path = path
+        self.hooks = hooks
+        self.error = error
     }
 }
 

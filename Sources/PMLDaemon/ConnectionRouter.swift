@@ -51,8 +51,9 @@ final class AppListener {
         case .unix(let p): return path == p
         case .tcp(let h, let bound):
             guard let port, path == nil else { return false }
+            // listen(port) on every interface takes the app file's address for that port, whatever its host.
             let anyHost = host == nil || host == "::" || host == "0.0.0.0"
-            let hostMatches = h == nil ? anyHost : (host == h)
+            let hostMatches = anyHost || host == h
             return hostMatches && (port == bound || port == requestedPort)
         }
     }

@@ -24,6 +24,11 @@ final class Supervisor {
     var nextWorkerID = 0
     var nextListenerID = 0
     var waiters: [(isDone: () -> Bool, done: () -> Void)] = []
+    var pluginErrors: [(path: String, message: String)] = []
+    var appPluginFolders: [String] = []
+    var scriptTimers: [Int: ScriptTimer] = [:]
+    var nextTimerID = 1
+    var hookOwner: ScriptOwner?
     let startedAt = monotonicMs()
     let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
@@ -48,6 +53,7 @@ final class Supervisor {
             _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }
         }
         scheduleSampling()
+        loadPlugins()
     }
 
     func worker(id: Int) -> Worker? { apps.lazy.flatMap(\.workers).first { $0.id == id } }
@@ -154,6 +160,7 @@ final class Supervisor {
         w.reason = nil
         w.restartDelayMs = nil
         w.statusText = nil
+        w.requestedListeners = []
         workersByPID[pid] = w
         runningWorkers[w.id] = w
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
@@ -245,15 +252,13 @@ final class Supervisor {
         case .notDefined:
             logger.error("default restart policy (lua/pml/policy.lua) has no restart function")
         }
-        if app.spec.hooks.contains("onCrash") {
-            var defaultDelay = app.spec.restartDelay
-            if case .restart(let d) = decision { defaultDelay = d }
-            if let v = callHook(app, "onCrash", [w.scriptValue, exit.scriptValue], worker: w) {
-                do {
-                    if let d = try RestartDecision.interpret(v, defaultDelay: defaultDelay, hook: "onCrash") { decision = d }
-                } catch {
-                    hookFailed(app, w, "onCrash", "\(error)")
-                }
+        var defaultDelay = app.spec.restartDelay
+        if case .restart(let d) = decision { defaultDelay = d }
+        if let v = callHook(app, "onCrash", [w.scriptValue, exit.scriptValue], worker: w) {
+            do {
+                if let d = try RestartDecision.interpret(v, defaultDelay: defaultDelay, hook: "onCrash") { decision = d }
+            } catch {
+                hookFailed(app, w, "onCrash", "\(error)")
             }
         }
         var what = "worker \(w.id) \(exit.summary) after \(exit.uptimeMs) ms"
@@ -357,22 +362,30 @@ final class Supervisor {
 
     func remove(_ app: ManagedApp) {
         closeListeners(app)
+        if let t = app.autoscaleTimer { loop.cancel(t) }
+        app.autoscaleTimer = nil
+        cancelTimers { $0 == .app(app.spec.name) }
         apps.removeAll { $0 === app }
         lua.unbind(app: app.spec.name)
     }
 
     // MARK: hooks
 
+    /// Runs the app's own hook (its answer is returned), then lets every plugin with that hook hear it.
     @discardableResult
     func callHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?) -> ScriptValue? {
-        guard app.spec.hooks.contains(hook) else { return nil }
-        switch lua.callHook(app: app.spec.name, hook: hook, args: args) {
-        case .notDefined: return nil
-        case .returned(let v): return v
-        case .failed(let message):
-            hookFailed(app, worker, hook, message)
-            return nil
+        var answer: ScriptValue?
+        if app.spec.hooks.contains(hook) {
+            hookOwner = .app(app.spec.name)
+            switch lua.callHook(app: app.spec.name, hook: hook, args: args) {
+            case .notDefined: break
+            case .returned(let v): answer = v
+            case .failed(let message): hookFailed(app, worker, hook, message)
+            }
+            hookOwner = nil
         }
+        notifyPlugins(app, hook, args)
+        return answer
     }
 
     func hookFailed(_ app: ManagedApp, _ worker: Worker?, _ hook: String, _ message: String) {
@@ -384,6 +397,9 @@ final class Supervisor {
     func appValue(_ app: ManagedApp) -> ScriptValue {
         guard case .object(var t) = app.spec.scriptValue else { return app.spec.scriptValue }
         t["status"] = .string(app.status.rawValue)
+        t["out_log"] = .string(app.logs.outPath)
+        t["err_log"] = .string(app.logs.errPath)
+        t["workers"] = .int(Int64(app.workers.count))
         return .object(t)
     }
 
@@ -399,7 +415,8 @@ final class Supervisor {
                 w.description(serving: app.listeners.filter { router.serves(worker: w.id, listener: $0.id) }.map(\.address.description))
             },
             listening: app.listeners.map(\.address.description),
-            pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) })
+            pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },
+            autoscaleDecision: app.autoscaleDecision)
     }
 
     private func scheduleSampling() {

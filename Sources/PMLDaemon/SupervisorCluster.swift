@@ -93,8 +93,10 @@ extension Supervisor {
         if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
         w.status = .online
         let app = w.app
-        if app.spec.dispatch == .roundRobin && !app.usesNodeShim {
-            for l in app.listeners { router.serve(worker: w.id, listener: l.id) }
+        if app.spec.dispatch == .roundRobin {
+            for l in app.listeners where !app.usesNodeShim || w.requestedListeners.contains(l.id) {
+                router.serve(worker: w.id, listener: l.id)
+            }
         }
         callHook(app, "onReady", [w.scriptValue], worker: w)
         if let watch = w.startWatch {
@@ -144,6 +146,7 @@ extension Supervisor {
         case "pml:unlisten":
             for l in w.app.listeners where l.matches(host: msg["host"]?.stringValue, port: msg["port"]?.intValue.map(Int.init),
                                                      path: msg["path"]?.stringValue) {
+                w.requestedListeners.remove(l.id)
                 router.stopServing(worker: w.id, listener: l.id)
             }
         default:
@@ -198,8 +201,10 @@ extension Supervisor {
         guard let l = listener else { return }
         reply(["ok": .bool(true), "port": l.address.port.map { .int(Int64($0)) } ?? .null,
                "address": .string(l.address.description)])
+        w.requestedListeners.insert(l.id)
+        // Only a ready worker takes connections; one still starting joins in markReady.
         if w.status == .starting && app.spec.ready == .automatic { markReady(w) }
-        if w.status == .online || w.status == .starting { router.serve(worker: w.id, listener: l.id) }
+        if w.status == .online { router.serve(worker: w.id, listener: l.id) }
     }
 
     /// Garbage or a flood on the channel: pml stops listening to it and restarts the worker.

@@ -93,6 +93,14 @@ extension Supervisor {
                 targets = [app]
             }
             reloadEach(targets[...], graceful: request.graceful ?? false, parallel: request.parallel ?? 1, messages: [], respond: respond)
+        case .plugins:
+            if request.target == "reload" {
+                loadPlugins()
+                let list = pluginList()
+                return respond(ControlResponse(ok: true, message: "reloaded plugins: \(list.filter { $0.error == nil }.count) loaded, \(list.filter { $0.error != nil }.count) failed", plugins: list))
+            }
+            if let t = request.target { return respond(.failure("plugins takes no argument or \"reload\", not \"\(t)\"")) }
+            respond(ControlResponse(ok: true, plugins: pluginList()))
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
@@ -188,6 +196,7 @@ extension Supervisor {
     func scale(_ app: ManagedApp, to n: Int, done: @escaping () -> Void) {
         let from = app.workers.count
         app.spec.instances = n
+        if n != from { callHook(app, "onScale", [appValue(app), .int(Int64(from)), .int(Int64(n))], worker: nil) }
         if n > from {
             for _ in from..<n { spawnOrCrash(addWorker(to: app)) }
             checkWaiters()
@@ -304,6 +313,7 @@ extension Supervisor {
             }
             resize(app, to: spec.instances)
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
+            noteAppFolder(spec.appFile)
             callHook(app, "onStart", [appValue(app)], worker: nil)
             var failures: [(Worker, String)] = []
             for w in app.workers {
@@ -317,6 +327,7 @@ extension Supervisor {
                 return .failure("cannot start \(spec.name): \(first.1)")
             }
             for (w, why) in failures { crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: why) }
+            startAutoscale(app)
             started.append("\(spec.name) (\(app.workers.count) worker\(app.workers.count == 1 ? "" : "s"))")
         }
         logger.info("started \(started.joined(separator: ", "))")
@@ -374,6 +385,18 @@ extension Supervisor: LuaHost {
         guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
         for w in app.workers where w.pid != nil { w.ipc?.send(message) }
         return nil
+    }
+
+    func luaSchedule(afterMs: Int, repeating: Bool, callback: LuaCallback) -> Int {
+        scheduleScriptTimer(afterMs: afterMs, repeating: repeating, callback: callback)
+    }
+
+    func luaCancel(timer: Int) {
+        cancelScriptTimer(timer)
+    }
+
+    func luaMetrics(app name: String) -> ScriptValue? {
+        apps.first { $0.spec.name == name }.map(metricsValue)
     }
 
     func luaScale(app name: String, instances: Int) -> String? {

@@ -197,6 +197,7 @@ extension Supervisor {
     private func finishReload(_ op: ReloadOperation, done: @escaping (Result<String, TargetError>) -> Void) {
         let app = op.app
         if let ref = op.newRef { lua.bind(app: app.spec.name, tableRef: ref) }
+        startAutoscale(app)
         let retiring = op.retiring
         // Done when every old worker is gone (graceful ones may take their time to drain).
         wait(until: { retiring.allSatisfy { !$0.status.hasProcess } }) { [unowned self] in

@@ -30,6 +30,8 @@ final class Worker {
     /// it failed to start (exited, ready_timeout, stopped). The restart policy does not apply to it.
     var startWatch: ((_ failure: String?) -> Void)?
     var metrics: [String: Double] = [:]
+    /// Listeners a Node worker asked for through the preload; it serves them once ready.
+    var requestedListeners: Set<Int> = []
     /// Messages from the worker in the current one-second window (flood control).
     var messageWindow = (start: 0, count: 0)
     var statusText: String?
@@ -53,7 +55,12 @@ final class Worker {
         t["instance"] = .int(Int64(instance))
         t["status"] = .string(status.rawValue)
         if let pid { t["pid"] = .int(Int64(pid)) }
-        if pid != nil { t["uptime"] = .int(Int64(monotonicMs() - startedAt)) }
+        if pid != nil {
+            t["uptime"] = .int(Int64(monotonicMs() - startedAt))
+            t["cpu"] = .double(cpuPercent)
+            t["mem"] = .int(Int64(rssBytes))
+        }
+        if !metrics.isEmpty { t["metrics"] = .object(metrics.mapValues { .double($0) }) }
         return .object(t)
     }
 
@@ -81,6 +88,11 @@ final class ManagedApp {
     var listeners: [AppListener] = []
     /// A reload is replacing the workers; a second one is refused.
     var reloading = false
+    var autoscaleTimer: TimerHandle?
+    var lastScaleAt: Int?
+    var autoscaleDecision: String?
+    /// Connections dispatched to the app's workers when pml.metrics last looked, for a rate.
+    var dispatchSample: (count: Int, at: Int)?
     let logs: AppLogFiles
 
     init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths) {

@@ -261,15 +261,10 @@ extension Integration {
                 let candidates = Set(box.lines(starts).compactMap { Int32($0.split(separator: " ").first ?? "") }).subtracting(old)
                 #expect(candidates.count == 1, "one replacement was started: \(candidates)")
                 let servedByCandidate = samples.filter { $0.pid.map(candidates.contains) == true }
-                // PRODUCT BUG (reported): a Node worker joins the rotation when its server listens
-                // through the preload, even with ready = "message" and before it says ready; the
-                // rollback then stops it at once, cutting a /slow request it holds now and then.
-                // Remove withKnownIssue once fixed (it then reports that the issue no longer occurs).
-                withKnownIssue("Node workers with ready = \"message\" get connections before they say ready") {
-                    #expect(samples.failed.count == 0, "no request fails during the rollback:\n\(samples.summary())")
-                    #expect(servedByCandidate.count == 0,
-                            "a replacement that never said ready must not get connections (\(servedByCandidate.count) of \(samples.count) did)")
-                }
+                // A Node worker with ready = "message" joins the rotation only once it says ready.
+                #expect(samples.failed.count == 0, "no request fails during the rollback:\n\(samples.summary())")
+                #expect(servedByCandidate.count == 0,
+                        "a replacement that never said ready must not get connections (\(servedByCandidate.count) of \(samples.count) did)")
                 #expect(try await box.pidSet("rt") == old, "the old workers remain")
                 for pid in candidates { #expect(!Proc.alive(pid), "the replacement \(pid) is gone") }
             }
