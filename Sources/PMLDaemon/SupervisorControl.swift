@@ -69,6 +69,7 @@ extension Supervisor {
             guard let app = apps.first(where: { $0.spec.name == target }) else {
                 return respond(.failure("no app named \"\(target)\""))
             }
+            if app.reloading { return respond(.failure("a reload of \(target) is running; scale it when the reload is done")) }
             let current = app.workers.count
             let wanted: Int?
             if count.hasPrefix("+") || count.hasPrefix("-") {
@@ -402,6 +403,7 @@ extension Supervisor: LuaHost {
     func luaScale(app name: String, instances: Int) -> String? {
         guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
         guard (1...1024).contains(instances) else { return "pml.scale takes 1 to 1024 workers, got \(instances)" }
+        if app.reloading { return "a reload of \(name) is running" }
         loop.schedule(after: 0) { [unowned self] in self.scale(app, to: instances) {} }
         return nil
     }
