@@ -5,7 +5,7 @@
 #
 #   Benchmarks/reload.sh                       # 4 workers, 3 reloads 2 s apart, 12 s of load each
 #   DURATION=8 RELOADS=3 Benchmarks/reload.sh
-#   PML=/path/to/pml Benchmarks/reload.sh      # another build (default .build/release/pml, built if missing)
+#   PML=/path/to/pml Benchmarks/reload.sh      # another build (default: .build/release/pml, rebuilt first)
 #
 # Load: wrk, one connection per request (-H 'Connection: close'), ~5% of requests to /slow,
 # which the app answers after 300 ms, so that some requests are in flight at every reload.
@@ -36,9 +36,9 @@ if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
   export PATH=/opt/swift/usr/bin:$PATH
 fi
 pml=${PML:-$root/.build/release/pml}
-if [[ ! -x $pml ]]; then
+if [[ -z ${PML:-} ]]; then
   echo "reload.sh: building pml (release)"
-  swift build -c release >/dev/null
+  swift build -c release --static-swift-stdlib >/dev/null   # incremental: never a stale binary
 fi
 
 # -- Scratch space, cleaned up whatever happens -------------------------------------------------
