@@ -1,0 +1,102 @@
+-- memory-limit.lua — restart a worker whose memory grows past a limit (PM2's max_memory_restart).
+--
+-- Every PML_MEMORY_CHECK_MS it looks at the resident memory (RSS, what `pml ls` shows) of each
+-- online worker of every app. A worker above its limit is restarted as `pml restart <id>` would
+-- do it (the app's kill_signal, SIGKILL after kill_timeout), and daemon.log says why:
+--   [lua] .../memory-limit.lua:NN: memory-limit: restarting web worker 3 (pid 4242): 612.0M > limit 512.0M
+--
+-- Enable: copy or symlink this file into $PML_HOME/plugins (or a folder named in PML_PLUGINS),
+--   then `pml plugins reload` (or start the daemon). Settings are environment variables of the
+--   daemon: the environment of the pml command that started it.
+--
+-- Settings:
+--   PML_MEMORY_LIMIT        bytes, or a number with K, M, G (powers of 1024): "300M", "1.5G"
+--                           (default 512M)
+--   PML_MEMORY_LIMIT_<APP>  one app's limit; <APP> is the app name upper-cased with every other
+--                           character than A-Z, 0-9 as "_": PML_MEMORY_LIMIT_MY_API for "my-api".
+--                           "off" (or 0) exempts the app.
+--   PML_MEMORY_CHECK_MS     how often to look, in ms (default 5000)
+--
+-- Example:
+--   ln -s "$PWD/plugins/memory-limit.lua" ~/.pml/plugins/
+--   pml kill; PML_MEMORY_LIMIT=300M PML_MEMORY_LIMIT_BATCH=2G pml start ecosystem.lua
+
+local units = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
+
+-- "300M" -> 314572800; nil when it is not a size.
+local function parseBytes(text)
+  local n, unit = text:upper():match("^%s*(%d+%.?%d*)%s*([KMGT]?)I?B?%s*$")
+  if not n then return nil end
+  return math.floor(tonumber(n) * units[unit])
+end
+
+local function human(bytes)
+  for _, u in ipairs({ "G", "M", "K" }) do
+    if bytes >= units[u] then return ("%.1f%s"):format(bytes / units[u], u) end
+  end
+  return tostring(bytes) .. "B"
+end
+
+-- PML_X_<APP> if set, else PML_X, else nil.
+local function setting(key, app)
+  if app then
+    local v = os.getenv(key .. "_" .. (app:upper():gsub("[^A-Z0-9]", "_")))
+    if v and v ~= "" then return v end
+  end
+  local v = os.getenv(key)
+  if v and v ~= "" then return v end
+  return nil
+end
+
+local warned = {}
+local function warnOnce(message)
+  if warned[message] then return end
+  warned[message] = true
+  pml.warn("memory-limit: " .. message)
+end
+
+local defaultLimit = 512 * 1024 ^ 2
+
+-- The limit for one app in bytes, or nil when the app is exempt.
+local function limitFor(app)
+  local text = setting("PML_MEMORY_LIMIT", app)
+  if text == nil then return defaultLimit end
+  if text:lower() == "off" then return nil end
+  local limit = parseBytes(text)
+  if limit == nil then
+    warnOnce(("%q is not a size (like 300M or 1G); using %s for %s"):format(text, human(defaultLimit), app))
+    return defaultLimit
+  end
+  if limit == 0 then return nil end
+  return limit
+end
+
+local checkMs = math.tointeger(tonumber(os.getenv("PML_MEMORY_CHECK_MS") or "")) or 5000
+if checkMs < 1 then checkMs = 5000 end
+
+-- worker id -> the pid we last restarted, so a restart in progress is not asked for twice.
+local restarted = {}
+
+local function check()
+  for _, app in ipairs(pml.apps()) do
+    local limit = limitFor(app.name)
+    local workers = limit and pml.workers(app.name) or {}
+    for _, w in ipairs(workers) do
+      if w.status == "online" and w.pid and w.mem and w.mem > limit and restarted[w.id] ~= w.pid then
+        restarted[w.id] = w.pid
+        pml.warn(("memory-limit: restarting %s worker %d (pid %d): %s > limit %s")
+          :format(app.name, w.id, w.pid, human(w.mem), human(limit)))
+        local ok, err = pcall(pml.restart, tostring(w.id))
+        if not ok then pml.warn("memory-limit: restart failed: " .. tostring(err)) end
+      end
+    end
+  end
+end
+
+pml.every(checkMs, check)
+
+return {
+  name = "memory-limit",
+  -- Forget a worker once it is gone (deleted or scaled down).
+  onExit = function(worker) restarted[worker.id] = nil end,
+}
