@@ -72,7 +72,13 @@ extension Supervisor {
     private func loadPluginOwningItsTimers(_ file: String) throws(AppFileError) -> LoadedPlugin {
         hookOwner = .plugin(file)
         defer { hookOwner = nil }
-        return try lua.loadPlugin(path: file)
+        do {
+            return try lua.loadPlugin(path: file)
+        } catch {
+            // A plugin that did not load must not keep running through timers it started.
+            cancelTimers { $0 == .plugin(file) }
+            throw error
+        }
     }
 
     func pluginList() -> [PluginInfo] {

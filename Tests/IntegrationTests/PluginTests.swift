@@ -204,9 +204,7 @@ extension Integration {
                 try await box.waitForDaemonLine("C-START x")
                 #expect(box.daemonLines("B-START").isEmpty)
                 await sleepMs(300)
-                withKnownIssue("product bug: timers started by a plugin that then fails to load keep running") {
-                    #expect(box.daemonLines("E-TICK").isEmpty, "e-half.lua failed to load, yet its timer ticks")
-                }
+                #expect(box.daemonLines("E-TICK").isEmpty, "e-half.lua failed to load, yet its timer ticks")
                 let before = try await box.waitOnline("x")
 
                 // Fix it and reload: all three load; the app is not touched.
