@@ -130,6 +130,21 @@ public struct ProcessRow: Codable, Sendable, Equatable {
         case id, name, instance, mode, pid, status, restarts, uptimeMs = "uptime_ms", cpu, memory
     }
 
+    /// Absent values are written as null, so `pml ls --json` rows always have every key.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(name, forKey: .name)
+        try c.encode(instance, forKey: .instance)
+        try c.encode(mode, forKey: .mode)
+        try c.encode(pid, forKey: .pid)
+        try c.encode(status, forKey: .status)
+        try c.encode(restarts, forKey: .restarts)
+        try c.encode(uptimeMs, forKey: .uptimeMs)
+        try c.encode(cpu, forKey: .cpu)
+        try c.encode(memory, forKey: .memory)
+    }
+
     public init(id: Int, name: String, instance: Int, mode: String, pid: Int32?, status: WorkerStatus,
                 restarts: Int, uptimeMs: Int?, cpu: Double, memory: Int) {
         self.id = id
@@ -258,6 +273,17 @@ public struct PluginInfo: Codable, Sendable, Equatable {
     public var hooks: [String]
     /// Why it did not load (file:line: message).
     public var error: String?
+
+    enum CodingKeys: String, CodingKey { case name, path, hooks, error }
+
+    /// Absent values are written as null, so every entry has every key.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(path, forKey: .path)
+        try c.encode(hooks, forKey: .hooks)
+        try c.encode(error, forKey: .error)
+    }
 
     public init(name: String?, path: String, hooks: [String], error: String?) {
         self.name = name

@@ -26,6 +26,16 @@ import Testing
         #expect(text.contains("\"status\":\"online\""))
     }
 
+    @Test func absentValuesAreNull() throws {
+        let row = ProcessRow(id: 1, name: "web", instance: 0, mode: "fork", pid: nil, status: .stopped, restarts: 0,
+                             uptimeMs: nil, cpu: 0, memory: 0)
+        let text = String(decoding: try JSONEncoder().encode(row), as: UTF8.self)
+        #expect(text.contains("\"pid\":null") && text.contains("\"uptime_ms\":null"))
+        #expect(try JSONDecoder().decode(ProcessRow.self, from: Data(text.utf8)) == row)
+        let plugin = String(decoding: try JSONEncoder().encode(PluginInfo(name: nil, path: "/p.lua", hooks: [], error: "x")), as: UTF8.self)
+        #expect(plugin.contains("\"name\":null"))
+    }
+
     @Test func scriptValuesRoundTripThroughJSON() throws {
         let value = ScriptValue.object(["a": .array([.int(1), .double(2.5), .string("x"), .bool(true), .null])])
         let data = try JSONEncoder().encode(value)
