@@ -57,7 +57,8 @@ public enum AutoscaleDecision: Sendable, Equatable {
             }
         default:
             guard let d = answer.doubleValue, d.isFinite else { return .keep(reason: "rule returned \(answer.brief), not a number") }
-            wanted = Int(d.rounded(.up))
+            // Bounded before converting: a rule may return 1e300, which no Int holds.
+            wanted = Int(Swift.min(Swift.max(d, -1_000_000), 1_000_000).rounded(.up))
         }
         let clamped = Swift.min(Swift.max(wanted, spec.min), spec.max)
         let note = clamped == wanted ? "rule asked for \(wanted)" : "rule asked for \(wanted), clamped to \(clamped)"

@@ -80,6 +80,9 @@ extension Supervisor {
             guard let n = wanted, n >= 1, n <= 1024 else {
                 return respond(.failure("scale takes N, +N or -N giving 1 to 1024 workers (now \(current)), got \"\(count)\"; pml stop stops them all"))
             }
+            if let bounds = app.spec.autoscale, !(bounds.min...bounds.max).contains(n) {
+                return respond(.failure("\(target) autoscales between \(bounds.min) and \(bounds.max) workers; \(n) is outside (change autoscale.min/max in its app file)"))
+            }
             scale(app, to: n) { respond(ControlResponse(ok: true, message: "scaled \(target) from \(current) to \(n)", processes: self.rows())) }
         case .reload:
             guard let target = request.target else { return respond(.failure("reload needs an app or all")) }

@@ -207,6 +207,7 @@ extension Supervisor {
         case .notDefined: return
         case .failed(let message):
             hookFailed(app, nil, "autoscale.rule", message)
+            app.autoscaleDecision = "\(AppLogFiles.timestamp()): rule failed, count kept at \(app.workers.count): \(message)"
             return
         }
         let since = app.lastScaleAt.map { monotonicMs() - $0 }

@@ -48,6 +48,15 @@ import Testing
                 == .keep(reason: "rule returned \"more\", not a number"))
     }
 
+    @Test func hugeAnswersAreClampedNotTrapped() {
+        #expect(AutoscaleDecision.decide(answer: .double(1e300), current: 4, spec: spec, msSinceLastChange: nil)
+                == .scale(to: 8, reason: "rule asked for 1000000, clamped to 8"))
+        #expect(AutoscaleDecision.decide(answer: .double(-1e300), current: 4, spec: spec, msSinceLastChange: nil)
+                == .scale(to: 2, reason: "rule asked for -1000000, clamped to 2"))
+        #expect(AutoscaleDecision.decide(answer: .int(Int64.max), current: 4, spec: spec, msSinceLastChange: nil)
+                == .scale(to: 8, reason: "rule asked for 1000000, clamped to 8"))
+    }
+
     @Test func nothingStillEnforcesBounds() {
         #expect(AutoscaleDecision.decide(answer: .null, current: 1, spec: spec, msSinceLastChange: nil)
                 == .scale(to: 2, reason: "rule asked for 2"))
