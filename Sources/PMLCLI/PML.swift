@@ -15,6 +15,7 @@ public struct PML: ParsableCommand {
         subcommands: [
             Start.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
+            Import.self,
         ]
     )
 
