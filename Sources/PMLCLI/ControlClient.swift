@@ -84,6 +84,8 @@ struct ControlClient {
         var env = processEnvironment()
         env["PML_HOME"] = paths.home
         env["PML_READY_FD"] = "3"
+        env["PML_SUPERVISOR"] = nil // pml run from inside a worker: the new daemon is not that worker
+        env["NOTIFY_SOCKET"] = nil
         let logSize = fileSize(paths.daemonLog)
         do {
             _ = try spawnProcess(SpawnRequest(argv: [exe, "daemon"], env: env, cwd: "/",
@@ -94,10 +96,20 @@ struct ControlClient {
             throw CLIError("cannot start the daemon: \(error)")
         }
         closeFD(ready.write)
-        var byte: UInt8 = 0
-        var n: Int
-        repeat { n = Glibc.read(ready.read, &byte, 1) } while n < 0 && errno == EINTR
-        if n == 1 { return }
+        // "ready\n", maybe followed by a sentence (it took up a dead daemon's apps), then EOF.
+        var said: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(ready.read, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            said.append(contentsOf: chunk[0..<n])
+        }
+        let lines = String(decoding: said, as: UTF8.self).split(separator: "\n")
+        if lines.first == "ready" {
+            for line in lines.dropFirst() { try? writeAll(2, "pml: \(line)\n") }
+            return
+        }
         // Lost a race with another client's daemon: that one serves us.
         if daemonIsRunning() { return }
         let reason = lastLine(of: paths.daemonLog, after: logSize) ?? "no reason given"

@@ -13,8 +13,9 @@ public struct PML: ParsableCommand {
         discussion: "State lives in $PML_HOME (default ~/.pml). The first command starts the daemon.",
         version: PMLVersion.string,
         subcommands: [
-            Start.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
-            SignalCommand.self, Send.self, Scale.self, Plugins.self, Check.self, Ping.self, Kill.self, DaemonCommand.self,
+            Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
+            SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
+            Unstartup.self, Check.self, Ping.self, Kill.self, DaemonCommand.self, SentinelCommand.self,
             Import.self,
         ]
     )
@@ -60,16 +61,8 @@ struct JSONFlag: ParsableArguments {
     var json = false
 }
 
-struct Start: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Start the apps of an app file, a script, or a command.",
-        discussion: """
-        pml start app.lua                   the app(s) an app file declares
-        pml start server.js -i 4            a script (.js → node, .py → python3, .sh → sh), 4 instances
-        pml start --name api -- ./bin/api --flag
-        pml start server.py -i 2 --port 8080   pml owns port 8080 and hands connections round-robin
-        """)
-
+/// What to run: an app file, a script or a command, and the options that shape it (start and run).
+struct AppSelection: ParsableArguments {
     @Argument(help: "An app file (*.lua), a script, or a program.")
     var target: String?
 
@@ -97,9 +90,20 @@ struct Start: ParsableCommand {
     @Option(name: .long, help: "How connections reach workers: rr (pml passes each) or shared (workers inherit the sockets).")
     var dispatch: String?
 
-    @OptionGroup var options: DaemonOptions
+    @Option(name: .long, help: "Only this app of an app file that declares several.")
+    var only: String?
 
-    mutating func run() throws {
+    private var here: String { currentDirectory() }
+    func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
+
+    /// Whether the arguments name an app by name only (`pml start web`): no file, no options.
+    var isBareName: Bool {
+        guard let target else { return false }
+        return command.isEmpty && !pathExists(absolute(target)) && name == nil && instances == nil && env.isEmpty
+    }
+
+    /// The start request these arguments describe.
+    func startArguments() throws(CLIError) -> StartArguments {
         var envOverrides: [String: String] = [:]
         for pair in env {
             guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
@@ -109,52 +113,87 @@ struct Start: ParsableCommand {
         }
         var instanceValue: ScriptValue?
         if let i = instances { instanceValue = Int64(i).map { .int($0) } ?? .string(i) }
-        let here = currentDirectory()
         var args = StartArguments(name: name, env: envOverrides, instances: instanceValue,
-                                  clientEnv: processEnvironment().filter { $0.key != "PML_HOME" && $0.key != "PML_READY_FD" },
+                                  clientEnv: processEnvironment().filter { !["PML_HOME", "PML_READY_FD", "PML_SUPERVISOR"].contains($0.key) },
                                   clientCwd: here)
-        func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
-
-        // `pml start web` with no such file starts the stopped app "web" again, as in PM2.
-        if let target, command.isEmpty, !pathExists(absolute(target)), name == nil, instances == nil, env.isEmpty,
-           let rows = try? options.client.send(ControlRequest(cmd: .list)).processes,
-           rows.contains(where: { $0.name == target }) {
-            guard rows.contains(where: { $0.name == target && ($0.status == .stopped || $0.status == .errored) }) else {
-                throw CLIError("app \"\(target)\" is already running (use \"pml restart \(target)\")")
-            }
-            let response = try options.client.send(ControlRequest(cmd: .restart, target: target))
-            return Output.print(Output.table(response.processes ?? []))
-        }
+        args.only = only
         if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
             if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
                 throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the app file (keys cwd, timestamps, listen, dispatch)")
             }
             args.file = absolute(target)
-        } else {
-            var app: [String: ScriptValue] = [:]
-            if let target {
-                if pathExists(absolute(target)) {
-                    app["script"] = .string(absolute(target))
-                    if !command.isEmpty { app["args"] = .array(command.map { .string($0) }) }
-                } else if target.hasSuffix(".lua") {
-                    throw CLIError("no such app file: \(target)")
-                } else if target.contains("/") || [".js", ".mjs", ".cjs", ".py", ".sh", ".rb", ".pl"].contains(where: { target.hasSuffix($0) }) {
-                    throw CLIError("no such file: \(target)")
-                } else {
-                    app["cmd"] = .array(([target] + command).map { .string($0) })
-                }
-            } else {
-                guard !command.isEmpty else { throw CLIError("nothing to start: give an app file, a script, or -- a command") }
-                app["cmd"] = .array(command.map { .string($0) })
-            }
-            if let cwd { app["cwd"] = .string(absolute(cwd)) }
-            if timestamps { app["timestamps"] = .bool(true) }
-            if !port.isEmpty { app["listen"] = .array(port.map { Int64($0).map { .int($0) } ?? .string($0) }) }
-            if let dispatch { app["dispatch"] = .string(dispatch) }
-            args.app = .object(app)
+            return args
         }
-        let response = try options.client.send(ControlRequest(cmd: .start, start: args))
-        Output.print(Output.table(response.processes ?? []))
+        if only != nil { throw CLIError("--only picks an app of an app file") }
+        var app: [String: ScriptValue] = [:]
+        if let target {
+            if pathExists(absolute(target)) {
+                app["script"] = .string(absolute(target))
+                if !command.isEmpty { app["args"] = .array(command.map { .string($0) }) }
+            } else if target.hasSuffix(".lua") {
+                throw CLIError("no such app file: \(target)")
+            } else if target.contains("/") || [".js", ".mjs", ".cjs", ".py", ".sh", ".rb", ".pl"].contains(where: { target.hasSuffix($0) }) {
+                throw CLIError("no such file: \(target)")
+            } else {
+                app["cmd"] = .array(([target] + command).map { .string($0) })
+            }
+        } else {
+            guard !command.isEmpty else { throw CLIError("nothing to start: give an app file, a script, or -- a command") }
+            app["cmd"] = .array(command.map { .string($0) })
+        }
+        if let cwd { app["cwd"] = .string(absolute(cwd)) }
+        if timestamps { app["timestamps"] = .bool(true) }
+        if !port.isEmpty { app["listen"] = .array(port.map { Int64($0).map { .int($0) } ?? .string($0) }) }
+        if let dispatch { app["dispatch"] = .string(dispatch) }
+        args.app = .object(app)
+        return args
+    }
+}
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start the apps of an app file, a script, or a command.",
+        discussion: """
+        pml start app.lua                   the app(s) an app file declares
+        pml start server.js -i 4            a script (.js → node, .py → python3, .sh → sh), 4 instances
+        pml start --name api -- ./bin/api --flag
+        pml start server.py -i 2 --port 8080   pml owns port 8080 and hands connections round-robin
+        pml start web                       start the stopped app "web" again
+        """)
+
+    @OptionGroup var app: AppSelection
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        // `pml start web` with no such file starts the stopped app "web" again, as in PM2.
+        if app.isBareName, let target = app.target,
+           let rows = try? options.client.send(ControlRequest(cmd: .list)).processes,
+           rows.contains(where: { $0.name == target }) {
+            guard rows.contains(where: { $0.name == target && ($0.status == .stopped || $0.status == .errored) }) else {
+                throw CLIError("app \"\(target)\" is already running (use \"pml restart \(target)\")")
+            }
+            return try options.sendPrintingTable(ControlRequest(cmd: .restart, target: target))
+        }
+        try options.sendPrintingTable(ControlRequest(cmd: .start, start: app.startArguments()))
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run apps in the foreground, without a daemon (containers, systemd units); PID 1 safe.",
+        discussion: """
+        Workers' output goes to this terminal, each line prefixed with its app's name. SIGTERM or
+        SIGINT stops every app gracefully; pml exits 0, or 1 if an app ended errored (also when
+        nothing is left to supervise). Under systemd (Type=notify), READY=1 is sent once every
+        worker is online. SIGHUP, SIGUSR1 and SIGUSR2 are passed on to the workers.
+        """)
+
+    @OptionGroup var app: AppSelection
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let args = try app.startArguments()
+        throw ExitCode(Daemon.runForeground(paths: options.paths, start: args))
     }
 }
 
@@ -363,16 +402,34 @@ struct Kill: ParsableCommand {
     }
 }
 
+struct SentinelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon-sentinel", abstract: "Clean up after a daemon that died (started by the daemon itself).",
+        shouldDisplay: false)
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let env = processEnvironment()
+        guard let fd = env["PML_SENTINEL_FD"].flatMap({ Int32($0) }), let daemon = env["PML_SENTINEL_DAEMON"].flatMap({ Int32($0) }) else {
+            throw CLIError("daemon-sentinel is started by the daemon, not by hand")
+        }
+        throw ExitCode(Daemon.runSentinel(home: options.paths.home, daemonPID: daemon, fd: fd))
+    }
+}
+
 struct DaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon", abstract: "Run the daemon in the foreground (started for you by other commands).",
         shouldDisplay: false)
     @OptionGroup var options: DaemonOptions
 
+    @Flag(name: .long, help: "Start the apps pml save saved (for the unit pml startup writes).")
+    var resurrect = false
+
     func run() throws {
         let readyFD = processEnvironment()["PML_READY_FD"].flatMap { Int32($0) } ?? -1
         unsetenv("PML_READY_FD")
-        let status = Daemon.run(paths: options.paths, readyFD: readyFD)
+        let status = Daemon.run(paths: options.paths, readyFD: readyFD, resurrect: resurrect)
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -12,7 +12,7 @@ public enum ControlProtocol {
 
 /// What the client asks.
 public enum ControlCommand: String, Codable, Sendable, CaseIterable {
-    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload, plugins
+    case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload, plugins, save, resurrect
 }
 
 /// One request line.
@@ -61,9 +61,11 @@ public struct StartArguments: Codable, Sendable, Equatable {
     public var clientEnv: [String: String]
     /// The client's working directory, for relative paths in command-line apps.
     public var clientCwd: String
+    /// Start only the app of this name from the file (`--only`, and save/resurrect).
+    public var only: String?
 
     enum CodingKeys: String, CodingKey {
-        case file, app, name, env, instances
+        case file, app, name, env, instances, only
         case clientEnv = "client_env", clientCwd = "client_cwd"
     }
 
@@ -76,6 +78,39 @@ public struct StartArguments: Codable, Sendable, Equatable {
         self.instances = instances
         self.clientEnv = clientEnv
         self.clientCwd = clientCwd
+    }
+}
+
+/// What `pml save` writes to dump.json and the daemon keeps current in state.json: enough to
+/// start every app again as it was.
+public struct SavedState: Codable, Sendable, Equatable {
+    public var version = 1
+    /// The daemon that wrote it (state.json): if it is gone without cleaning up, it died.
+    public var daemonPID: Int32?
+    public var apps: [SavedApp]
+
+    enum CodingKeys: String, CodingKey { case version, daemonPID = "daemon_pid", apps }
+
+    public init(daemonPID: Int32?, apps: [SavedApp]) {
+        self.daemonPID = daemonPID
+        self.apps = apps
+    }
+}
+
+/// One app in a `SavedState`.
+public struct SavedApp: Codable, Sendable, Equatable {
+    public var name: String
+    /// How it was started (its app file or command-line table, the client's environment).
+    public var start: StartArguments
+    public var instances: Int
+    /// False for an app that was stopped: it is not started again.
+    public var running: Bool
+
+    public init(name: String, start: StartArguments, instances: Int, running: Bool) {
+        self.name = name
+        self.start = start
+        self.instances = instances
+        self.running = running
     }
 }
 

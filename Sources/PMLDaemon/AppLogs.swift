@@ -13,16 +13,34 @@ final class AppLogFiles {
     private var outFD: Int32 = -1
     private var errFD: Int32 = -1
     var timestamps: Bool
+    /// `pml run`: lines go to pml's own stdout/stderr, each prefixed with this ("web | ").
+    let consolePrefix: String?
 
-    init(outPath: String, errPath: String, timestamps: Bool) {
+    init(outPath: String, errPath: String, timestamps: Bool, consolePrefix: String? = nil) {
         self.outPath = outPath
         self.errPath = errPath
         self.timestamps = timestamps
+        self.consolePrefix = consolePrefix
+        if consolePrefix != nil {
+            outFD = 1
+            errFD = 2
+        }
+    }
+
+    /// Whether output is cut into lines, each prefixed (a time, an app name).
+    var prefixesLines: Bool { timestamps || consolePrefix != nil }
+
+    /// What starts each line: the time and/or the app's name.
+    func linePrefix() -> String {
+        (timestamps ? Self.timestamp() + " " : "") + (consolePrefix ?? "")
     }
 
     deinit {
-        closeFD(outFD)
-        closeFD(errFD)
+        // pml's own stdout and stderr stay open.
+        if consolePrefix == nil {
+            closeFD(outFD)
+            closeFD(errFD)
+        }
     }
 
     private func fd(_ stream: OutputStream) -> Int32 {
@@ -44,14 +62,14 @@ final class AppLogFiles {
 
     /// Appends one line from pml itself (hook errors, restarts) to the err log.
     func note(_ text: String) {
-        var line = "[pml] " + text + "\n"
-        if timestamps { line = Self.timestamp() + " " + line }
+        let line = linePrefix() + "[pml] " + text + "\n"
         let f = fd(.err)
         if f >= 0 { try? writeAll(f, line) }
     }
 
     /// Empties both files (`pml flush`); O_APPEND writers continue at the new end.
     func flush() {
+        guard consolePrefix == nil else { return }
         for stream in [OutputStream.out, .err] {
             let f = fd(stream)
             if f >= 0 { _ = ftruncate(f, 0) }
@@ -98,7 +116,7 @@ final class OutputPipe {
     private func readable() {
         switch scratch.read(fd) {
         case .data(let n):
-            if files.timestamps {
+            if files.prefixesLines {
                 stamp(scratch.bytes[0..<n])
             } else {
                 scratch.bytes.withUnsafeBytes { files.append(stream, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
@@ -111,18 +129,18 @@ final class OutputPipe {
         }
     }
 
-    /// Prefixes each complete line with a timestamp; keeps an unfinished line for the next read.
+    /// Prefixes each complete line (time, app name); keeps an unfinished line for the next read.
     private func stamp(_ bytes: ArraySlice<UInt8>) {
         partial.append(contentsOf: bytes)
         var out: [UInt8] = []
         while let nl = partial.firstIndex(of: UInt8(ascii: "\n")) {
-            out.append(contentsOf: Array((AppLogFiles.timestamp() + " ").utf8))
+            out.append(contentsOf: Array(files.linePrefix().utf8))
             out.append(contentsOf: partial[...nl])
             partial.removeSubrange(...nl)
         }
         // A line longer than a chunk is written in pieces rather than held without bound.
         if partial.count > ReadBuffer.size {
-            out.append(contentsOf: Array((AppLogFiles.timestamp() + " ").utf8))
+            out.append(contentsOf: Array(files.linePrefix().utf8))
             out.append(contentsOf: partial)
             out.append(UInt8(ascii: "\n"))
             partial.removeAll()

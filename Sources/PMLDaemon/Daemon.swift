@@ -28,8 +28,10 @@ public enum Daemon {
     }
 
     /// Runs the daemon in this process until `pml kill` or SIGTERM; returns the exit status.
-    /// `readyFD` (if ≥ 0) gets "ready\n" once the control socket accepts connections.
-    public static func run(paths: PMLPaths, readyFD: Int32) -> Int32 {
+    /// `readyFD` (if ≥ 0) gets "ready\n" once the control socket accepts connections — followed by a
+    /// sentence when it took up the apps of a daemon that died. `resurrect`: start what `pml save`
+    /// saved (boot, via `pml startup`). Under systemd (NOTIFY_SOCKET), READY=1 follows too.
+    public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool = false) -> Int32 {
         // First: signals must be blocked before anything else could start a thread.
         let signals: SignalReceiver
         do {
@@ -74,6 +76,8 @@ public enum Daemon {
             return fatal("cannot start: \(error)")
         }
         becomeChildSubreaper()
+        let sentinel = startSentinel(paths: paths)
+        if sentinel == nil { logger.warning("no sentinel: if this daemon is killed, its workers' children may outlive it") }
         let shim = resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
         if shim == nil { logger.warning("pml's Node preload (shims/node/preload.js) is missing: Node apps cannot listen through pml") }
         let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: shim)
@@ -104,16 +108,90 @@ public enum Daemon {
             return fatal("cannot watch signals: \(error)")
         }
         logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), home \(paths.home), lua \(luaPath))")
+        var note = supervisor.recoverFromDeadDaemon()
+        if resurrect, note == nil {
+            let r = supervisor.resurrect(from: paths.dump)
+            logger.info("resurrect at start: \(r.message ?? r.error ?? "")")
+            if !r.ok { note = r.error }
+        }
         if readyFD >= 0 {
-            try? writeAll(readyFD, "ready\n")
+            try? writeAll(readyFD, "ready\n" + (note.map { $0 + "\n" } ?? ""))
             closeFD(readyFD)
         }
+        if let notifySocket = env["NOTIFY_SOCKET"] {
+            try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(getpid())")
+        }
         loop.run()
+        // Every app is stopped by now: an empty state tells the next daemon there is nothing to take up.
+        supervisor.persistStateNow()
         withExtendedLifetime(server) {}
+        if let sentinel { closeFD(sentinel) }
         unlink(paths.socket)
         unlink(paths.pidFile)
         logger.info("pml daemon stopped")
         return 0
+    }
+
+    /// Kills the process groups of workers of `home` still running — those of the daemon with pid
+    /// `daemonPID`, or of any daemon if nil — and returns how many processes carried the mark
+    /// (PML_SUPERVISOR=<home>:<daemon pid>). Used at a daemon's start, before it spawns anything
+    /// (one daemon per home, by flock), and by the sentinel once its daemon is gone.
+    public static func sweepOrphans(home: String, daemonPID: Int32?) -> Int {
+        let prefix = Array("PML_SUPERVISOR=\(home):".utf8)
+        let exact = daemonPID.map { Array("PML_SUPERVISOR=\(home):\($0)".utf8) }
+        guard let dir = opendir("/proc") else { return 0 }
+        defer { closedir(dir) }
+        var killed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid != getpid(),
+                  let environ = readFile("/proc/\(pid)/environ", limit: 1 << 20) else { continue }
+            let marked = environ.split(separator: 0).contains { v in
+                if let exact { return v.elementsEqual(exact) }
+                return v.starts(with: prefix)
+            }
+            guard marked else { continue }
+            if let group = processGroup(of: pid), group > 1 { signalGroup(group, SIGKILL) }
+            signalProcess(pid, SIGKILL)
+            killed += 1
+        }
+        return killed
+    }
+
+    /// The sentinel: waits for its daemon to be gone (EOF on `fd`, whose write end only the daemon
+    /// holds), then kills whatever workers it left — so a daemon killed with SIGKILL does not leave
+    /// programs serving unsupervised. Worker group leaders already die with the daemon (PDEATHSIG);
+    /// this catches the rest of their groups.
+    public static func runSentinel(home: String, daemonPID: Int32, fd: Int32) -> Int32 {
+        var byte: UInt8 = 0
+        while true {
+            let n = read(fd, &byte, 1)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+        }
+        _ = sweepOrphans(home: home, daemonPID: daemonPID)
+        return 0
+    }
+
+    /// Starts the sentinel for this daemon; returns the write end the daemon keeps open for life.
+    private static func startSentinel(paths: PMLPaths) -> Int32? {
+        guard let exe = realPath("/proc/self/exe"), let pipe = try? makePipe(nonblockingRead: false) else { return nil }
+        defer { closeFD(pipe.read) }
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { closeFD(devNull) }
+        var env = processEnvironment()
+        env["PML_HOME"] = paths.home
+        env["PML_SENTINEL_FD"] = "3"
+        env["PML_SENTINEL_DAEMON"] = String(getpid())
+        env["NOTIFY_SOCKET"] = nil
+        do {
+            _ = try spawnProcess(SpawnRequest(argv: [exe, "daemon-sentinel"], env: env, cwd: "/",
+                                              fds: [(devNull, 0), (devNull, 1), (2, 2), (pipe.read, 3)], newSession: true))
+        } catch {
+            closeFD(pipe.write)
+            return nil
+        }
+        return pipe.write
     }
 
     private static func fatal(_ message: String) -> Int32 {

@@ -29,11 +29,20 @@ final class Supervisor {
     var scriptTimers: [Int: ScriptTimer] = [:]
     var nextTimerID = 1
     var hookOwner: ScriptOwner?
+    var statePersistScheduled = false
     let startedAt = monotonicMs()
     let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
 
-    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?) {
+    /// `pml run`: no daemon; logs go to the terminal; pml exits when nothing is left to supervise.
+    let foreground: Bool
+    /// Foreground: called once every app's workers are online (READY=1 to systemd).
+    var onAllReady: (() -> Void)?
+    /// Foreground: called when no worker runs or waits to restart any more, with the exit status.
+    var onNothingLeft: ((Int32) -> Void)?
+
+    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?, foreground: Bool = false) {
+        self.foreground = foreground
         self.loop = loop
         self.paths = paths
         self.lua = lua
@@ -41,7 +50,8 @@ final class Supervisor {
         self.nodeShim = nodeShim
         router = ConnectionRouter(loop: loop, logger: logger)
         do {
-            notify = try NotifySocket(path: paths.home + "/notify.sock")
+            // A foreground run may share its home with a daemon: its socket gets its own name.
+            notify = try NotifySocket(path: paths.home + (foreground ? "/notify-\(getpid()).sock" : "/notify.sock"))
         } catch {
             logger.warning("no NOTIFY_SOCKET for workers: \(error)")
             notify = nil
@@ -66,6 +76,7 @@ final class Supervisor {
     }
 
     func checkWaiters() {
+        if foreground { checkForegroundState() } else { persistStateSoon() }
         var i = 0
         while i < waiters.count {
             if waiters[i].isDone() {
@@ -77,6 +88,20 @@ final class Supervisor {
         }
     }
 
+    /// Foreground bookkeeping after each change: all ready → onAllReady once; nothing left → onNothingLeft.
+    private func checkForegroundState() {
+        let workers = apps.flatMap(\.workers)
+        guard !workers.isEmpty else { return }
+        if let ready = onAllReady, workers.allSatisfy({ $0.status == .online }) {
+            onAllReady = nil
+            ready()
+        }
+        if let done = onNothingLeft, workers.allSatisfy({ $0.status == .stopped || $0.status == .errored }) {
+            onNothingLeft = nil
+            done(workers.contains { $0.status == .errored } ? 1 : 0)
+        }
+    }
+
     // MARK: spawning
 
     func spawn(_ w: Worker) throws(SpawnError) {
@@ -85,6 +110,8 @@ final class Supervisor {
         for (k, v) in app.spec.env { env[k] = v }
         env["PML_HOME"] = nil
         env["PML_NODE_SHIM_PID"] = nil // set by the preload in its own process; never inherited from pml's client
+        // Marks the worker as this home's: a new daemon sweeps away any a dead one left behind.
+        env["PML_SUPERVISOR"] = "\(paths.home):\(getpid())"
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
@@ -128,7 +155,8 @@ final class Supervisor {
             pid = try spawnProcess(SpawnRequest(
                 argv: app.spec.argv, env: env, cwd: app.spec.cwd,
                 fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds,
-                newSession: true, setListenPID: shared))
+                // If the daemon dies, even by SIGKILL, its workers go with it (see recoverFromDeadDaemon).
+                newSession: true, parentDeathSignal: SIGKILL, setListenPID: shared))
         } catch {
             closeAll()
             throw error

@@ -7,6 +7,7 @@ import PMLPosix
 extension Supervisor {
     /// Answers one control request; `respond` is called exactly once, maybe later (stop waits for exits).
     func handle(_ request: ControlRequest, respond: @escaping (ControlResponse) -> Void) {
+        defer { persistStateSoon() }
         switch request.cmd {
         case .ping:
             respond(ControlResponse(ok: true, daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string,
@@ -105,6 +106,15 @@ extension Supervisor {
             }
             if let t = request.target { return respond(.failure("plugins takes no argument or \"reload\", not \"\(t)\"")) }
             respond(ControlResponse(ok: true, plugins: pluginList()))
+        case .save:
+            do {
+                let n = try saveDump()
+                respond(ControlResponse(ok: true, message: "saved \(n) app\(n == 1 ? "" : "s") to \(paths.dump)"))
+            } catch {
+                respond(.failure("cannot save to \(paths.dump): \(error)"))
+            }
+        case .resurrect:
+            respond(resurrect(from: paths.dump))
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
@@ -266,6 +276,13 @@ extension Supervisor {
             return .failure(error.description)
         }
         for i in specs.indices { specs[i].appFile = args.file }
+        if let only = args.only {
+            specs = specs.filter { $0.name == only }
+            if specs.isEmpty {
+                releaseAll()
+                return .failure("\(args.file ?? "the command line") declares no app named \"\(only)\"")
+            }
+        }
         for spec in specs {
             if let existing = apps.first(where: { $0.spec.name == spec.name }),
                existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {
@@ -288,7 +305,7 @@ extension Supervisor {
                 app.baseEnv = args.clientEnv
                 app.logs.timestamps = spec.timestamps
             } else {
-                app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths)
+                app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths, console: foreground)
                 isNew = true
                 previous = nil
                 apps.append(app)
@@ -315,6 +332,10 @@ extension Supervisor {
             } else {
                 lua.unbind(app: spec.name)
             }
+            var startArgs = args
+            startArgs.only = spec.name
+            startArgs.instances = nil
+            app.startArgs = startArgs
             resize(app, to: spec.instances)
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
             noteAppFolder(spec.appFile)

@@ -83,6 +83,8 @@ final class ManagedApp {
     var spec: AppSpec
     /// The starting client's environment; the app's own `env` goes on top.
     var baseEnv: [String: String]
+    /// How it was started, for save/resurrect and recovery after a daemon death.
+    var startArgs: StartArguments?
     var workers: [Worker] = []
     /// Sockets pml holds for the app; kept across worker restarts, closed when the app stops.
     var listeners: [AppListener] = []
@@ -95,10 +97,11 @@ final class ManagedApp {
     var dispatchSample: (count: Int, at: Int)?
     let logs: AppLogFiles
 
-    init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths) {
+    init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths, console: Bool) {
         self.spec = spec
         self.baseEnv = baseEnv
-        logs = AppLogFiles(outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name), timestamps: spec.timestamps)
+        logs = AppLogFiles(outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name), timestamps: spec.timestamps,
+                           consolePrefix: console ? spec.name + " | " : nil)
     }
 
     /// Node workers of `rr` apps get pml's preload, which turns `server.listen()` into a request

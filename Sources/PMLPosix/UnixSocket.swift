@@ -69,6 +69,23 @@ public enum UnixSocket {
         return c >= 0 ? c : nil
     }
 
+    /// Sends one datagram to a unix socket (sd_notify). "@name" is an abstract-namespace address.
+    public static func sendDatagram(path: String, text: String) throws(SystemError) {
+        let abstract = path.hasPrefix("@")
+        var addr = try address(abstract ? "\0" + path.dropFirst() : path)
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        defer { closeFD(fd) }
+        // An abstract address is exactly as long as its name; a path one includes the terminator.
+        let length = MemoryLayout<sa_family_t>.size + path.utf8.count + (abstract ? 0 : 1)
+        let bytes = Array(text.utf8)
+        let n = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), sa, socklen_t(length)) }
+            }
+        }
+        if n < 0 { throw SystemError("sendto \(path)", errno: errno) }
+    }
+
     /// The uid of the process at the other end.
     public static func peerUID(_ fd: Int32) -> uid_t? {
         var uid: uid_t = 0

@@ -1,0 +1,98 @@
+import Glibc
+import Logging
+import PMLCore
+import PMLLua
+import PMLPosix
+
+extension Daemon {
+    /// `pml run`: the supervisor in this process, in the foreground, with no daemon and no control
+    /// socket — for containers and systemd units. Safe as PID 1: it reaps every child it adopts and
+    /// forwards SIGHUP/SIGUSR1/SIGUSR2 to the workers. SIGTERM/SIGINT stop every app gracefully.
+    /// Sends READY=1 to its own NOTIFY_SOCKET once every worker is online. Returns 0, or 1 if an
+    /// app ended errored (also when nothing is left to supervise).
+    public static func runForeground(paths: PMLPaths, start: StartArguments) -> Int32 {
+        let signals: SignalReceiver
+        do {
+            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+        } catch {
+            return fail("cannot set up signals: \(error)")
+        }
+        ignoreSIGPIPE()
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .info
+            return h
+        }
+        let logger = Logger(label: "pml")
+        do {
+            try makeDirectories(paths.home, mode: 0o700)
+        } catch {
+            return fail("cannot create \(paths.home): \(error)")
+        }
+        let env = processEnvironment()
+        guard let luaPath = luaLibraryPath(environment: env) else {
+            return fail("cannot find pml's Lua library (lua/pml/policy.lua); set PML_LUA_PATH")
+        }
+        let loop: EventLoop
+        let lua: LuaRuntime
+        do {
+            loop = try EventLoop()
+            lua = try LuaRuntime(libraryPaths: [luaPath])
+        } catch {
+            return fail("cannot start: \(error)")
+        }
+        becomeChildSubreaper()
+        let shim = resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
+        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: shim, foreground: true)
+        var status: Int32 = 0
+        var stopping = false
+        supervisor.onAllReady = {
+            logger.info("every app is ready")
+            if let notifySocket = env["NOTIFY_SOCKET"] {
+                try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(getpid())")
+            }
+        }
+        supervisor.onNothingLeft = { code in
+            guard !stopping else { return }
+            logger.warning("no worker is left running or waiting to restart; exiting")
+            status = code
+            loop.stop()
+        }
+        do {
+            try loop.register(fd: signals.fd, events: [.readable]) { _ in
+                for signal in signals.drain() {
+                    switch signal {
+                    case SIGCHLD:
+                        supervisor.childrenExited()
+                    case SIGTERM, SIGINT:
+                        guard !stopping else { continue }
+                        stopping = true
+                        // Errored apps make the exit non-zero: the orchestrator should know.
+                        if supervisor.apps.contains(where: { $0.workers.contains { $0.status == .errored } }) { status = 1 }
+                        logger.info("received \(SignalNames.name(signal)): stopping every app")
+                        supervisor.stopEverything { loop.stop() }
+                    default:
+                        for w in supervisor.apps.flatMap(\.workers) {
+                            if let pid = w.pid { signalGroup(pid, signal) }
+                        }
+                    }
+                }
+            }
+        } catch {
+            return fail("cannot watch signals: \(error)")
+        }
+        let started = supervisor.start(start)
+        guard started.ok else { return fail(started.error ?? "cannot start") }
+        logger.info("pml run \(PMLVersion.string) (pid \(getpid())): \(started.message ?? "")")
+        loop.run()
+        // Children still exiting (and adopted orphans) are reaped before pml itself goes.
+        _ = reapChildren()
+        if let notify = supervisor.notify { unlink(notify.path) }
+        return status
+    }
+
+    private static func fail(_ message: String) -> Int32 {
+        try? writeAll(2, "pml: \(message)\n")
+        return 1
+    }
+}

@@ -1,0 +1,114 @@
+import FoundationEssentials
+import Glibc
+import PMLCore
+import PMLPosix
+
+/// What survives the daemon: state.json (kept current, for recovery after a crash) and dump.json
+/// (`pml save` / `pml resurrect`, and `pml startup` at boot). Both are written atomically.
+extension Supervisor {
+    var statePath: String { paths.home + "/state.json" }
+
+    func currentState() -> SavedState {
+        SavedState(daemonPID: getpid(), apps: apps.compactMap { app in
+            app.startArgs.map {
+                SavedApp(name: app.spec.name, start: $0, instances: app.workers.count,
+                         running: app.workers.contains { $0.status != .stopped })
+            }
+        })
+    }
+
+    /// Writes state.json on the loop's next quiet moment; many changes in a row write once.
+    func persistStateSoon() {
+        guard !statePersistScheduled else { return }
+        statePersistScheduled = true
+        loop.schedule(after: 100) { [unowned self] in
+            self.statePersistScheduled = false
+            self.persistStateNow()
+        }
+    }
+
+    /// Writes state.json now (also the last thing the daemon does before it exits).
+    func persistStateNow() {
+        do {
+            try Self.writeAtomically(currentState(), to: statePath)
+        } catch {
+            logger.warning("cannot write \(statePath): \(error)")
+        }
+    }
+
+    /// `pml save`: the apps as they are now, to dump.json. Returns how many.
+    func saveDump() throws -> Int {
+        var state = currentState()
+        state.daemonPID = nil
+        try Self.writeAtomically(state, to: paths.dump)
+        return state.apps.count
+    }
+
+    /// Temp file, fsync, rename: a crash mid-write leaves the old file or the new one, never half.
+    static func writeAtomically(_ state: SavedState, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(state)
+        let tmp = "\(path).tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemError("open \(tmp)", errno: errno) }
+        defer { closeFD(fd) }
+        try writeAll(fd, String(decoding: data, as: UTF8.self) + "\n")
+        guard fsync(fd) == 0, rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw SystemError("write \(path)", errno: e)
+        }
+    }
+
+    static func readState(_ path: String) throws -> SavedState? {
+        guard let bytes = readFile(path) else { return nil }
+        return try JSONDecoder().decode(SavedState.self, from: Data(bytes))
+    }
+
+    /// Starts the apps of a saved state that are not here yet. Stopped apps stay out.
+    func restore(_ state: SavedState) -> (started: [String], failed: [String]) {
+        var started: [String] = [], failed: [String] = []
+        for saved in state.apps where saved.running && !apps.contains(where: { $0.spec.name == saved.name }) {
+            var args = saved.start
+            args.only = saved.name
+            args.instances = .int(Int64(saved.instances))
+            let r = start(args)
+            if r.ok { started.append(saved.name) } else { failed.append("\(saved.name): \(r.error ?? "failed")") }
+        }
+        return (started, failed)
+    }
+
+    /// `pml resurrect`: what `pml save` wrote.
+    func resurrect(from path: String) -> ControlResponse {
+        let state: SavedState
+        do {
+            guard let s = try Self.readState(path) else { return .failure("nothing saved: \(path) does not exist (run pml save first)") }
+            state = s
+        } catch {
+            return .failure("\(path) cannot be read: \(error)")
+        }
+        let (started, failed) = restore(state)
+        if !failed.isEmpty { return .failure("resurrected \(started.count) app(s); failed: \(failed.joined(separator: "; "))") }
+        return ControlResponse(ok: true, message: started.isEmpty ? "nothing to resurrect: every saved app is here" :
+                                "resurrected \(started.joined(separator: ", "))", processes: rows())
+    }
+
+    /// At start-up: kill whatever workers a dead daemon of this home left, then take up its apps.
+    /// Returns a sentence for the CLI when there was something to take up.
+    func recoverFromDeadDaemon() -> String? {
+        let swept = Daemon.sweepOrphans(home: paths.home, daemonPID: nil)
+        guard let state = try? Self.readState(statePath), let old = state.daemonPID, old != getpid(),
+              !processIsAlive(old), state.apps.contains(where: \.running) else {
+            if swept > 0 { logger.warning("killed \(swept) worker process(es) an earlier daemon left behind") }
+            return nil
+        }
+        let (started, failed) = restore(state)
+        var sentence = "the previous daemon (pid \(old)) died; took up \(started.count) app\(started.count == 1 ? "" : "s")"
+        if !started.isEmpty { sentence += " (\(started.joined(separator: ", ")))" }
+        if !failed.isEmpty { sentence += "; could not restart \(failed.joined(separator: "; "))" }
+        if swept > 0 { sentence += "; killed \(swept) leftover worker process(es)" }
+        logger.warning("\(sentence)")
+        return sentence
+    }
+}
