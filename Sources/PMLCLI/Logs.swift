@@ -25,7 +25,19 @@ struct Logs: ParsableCommand {
     @Flag(name: .long, help: "Only the output log.")
     var out = false
 
+    @Flag(name: .long, inversion: .prefixedNo, help: "Colour the prefixes (default: when printing to a terminal).")
+    var color: Bool?
+
     @OptionGroup var options: DaemonOptions
+
+    /// "web out | " in the app's own colour (err in red), or plain when not on a terminal.
+    private func label(_ app: String, _ stream: String) -> String {
+        guard color ?? (isatty(1) == 1) else { return "\(app) \(stream) | " }
+        let palette = [36, 32, 33, 35, 34, 96, 92, 93, 95, 94]
+        let hue = palette[Int(app.utf8.reduce(UInt32(5381)) { ($0 &* 33) &+ UInt32($1) } % UInt32(palette.count))]
+        let streamColor = stream == "err" ? "\u{1B}[31m" : "\u{1B}[2m"
+        return "\u{1B}[\(hue)m\(app)\u{1B}[0m \(streamColor)\(stream)\u{1B}[0m | "
+    }
 
     func validate() throws {
         if lines < 0 { throw ValidationError("--lines must be 0 or more") }
@@ -45,14 +57,14 @@ struct Logs: ParsableCommand {
         }
         var files: [(label: String, path: String)] = []
         for app in apps {
-            if !err { files.append(("\(app) out", paths.outLog(app))) }
-            if !out { files.append(("\(app) err", paths.errLog(app))) }
+            if !err { files.append((label(app, "out"), paths.outLog(app))) }
+            if !out { files.append((label(app, "err"), paths.errLog(app))) }
         }
         var offsets: [String: Int] = [:]
         for f in files {
             let bytes = readFile(f.path) ?? []
             offsets[f.path] = bytes.count
-            for line in lastLines(bytes, lines) { Output.print("\(f.label) | \(line)\n") }
+            for line in lastLines(bytes, lines) { Output.print("\(f.label)\(line)\n") }
         }
         guard follow else { return }
         var partial: [String: [UInt8]] = [:]
@@ -61,8 +73,8 @@ struct Logs: ParsableCommand {
                 // Apps started while following show up too.
                 for app in logNames(in: paths.logs) where !apps.contains(app) {
                     apps.append(app)
-                    if !err { files.append(("\(app) out", paths.outLog(app))); offsets[paths.outLog(app)] = 0 }
-                    if !out { files.append(("\(app) err", paths.errLog(app))); offsets[paths.errLog(app)] = 0 }
+                    if !err { files.append((label(app, "out"), paths.outLog(app))); offsets[paths.outLog(app)] = 0 }
+                    if !out { files.append((label(app, "err"), paths.errLog(app))); offsets[paths.errLog(app)] = 0 }
                 }
             }
             for f in files {
@@ -70,7 +82,7 @@ struct Logs: ParsableCommand {
                 guard !new.isEmpty else { continue }
                 var pending = partial[f.path, default: []] + new
                 while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    Output.print("\(f.label) | \(String(decoding: pending[..<nl], as: UTF8.self))\n")
+                    Output.print("\(f.label)\(String(decoding: pending[..<nl], as: UTF8.self))\n")
                     pending.removeSubrange(...nl)
                 }
                 partial[f.path] = pending

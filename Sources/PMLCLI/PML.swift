@@ -81,7 +81,7 @@ struct AppSelection: ParsableArguments {
     @Option(name: .long, help: "Working directory for a script or command (default: here).")
     var cwd: String?
 
-    @Flag(name: .long, help: "Prefix each log line with the time.")
+    @Flag(name: [.customLong("timestamps"), .customLong("timestamp")], help: "Prefix each log line with the time.")
     var timestamps = false
 
     @Option(name: [.short, .customLong("port")], help: "An address pml listens on for the app: 8080, 127.0.0.1:8080, unix:/path (repeatable).")

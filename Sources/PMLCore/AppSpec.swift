@@ -19,8 +19,12 @@ public struct AppSpec: Sendable, Codable, Equatable {
     public var stopExitCodes: [Int]
     public var killTimeout: Int
     public var killSignal: String
-    /// Prefix each log line with an ISO-8601 time.
+    /// Prefix each log line with a time (ISO-8601 UTC, or `logDateFormat`).
     public var timestamps: Bool
+    /// PM2's log_date_format tokens (YYYY MM DD HH mm ss SSS Z), in local time.
+    public var logDateFormat: String?
+    /// "json": each log line is a JSON object { time, app, worker, stream, message }.
+    public var logFormat: String
     /// Sockets pml owns for the app, bound once and kept across worker restarts.
     public var listen: [ListenAddress]
     public var dispatch: DispatchMode
@@ -38,7 +42,7 @@ public struct AppSpec: Sendable, Codable, Equatable {
         case minUptime = "min_uptime", maxRestarts = "max_restarts", restartDelay = "restart_delay"
         case restartDelayMax = "restart_delay_max", stableAfter = "stable_after"
         case stopExitCodes = "stop_exit_codes", killTimeout = "kill_timeout", killSignal = "kill_signal"
-        case timestamps, listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks
+        case timestamps, logDateFormat = "log_date_format", logFormat = "log_format", listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks
     }
 
     /// "cluster" when pml owns sockets or runs several instances, else "fork" (PM2's words).

@@ -10,7 +10,7 @@ public struct AppSpecParser: Sendable {
         "name", "cmd", "script", "args", "interpreter", "cwd", "env", "instances", "autorestart",
         "min_uptime", "max_restarts", "restart_delay", "restart_delay_max", "stable_after",
         "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps", "listen", "dispatch", "ready",
-        "ready_timeout", "autoscale",
+        "ready_timeout", "autoscale", "log_date_format", "log_format",
     ] + hookKeys
 
     /// Interpreters chosen by a script's extension, as PM2 does.
@@ -181,7 +181,9 @@ public struct AppSpecParser: Sendable {
             stopExitCodes: stopCodes,
             killTimeout: try millis(t, "kill_timeout", 5000),
             killSignal: killSignal,
-            timestamps: try bool(t, "timestamps", false),
+            timestamps: try bool(t, "timestamps", false) || t["log_date_format"] != nil,
+            logDateFormat: try logDateFormat(t),
+            logFormat: try logFormat(t),
             listen: listen,
             dispatch: dispatch,
             ready: ready,
@@ -249,6 +251,18 @@ public struct AppSpecParser: Sendable {
         if name == "all" || Int(name) != nil {
             throw fail("name", "app name \"\(name)\" is reserved (\"all\" and numbers name ids)")
         }
+    }
+
+    private func logDateFormat(_ t: [String: ScriptValue]) throws(AppFileError) -> String? {
+        guard let v = t["log_date_format"] else { return nil }
+        guard let s = v.stringValue, !s.isEmpty else { throw typeError("log_date_format", "a format such as \"YYYY-MM-DD HH:mm:ss\"", v) }
+        return s
+    }
+
+    private func logFormat(_ t: [String: ScriptValue]) throws(AppFileError) -> String {
+        guard let v = t["log_format"] else { return "plain" }
+        guard let s = v.stringValue, s == "plain" || s == "json" else { throw typeError("log_format", "\"plain\" or \"json\"", v) }
+        return s
     }
 
     private func bool(_ t: [String: ScriptValue], _ key: String, _ def: Bool) throws(AppFileError) -> Bool {

@@ -1,4 +1,6 @@
+import FoundationEssentials
 import Glibc
+import PMLCore
 import PMLPosix
 
 /// Which of a worker's output streams.
@@ -13,13 +15,21 @@ final class AppLogFiles {
     private var outFD: Int32 = -1
     private var errFD: Int32 = -1
     var timestamps: Bool
+    var dateFormat: String?
+    /// Each line becomes a JSON object (log_format = "json").
+    var jsonLines: Bool
+    let app: String
     /// `pml run`: lines go to pml's own stdout/stderr, each prefixed with this ("web | ").
     let consolePrefix: String?
 
-    init(outPath: String, errPath: String, timestamps: Bool, consolePrefix: String? = nil) {
+    init(app: String, outPath: String, errPath: String, timestamps: Bool, dateFormat: String? = nil, jsonLines: Bool = false,
+         consolePrefix: String? = nil) {
+        self.app = app
         self.outPath = outPath
         self.errPath = errPath
         self.timestamps = timestamps
+        self.dateFormat = dateFormat
+        self.jsonLines = jsonLines
         self.consolePrefix = consolePrefix
         if consolePrefix != nil {
             outFD = 1
@@ -27,12 +37,70 @@ final class AppLogFiles {
         }
     }
 
-    /// Whether output is cut into lines, each prefixed (a time, an app name).
-    var prefixesLines: Bool { timestamps || consolePrefix != nil }
+    /// Takes up an app's log settings (start, reload).
+    func configure(for spec: AppSpec) {
+        timestamps = spec.timestamps
+        dateFormat = spec.logDateFormat
+        jsonLines = spec.logFormat == "json"
+    }
 
-    /// What starts each line: the time and/or the app's name.
+    /// Whether output is cut into lines, each dressed (a time, an app name, JSON).
+    var prefixesLines: Bool { timestamps || jsonLines || consolePrefix != nil }
+
+    /// What starts each plain line: the time and/or the app's name.
     func linePrefix() -> String {
-        (timestamps ? Self.timestamp() + " " : "") + (consolePrefix ?? "")
+        (timestamps ? time() + " " : "") + (consolePrefix ?? "")
+    }
+
+    private func time() -> String {
+        dateFormat.map(Self.formatLocalTime) ?? Self.timestamp()
+    }
+
+    /// One line of a worker's output, as it goes into the log.
+    func dress(_ line: ArraySlice<UInt8>, stream: OutputStream, worker: Int) -> [UInt8] {
+        guard jsonLines else { return Array(linePrefix().utf8) + line + [UInt8(ascii: "\n")] }
+        let entry: ScriptValue = .object([
+            "time": .string(time()), "app": .string(app), "worker": .int(Int64(worker)),
+            "stream": .string(stream == .out ? "out" : "err"), "message": .string(String(decoding: line, as: UTF8.self)),
+        ])
+        let json = (try? Self.jsonEncoder.encode(entry)).map { Array($0) } ?? []
+        return Array((consolePrefix ?? "").utf8) + json + [UInt8(ascii: "\n")]
+    }
+
+    /// Stable key order, so JSON log lines are easy to read and to diff.
+    private static let jsonEncoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }()
+
+    /// PM2's log_date_format: YYYY MM DD HH mm ss SSS Z, in local time; other text stays.
+    static func formatLocalTime(_ format: String) -> String {
+        let ms = wallClockMs()
+        var t = time_t(ms / 1000)
+        var parts = tm()
+        localtime_r(&t, &parts)
+        func pad(_ v: Int, _ width: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        let offset = parts.tm_gmtoff / 60
+        let tokens: [(String, String)] = [
+            ("YYYY", pad(Int(parts.tm_year) + 1900, 4)), ("SSS", pad(ms % 1000, 3)), ("MM", pad(Int(parts.tm_mon) + 1, 2)),
+            ("DD", pad(Int(parts.tm_mday), 2)), ("HH", pad(Int(parts.tm_hour), 2)), ("mm", pad(Int(parts.tm_min), 2)),
+            ("ss", pad(Int(parts.tm_sec), 2)), ("Z", (offset < 0 ? "-" : "+") + pad(abs(offset) / 60, 2) + ":" + pad(abs(offset) % 60, 2)),
+        ]
+        var out = ""
+        var rest = Substring(format)
+        scan: while !rest.isEmpty {
+            for (token, value) in tokens where rest.hasPrefix(token) {
+                out += value
+                rest = rest.dropFirst(token.count)
+                continue scan
+            }
+            out.append(rest.removeFirst())
+        }
+        return out
     }
 
     deinit {
@@ -62,7 +130,7 @@ final class AppLogFiles {
 
     /// Appends one line from pml itself (hook errors, restarts) to the err log.
     func note(_ text: String) {
-        let line = linePrefix() + "[pml] " + text + "\n"
+        let line = String(decoding: dress(Array("[pml] \(text)".utf8)[...], stream: .err, worker: -1), as: UTF8.self)
         let f = fd(.err)
         if f >= 0 { try? writeAll(f, line) }
     }
@@ -99,13 +167,15 @@ final class OutputPipe {
     private let fd: Int32
     private let stream: OutputStream
     private let files: AppLogFiles
+    private let worker: Int
     private let scratch: ReadBuffer
     private weak var loop: EventLoop?
     private var handle: IOHandle?
     private var partial: [UInt8] = []
 
-    init(fd: Int32, stream: OutputStream, files: AppLogFiles, loop: EventLoop, scratch: ReadBuffer) throws(SystemError) {
+    init(fd: Int32, stream: OutputStream, files: AppLogFiles, worker: Int, loop: EventLoop, scratch: ReadBuffer) throws(SystemError) {
         self.fd = fd
+        self.worker = worker
         self.scratch = scratch
         self.stream = stream
         self.files = files
@@ -124,7 +194,7 @@ final class OutputPipe {
         case .wouldBlock:
             break
         case .eof:
-            if !partial.isEmpty { stamp([UInt8(ascii: "\n")][...]) }
+            if !partial.isEmpty { stamp([UInt8(ascii: "\n")][...]) } // the unfinished last line
             close()
         }
     }
@@ -134,15 +204,12 @@ final class OutputPipe {
         partial.append(contentsOf: bytes)
         var out: [UInt8] = []
         while let nl = partial.firstIndex(of: UInt8(ascii: "\n")) {
-            out.append(contentsOf: Array(files.linePrefix().utf8))
-            out.append(contentsOf: partial[...nl])
+            out.append(contentsOf: files.dress(partial[..<nl], stream: stream, worker: worker))
             partial.removeSubrange(...nl)
         }
         // A line longer than a chunk is written in pieces rather than held without bound.
         if partial.count > ReadBuffer.size {
-            out.append(contentsOf: Array(files.linePrefix().utf8))
-            out.append(contentsOf: partial)
-            out.append(UInt8(ascii: "\n"))
+            out.append(contentsOf: files.dress(partial[...], stream: stream, worker: worker))
             partial.removeAll()
         }
         if !out.isEmpty { out.withUnsafeBytes { files.append(stream, $0) } }

@@ -165,8 +165,8 @@ final class Supervisor {
         closeFD(err.write)
         closeFD(ipc.1)
         // Each pipe keeps itself registered until EOF (see OutputPipe).
-        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
-        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
+        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
+        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
         do {
             w.ipc = try IPCChannel(fd: ipc.0, loop: loop, scratch: readBuffer, onMessage: { [unowned self, unowned w] msg in
                 self.ipcMessage(w, msg)

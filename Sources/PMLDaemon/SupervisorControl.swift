@@ -303,7 +303,7 @@ extension Supervisor {
                 closeListeners(app)
                 app.spec = spec
                 app.baseEnv = args.clientEnv
-                app.logs.timestamps = spec.timestamps
+                app.logs.configure(for: spec)
             } else {
                 app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths, console: foreground)
                 isNew = true
@@ -315,7 +315,7 @@ extension Supervisor {
                 guard let previous else { return }
                 app.spec = previous.spec
                 app.baseEnv = previous.env
-                app.logs.timestamps = previous.spec.timestamps
+                app.logs.configure(for: previous.spec)
                 resize(app, to: previous.spec.instances)
             }
             let unusedRefs = (loaded?.tableRefs ?? []).dropFirst(index + 1)

@@ -99,7 +99,7 @@ extension Supervisor {
         let op = ReloadOperation(app: app, newSpec: newSpec, newRef: newRef, style: style, parallel: max(1, parallel))
         app.reloading = true
         app.spec = newSpec
-        app.logs.timestamps = newSpec.timestamps
+        app.logs.configure(for: newSpec)
         logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
         reloadStep(op, done: done)
     }
@@ -174,7 +174,7 @@ extension Supervisor {
         if op.replaced == 0 {
             // Nothing was swapped: the app is exactly as before.
             app.spec = op.oldSpec
-            app.logs.timestamps = op.oldSpec.timestamps
+            app.logs.configure(for: op.oldSpec)
             if let ref = op.newRef { lua.release(tableRef: ref) }
         } else if let ref = op.newRef {
             lua.bind(app: app.spec.name, tableRef: ref)

@@ -100,7 +100,8 @@ final class ManagedApp {
     init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths, console: Bool) {
         self.spec = spec
         self.baseEnv = baseEnv
-        logs = AppLogFiles(outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name), timestamps: spec.timestamps,
+        logs = AppLogFiles(app: spec.name, outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name),
+                           timestamps: spec.timestamps, dateFormat: spec.logDateFormat, jsonLines: spec.logFormat == "json",
                            consolePrefix: console ? spec.name + " | " : nil)
     }
 

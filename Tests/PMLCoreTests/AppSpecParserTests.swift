@@ -207,3 +207,25 @@ import Testing
         }
     }
 }
+
+@Suite struct LogKeysTests {
+    func parse(_ fields: [String: ScriptValue]) throws(AppFileError) -> AppSpec {
+        var t = fields
+        t["cmd"] = .string("x")
+        t["name"] = .string("web")
+        return try AppSpecParser(file: "app.lua", source: nil, baseDirectory: "/", cpuCount: 1).parseApp(.object(t))
+    }
+
+    @Test func logDateFormatTurnsTimestampsOn() throws {
+        let s = try parse(["log_date_format": .string("YYYY-MM-DD HH:mm")])
+        #expect(s.timestamps)
+        #expect(s.logDateFormat == "YYYY-MM-DD HH:mm")
+        #expect(try parse([:]).logFormat == "plain")
+        #expect(try parse(["log_format": .string("json")]).logFormat == "json")
+    }
+
+    @Test func badLogKeys() {
+        #expect(throws: AppFileError.self) { try parse(["log_format": .string("xml")]) }
+        #expect(throws: AppFileError.self) { try parse(["log_date_format": .int(1)]) }
+    }
+}
