@@ -133,7 +133,8 @@ public enum Daemon {
     }
 
     /// Kills the process groups of workers of `home` still running — those of the daemon with pid
-    /// `daemonPID`, or of any daemon if nil — and returns how many processes carried the mark
+    /// `daemonPID`, or of any supervisor of `home` that is no longer alive if nil — and returns how
+    /// many processes carried the mark
     /// (PML_SUPERVISOR=<home>:<daemon pid>). Used at a daemon's start, before it spawns anything
     /// (one daemon per home, by flock), and by the sentinel once its daemon is gone.
     public static func sweepOrphans(home: String, daemonPID: Int32?) -> Int {
@@ -148,7 +149,12 @@ public enum Daemon {
                   let environ = readFile("/proc/\(pid)/environ", limit: 1 << 20) else { continue }
             let marked = environ.split(separator: 0).contains { v in
                 if let exact { return v.elementsEqual(exact) }
-                return v.starts(with: prefix)
+                // Any supervisor of this home — but only if it is gone: a `pml run` sharing the home
+                // is alive and keeps its workers.
+                guard v.starts(with: prefix), let owner = Int32(String(decoding: v.dropFirst(prefix.count), as: UTF8.self)) else {
+                    return false
+                }
+                return !processIsAlive(owner)
             }
             guard marked else { continue }
             if let group = processGroup(of: pid), group > 1 { signalGroup(group, SIGKILL) }

@@ -6,8 +6,14 @@ import PMLPosix
 /// Control requests: what `pml <command>` asks of the daemon.
 extension Supervisor {
     /// Answers one control request; `respond` is called exactly once, maybe later (stop waits for exits).
-    func handle(_ request: ControlRequest, respond: @escaping (ControlResponse) -> Void) {
-        defer { persistStateSoon() }
+    func handle(_ request: ControlRequest, respond answer: @escaping (ControlResponse) -> Void) {
+        // What a command changed is on disk before the client hears it is done: a daemon killed
+        // right after `pml start` returns still leaves that app to be taken up.
+        let changesApps: Set<ControlCommand> = [.start, .stop, .restart, .delete, .scale, .reload, .resurrect]
+        let respond: (ControlResponse) -> Void = { [unowned self] response in
+            if changesApps.contains(request.cmd) { self.persistStateNow() }
+            answer(response)
+        }
         switch request.cmd {
         case .ping:
             respond(ControlResponse(ok: true, daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string,

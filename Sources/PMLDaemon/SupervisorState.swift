@@ -19,7 +19,7 @@ extension Supervisor {
 
     /// Writes state.json on the loop's next quiet moment; many changes in a row write once.
     func persistStateSoon() {
-        guard !statePersistScheduled else { return }
+        guard !foreground, !statePersistScheduled else { return }
         statePersistScheduled = true
         loop.schedule(after: 100) { [unowned self] in
             self.statePersistScheduled = false
@@ -27,8 +27,9 @@ extension Supervisor {
         }
     }
 
-    /// Writes state.json now (also the last thing the daemon does before it exits).
+    /// Writes state.json now (after each command that changes the apps, and last before exit).
     func persistStateNow() {
+        guard !foreground else { return }
         do {
             try Self.writeAtomically(currentState(), to: statePath)
         } catch {

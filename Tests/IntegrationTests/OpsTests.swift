@@ -355,11 +355,8 @@ extension Integration {
                 await sleepMs(300)
                 let ls = try await box.pml("ls", "--json")
                 #expect(ls.stderr.contains("took up"), "\(ls)")
-                // Known issue: state.json is written 100 ms after a change (persistStateSoon), so an
-                // app started less than 100 ms before the daemon dies is not taken up.
-                withKnownIssue("state.json lags a change by 100 ms; a start just before kill -9 is lost") {
-                    #expect(ls.stderr.contains("late"), "the app started just before the kill is taken up:\n\(ls)")
-                }
+                // state.json is written before `pml start` answers.
+                #expect(ls.stderr.contains("late"), "the app started just before the kill is taken up:\n\(ls)")
             }
         }
 
@@ -439,12 +436,8 @@ extension Integration {
                 let ls = try await box.pml("ls")   // starts a daemon in the same home
                 #expect(ls.ok, "\(ls)")
                 await sleepMs(500)
-                // Known issue: the new daemon's start-up sweep (Daemon.sweepOrphans with daemonPID nil)
-                // SIGKILLs every process whose PML_SUPERVISOR names this home, including the workers of
-                // a live `pml run`; pml run then restarts them.
-                withKnownIssue("a new daemon's start-up sweep kills a live pml run's workers") {
-                    #expect(Proc.alive(worker), "pml run's worker \(worker) survives a daemon start in the same home:\n\(child.stderr)")
-                }
+                // The new daemon's start-up sweep spares the workers of a supervisor that is alive.
+                #expect(Proc.alive(worker), "pml run's worker \(worker) survives a daemon start in the same home:\n\(child.stderr)")
                 #expect(child.process.isRunning, "pml run itself keeps running")
                 try await box.pmlOK("kill")
                 kill(child.pid, SIGTERM)
@@ -550,7 +543,7 @@ extension Integration {
                 // As root the unit lives in /etc: keep whatever was there and put it back afterwards.
                 let previous = FileManager.default.contents(atPath: unitPath)
                 defer {
-                    if let previous { FileManager.default.createFile(atPath: unitPath, contents: previous) }
+                    if let previous { _ = FileManager.default.createFile(atPath: unitPath, contents: previous) }
                     else if uid == 0 { unlink(unitPath) }
                 }
                 if previous != nil, uid == 0 { unlink(unitPath) }
