@@ -203,33 +203,6 @@ ssize_t pml_send_with_fd(int sock, const void *buf, size_t len, int fd) {
     return n;
 }
 
-ssize_t pml_recv_with_fd(int sock, void *buf, size_t len, int *fd, int *truncated) {
-    struct iovec iov = { .iov_base = buf, .iov_len = len };
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    union { char buf[CMSG_SPACE(sizeof(int) * 4)]; struct cmsghdr align; } control;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    *fd = -1;
-    *truncated = 0;
-    ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
-    if (n < 0) return n;
-    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        int *fds = (int *)CMSG_DATA(c);
-        for (int i = 0; i < count; i++) {
-            if (*fd < 0) *fd = fds[i];
-            else close(fds[i]); /* one handle per message, as Node's channel */
-        }
-    }
-    return n;
-}
-
 int pml_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
 int pml_wifexited(int status) { return WIFEXITED(status); }

@@ -58,8 +58,6 @@ int pml_peer_credentials(int fd, uid_t *uid, pid_t *pid);
 
 /* Sends buf with fd attached as SCM_RIGHTS (fd < 0: no fd). MSG_NOSIGNAL|MSG_DONTWAIT. */
 ssize_t pml_send_with_fd(int sock, const void *buf, size_t len, int fd);
-/* Receives into buf; a received fd (CLOEXEC) is stored in *fd, else -1. *truncated set on MSG_CTRUNC. */
-ssize_t pml_recv_with_fd(int sock, void *buf, size_t len, int *fd, int *truncated);
 
 int pml_set_child_subreaper(void);
 
