@@ -16,6 +16,7 @@ public struct PML: ParsableCommand {
             Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
             Unstartup.self, Check.self, Ping.self, Kill.self, DaemonCommand.self, SentinelCommand.self,
+            Monit.self, Metrics.self,
             Import.self,
         ]
     )
