@@ -87,6 +87,15 @@ public enum Daemon {
         } catch {
             return fatal("cannot listen on \(paths.socket): \(error)")
         }
+        var metricsServer: MetricsServer?
+        do {
+            if let address = try MetricsServer.configuredAddress(paths: paths, environment: env) {
+                metricsServer = try MetricsServer(address: address, loop: loop) { supervisor.prometheusText() }
+                logger.info("serving metrics on http://\(address.description)/metrics")
+            }
+        } catch {
+            logger.error("metrics are not served: \(error)")
+        }
         var shuttingDown = false
         do {
             try loop.register(fd: signals.fd, events: [.readable]) { _ in
@@ -125,6 +134,7 @@ public enum Daemon {
         // Every app is stopped by now: an empty state tells the next daemon there is nothing to take up.
         supervisor.persistStateNow()
         withExtendedLifetime(server) {}
+        withExtendedLifetime(metricsServer) {}
         if let sentinel { closeFD(sentinel) }
         unlink(paths.socket)
         unlink(paths.pidFile)

@@ -435,6 +435,11 @@ final class Supervisor {
 
     func rows() -> [ProcessRow] { apps.flatMap { $0.workers.map(\.row) } }
 
+    /// What `pml metrics` prints, for the metrics endpoint.
+    func prometheusText() -> String {
+        PrometheusText.render(rows: rows(), descriptions: Dictionary(apps.map { ($0.spec.name, describe($0)) }) { a, _ in a })
+    }
+
     func describe(_ app: ManagedApp) -> AppDescription {
         AppDescription(
             name: app.spec.name, mode: app.mode, status: app.status, spec: app.spec,

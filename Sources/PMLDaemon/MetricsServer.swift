@@ -1,0 +1,100 @@
+import FoundationEssentials
+import Glibc
+import Logging
+import PMLCore
+import PMLPosix
+
+/// Serves `pml metrics` over HTTP on a loopback address, for Prometheus to scrape. The address
+/// comes from `$PML_HOME/config.json` (`{"metrics_listen": "127.0.0.1:9615"}`) or the daemon's
+/// `PML_METRICS_LISTEN`; anything but a loopback host is refused.
+final class MetricsServer {
+    private let fd: Int32
+    private let loop: EventLoop
+    private let render: () -> String
+    private var handle: IOHandle?
+
+    /// The configured address, or nil when metrics are not served. Throws for a bad address.
+    static func configuredAddress(paths: PMLPaths, environment: [String: String]) throws(SystemError) -> ListenAddress? {
+        var text = environment["PML_METRICS_LISTEN"]
+        if text == nil, let bytes = readFile(paths.home + "/config.json"),
+           let config = try? JSONDecoder().decode([String: ScriptValue].self, from: Data(bytes)) {
+            text = config["metrics_listen"]?.stringValue ?? config["metrics_listen"]?.intValue.map { "127.0.0.1:\($0)" }
+        }
+        guard let text, !text.isEmpty else { return nil }
+        guard let address = ListenAddress.parse(.string(text), baseDirectory: paths.home),
+              case .tcp(let host?, _) = address, ["127.0.0.1", "::1", "localhost"].contains(host) || host.hasPrefix("127.") else {
+            throw SystemError("metrics_listen \"\(text)\" must be a loopback address such as 127.0.0.1:9615", errno: EINVAL)
+        }
+        return address
+    }
+
+    init(address: ListenAddress, loop: EventLoop, render: @escaping () -> String) throws(SystemError) {
+        guard case .tcp(let host, let port) = address else { throw SystemError("metrics_listen", errno: EINVAL) }
+        fd = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true).fd
+        self.loop = loop
+        self.render = render
+        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
+    }
+
+    private func acceptAll() {
+        while let client = UnixSocket.accept(fd) {
+            MetricsExchange.start(fd: client, loop: loop, render: render)
+        }
+    }
+}
+
+/// One scrape: read the request head, answer with the metrics, close. Lives until then.
+private final class MetricsExchange {
+    private let fd: Int32
+    private let loop: EventLoop
+    private let render: () -> String
+    private var handle: IOHandle?
+    private var request: [UInt8] = []
+    private var response: [UInt8] = []
+    private var timer: TimerHandle?
+
+    static func start(fd: Int32, loop: EventLoop, render: @escaping () -> String) {
+        let exchange = MetricsExchange(fd: fd, loop: loop, render: render)
+        // The registration's closure holds the exchange until it closes itself.
+        exchange.handle = try? loop.register(fd: fd, events: [.readable]) { events in exchange.ready(events) }
+        if exchange.handle == nil { closeFD(fd) }
+        // A client that never finishes its request is dropped.
+        exchange.timer = loop.schedule(after: 5000) { exchange.close() }
+    }
+
+    private init(fd: Int32, loop: EventLoop, render: @escaping () -> String) {
+        self.fd = fd
+        self.loop = loop
+        self.render = render
+    }
+
+    private func ready(_ events: IOEvents) {
+        if response.isEmpty {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            switch chunk.withUnsafeMutableBytes({ (try? readSome(fd, into: $0)) ?? .eof }) {
+            case .wouldBlock: return
+            case .eof: return close()
+            case .data(let n): request.append(contentsOf: chunk[0..<n])
+            }
+            let head = String(decoding: request, as: UTF8.self)
+            guard head.contains("\r\n\r\n") || head.contains("\n\n") || request.count > 8192 else { return }
+            let ok = head.hasPrefix("GET ")
+            let body = ok ? render() : "only GET is served here\n"
+            response = Array(("HTTP/1.0 \(ok ? "200 OK" : "405 Method Not Allowed")\r\n"
+                + "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body).utf8)
+        }
+        let n = response.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+        if n > 0 { response.removeFirst(n) }
+        if response.isEmpty || (n < 0 && errno != EAGAIN) { return close() }
+        if let handle { loop.modify(handle, events: [.writable]) }
+    }
+
+    private func close() {
+        if let timer { loop.cancel(timer) }
+        timer = nil
+        if let handle { loop.unregister(handle) }
+        handle = nil
+        closeFD(fd)
+    }
+}

@@ -1,0 +1,44 @@
+// The daemon serves `pml metrics` over HTTP on a loopback address set in $PML_HOME/config.json.
+
+import Foundation
+import Testing
+
+extension Integration {
+    @Suite("Metrics endpoint")
+    struct MetricsEndpoint {
+        @Test("config.json metrics_listen on 127.0.0.1 serves the same families as pml metrics; a non-loopback address is refused")
+        func servesOnLoopback() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try FileManager.default.createDirectory(atPath: box.home, withIntermediateDirectories: true)
+                try #"{"metrics_listen": "127.0.0.1:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try await box.pmlOK("start", "--name", "m", "-i", "2", "--", "sleep", "1000")
+                let rows = try await box.waitOnline("m", count: 2)
+                let curl = try await box.waitFor("the metrics endpoint") { () -> String? in
+                    let p = Process()
+                    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                    p.arguments = ["curl", "-s", "-m", "2", "http://127.0.0.1:\(port)/metrics"]
+                    let pipe = Pipe()
+                    p.standardOutput = pipe
+                    try? p.run()
+                    p.waitUntilExit()
+                    let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    return text.contains("pml_worker_up") ? text : nil
+                }
+                for r in rows {
+                    #expect(curl.contains("pml_worker_up{app=\"m\",id=\"\(r.id)\",instance=\"\(r.instance)\"} 1"), "\(curl)")
+                }
+                #expect(curl.contains("# TYPE pml_worker_restarts_total counter"))
+                let cli = try await box.pmlOK("metrics")
+                let families = { (text: String) in Set(text.split(separator: "\n").filter { $0.hasPrefix("# TYPE") }) }
+                #expect(families(cli.stdout) == families(curl), "the endpoint and pml metrics expose the same families")
+
+                try await box.pmlOK("kill")
+                try #"{"metrics_listen": "0.0.0.0:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try await box.pmlOK("ping")
+                let log = box.read(box.daemonLog)
+                #expect(log.contains("must be a loopback address"), "a public address is refused:\n\(log.suffix(400))")
+            }
+        }
+    }
+}
