@@ -241,15 +241,20 @@ public struct AppDescription: Codable, Sendable, Equatable {
     public var pendingConnections: Int
     /// The last autoscale decision and why ("rule asked for 4; scaled 2 → 4").
     public var autoscaleDecision: String?
+    /// Reloads that completed since the app was started.
+    public var reloads: Int
+    /// Changes of its worker count (pml scale, autoscale).
+    public var scaleEvents: Int
 
     enum CodingKeys: String, CodingKey {
         case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
         case pendingConnections = "pending_connections", autoscaleDecision = "autoscale_decision"
+        case reloads, scaleEvents = "scale_events"
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
                 workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0,
-                autoscaleDecision: String? = nil) {
+                autoscaleDecision: String? = nil, reloads: Int = 0, scaleEvents: Int = 0) {
         self.name = name
         self.mode = mode
         self.status = status
@@ -260,6 +265,8 @@ public struct AppDescription: Codable, Sendable, Equatable {
         self.listening = listening
         self.pendingConnections = pendingConnections
         self.autoscaleDecision = autoscaleDecision
+        self.reloads = reloads
+        self.scaleEvents = scaleEvents
     }
 }
 
@@ -279,15 +286,18 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
     public var statusText: String?
     /// Listen addresses the worker is in rotation for.
     public var serving: [String]
+    /// Connections pml handed to this worker (all its processes).
+    public var dispatched: Int
 
     enum CodingKeys: String, CodingKey {
         case row = "process", lastExit = "last_exit", reason, restartDelayMs = "restart_delay_ms"
         case unstableRestarts = "unstable_restarts", lastHookError = "last_hook_error", metrics
-        case statusText = "status_text", serving
+        case statusText = "status_text", serving, dispatched
     }
 
     public init(row: ProcessRow, lastExit: ExitInfo?, reason: String?, restartDelayMs: Int?, unstableRestarts: Int,
-                lastHookError: String?, metrics: [String: Double] = [:], statusText: String? = nil, serving: [String] = []) {
+                lastHookError: String?, metrics: [String: Double] = [:], statusText: String? = nil, serving: [String] = [],
+                dispatched: Int = 0) {
         self.row = row
         self.lastExit = lastExit
         self.reason = reason
@@ -297,6 +307,7 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
         self.metrics = metrics
         self.statusText = statusText
         self.serving = serving
+        self.dispatched = dispatched
     }
 }
 

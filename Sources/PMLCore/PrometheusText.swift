@@ -37,6 +37,9 @@ public enum PrometheusText {
         var workers = Family(name: "pml_app_workers", help: "Workers (instances) the app has, in any state.", type: "gauge")
         var online = Family(name: "pml_app_workers_online", help: "Workers of the app that are online.", type: "gauge")
         var pending = Family(name: "pml_app_pending_connections", help: "Connections pml accepted for the app and has not yet handed to a worker.", type: "gauge")
+        var dispatched = Family(name: "pml_worker_connections_dispatched_total", help: "Connections pml handed to the worker (all its processes).", type: "counter")
+        var reloads = Family(name: "pml_app_reloads_total", help: "Reloads of the app that completed.", type: "counter")
+        var scales = Family(name: "pml_app_scale_events_total", help: "Changes of the app's worker count (pml scale, autoscale).", type: "counter")
 
         for r in rows {
             let labels = [("app", r.name), ("id", String(r.id)), ("instance", String(r.instance))]
@@ -47,15 +50,20 @@ public enum PrometheusText {
             up.add(labels, r.status == .online ? "1" : "0")
             if let w = descriptions[r.name]?.workers.first(where: { $0.row.id == r.id }) {
                 for key in w.metrics.keys.sorted() { custom.add(labels + [("name", key)], number(w.metrics[key]!)) }
+                dispatched.add(labels, String(w.dispatched))
             }
         }
         for name in appNames(rows) {
             let mine = rows.filter { $0.name == name }
             workers.add([("app", name)], String(mine.count))
             online.add([("app", name)], String(mine.filter { $0.status == .online }.count))
-            if let d = descriptions[name] { pending.add([("app", name)], String(d.pendingConnections)) }
+            if let d = descriptions[name] {
+                pending.add([("app", name)], String(d.pendingConnections))
+                reloads.add([("app", name)], String(d.reloads))
+                scales.add([("app", name)], String(d.scaleEvents))
+            }
         }
-        return [cpu, memory, restarts, uptime, up, custom, workers, online, pending].map(\.text).joined()
+        return [cpu, memory, restarts, uptime, up, dispatched, custom, workers, online, pending, reloads, scales].map(\.text).joined()
     }
 
     /// A sample value: Go's float syntax, which Prometheus parses ("NaN", "+Inf", "-Inf", "1.5", "12").

@@ -449,7 +449,7 @@ final class Supervisor {
             },
             listening: app.listeners.map(\.address.description),
             pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },
-            autoscaleDecision: app.autoscaleDecision)
+            autoscaleDecision: app.autoscaleDecision, reloads: app.reloads, scaleEvents: app.scaleEvents)
     }
 
     private func scheduleSampling() {

@@ -216,7 +216,10 @@ extension Supervisor {
     func scale(_ app: ManagedApp, to n: Int, done: @escaping () -> Void) {
         let from = app.workers.count
         app.spec.instances = n
-        if n != from { callHook(app, "onScale", [appValue(app), .int(Int64(from)), .int(Int64(n))], worker: nil) }
+        if n != from {
+            app.scaleEvents += 1
+            callHook(app, "onScale", [appValue(app), .int(Int64(from)), .int(Int64(n))], worker: nil)
+        }
         if n > from {
             for _ in from..<n { spawnOrCrash(addWorker(to: app)) }
             checkWaiters()

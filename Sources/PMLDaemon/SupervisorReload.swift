@@ -202,6 +202,7 @@ extension Supervisor {
         // Done when every old worker is gone (graceful ones may take their time to drain).
         wait(until: { retiring.allSatisfy { !$0.status.hasProcess } }) { [unowned self] in
             app.reloading = false
+            app.reloads += 1
             let ms = monotonicMs() - op.startedAt
             let changed = op.changes.isEmpty ? "" : "; changed: \(op.changes.joined(separator: ", "))"
             let message = "reloaded \(app.spec.name): \(op.replaced) worker\(op.replaced == 1 ? "" : "s") started in \(ms) ms\(changed)"

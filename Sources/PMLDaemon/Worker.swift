@@ -74,7 +74,7 @@ final class Worker {
         WorkerDescription(row: row, lastExit: lastExit, reason: reason,
                           restartDelayMs: status == .waiting ? restartDelayMs : nil,
                           unstableRestarts: history.unstableRestarts, lastHookError: lastHookError,
-                          metrics: metrics, statusText: statusText, serving: serving)
+                          metrics: metrics, statusText: statusText, serving: serving, dispatched: dispatched)
     }
 }
 
@@ -91,6 +91,8 @@ final class ManagedApp {
     /// A reload is replacing the workers; a second one is refused.
     var reloading = false
     var autoscaleTimer: TimerHandle?
+    var reloads = 0
+    var scaleEvents = 0
     var lastScaleAt: Int?
     var autoscaleDecision: String?
     /// Connections dispatched to the app's workers when pml.metrics last looked, for a rate.

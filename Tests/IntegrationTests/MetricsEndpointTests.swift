@@ -29,6 +29,13 @@ extension Integration {
                     #expect(curl.contains("pml_worker_up{app=\"m\",id=\"\(r.id)\",instance=\"\(r.instance)\"} 1"), "\(curl)")
                 }
                 #expect(curl.contains("# TYPE pml_worker_restarts_total counter"))
+                #expect(curl.contains("pml_worker_connections_dispatched_total{app=\"m\",id=\"\(rows[0].id)\""), "\(curl)")
+                #expect(curl.contains("pml_app_reloads_total{app=\"m\"} 0") && curl.contains("pml_app_scale_events_total{app=\"m\"} 0"), "\(curl)")
+                try await box.pmlOK("scale", "m", "3")
+                try await box.pmlOK("reload", "m", "--parallel", "3")
+                let counted = try await box.pmlOK("metrics")
+                #expect(counted.stdout.contains("pml_app_scale_events_total{app=\"m\"} 1"), "\(counted)")
+                #expect(counted.stdout.contains("pml_app_reloads_total{app=\"m\"} 1"), "\(counted)")
                 let cli = try await box.pmlOK("metrics")
                 let families = { (text: String) in Set(text.split(separator: "\n").filter { $0.hasPrefix("# TYPE") }) }
                 #expect(families(cli.stdout) == families(curl), "the endpoint and pml metrics expose the same families")
