@@ -4,6 +4,63 @@ import PMLCore
 import PMLLua
 import PMLPosix
 
+/// What the daemon and `pml run` both set up before they supervise anything.
+struct SupervisorSetup {
+    let signals: SignalReceiver
+    let logger: Logger
+    let loop: EventLoop
+    let lua: LuaRuntime
+    let luaPath: String
+    /// pml's Node preload, if it is installed.
+    let nodeShim: String?
+    let environment: [String: String]
+
+    /// A step of the set-up that failed, said in one line.
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Blocks `signals` first (before anything could start a thread and miss them), then sets up
+    /// logging to stderr, the state folder, the event loop, Lua, and child-subreaping.
+    static func prepare(paths: PMLPaths, signals wanted: [Int32]) throws(Failure) -> SupervisorSetup {
+        let signals: SignalReceiver
+        do {
+            signals = try SignalReceiver(signals: wanted)
+        } catch {
+            throw Failure(description: "cannot set up signals: \(error)")
+        }
+        ignoreSIGPIPE()
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .info
+            return h
+        }
+        let logger = Logger(label: "pml")
+        do {
+            try makeDirectories(paths.home, mode: 0o700)
+        } catch {
+            throw Failure(description: "cannot create \(paths.home): \(error)")
+        }
+        let env = processEnvironment()
+        guard let luaPath = Daemon.luaLibraryPath(environment: env) else {
+            throw Failure(description: "cannot find pml's Lua library (lua/pml/policy.lua); set PML_LUA_PATH")
+        }
+        let loop: EventLoop
+        let lua: LuaRuntime
+        do {
+            loop = try EventLoop()
+            lua = try LuaRuntime(libraryPaths: [luaPath])
+        } catch {
+            throw Failure(description: "cannot start: \(error)")
+        }
+        becomeChildSubreaper()
+        let shim = Daemon.resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
+        if shim == nil { logger.warning("pml's Node preload (shims/node/preload.js) is missing: Node apps cannot listen through pml") }
+        return SupervisorSetup(signals: signals, logger: logger, loop: loop, lua: lua, luaPath: luaPath, nodeShim: shim,
+                               environment: env)
+    }
+}
+
 /// Starts and runs the per-user daemon: state folder, pid lock, signals, control socket, loop.
 public enum Daemon {
     /// Where pml's Lua standard library lives: `$PML_LUA_PATH`, `<prefix>/share/pml/lua` beside an
@@ -32,28 +89,15 @@ public enum Daemon {
     /// sentence when it took up the apps of a daemon that died. `resurrect`: start what `pml save`
     /// saved (boot, via `pml startup`). Under systemd (NOTIFY_SOCKET), READY=1 follows too.
     public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool = false) -> Int32 {
-        // First: signals must be blocked before anything else could start a thread.
-        let signals: SignalReceiver
+        let setup: SupervisorSetup
         do {
-            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
-        } catch {
-            return fatal("cannot set up signals: \(error)")
-        }
-        ignoreSIGPIPE()
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = .info
-            return h
-        }
-        let logger = Logger(label: "pml")
-
-        do {
-            try makeDirectories(paths.home, mode: 0o700)
+            setup = try SupervisorSetup.prepare(paths: paths, signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
             chmod(paths.home, 0o700)
             try makeDirectories(paths.logs, mode: 0o700)
         } catch {
-            return fatal("cannot create \(paths.home): \(error)")
+            return fatal("\(error)")
         }
+        let (signals, logger, loop, lua, env) = (setup.signals, setup.logger, setup.loop, setup.lua, setup.environment)
         let pidFD = open(paths.pidFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard pidFD >= 0 else { return fatal("cannot open \(paths.pidFile): \(String(cString: strerror(errno)))") }
         // The lock lives as long as the daemon: a second daemon for the same home refuses to start.
@@ -63,24 +107,9 @@ public enum Daemon {
         _ = ftruncate(pidFD, 0)
         try? writeAll(pidFD, "\(getpid())\n")
 
-        let env = processEnvironment()
-        guard let luaPath = luaLibraryPath(environment: env) else {
-            return fatal("cannot find pml's Lua library (lua/pml/policy.lua); set PML_LUA_PATH")
-        }
-        let loop: EventLoop
-        let lua: LuaRuntime
-        do {
-            loop = try EventLoop()
-            lua = try LuaRuntime(libraryPaths: [luaPath])
-        } catch {
-            return fatal("cannot start: \(error)")
-        }
-        becomeChildSubreaper()
         let sentinel = startSentinel(paths: paths)
         if sentinel == nil { logger.warning("no sentinel: if this daemon is killed, its workers' children may outlive it") }
-        let shim = resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
-        if shim == nil { logger.warning("pml's Node preload (shims/node/preload.js) is missing: Node apps cannot listen through pml") }
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: shim)
+        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: setup.nodeShim)
         let server: ControlServer
         do {
             server = try ControlServer(path: paths.socket, loop: loop, logger: logger, handler: supervisor.handle)
@@ -116,7 +145,7 @@ public enum Daemon {
         } catch {
             return fatal("cannot watch signals: \(error)")
         }
-        logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), home \(paths.home), lua \(luaPath))")
+        logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), home \(paths.home), lua \(setup.luaPath))")
         var note = supervisor.recoverFromDeadDaemon()
         if resurrect, note == nil {
             let r = supervisor.resurrect(from: paths.dump)

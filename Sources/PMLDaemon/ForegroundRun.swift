@@ -11,39 +11,14 @@ extension Daemon {
     /// Sends READY=1 to its own NOTIFY_SOCKET once every worker is online. Returns 0, or 1 if an
     /// app ended errored (also when nothing is left to supervise).
     public static func runForeground(paths: PMLPaths, start: StartArguments) -> Int32 {
-        let signals: SignalReceiver
+        let setup: SupervisorSetup
         do {
-            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+            setup = try SupervisorSetup.prepare(paths: paths, signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
         } catch {
-            return fail("cannot set up signals: \(error)")
+            return fail("\(error)")
         }
-        ignoreSIGPIPE()
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = .info
-            return h
-        }
-        let logger = Logger(label: "pml")
-        do {
-            try makeDirectories(paths.home, mode: 0o700)
-        } catch {
-            return fail("cannot create \(paths.home): \(error)")
-        }
-        let env = processEnvironment()
-        guard let luaPath = luaLibraryPath(environment: env) else {
-            return fail("cannot find pml's Lua library (lua/pml/policy.lua); set PML_LUA_PATH")
-        }
-        let loop: EventLoop
-        let lua: LuaRuntime
-        do {
-            loop = try EventLoop()
-            lua = try LuaRuntime(libraryPaths: [luaPath])
-        } catch {
-            return fail("cannot start: \(error)")
-        }
-        becomeChildSubreaper()
-        let shim = resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: shim, foreground: true)
+        let (signals, logger, loop, env) = (setup.signals, setup.logger, setup.loop, setup.environment)
+        let supervisor = Supervisor(loop: loop, paths: paths, lua: setup.lua, logger: logger, nodeShim: setup.nodeShim, foreground: true)
         var status: Int32 = 0
         var stopping = false
         supervisor.onAllReady = {
