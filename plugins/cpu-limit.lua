@@ -23,15 +23,7 @@
 --   ln -s "$PWD/plugins/cpu-limit.lua" ~/.pml/plugins/
 --   pml kill; PML_CPU_LIMIT=95 PML_CPU_LIMIT_FOR_MS=60000 PML_CPU_LIMIT_ENCODER=off pml start ecosystem.lua
 
-local function setting(key, app)
-  if app then
-    local v = os.getenv(key .. "_" .. (app:upper():gsub("[^A-Z0-9]", "_")))
-    if v and v ~= "" then return v end
-  end
-  local v = os.getenv(key)
-  if v and v ~= "" then return v end
-  return nil
-end
+local setting = require("pml.settings").get
 
 local warned = {}
 local function number(key, app, default)

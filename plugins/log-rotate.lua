@@ -28,37 +28,9 @@
 --   ln -s "$PWD/plugins/log-rotate.lua" ~/.pml/plugins/
 --   pml kill; PML_LOGROTATE_MAX_SIZE=50M PML_LOGROTATE_KEEP=10 pml start ecosystem.lua
 
-local units = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
-
-local function parseBytes(text)
-  local n, unit = text:upper():match("^%s*(%d+%.?%d*)%s*([KMGT]?)I?B?%s*$")
-  if not n then return nil end
-  return math.floor(tonumber(n) * units[unit])
-end
-
-local function human(bytes)
-  for _, u in ipairs({ "G", "M", "K" }) do
-    if bytes >= units[u] then return ("%.1f%s"):format(bytes / units[u], u) end
-  end
-  return tostring(bytes) .. "B"
-end
-
-local function setting(key, app)
-  if app then
-    local v = os.getenv(key .. "_" .. (app:upper():gsub("[^A-Z0-9]", "_")))
-    if v and v ~= "" then return v end
-  end
-  local v = os.getenv(key)
-  if v and v ~= "" then return v end
-  return nil
-end
-
-local warned = {}
-local function warnOnce(message)
-  if warned[message] then return end
-  warned[message] = true
-  pml.warn("log-rotate: " .. message)
-end
+local settings = require "pml.settings"
+local setting, parseBytes, human, units = settings.get, settings.bytes, settings.human, settings.units
+local warnOnce = settings.warnOnce("log-rotate")
 
 local function maxSizeFor(app)
   local text = setting("PML_LOGROTATE_MAX_SIZE", app)

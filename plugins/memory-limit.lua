@@ -21,39 +21,9 @@
 --   ln -s "$PWD/plugins/memory-limit.lua" ~/.pml/plugins/
 --   pml kill; PML_MEMORY_LIMIT=300M PML_MEMORY_LIMIT_BATCH=2G pml start ecosystem.lua
 
-local units = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
-
--- "300M" -> 314572800; nil when it is not a size.
-local function parseBytes(text)
-  local n, unit = text:upper():match("^%s*(%d+%.?%d*)%s*([KMGT]?)I?B?%s*$")
-  if not n then return nil end
-  return math.floor(tonumber(n) * units[unit])
-end
-
-local function human(bytes)
-  for _, u in ipairs({ "G", "M", "K" }) do
-    if bytes >= units[u] then return ("%.1f%s"):format(bytes / units[u], u) end
-  end
-  return tostring(bytes) .. "B"
-end
-
--- PML_X_<APP> if set, else PML_X, else nil.
-local function setting(key, app)
-  if app then
-    local v = os.getenv(key .. "_" .. (app:upper():gsub("[^A-Z0-9]", "_")))
-    if v and v ~= "" then return v end
-  end
-  local v = os.getenv(key)
-  if v and v ~= "" then return v end
-  return nil
-end
-
-local warned = {}
-local function warnOnce(message)
-  if warned[message] then return end
-  warned[message] = true
-  pml.warn("memory-limit: " .. message)
-end
+local settings = require "pml.settings"
+local setting, parseBytes, human = settings.get, settings.bytes, settings.human
+local warnOnce = settings.warnOnce("memory-limit")
 
 local defaultLimit = 512 * 1024 ^ 2
 

@@ -29,15 +29,7 @@
 --   ln -s "$PWD/plugins/notify.lua" ~/.pml/plugins/
 --   pml kill; PML_NOTIFY_CMD=/usr/local/bin/pml-alert PML_NOTIFY_MAX=3 pml start ecosystem.lua
 
-local function setting(key, app)
-  if app then
-    local v = os.getenv(key .. "_" .. (app:upper():gsub("[^A-Z0-9]", "_")))
-    if v and v ~= "" then return v end
-  end
-  local v = os.getenv(key)
-  if v and v ~= "" then return v end
-  return nil
-end
+local setting = require("pml.settings").get
 
 local function integer(text, default)
   local n = math.tointeger(tonumber(text or ""))
