@@ -93,11 +93,8 @@ struct Logs: ParsableCommand {
 
     /// App names that have log files, from `<name>-out.log` / `<name>-err.log`.
     private func logNames(in folder: String) -> [String] {
-        guard let dir = opendir(folder) else { return [] }
-        defer { closedir(dir) }
         var names = Set<String>()
-        while let entry = readdir(dir) {
-            let file = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        for file in directoryEntries(folder) {
             for suffix in ["-out.log", "-err.log"] where file.hasSuffix(suffix) {
                 names.insert(String(file.dropLast(suffix.count)))
             }
@@ -145,9 +142,7 @@ struct Check: ParsableCommand {
         do { runtime = try LuaRuntime(libraryPaths: [luaPath]) } catch { throw CLIError("cannot start Lua: \(error)") }
         let loaded: LoadedAppFile
         do { loaded = try runtime.evaluateAppFile(path: path) } catch { throw CLIError(error.description) }
-        let folder = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
-        let parser = AppSpecParser(file: path, source: loaded.source, baseDirectory: folder.isEmpty ? "/" : folder,
-                                   cpuCount: Int(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        let parser = AppSpecParser.forAppFile(path, source: loaded.source, cpuCount: Int(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         let specs: [AppSpec]
         do { specs = try parser.parse(loaded.value) } catch { throw CLIError(error.description) }
         Output.print("\(file): ok, \(specs.count) app\(specs.count == 1 ? "" : "s")\n")

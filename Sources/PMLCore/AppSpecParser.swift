@@ -32,6 +32,13 @@ public struct AppSpecParser: Sendable {
         self.cpuCount = cpuCount
     }
 
+    /// The parser for an app file at an absolute `path`: relative paths in it are relative to its folder.
+    public static func forAppFile(_ path: String, source: String, cpuCount: Int) -> AppSpecParser {
+        let slash = path.lastIndex(of: "/") ?? path.startIndex
+        let folder = slash == path.startIndex ? "/" : String(path[..<slash])
+        return AppSpecParser(file: path, source: source, baseDirectory: folder, cpuCount: cpuCount)
+    }
+
     /// Parses what an app file returned: one app table or a list of them.
     public func parse(_ value: ScriptValue) throws(AppFileError) -> [AppSpec] {
         switch value {

@@ -179,11 +179,8 @@ public enum Daemon {
     public static func sweepOrphans(home: String, daemonPID: Int32?) -> Int {
         let prefix = Array("PML_SUPERVISOR=\(home):".utf8)
         let exact = daemonPID.map { Array("PML_SUPERVISOR=\(home):\($0)".utf8) }
-        guard let dir = opendir("/proc") else { return 0 }
-        defer { closedir(dir) }
         var killed = 0
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        for name in directoryEntries("/proc") {
             guard let pid = Int32(name), pid != getpid(),
                   let environ = readFile("/proc/\(pid)/environ", limit: 1 << 20) else { continue }
             let marked = environ.split(separator: 0).contains { v in

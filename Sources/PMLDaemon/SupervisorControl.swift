@@ -246,7 +246,7 @@ extension Supervisor {
                 return .failure(error.description)
             }
             value = loaded!.value
-            parser = AppSpecParser(file: file, source: loaded!.source, baseDirectory: parentFolder(file), cpuCount: cpus)
+            parser = AppSpecParser.forAppFile(file, source: loaded!.source, cpuCount: cpus)
         } else if let app = args.app {
             value = app
             parser = AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
@@ -366,11 +366,6 @@ extension Supervisor {
         }
         logger.info("started \(started.joined(separator: ", "))")
         return ControlResponse(ok: true, message: "started \(started.joined(separator: ", "))", processes: rows())
-    }
-
-    private func parentFolder(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return currentDirectory() }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }
 

@@ -55,9 +55,7 @@ extension Supervisor {
             } catch {
                 return done(.failure(TargetError(message: "\(error)")))
             }
-            let folder = String(file[..<(file.lastIndex(of: "/") ?? file.startIndex)])
-            let parser = AppSpecParser(file: file, source: loaded.source, baseDirectory: folder.isEmpty ? "/" : folder,
-                                       cpuCount: Int(cpuCount))
+            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(cpuCount))
             let specs: [AppSpec]
             do {
                 specs = try parser.parse(loaded.value)

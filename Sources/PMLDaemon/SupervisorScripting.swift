@@ -87,14 +87,7 @@ extension Supervisor {
     }
 
     private func luaFiles(in folder: String) -> [String] {
-        guard let dir = opendir(folder) else { return [] }
-        defer { closedir(dir) }
-        var files: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasSuffix(".lua") && !name.hasPrefix(".") { files.append(folder + "/" + name) }
-        }
-        return files.sorted()
+        directoryEntries(folder).filter { $0.hasSuffix(".lua") && !$0.hasPrefix(".") }.map { folder + "/" + $0 }.sorted()
     }
 
     /// Every plugin that defines `hook` hears it, after the app's own hook; a failing plugin is

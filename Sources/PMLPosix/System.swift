@@ -121,6 +121,18 @@ public func pathExists(_ path: String) -> Bool {
     access(path, F_OK) == 0
 }
 
+/// The names in a folder (without "." and ".."); empty if it cannot be read.
+public func directoryEntries(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
 /// The current working directory.
 public func currentDirectory() -> String {
     var buf = [CChar](repeating: 0, count: 4096)

@@ -229,3 +229,14 @@ import Testing
         #expect(throws: AppFileError.self) { try parse(["log_date_format": .int(1)]) }
     }
 }
+
+@Suite struct AppFileFolderTests {
+    @Test func pathsInAnAppFileAreRelativeToItsFolder() throws {
+        let spec = try AppSpecParser.forAppFile("/srv/web/app.lua", source: "", cpuCount: 1)
+            .parseApp(.object(["script": .string("server.py")]))
+        #expect(spec.cwd == "/srv/web")
+        #expect(spec.argv == ["python3", "/srv/web/server.py"])
+        let top = try AppSpecParser.forAppFile("/app.lua", source: "", cpuCount: 1).parseApp(.object(["cmd": .string("x"), "name": .string("x")]))
+        #expect(top.cwd == "/")
+    }
+}
