@@ -34,7 +34,7 @@ port 8080, each connection handed to the next worker in turn. Try:
   curl localhost:8080                    # a different pid each time
   kill -9 <a pid above>; $pml ls         # a new pid, restarts 1; requests keep being served
   $pml scale web 6                       # and back: $pml scale web 2
-  $pml logs web
+  $pml logs web                          # streams new lines; Ctrl-C stops (--nostream exits)
   $pml describe web
   $pml kill                              # stop everything
 EOT

@@ -24,6 +24,7 @@ wanted=(
   tmux:tmux
   procps:ps
   curl:curl            # the example cluster and the tests speak HTTP with it
+  logrotate:logrotate  # the log-rotation test (create mode, then pml reloadLogs)
 )
 
 missing=()

@@ -7,8 +7,12 @@ import PMLPosix
 
 struct Logs: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the last lines of apps' logs, and with --follow keep printing.",
-        discussion: "Each line is prefixed with the app name and the stream (out or err).")
+        abstract: "Print the last lines of apps' logs, then keep printing new ones (as pm2 logs); --nostream exits.",
+        discussion: """
+        Each line is prefixed with the app name and the stream (out or err). The files are those the \
+        daemon writes (out_file, error_file, or $PML_HOME/logs/<app>-out.log and -err.log); a file \
+        that logrotate moved is followed to its new one.
+        """)
 
     @Argument(help: "An app name (default: every app with logs).")
     var name: String?
@@ -16,7 +20,10 @@ struct Logs: ParsableCommand {
     @Option(name: .long, help: "How many lines of each file to print first.")
     var lines = 15
 
-    @Flag(name: .long, help: "Keep printing new lines until interrupted.")
+    @Flag(name: .long, help: "Print the last lines and exit instead of streaming.")
+    var nostream = false
+
+    @Flag(name: .long, help: "Keep printing new lines until interrupted (the default).")
     var follow = false
 
     @Flag(name: .long, help: "Only the error log.")
@@ -42,53 +49,106 @@ struct Logs: ParsableCommand {
     func validate() throws {
         if lines < 0 { throw ValidationError("--lines must be 0 or more") }
         if err && out { throw ValidationError("--err and --out together: leave both out to see both") }
+        if nostream && follow { throw ValidationError("--nostream and --follow together: pick one") }
+    }
+
+    /// One followed file: where it is, what it is (device and inode, to notice logrotate), how far it was read.
+    private struct Followed {
+        var label: String
+        var path: String
+        var identity: (UInt, UInt)?
+        var offset = 0
+        var partial: [UInt8] = []
     }
 
     func run() throws {
         let paths = options.paths
-        var apps: [String]
+        var known = Set<String>()
+        var files: [Followed] = []
+        func add(_ app: String, fresh: Bool) {
+            guard known.insert(app).inserted else { return }
+            let (outs, errs) = logFiles(of: app, paths: paths)
+            if !err { files += outs.map { Followed(label: label(app, "out"), path: $0) } }
+            if !out { files += errs.map { Followed(label: label(app, "err"), path: $0) } }
+            if !fresh { return }
+            // Started while following: from their first line.
+            for i in files.indices where files[i].identity == nil { files[i].identity = identity(files[i].path) }
+        }
         if let name {
-            apps = [name]
-            if !pathExists(paths.outLog(name)) && !pathExists(paths.errLog(name)) {
+            let (outs, errs) = logFiles(of: name, paths: paths)
+            if !(outs + errs).contains(where: pathExists) {
                 throw CLIError("no logs for an app named \"\(name)\" in \(paths.logs)")
             }
+            add(name, fresh: false)
         } else {
-            apps = logNames(in: paths.logs)
+            appNames(paths: paths).forEach { add($0, fresh: false) }
         }
-        var files: [(label: String, path: String)] = []
-        for app in apps {
-            if !err { files.append((label(app, "out"), paths.outLog(app))) }
-            if !out { files.append((label(app, "err"), paths.errLog(app))) }
+        for i in files.indices {
+            let bytes = readFile(files[i].path) ?? []
+            files[i].offset = bytes.count
+            files[i].identity = identity(files[i].path)
+            for line in lastLines(bytes, lines) { Output.print("\(files[i].label)\(line)\n") }
         }
-        var offsets: [String: Int] = [:]
-        for f in files {
-            let bytes = readFile(f.path) ?? []
-            offsets[f.path] = bytes.count
-            for line in lastLines(bytes, lines) { Output.print("\(f.label)\(line)\n") }
-        }
-        guard follow else { return }
-        var partial: [String: [UInt8]] = [:]
+        guard !nostream else { return }
+        var rescanAt = monotonicMs() + 2000
         while true {
-            if name == nil {
+            if name == nil, monotonicMs() >= rescanAt {
                 // Apps started while following show up too.
-                for app in logNames(in: paths.logs) where !apps.contains(app) {
-                    apps.append(app)
-                    if !err { files.append((label(app, "out"), paths.outLog(app))); offsets[paths.outLog(app)] = 0 }
-                    if !out { files.append((label(app, "err"), paths.errLog(app))); offsets[paths.errLog(app)] = 0 }
-                }
+                appNames(paths: paths).forEach { add($0, fresh: true) }
+                rescanAt = monotonicMs() + 2000
             }
-            for f in files {
-                let new = readFrom(f.path, offset: &offsets[f.path, default: 0])
-                guard !new.isEmpty else { continue }
-                var pending = partial[f.path, default: []] + new
-                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    Output.print("\(f.label)\(String(decoding: pending[..<nl], as: UTF8.self))\n")
-                    pending.removeSubrange(...nl)
-                }
-                partial[f.path] = pending
-            }
+            for i in files.indices { printNew(&files[i]) }
             usleep(200_000)
         }
+    }
+
+    /// Prints the complete lines added to a file since the last look; a file that was replaced
+    /// (logrotate) or emptied (pml flush) is read from its start.
+    private func printNew(_ f: inout Followed) {
+        let now = identity(f.path)
+        if let now, let was = f.identity, now != was {
+            f.offset = 0
+            f.partial = []
+        }
+        f.identity = now
+        let new = readFrom(f.path, offset: &f.offset)
+        guard !new.isEmpty else { return }
+        f.partial += new
+        while let nl = f.partial.firstIndex(of: UInt8(ascii: "\n")) {
+            Output.print("\(f.label)\(String(decoding: f.partial[..<nl], as: UTF8.self))\n")
+            f.partial.removeSubrange(...nl)
+        }
+    }
+
+    private func identity(_ path: String) -> (UInt, UInt)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (UInt(st.st_dev), UInt(st.st_ino))
+    }
+
+    /// The apps to show: those the daemon runs (if one is up), then any with files in the logs folder.
+    private func appNames(paths: PMLPaths) -> [String] {
+        var names: [String] = []
+        if let rows = daemonRows() {
+            for row in rows where !names.contains(row.name) { names.append(row.name) }
+        }
+        for n in logNames(in: paths.logs) where !names.contains(n) { names.append(n) }
+        return names
+    }
+
+    private func daemonRows() -> [ProcessRow]? {
+        guard options.client.daemonIsRunning() else { return nil }
+        return try? options.client.send(ControlRequest(cmd: .list), autostart: false).processes
+    }
+
+    /// Where an app's stdout and stderr go: the daemon knows (out_file, error_file, per-instance
+    /// files); without a daemon, or for an app it no longer runs, the logs folder's files.
+    private func logFiles(of app: String, paths: PMLPaths) -> (out: [String], err: [String]) {
+        if options.client.daemonIsRunning(),
+           let d = try? options.client.send(ControlRequest(cmd: .describe, target: app), autostart: false).app {
+            return (d.outLogs ?? [d.outLog], d.errLogs ?? [d.errLog])
+        }
+        return ([paths.outLog(app)], [paths.errLog(app)])
     }
 
     /// App names that have log files, from `<name>-out.log` / `<name>-err.log`.

@@ -14,6 +14,7 @@ public struct PML: ParsableCommand {
         version: PMLVersion.string,
         subcommands: [
             Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
+            ReloadLogs.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
             Unstartup.self, Check.self, Ping.self, Kill.self, DaemonCommand.self, SentinelCommand.self,
             Monit.self, Metrics.self,
@@ -291,6 +292,19 @@ struct Flush: ParsableCommand {
     func run() throws {
         let r = try options.client.send(ControlRequest(cmd: .flush, target: name))
         Output.print((r.message ?? "flushed") + "\n")
+    }
+}
+
+struct ReloadLogs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reloadLogs",
+        abstract: "Close and reopen every app's log files (after logrotate moved them; SIGUSR2 to the daemon does the same).",
+        aliases: ["reload-logs"])
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let r = try options.client.send(ControlRequest(cmd: .reloadLogs), autostart: false)
+        Output.print((r.message ?? "reopened the log files") + "\n")
     }
 }
 

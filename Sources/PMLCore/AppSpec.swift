@@ -37,12 +37,47 @@ public struct AppSpec: Sendable, Codable, Equatable {
     /// Names of the hooks the app file defines.
     public var hooks: [String]
 
+    // PM2's operational keys, under PM2's names (parsed in AppSpecOptions.swift).
+    /// Restart on file changes (`watch`, `ignore_watch`, `watch_delay`); nil: off.
+    public var watch: WatchSpec? = nil
+    /// Where stdout goes (`out_file`; "/dev/null" with `disable_logs`); nil: `logs/<app>-out.log`.
+    public var outFile: String? = nil
+    /// Where stderr goes (`error_file`); nil: `logs/<app>-err.log`.
+    public var errorFile: String? = nil
+    /// Both streams also go here (`log_file`).
+    public var logFile: String? = nil
+    /// Each worker's pid is written here (`pid_file`; "-<instance>" before the extension when several).
+    public var pidFile: String? = nil
+    /// False: each instance writes its own log files, suffixed "-<instance>" (PM2's cluster files).
+    public var mergeLogs = true
+    /// Run workers as this user and group (`uid`, `gid`: names or numbers); the daemon must be root.
+    public var user: String? = nil
+    public var group: String? = nil
+    /// A worker whose resident memory passes this many bytes is restarted (`max_memory_restart`).
+    public var maxMemoryRestart: Int? = nil
+    /// Restart the app on this schedule (`cron_restart`, checked by `CronSchedule`).
+    public var cronRestart: String? = nil
+    /// PM2's `exp_backoff_restart_delay`: the first delay (ms); ×1.5 per crash in a row, up to restart_delay_max.
+    public var expBackoffRestartDelay: Int? = nil
+    /// This variable of the environment grows by one per instance (`increment_var`).
+    public var incrementVar: String? = nil
+    /// The variable holding the instance number (`instance_var`).
+    public var instanceVar = "NODE_APP_INSTANCE"
+    /// Inherited variables starting with any of these are dropped (`filter_env`; "" drops them all).
+    public var filterEnv: [String] = []
+    /// False: `pml start` registers the app without starting it (`autostart`).
+    public var autostart = true
+
     enum CodingKeys: String, CodingKey {
         case name, argv, cwd, env, instances, autorestart
         case minUptime = "min_uptime", maxRestarts = "max_restarts", restartDelay = "restart_delay"
         case restartDelayMax = "restart_delay_max", stableAfter = "stable_after"
         case stopExitCodes = "stop_exit_codes", killTimeout = "kill_timeout", killSignal = "kill_signal"
         case timestamps, logDateFormat = "log_date_format", logFormat = "log_format", listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks
+        case watch, outFile = "out_file", errorFile = "error_file", logFile = "log_file", pidFile = "pid_file"
+        case mergeLogs = "merge_logs", user = "uid", group = "gid", maxMemoryRestart = "max_memory_restart"
+        case cronRestart = "cron_restart", expBackoffRestartDelay = "exp_backoff_restart_delay"
+        case incrementVar = "increment_var", instanceVar = "instance_var", filterEnv = "filter_env", autostart
     }
 
     /// "cluster" when pml owns sockets or runs several instances, else "fork" (PM2's words).
@@ -69,8 +104,67 @@ public struct AppSpec: Sendable, Codable, Equatable {
             "listen": .array(listen.map { .string($0.description) }),
             "dispatch": .string(dispatch.rawValue),
             "ready_timeout": .int(Int64(readyTimeout)),
-        ])
+            "max_memory_restart": maxMemoryRestart.map { .int(Int64($0)) } ?? .null,
+            "cron_restart": cronRestart.map { .string($0) } ?? .null,
+            "exp_backoff_restart_delay": expBackoffRestartDelay.map { .int(Int64($0)) } ?? .null,
+            "watch": .bool(watch != nil),
+            "autostart": .bool(autostart),
+        ].filter { $0.value != .null })
     }
+
+    /// A worker's environment without pml's own variables: the inherited one (less `filter_env`),
+    /// the app's `env`, the instance number in `instance_var`, and `increment_var` counted up.
+    public func workerEnvironment(inherited: [String: String], instance: Int) -> [String: String] {
+        var result = inherited.filter { entry in !filterEnv.contains { entry.key.hasPrefix($0) } }
+        for (k, v) in env { result[k] = v }
+        result[instanceVar] = String(instance)
+        if let name = incrementVar {
+            result[name] = String((result[name].flatMap { Int($0) } ?? 0) + instance)
+        }
+        return result
+    }
+
+    /// A log file of one instance: the path itself when the app merges logs, else "-<instance>"
+    /// before the extension ("out.log" → "out-2.log"), as PM2 names them.
+    public func perInstance(_ path: String, instance: Int) -> String {
+        guard !mergeLogs else { return path }
+        return Self.suffixed(path, instance)
+    }
+
+    /// The pid file of one instance: "-<instance>" before the extension when the app has several.
+    public func pidFile(instance: Int) -> String? {
+        guard let pidFile else { return nil }
+        return instances > 1 ? Self.suffixed(pidFile, instance) : pidFile
+    }
+
+    static func suffixed(_ path: String, _ instance: Int) -> String {
+        guard path != "/dev/null" else { return path }
+        let slash = path.lastIndex(of: "/").map { path.index(after: $0) } ?? path.startIndex
+        guard let dot = path[slash...].lastIndex(of: "."), dot != slash else { return "\(path)-\(instance)" }
+        return "\(path[..<dot])-\(instance)\(path[dot...])"
+    }
+}
+
+/// Watch mode: which paths, what to ignore, how long a burst of changes may last.
+public struct WatchSpec: Sendable, Codable, Equatable {
+    /// Absolute paths of folders (watched recursively) and files.
+    public var paths: [String]
+    /// Globs (see `GlobPattern`), the defaults included.
+    public var ignore: [String]
+    /// Changes within this many ms of the first one make one restart.
+    public var delayMs: Int
+
+    enum CodingKeys: String, CodingKey { case paths, ignore, delayMs = "delay_ms" }
+
+    public init(paths: [String], ignore: [String], delayMs: Int) {
+        self.paths = paths
+        self.ignore = ignore
+        self.delayMs = delayMs
+    }
+
+    /// Ignored in every watched tree, whatever `ignore_watch` says (PM2 ignores these too).
+    public static let defaultIgnore = ["node_modules", ".git"]
+
 }
 
 /// A problem in an app file (or command-line app), located as precisely as pml can.

@@ -11,7 +11,7 @@ public struct AppSpecParser: Sendable {
         "min_uptime", "max_restarts", "restart_delay", "restart_delay_max", "stable_after",
         "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps", "listen", "dispatch", "ready",
         "ready_timeout", "autoscale", "log_date_format", "log_format",
-    ] + hookKeys
+    ] + operationKeys + hookKeys
 
     /// Interpreters chosen by a script's extension, as PM2 does.
     static let interpreters: [String: String] = [
@@ -177,7 +177,7 @@ public struct AppSpecParser: Sendable {
             }
             ready = .delay(Int(ms))
         }
-        return AppSpec(
+        var spec = AppSpec(
             name: name, argv: argv, cwd: cwd, env: env, instances: instances,
             autorestart: try bool(t, "autorestart", true),
             minUptime: try millis(t, "min_uptime", 1000),
@@ -199,6 +199,8 @@ public struct AppSpecParser: Sendable {
             appFile: nil,
             hooks: Self.hookKeys.filter { t[$0] == .function }
         )
+        try parseOperations(t, into: &spec)
+        return spec
     }
 
     private func command(_ t: [String: ScriptValue]) throws(AppFileError) -> [String] {
@@ -272,28 +274,28 @@ public struct AppSpecParser: Sendable {
         return s
     }
 
-    private func bool(_ t: [String: ScriptValue], _ key: String, _ def: Bool) throws(AppFileError) -> Bool {
+    func bool(_ t: [String: ScriptValue], _ key: String, _ def: Bool) throws(AppFileError) -> Bool {
         guard let v = t[key] else { return def }
         guard let b = v.boolValue else { throw typeError(key, "true or false", v) }
         return b
     }
 
-    private func millis(_ t: [String: ScriptValue], _ key: String, _ def: Int,
+    func millis(_ t: [String: ScriptValue], _ key: String, _ def: Int,
                         what: String = "a duration in milliseconds, 0 or more") throws(AppFileError) -> Int {
         guard let v = t[key] else { return def }
         guard let n = v.intValue, n >= 0, n <= 86_400_000 else { throw typeError(key, what, v) }
         return Int(n)
     }
 
-    private func resolve(_ path: String) -> String {
+    func resolve(_ path: String) -> String {
         path.hasPrefix("/") ? path : Self.normalize(baseDirectory + "/" + path)
     }
 
-    private func typeError(_ key: String, _ expected: String, _ got: ScriptValue) -> AppFileError {
+    func typeError(_ key: String, _ expected: String, _ got: ScriptValue) -> AppFileError {
         fail(key, "\"\(key)\" must be \(expected), got \(got.brief)")
     }
 
-    private func fail(_ key: String?, _ message: String) -> AppFileError {
+    func fail(_ key: String?, _ message: String) -> AppFileError {
         AppFileError(file: file, line: key.flatMap { k in source.flatMap { Self.line(ofKey: k, in: $0) } }, message: message)
     }
 

@@ -13,6 +13,8 @@ public enum ControlProtocol {
 /// What the client asks.
 public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload, plugins, save, resurrect
+    /// Close and reopen every app's log files (after logrotate moved them).
+    case reloadLogs
 }
 
 /// One request line.
@@ -245,16 +247,22 @@ public struct AppDescription: Codable, Sendable, Equatable {
     public var reloads: Int
     /// Changes of its worker count (pml scale, autoscale).
     public var scaleEvents: Int
+    /// Every file the workers' stdout and stderr go to (one per instance when logs are not merged).
+    public var outLogs: [String]?
+    public var errLogs: [String]?
 
     enum CodingKeys: String, CodingKey {
         case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
         case pendingConnections = "pending_connections", autoscaleDecision = "autoscale_decision"
-        case reloads, scaleEvents = "scale_events"
+        case reloads, scaleEvents = "scale_events", outLogs = "out_logs", errLogs = "err_logs"
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
                 workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0,
-                autoscaleDecision: String? = nil, reloads: Int = 0, scaleEvents: Int = 0) {
+                autoscaleDecision: String? = nil, reloads: Int = 0, scaleEvents: Int = 0,
+                outLogs: [String]? = nil, errLogs: [String]? = nil) {
+        self.outLogs = outLogs
+        self.errLogs = errLogs
         self.name = name
         self.mode = mode
         self.status = status

@@ -8,12 +8,16 @@ enum OutputStream {
     case out, err
 }
 
-/// One app's two log files, appended to by all of its workers.
+/// One app's log files (or one instance's, when its app does not merge logs): out, err and the
+/// optional combined file, appended to by all of its workers.
 final class AppLogFiles {
-    let outPath: String
-    let errPath: String
+    private(set) var outPath: String
+    private(set) var errPath: String
+    /// Both streams also go here (`log_file`).
+    private(set) var combinedPath: String?
     private var outFD: Int32 = -1
     private var errFD: Int32 = -1
+    private var combinedFD: Int32 = -1
     var timestamps: Bool
     var dateFormat: String?
     /// Each line becomes a JSON object (log_format = "json").
@@ -37,12 +41,41 @@ final class AppLogFiles {
         }
     }
 
-    /// Takes up an app's log settings (start, reload).
-    func configure(for spec: AppSpec) {
+    /// Takes up an app's log settings (start, reload): its line format, and its files — those of
+    /// `instance` when the app does not merge logs. Files that moved are opened anew.
+    func configure(for spec: AppSpec, paths: PMLPaths, instance: Int? = nil) {
         timestamps = spec.timestamps
         dateFormat = spec.logDateFormat
         jsonLines = spec.logFormat == "json"
+        guard consolePrefix == nil else { return }
+        let place = { (path: String) in instance.map { spec.perInstance(path, instance: $0) } ?? path }
+        let out = place(spec.outFile ?? paths.outLog(spec.name))
+        let err = place(spec.errorFile ?? paths.errLog(spec.name))
+        let combined = spec.logFile.map(place)
+        if (out, err, combined) != (outPath, errPath, combinedPath) {
+            reopen()
+            (outPath, errPath, combinedPath) = (out, err, combined)
+        }
     }
+
+    /// Opens every file now, so a log path that cannot be written is reported when the app starts.
+    func open() throws(SystemError) {
+        guard consolePrefix == nil else { return }
+        if outFD < 0 { outFD = try openAppend(outPath) }
+        if errFD < 0 { errFD = try openAppend(errPath) }
+        if combinedFD < 0, let combinedPath { combinedFD = try openAppend(combinedPath) }
+    }
+
+    /// Closes the files; the next line opens them again by path (`pml reloadLogs`: after logrotate
+    /// has renamed them, new files are created and nothing written before is lost).
+    func reopen() {
+        guard consolePrefix == nil else { return }
+        for fd in [outFD, errFD, combinedFD] { closeFD(fd) }
+        (outFD, errFD, combinedFD) = (-1, -1, -1)
+    }
+
+    /// Every file written, for `pml logs` and for watch mode to ignore.
+    var files: [String] { [outPath, errPath] + (combinedPath.map { [$0] } ?? []) }
 
     /// Whether output is cut into lines, each dressed (a time, an app name, JSON).
     var prefixesLines: Bool { timestamps || jsonLines || consolePrefix != nil }
@@ -105,10 +138,7 @@ final class AppLogFiles {
 
     deinit {
         // pml's own stdout and stderr stay open.
-        if consolePrefix == nil {
-            closeFD(outFD)
-            closeFD(errFD)
-        }
+        reopen()
     }
 
     private func fd(_ stream: OutputStream) -> Int32 {
@@ -122,26 +152,25 @@ final class AppLogFiles {
         }
     }
 
+    private var combined: Int32 {
+        if combinedFD < 0, let combinedPath { combinedFD = (try? openAppend(combinedPath)) ?? -1 }
+        return combinedFD
+    }
+
     /// Appends raw bytes. A failing log write is dropped: the worker must never wait on it.
     func append(_ stream: OutputStream, _ bytes: UnsafeRawBufferPointer) {
-        let f = fd(stream)
-        if f >= 0 { try? writeAll(f, bytes) }
+        for f in [fd(stream), combined] where f >= 0 { try? writeAll(f, bytes) }
     }
 
     /// Appends one line from pml itself (hook errors, restarts) to the err log.
     func note(_ text: String) {
-        let line = String(decoding: dress(Array("[pml] \(text)".utf8)[...], stream: .err, worker: -1), as: UTF8.self)
-        let f = fd(.err)
-        if f >= 0 { try? writeAll(f, line) }
+        dress(Array("[pml] \(text)".utf8)[...], stream: .err, worker: -1).withUnsafeBytes { append(.err, $0) }
     }
 
-    /// Empties both files (`pml flush`); O_APPEND writers continue at the new end.
+    /// Empties the files (`pml flush`); O_APPEND writers continue at the new end.
     func flush() {
         guard consolePrefix == nil else { return }
-        for stream in [OutputStream.out, .err] {
-            let f = fd(stream)
-            if f >= 0 { _ = ftruncate(f, 0) }
-        }
+        for f in [fd(.out), fd(.err), combined] where f >= 0 { _ = ftruncate(f, 0) }
     }
 
     /// "2026-11-25T14:40:06.123Z", UTC, as log prefixes.

@@ -91,7 +91,7 @@ public enum Daemon {
     public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool = false) -> Int32 {
         let setup: SupervisorSetup
         do {
-            setup = try SupervisorSetup.prepare(paths: paths, signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+            setup = try SupervisorSetup.prepare(paths: paths, signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2])
             chmod(paths.home, 0o700)
             try makeDirectories(paths.logs, mode: 0o700)
         } catch {
@@ -137,6 +137,8 @@ public enum Daemon {
                         shuttingDown = true
                         logger.info("received \(SignalNames.name(signal)): stopping every app")
                         supervisor.stopEverything { loop.stop() }
+                    case SIGUSR2:
+                        _ = supervisor.reopenLogs() // as `pml reloadLogs`, PM2's signal for it
                     default:
                         break // SIGHUP: no terminal to lose; nothing to reload yet.
                     }

@@ -106,8 +106,7 @@ final class Supervisor {
 
     func spawn(_ w: Worker) throws(SpawnError) {
         let app = w.app
-        var env = app.baseEnv
-        for (k, v) in app.spec.env { env[k] = v }
+        var env = app.spec.workerEnvironment(inherited: app.baseEnv, instance: w.instance)
         env["PML_HOME"] = nil
         env["PML_NODE_SHIM_PID"] = nil // set by the preload in its own process; never inherited from pml's client
         // Marks the worker as this home's: a new daemon sweeps away any a dead one left behind.
@@ -115,7 +114,6 @@ final class Supervisor {
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
-        env["NODE_APP_INSTANCE"] = String(w.instance)
         if let notify { env["NOTIFY_SOCKET"] = notify.path }
         var fds: [(source: Int32, target: Int32)] = []
         let shared = app.spec.dispatch == .shared && !app.listeners.isEmpty
@@ -165,8 +163,9 @@ final class Supervisor {
         closeFD(err.write)
         closeFD(ipc.1)
         // Each pipe keeps itself registered until EOF (see OutputPipe).
-        if (try? OutputPipe(fd: out.read, stream: .out, files: app.logs, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
-        if (try? OutputPipe(fd: err.read, stream: .err, files: app.logs, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
+        let files = app.logFiles(instance: w.instance)
+        if (try? OutputPipe(fd: out.read, stream: .out, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
+        if (try? OutputPipe(fd: err.read, stream: .err, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
         do {
             w.ipc = try IPCChannel(fd: ipc.0, loop: loop, scratch: readBuffer, onMessage: { [unowned self, unowned w] msg in
                 self.ipcMessage(w, msg)
@@ -191,9 +190,31 @@ final class Supervisor {
         w.requestedListeners = []
         workersByPID[pid] = w
         runningWorkers[w.id] = w
+        writePidFile(w, pid: pid)
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
+    }
+
+    /// `pid_file`: the worker's pid, replaced whole so a reader never sees half a number.
+    private func writePidFile(_ w: Worker, pid: Int32) {
+        guard let path = w.app.spec.pidFile(instance: w.instance) else { return }
+        do {
+            let temp = path + ".tmp"
+            let fd = try sys("open \(temp)") { open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+            defer { closeFD(fd) }
+            try writeAll(fd, "\(pid)\n")
+            try sys("rename \(path)") { rename(temp, path) }
+        } catch {
+            w.app.logs.note("cannot write pid_file: \(error)")
+        }
+    }
+
+    /// Removes a worker's pid file if it still names `pid` (a replacement may have written its own).
+    private func removePidFile(_ w: Worker, pid: Int32) {
+        guard let path = w.app.spec.pidFile(instance: w.instance),
+              let text = readFile(path, limit: 64), String(decoding: text, as: UTF8.self) == "\(pid)\n" else { return }
+        unlink(path)
     }
 
     /// Spawns, turning a failure to start into a crash (so backoff and errored apply).
@@ -218,6 +239,7 @@ final class Supervisor {
             w.readyTimer = nil
             w.pid = nil
             runningWorkers[w.id] = nil
+            removePidFile(w, pid: exit.pid)
             w.ipc?.close()
             w.ipc = nil
             router.workerGone(worker: w.id)
@@ -449,7 +471,21 @@ final class Supervisor {
             },
             listening: app.listeners.map(\.address.description),
             pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },
-            autoscaleDecision: app.autoscaleDecision, reloads: app.reloads, scaleEvents: app.scaleEvents)
+            autoscaleDecision: app.autoscaleDecision, reloads: app.reloads, scaleEvents: app.scaleEvents,
+            outLogs: workerLogFiles(app).map(\.outPath), errLogs: workerLogFiles(app).map(\.errPath))
+    }
+
+    /// The files an app's workers write to: the app's own, or each instance's.
+    func workerLogFiles(_ app: ManagedApp) -> [AppLogFiles] {
+        app.spec.mergeLogs ? [app.logs] : app.workers.map { app.logFiles(instance: $0.instance) }
+    }
+
+    /// Closes every log file; each is opened again by path at its next line (`pml reloadLogs`, SIGUSR2).
+    func reopenLogs() -> Int {
+        let files = apps.flatMap(\.allLogFiles)
+        files.forEach { $0.reopen() }
+        logger.info("reopened the log files of \(apps.count) app(s)")
+        return files.count
     }
 
     private func scheduleSampling() {

@@ -42,7 +42,7 @@ extension Supervisor {
             } else {
                 targets = apps
             }
-            targets.forEach { $0.logs.flush() }
+            targets.forEach { $0.allLogFiles.forEach { $0.flush() } }
             respond(ControlResponse(ok: true, message: "flushed logs of \(targets.map(\.spec.name).joined(separator: ", "))"))
         case .signal:
             guard let target = request.target, let name = request.signal else {
@@ -121,6 +121,9 @@ extension Supervisor {
             }
         case .resurrect:
             respond(resurrect(from: paths.dump))
+        case .reloadLogs:
+            let n = reopenLogs()
+            respond(ControlResponse(ok: true, message: "reopened the log files of \(apps.count) app\(apps.count == 1 ? "" : "s") (\(n) set\(n == 1 ? "" : "s"))"))
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
@@ -293,6 +296,13 @@ extension Supervisor {
             }
         }
         for spec in specs {
+            // Parsed already, wired in the daemon step by step (h11ops): refused until then, never ignored.
+            let pending = [("watch", spec.watch != nil), ("uid", spec.user != nil), ("gid", spec.group != nil),
+                           ("max_memory_restart", spec.maxMemoryRestart != nil), ("cron_restart", spec.cronRestart != nil)]
+            if let key = pending.first(where: { $0.1 })?.0 {
+                releaseAll()
+                return .failure("\(spec.name): \"\(key)\" is not supported by this pml yet")
+            }
             if let existing = apps.first(where: { $0.spec.name == spec.name }),
                existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {
                 releaseAll()
@@ -312,7 +322,7 @@ extension Supervisor {
                 closeListeners(app)
                 app.spec = spec
                 app.baseEnv = args.clientEnv
-                app.logs.configure(for: spec)
+                app.configureLogs()
             } else {
                 app = ManagedApp(spec: spec, baseEnv: args.clientEnv, paths: paths, console: foreground)
                 isNew = true
@@ -324,7 +334,7 @@ extension Supervisor {
                 guard let previous else { return }
                 app.spec = previous.spec
                 app.baseEnv = previous.env
-                app.logs.configure(for: previous.spec)
+                app.configureLogs()
                 resize(app, to: previous.spec.instances)
             }
             let unusedRefs = (loaded?.tableRefs ?? []).dropFirst(index + 1)
@@ -346,9 +356,22 @@ extension Supervisor {
             startArgs.instances = nil
             app.startArgs = startArgs
             resize(app, to: spec.instances)
+            do {
+                for w in app.workers { try app.logFiles(instance: w.instance).open() }
+                try app.logs.open()
+            } catch {
+                if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
+                unusedRefs.forEach { lua.release(tableRef: $0) }
+                return .failure("cannot start \(spec.name): cannot open its log file: \(error)")
+            }
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
             noteAppFolder(spec.appFile)
             callHook(app, "onStart", [appValue(app)], worker: nil)
+            if !spec.autostart {
+                for w in app.workers { w.status = .stopped; w.reason = "autostart = false: \"pml start \(spec.name)\" starts it" }
+                started.append("\(spec.name) (registered, not started: autostart = false)")
+                continue
+            }
             var failures: [(Worker, String)] = []
             for w in app.workers {
                 do { try spawn(w) } catch { failures.append((w, "\(error)")) }

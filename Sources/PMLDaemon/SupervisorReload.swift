@@ -97,7 +97,7 @@ extension Supervisor {
         let op = ReloadOperation(app: app, newSpec: newSpec, newRef: newRef, style: style, parallel: max(1, parallel))
         app.reloading = true
         app.spec = newSpec
-        app.logs.configure(for: newSpec)
+        app.configureLogs()
         logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
         reloadStep(op, done: done)
     }
@@ -172,7 +172,7 @@ extension Supervisor {
         if op.replaced == 0 {
             // Nothing was swapped: the app is exactly as before.
             app.spec = op.oldSpec
-            app.logs.configure(for: op.oldSpec)
+            app.configureLogs()
             if let ref = op.newRef { lua.release(tableRef: ref) }
         } else if let ref = op.newRef {
             lua.bind(app: app.spec.name, tableRef: ref)

@@ -97,14 +97,40 @@ final class ManagedApp {
     var autoscaleDecision: String?
     /// Connections dispatched to the app's workers when pml.metrics last looked, for a rate.
     var dispatchSample: (count: Int, at: Int)?
+    /// The app's log files: its workers' output when it merges logs, and pml's notes about it.
     let logs: AppLogFiles
+    /// Each instance's files when the app does not merge logs (`merge_logs = false`).
+    private var instanceLogs: [Int: AppLogFiles] = [:]
+    private let paths: PMLPaths
 
     init(spec: AppSpec, baseEnv: [String: String], paths: PMLPaths, console: Bool) {
         self.spec = spec
         self.baseEnv = baseEnv
+        self.paths = paths
         logs = AppLogFiles(app: spec.name, outPath: paths.outLog(spec.name), errPath: paths.errLog(spec.name),
                            timestamps: spec.timestamps, dateFormat: spec.logDateFormat, jsonLines: spec.logFormat == "json",
                            consolePrefix: console ? spec.name + " | " : nil)
+        logs.configure(for: spec, paths: paths)
+    }
+
+    /// The files the worker of `instance` writes its output to.
+    func logFiles(instance: Int) -> AppLogFiles {
+        guard !spec.mergeLogs, logs.consolePrefix == nil else { return logs }
+        if let files = instanceLogs[instance] { return files }
+        let files = AppLogFiles(app: spec.name, outPath: "", errPath: "", timestamps: spec.timestamps)
+        files.configure(for: spec, paths: paths, instance: instance)
+        instanceLogs[instance] = files
+        return files
+    }
+
+    /// Every set of log files in use (`pml reloadLogs`, `pml flush`, `pml logs`).
+    var allLogFiles: [AppLogFiles] { [logs] + instanceLogs.keys.sorted().compactMap { instanceLogs[$0] } }
+
+    /// Takes up the spec's log settings (start, reload) in every set of files.
+    func configureLogs() {
+        logs.configure(for: spec, paths: paths)
+        if spec.mergeLogs { instanceLogs = [:] }
+        for (instance, files) in instanceLogs { files.configure(for: spec, paths: paths, instance: instance) }
     }
 
     /// Node workers of `rr` apps get pml's preload, which turns `server.listen()` into a request

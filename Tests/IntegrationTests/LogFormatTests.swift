@@ -44,9 +44,9 @@ extension Integration {
                 let iso = try await box.waitFor("the iso line") { box.lines(box.logsDir + "/iso-out.log").first }
                 let isoPattern = try Regex(#"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z iso-line$"#)
                 #expect(iso.wholeMatch(of: isoPattern) != nil, "\(iso)")
-                let plain = try await box.pmlOK("logs", "iso", "--out", "--no-color")
+                let plain = try await box.pmlOK("logs", "iso", "--out", "--no-color", "--nostream")
                 #expect(plain.stdout.contains("iso out | ") && !plain.stdout.contains("\u{1B}["), "\(plain)")
-                let colored = try await box.pmlOK("logs", "iso", "--out", "--color")
+                let colored = try await box.pmlOK("logs", "iso", "--out", "--color", "--nostream")
                 #expect(colored.stdout.contains("\u{1B}["), "\(colored)")
             }
         }

@@ -118,7 +118,7 @@ extension Integration {
             }
         }
 
-        @Test("pml logs shows what the worker printed; --out/--err/--lines/--follow; flush empties")
+        @Test("pml logs shows what the worker printed; --out/--err/--lines/--nostream; streams by default; flush empties")
         func logsShowOutput() async throws {
             try await withSandbox { box in
                 try box.write("talk.sh", """
@@ -142,30 +142,30 @@ extension Integration {
                 try await box.waitFor("err-line-oops in \(errLog)") { box.read(errLog).contains("err-line-oops") ? true : nil }
                 #expect(!box.read(outLog).contains("err-line-oops"), "stderr does not go to the out log")
 
-                let all = try await box.pmlOK("logs", "talk")
+                let all = try await box.pmlOK("logs", "talk", "--nostream")
                 #expect(all.stdout.contains("out-line-20"), "\(all)")
                 #expect(all.stdout.contains("err-line-oops"), "default shows both logs:\n\(all)")
                 #expect(tokens(all.stdout).contains("out-line-6"), "default is the last 15 lines:\n\(all)")
                 #expect(!tokens(all.stdout).contains("out-line-5"), "default is the last 15 lines, line 5 of 20 is older:\n\(all)")
 
-                let last3 = try await box.pmlOK("logs", "talk", "--lines", "3", "--out")
+                let last3 = try await box.pmlOK("logs", "talk", "--lines", "3", "--out", "--nostream")
                 #expect(last3.stdout.contains("out-line-18") && last3.stdout.contains("out-line-20"), "\(last3)")
                 #expect(!tokens(last3.stdout).contains("out-line-17"), "--lines 3 shows only the last 3:\n\(last3)")
                 #expect(!last3.stdout.contains("err-line-oops"), "--out hides stderr:\n\(last3)")
 
-                let errOnly = try await box.pmlOK("logs", "talk", "--err")
+                let errOnly = try await box.pmlOK("logs", "talk", "--err", "--nostream")
                 #expect(errOnly.stdout.contains("err-line-oops"), "\(errOnly)")
                 #expect(!errOnly.stdout.contains("out-line-20"), "--err hides stdout:\n\(errOnly)")
 
-                let everything = try await box.pmlOK("logs")
+                let everything = try await box.pmlOK("logs", "--nostream")
                 #expect(everything.stdout.contains("out-line-20"), "pml logs without a name shows every app:\n\(everything)")
 
-                // --follow keeps printing: start it, then make the worker print a new line.
+                // pml logs streams by default (as pm2 logs): start it, then make the worker print a new line.
                 let followOut = box.root + "/follow.out"
                 _ = FileManager.default.createFile(atPath: followOut, contents: nil)
                 let follower = Process()
                 follower.executableURL = URL(fileURLWithPath: box.binary)
-                follower.arguments = ["logs", "talk", "--follow"]
+                follower.arguments = ["logs", "talk"]
                 var env = ProcessInfo.processInfo.environment
                 env["PML_HOME"] = box.home
                 follower.environment = env
@@ -179,19 +179,19 @@ extension Integration {
                     follower.waitUntilExit()
                     try? fh.close()
                 }
-                try await box.waitFor("pml logs --follow to print the existing tail") {
+                try await box.waitFor("pml logs to print the existing tail") {
                     box.read(followOut).contains("out-line-20") ? true : nil
                 }
-                #expect(follower.isRunning, "--follow keeps running:\n\(box.read(followOut))")
+                #expect(follower.isRunning, "pml logs keeps running:\n\(box.read(followOut))")
                 try box.write("trigger", "go")
-                try await box.waitFor("--follow to print a line written later") {
+                try await box.waitFor("pml logs to print a line written later") {
                     box.read(followOut).contains("late-line-after-trigger") ? true : nil
                 }
 
                 try await box.pmlOK("flush", "talk")
                 #expect(!box.read(outLog).contains("out-line"), "flush empties the out log")
                 #expect(!box.read(errLog).contains("err-line-oops"), "flush empties the err log")
-                let after = try await box.pmlOK("logs", "talk")
+                let after = try await box.pmlOK("logs", "talk", "--nostream")
                 #expect(!after.stdout.contains("out-line-20"), "\(after)")
             }
         }

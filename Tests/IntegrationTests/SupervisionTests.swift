@@ -60,7 +60,7 @@ extension Integration {
 
                 // What the worker printed is in its log (relative script path and env worked).
                 let logs = try await box.waitFor("the worker's greeting in pml logs") {
-                    let r = try await box.pml("logs", "keepalive", "--lines", "50")
+                    let r = try await box.pml("logs", "keepalive", "--lines", "50", "--nostream")
                     return r.ok && r.stdout.contains("hello from pml: worker 0 of keepalive is up") ? r : nil
                 }
                 #expect(logs.stdout.contains("(pid \(oldPid))"))

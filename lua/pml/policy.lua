@@ -14,7 +14,8 @@ local function contains(list, value)
   return false
 end
 
--- app: autorestart, stop_exit_codes, max_restarts, restart_delay, restart_delay_max, min_uptime
+-- app: autorestart, stop_exit_codes, max_restarts, restart_delay, restart_delay_max, min_uptime,
+--   exp_backoff_restart_delay
 -- worker: restarts, unstable_restarts, backoff_step
 -- exit: code (nil if signalled), signal (name or nil), uptime (ms)
 -- Missing fields take the defaults an app file gets.
@@ -32,7 +33,10 @@ function policy.restart(app, worker, exit)
       reason = ("crashed %d times in a row, each within min_uptime (%dms)"):format(unstable, app.min_uptime or 1000),
     }
   end
-  local delay = (app.restart_delay or 100) * 2 ^ (worker.backoff_step or 0)
+  -- PM2's exp_backoff_restart_delay: its own first delay, growing by half each time.
+  local first, factor = app.restart_delay or 100, 2
+  if app.exp_backoff_restart_delay then first, factor = app.exp_backoff_restart_delay, 1.5 end
+  local delay = first * factor ^ (worker.backoff_step or 0)
   return { delay = math.floor(math.min(delay, app.restart_delay_max or 15000)) }
 end
 

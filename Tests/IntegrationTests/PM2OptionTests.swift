@@ -1,0 +1,135 @@
+// PM2's operational keys in Lua app files, with real workers: log files where the app file says
+// (and logrotate + `pml reloadLogs` losing nothing), pid files, the environment keys, autostart.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Integration {
+    @Suite("PM2 options")
+    struct PM2Options {
+        @Test("out_file, error_file, log_file and pid_file are written where the app file says; pml logs reads them")
+        func logAndPidFiles() async throws {
+            try await withSandbox { box in
+                let file = try box.write("app/files.lua", """
+                    return {
+                      { name = "files", cmd = { "sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 1000" },
+                        out_file = "logs/out.log", error_file = "logs/err.log", log_file = "logs/all.log", pid_file = "run/files.pid" },
+                      { name = "split", instances = 2, merge_logs = false, out_file = "split.log",
+                        cmd = { "sh", "-c", "echo instance-$PML_INSTANCE; exec sleep 1000" } },
+                    }
+                    """)
+                try FileManager.default.createDirectory(atPath: box.work + "/app/logs", withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: box.work + "/app/run", withIntermediateDirectories: true)
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("files")
+                try await box.waitOnline("split", count: 2)
+                let dir = box.work + "/app/"
+                try await box.waitFor("stdout in out_file") { box.read(dir + "logs/out.log").contains("to-stdout") ? true : nil }
+                try await box.waitFor("stderr in error_file") { box.read(dir + "logs/err.log").contains("to-stderr") ? true : nil }
+                try await box.waitFor("both in log_file") {
+                    let all = box.read(dir + "logs/all.log")
+                    return all.contains("to-stdout") && all.contains("to-stderr") ? true : nil
+                }
+                #expect(!box.read(dir + "logs/out.log").contains("to-stderr"))
+                #expect(!FileManager.default.fileExists(atPath: box.logsDir + "/files-out.log"), "the default file is not written")
+                #expect(box.read(dir + "run/files.pid") == "\(rows[0].pid!)\n")
+                try await box.waitFor("each instance in its own file") {
+                    box.read(dir + "split-0.log").contains("instance-0") && box.read(dir + "split-1.log").contains("instance-1") ? true : nil
+                }
+                #expect(!box.read(dir + "split-0.log").contains("instance-1"))
+
+                let logs = try await box.pmlOK("logs", "files", "--nostream", "--no-color")
+                #expect(logs.stdout.contains("files out | to-stdout") && logs.stdout.contains("files err | to-stderr"), "\(logs)")
+                let (d, _) = try await box.describe("files")
+                #expect(d.outLog == dir + "logs/out.log" && d.errLog == dir + "logs/err.log")
+
+                try await box.pmlOK("stop", "files")
+                try await box.waitFor("the pid file removed when the worker stopped") {
+                    FileManager.default.fileExists(atPath: dir + "run/files.pid") ? nil : true
+                }
+                // A log file that cannot be opened is said when the app starts, and nothing starts.
+                let bad = try box.write("bad.lua", #"return { name = "bad", cmd = { "sleep", "100" }, out_file = "no/such/dir/out.log" }"#)
+                try await box.pml("start", bad).expectCleanFailure(mentioning: ["bad", "no/such/dir/out.log"])
+                #expect(try await box.rows("bad").isEmpty)
+            }
+        }
+
+        @Test("logrotate in create mode, then pml reloadLogs (and SIGUSR2), loses no line of a worker writing without pause")
+        func logrotateLosesNothing() async throws {
+            try await withSandbox { box in
+                let file = try box.write("rot.lua", """
+                    return { name = "rot", out_file = "out.log",
+                             cmd = { "python3", "-c", "import sys\\ni = 0\\nwhile True:\\n    i += 1\\n    sys.stdout.write(str(i) + '\\\\n')" } }
+                    """)
+                let out = box.work + "/out.log"
+                try box.write("rotate.conf", """
+                    \(out) {
+                      create 0644
+                      rotate 3
+                      nocompress
+                      postrotate
+                        PML_HOME=\(box.home) \(box.binary) reloadLogs
+                      endscript
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                try await box.waitOnline("rot")
+                try await box.waitFor("the worker writing") { box.read(out).count > 100_000 ? true : nil }
+
+                let rotate = Process()
+                rotate.executableURL = URL(fileURLWithPath: "/usr/sbin/logrotate")
+                rotate.arguments = ["-f", "-s", box.root + "/logrotate.state", box.work + "/rotate.conf"]
+                try rotate.run()
+                rotate.waitUntilExit()
+                #expect(rotate.terminationStatus == 0, "logrotate failed")
+                try await box.waitFor("new lines in the new file") { box.numbers(out).count > 1000 ? true : nil }
+
+                // SIGUSR2 to the daemon does what reloadLogs does.
+                #expect(rename(out, out + ".manual") == 0)
+                kill(try #require(box.daemonPid), SIGUSR2)
+                try await box.waitFor("a new file after SIGUSR2") { box.numbers(out).count > 1000 ? true : nil }
+                try await box.pmlOK("stop", "rot")
+
+                var seen = Set<Int>()
+                for f in [out + ".1", out + ".manual", out] {
+                    let numbers = box.numbers(f)
+                    #expect(numbers.count > 1000, "\(f) holds \(numbers.count) lines")
+                    seen.formUnion(numbers)
+                }
+                let top = try #require(seen.max())
+                let missing = (1...top).filter { !seen.contains($0) }
+                #expect(missing.isEmpty, "\(missing.count) of \(top) lines lost, first \(missing.prefix(5))")
+            }
+        }
+
+        @Test("increment_var, instance_var and filter_env shape the workers' environment; autostart = false registers only")
+        func environmentAndAutostart() async throws {
+            try await withSandbox { box in
+                let file = try box.write("envs.lua", """
+                    return {
+                      { name = "envs", instances = 2, env = { PORT = "3000" }, increment_var = "PORT", instance_var = "INSTANCE_ID",
+                        filter_env = { "SECRET_" }, cmd = { "sh", "-c", "env > env-$INSTANCE_ID.txt; exec sleep 1000" } },
+                      { name = "later", autostart = false, cmd = { "sleep", "1000" } },
+                    }
+                    """)
+                try await box.pmlOK("start", file, env: ["SECRET_TOKEN": "hush", "KEEP_ME": "kept"])
+                try await box.waitOnline("envs", count: 2)
+                let env0 = try await box.waitFor("instance 0's environment") { box.lines("env-0.txt").count > 3 ? box.lines("env-0.txt") : nil }
+                let env1 = try await box.waitFor("instance 1's environment") { box.lines("env-1.txt").count > 3 ? box.lines("env-1.txt") : nil }
+                #expect(env0.contains("PORT=3000") && env1.contains("PORT=3001"))
+                #expect(env0.contains("INSTANCE_ID=0") && env1.contains("INSTANCE_ID=1"))
+                #expect(env0.contains("KEEP_ME=kept"))
+                #expect(!env0.contains { $0.hasPrefix("SECRET_TOKEN=") }, "filter_env drops SECRET_*")
+                #expect(!env0.contains { $0.hasPrefix("NODE_APP_INSTANCE=") }, "instance_var replaces NODE_APP_INSTANCE")
+
+                let later = try await box.rows("later")
+                #expect(later.count == 1 && later[0].status == "stopped" && later[0].pid == nil, "\(later)")
+                try await box.pmlOK("start", "later")
+                try await box.waitOnline("later")
+            }
+        }
+    }
+}
