@@ -56,6 +56,13 @@ import Testing
             .returned(.object(["delay": .int(500)])))
     }
 
+    @Test func pm2ExpBackoffGrowsByHalf() {
+        let app: [String: ScriptValue] = ["exp_backoff_restart_delay": .int(100)]
+        #expect(decide(app: app, worker: ["backoff_step": .int(0)]) == .returned(.object(["delay": .int(100)])))
+        #expect(decide(app: app, worker: ["backoff_step": .int(2)]) == .returned(.object(["delay": .int(225)])))
+        #expect(decide(app: app, worker: ["backoff_step": .int(30)]) == .returned(.object(["delay": .int(15000)])))
+    }
+
     @Test func decisionsInterpretAsRestartDecisions() throws {
         guard case .returned(let value) = decide(worker: ["backoff_step": .int(2)]) else {
             Issue.record("policy failed"); return
