@@ -16,6 +16,8 @@
 -- Enable: copy or symlink this file into $PML_HOME/plugins (or a folder named in PML_PLUGINS),
 --   then `pml plugins reload` (or start the daemon). Settings are environment variables of the
 --   daemon: the environment of the pml command that started it.
+--   An app file's own `cron_restart = "0 3 * * *"` needs no plugin; apps that set it are left to
+--   pml here.
 --
 -- Settings:
 --   PML_CRON_RESTART   "web=*/5 * * * *;api=0 3 * * *"   (no default: nothing is restarted)
@@ -101,9 +103,10 @@ for entry in (os.getenv("PML_CRON_RESTART") or ""):gmatch("[^;]+") do
   end
 end
 
-local function online(name)
+-- Online, and without its own cron_restart key (pml runs that schedule itself).
+local function due(name)
   for _, app in ipairs(pml.apps()) do
-    if app.name == name then return app.status == "online" end
+    if app.name == name then return app.status == "online" and app.cron_restart == nil end
   end
   return false
 end
@@ -116,7 +119,7 @@ local function tick()
   lastMinute = minute
   local t = os.date("*t", now)
   for _, s in ipairs(schedule) do
-    if s.matches(t) and online(s.app) then
+    if s.matches(t) and due(s.app) then
       pml.warn(("cron-restart: restarting %s (%s)"):format(s.app, s.expr))
       local ok, err = pcall(pml.restart, s.app)
       if not ok then pml.warn("cron-restart: restart failed: " .. tostring(err)) end

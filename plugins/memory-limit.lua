@@ -8,6 +8,8 @@
 -- Enable: copy or symlink this file into $PML_HOME/plugins (or a folder named in PML_PLUGINS),
 --   then `pml plugins reload` (or start the daemon). Settings are environment variables of the
 --   daemon: the environment of the pml command that started it.
+--   An app file's own `max_memory_restart = "300M"` needs no plugin; apps that set it are left
+--   to pml here.
 --
 -- Settings:
 --   PML_MEMORY_LIMIT        bytes, or a number with K, M, G (powers of 1024): "300M", "1.5G"
@@ -49,7 +51,8 @@ local restarted = {}
 
 local function check()
   for _, app in ipairs(pml.apps()) do
-    local limit = limitFor(app.name)
+    -- An app with its own max_memory_restart key is watched by pml itself.
+    local limit = app.max_memory_restart == nil and limitFor(app.name) or nil
     local workers = limit and pml.workers(app.name) or {}
     for _, w in ipairs(workers) do
       if w.status == "online" and w.pid and w.mem and w.mem > limit and restarted[w.id] ~= w.pid then

@@ -412,8 +412,9 @@ final class Supervisor {
 
     func remove(_ app: ManagedApp) {
         closeListeners(app)
-        if let t = app.autoscaleTimer { loop.cancel(t) }
+        for t in [app.autoscaleTimer, app.cronTimer].compactMap({ $0 }) { loop.cancel(t) }
         app.autoscaleTimer = nil
+        app.cronTimer = nil
         cancelTimers { $0 == .app(app.spec.name) }
         apps.removeAll { $0 === app }
         lua.unbind(app: app.spec.name)
@@ -505,6 +506,7 @@ final class Supervisor {
             }
             w.cpuSample = (stats.cpuTimeMs, now)
             w.rssBytes = stats.rssBytes
+            enforceMemoryLimit(w)
         }
     }
 }

@@ -297,8 +297,7 @@ extension Supervisor {
         }
         for spec in specs {
             // Parsed already, wired in the daemon step by step (h11ops): refused until then, never ignored.
-            let pending = [("watch", spec.watch != nil), ("uid", spec.user != nil), ("gid", spec.group != nil),
-                           ("max_memory_restart", spec.maxMemoryRestart != nil), ("cron_restart", spec.cronRestart != nil)]
+            let pending = [("watch", spec.watch != nil), ("uid", spec.user != nil), ("gid", spec.group != nil)]
             if let key = pending.first(where: { $0.1 })?.0 {
                 releaseAll()
                 return .failure("\(spec.name): \"\(key)\" is not supported by this pml yet")
@@ -366,6 +365,7 @@ extension Supervisor {
             }
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
             noteAppFolder(spec.appFile)
+            scheduleCronRestart(app)
             callHook(app, "onStart", [appValue(app)], worker: nil)
             if !spec.autostart {
                 for w in app.workers { w.status = .stopped; w.reason = "autostart = false: \"pml start \(spec.name)\" starts it" }

@@ -98,6 +98,7 @@ extension Supervisor {
         app.reloading = true
         app.spec = newSpec
         app.configureLogs()
+        scheduleCronRestart(app)
         logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
         reloadStep(op, done: done)
     }
@@ -173,6 +174,7 @@ extension Supervisor {
             // Nothing was swapped: the app is exactly as before.
             app.spec = op.oldSpec
             app.configureLogs()
+            scheduleCronRestart(app)
             if let ref = op.newRef { lua.release(tableRef: ref) }
         } else if let ref = op.newRef {
             lua.bind(app: app.spec.name, tableRef: ref)

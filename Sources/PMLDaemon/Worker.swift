@@ -91,6 +91,9 @@ final class ManagedApp {
     /// A reload is replacing the workers; a second one is refused.
     var reloading = false
     var autoscaleTimer: TimerHandle?
+    /// `cron_restart`: the timer for the next restart, and the second it last fired for.
+    var cronTimer: TimerHandle?
+    var cronLastFired: Int?
     var reloads = 0
     var scaleEvents = 0
     var lastScaleAt: Int?

@@ -131,5 +131,52 @@ extension Integration {
                 try await box.waitOnline("later")
             }
         }
+
+        @Test("max_memory_restart restarts a worker that grows past it; the note says why")
+        func memoryLimit() async throws {
+            try await withSandbox { box in
+                let file = try box.write("grow.lua", """
+                    return { name = "grow", max_memory_restart = "60M",
+                             cmd = { "python3", "-c", "import time\\nb = []\\nwhile True:\\n    b.append(b'x' * 4194304)\\n    time.sleep(0.1)" } }
+                    """)
+                try await box.pmlOK("start", file)
+                let first = try await box.waitOnline("grow")[0]
+                let restarted = try await box.waitFor("a restart past 60M", timeout: 20) { () -> Row? in
+                    let r = try await box.rows("grow").first
+                    return r.flatMap { $0.restarts >= 1 && $0.pid != nil && $0.pid != first.pid ? $0 : nil }
+                }
+                #expect(!Proc.alive(first.pid!), "the grown worker is gone")
+                #expect(restarted.memory < 200 * 1024 * 1024)
+                let err = box.read(box.logsDir + "/grow-err.log")
+                #expect(err.contains("over max_memory_restart 62914560"), "\(err)")
+            }
+        }
+
+        @Test("cron_restart restarts on schedule (6 fields, seconds first); a bad expression is refused with its line")
+        func cronRestart() async throws {
+            try await withSandbox { box in
+                let file = try box.write("cron.lua", """
+                    return { name = "cron", cron_restart = "*/2 * * * * *", cmd = { "sleep", "1000" } }
+                    """)
+                try await box.pmlOK("start", file)
+                let first = try await box.waitOnline("cron")[0]
+                var pids: Set<Int32> = [first.pid!]
+                try await box.waitFor("two restarts on the schedule", timeout: 10) { () -> Bool? in
+                    if let r = try await box.rows("cron").first, let pid = r.pid, r.status == "online" { pids.insert(pid) }
+                    return pids.count >= 3 ? true : nil
+                }
+                let row = try #require(try await box.rows("cron").first)
+                #expect(row.restarts >= 2, "\(row)")
+                #expect(box.read(box.logsDir + "/cron-err.log").contains("cron_restart \"*/2 * * * * *\": restarting"))
+
+                let bad = try box.write("badcron.lua", """
+                    return {
+                      name = "badcron", cmd = { "sleep", "1" },
+                      cron_restart = "0 25 * * *",
+                    }
+                    """)
+                try await box.pml("start", bad).expectCleanFailure(mentioning: ["badcron.lua:3:", "hour field \"25\""])
+            }
+        }
     }
 }
