@@ -8,7 +8,9 @@
 #include <string.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <grp.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -34,6 +36,13 @@ static void spawn_child(const pml_spawn_attr *a, int errfd, pid_t parent) {
     (void)sigprocmask(SIG_SETMASK, &none, NULL);
 
     if (a->new_session && setsid() < 0) goto fail;
+    /* Groups, then gid, then uid (after setuid nothing else may change); before PDEATHSIG,
+     * which the kernel clears when credentials change. */
+    if (a->set_credentials) {
+        if (setgroups((size_t)a->group_count, a->groups) < 0) goto fail;
+        if (setgid(a->gid) < 0) goto fail;
+        if (setuid(a->uid) < 0) goto fail;
+    }
     if (a->parent_death_signal) {
         if (prctl(PR_SET_PDEATHSIG, a->parent_death_signal, 0, 0, 0) < 0) goto fail;
         /* The parent may have died before prctl: then nobody would signal us. */
@@ -109,6 +118,20 @@ int pml_spawn(const pml_spawn_attr *a, pid_t *pid) {
     }
     *pid = child;
     return 0;
+}
+
+int pml_group_list(const char *name, gid_t gid, gid_t *groups, int max) {
+    int n = max;
+    if (getgrouplist(name, gid, groups, &n) < 0) return -1;
+    return n;
+}
+
+int pml_inotify_init(void) { return inotify_init1(IN_NONBLOCK | IN_CLOEXEC); }
+
+int pml_inotify_add_dir(int fd, const char *path) {
+    uint32_t mask = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+        | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
+    return inotify_add_watch(fd, path, mask);
 }
 
 int pml_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }

@@ -135,6 +135,9 @@ final class Supervisor {
             env["NODE_OPTIONS"] = [env["NODE_OPTIONS"], preload].compactMap { $0 }.joined(separator: " ")
         }
 
+        let account = try workerAccount(app.spec)
+        account?.apply(to: &env)
+
         var opened: [Int32] = []
         func closeAll() { opened.forEach(closeFD) }
         let out: (read: Int32, write: Int32), err: (read: Int32, write: Int32), ipc: (Int32, Int32)
@@ -154,7 +157,7 @@ final class Supervisor {
                 argv: app.spec.argv, env: env, cwd: app.spec.cwd,
                 fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds,
                 // If the daemon dies, even by SIGKILL, its workers go with it (see recoverFromDeadDaemon).
-                newSession: true, parentDeathSignal: SIGKILL, setListenPID: shared))
+                newSession: true, parentDeathSignal: SIGKILL, setListenPID: shared, account: account))
         } catch {
             closeAll()
             throw error
@@ -194,6 +197,15 @@ final class Supervisor {
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
+    }
+
+    /// `uid` / `gid`: who the app's workers run as; only a daemon running as root can switch.
+    func workerAccount(_ spec: AppSpec) throws(SpawnError) -> Account? {
+        guard spec.user != nil || spec.group != nil else { return nil }
+        guard geteuid() == 0 else {
+            throw SpawnError("uid/gid need pml's daemon to run as root (it runs as uid \(geteuid()))")
+        }
+        return try Account.resolve(user: spec.user, group: spec.group)
     }
 
     /// `pid_file`: the worker's pid, replaced whole so a reader never sees half a number.

@@ -297,10 +297,16 @@ extension Supervisor {
         }
         for spec in specs {
             // Parsed already, wired in the daemon step by step (h11ops): refused until then, never ignored.
-            let pending = [("watch", spec.watch != nil), ("uid", spec.user != nil), ("gid", spec.group != nil)]
+            let pending = [("watch", spec.watch != nil)]
             if let key = pending.first(where: { $0.1 })?.0 {
                 releaseAll()
                 return .failure("\(spec.name): \"\(key)\" is not supported by this pml yet")
+            }
+            do {
+                _ = try workerAccount(spec)
+            } catch {
+                releaseAll()
+                return .failure("cannot start \(spec.name): \(error)")
             }
             if let existing = apps.first(where: { $0.spec.name == spec.name }),
                existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {

@@ -15,9 +15,12 @@ public struct SpawnRequest: Sendable {
     public var parentDeathSignal: Int32
     /// Sets `LISTEN_PID` to the child's own pid, as systemd socket activation requires.
     public var setListenPID: Bool
+    /// Run as this user and groups (the caller must be root); nil: as the caller.
+    public var account: Account?
 
     public init(argv: [String], env: [String: String], cwd: String? = nil, fds: [(source: Int32, target: Int32)] = [],
-                newSession: Bool = true, parentDeathSignal: Int32 = 0, setListenPID: Bool = false) {
+                newSession: Bool = true, parentDeathSignal: Int32 = 0, setListenPID: Bool = false, account: Account? = nil) {
+        self.account = account
         self.argv = argv
         self.env = env
         self.cwd = cwd
@@ -78,11 +81,13 @@ public func spawnProcess(_ request: SpawnRequest) throws(SpawnError) -> Int32 {
     }
     let sources = request.fds.map { $0.source }
     let targets = request.fds.map { $0.target }
+    let groups = request.account?.groups ?? []
     var pid: Int32 = 0
     let err = cArgv.withUnsafeBufferPointer { argvBuf in
         cEnv.withUnsafeBufferPointer { envBuf in
             sources.withUnsafeBufferPointer { srcBuf in
                 targets.withUnsafeBufferPointer { dstBuf in
+                  groups.withUnsafeBufferPointer { groupBuf in
                     var attr = pml_spawn_attr(
                         path: cPath,
                         argv: argvBuf.baseAddress,
@@ -93,14 +98,96 @@ public func spawnProcess(_ request: SpawnRequest) throws(SpawnError) -> Int32 {
                         fd_count: Int32(request.fds.count),
                         new_session: request.newSession ? 1 : 0,
                         parent_death_signal: request.parentDeathSignal,
-                        listen_pid_index: listenIndex)
+                        listen_pid_index: listenIndex,
+                        set_credentials: request.account == nil ? 0 : 1,
+                        uid: request.account?.uid ?? 0,
+                        gid: request.account?.gid ?? 0,
+                        groups: groupBuf.baseAddress,
+                        group_count: Int32(groups.count))
                     return pml_spawn(&attr, &pid)
+                  }
                 }
             }
         }
     }
     if err != 0 { throw SpawnError("cannot start \(program): \(String(cString: strerror(err)))") }
     return pid
+}
+
+/// Who a worker runs as (`uid` / `gid`), resolved before fork: name lookups go through NSS,
+/// which the child between fork and exec must not call.
+public struct Account: Sendable, Equatable {
+    public var uid: uid_t
+    public var gid: gid_t
+    /// Supplementary groups, as `initgroups` would set them for the user.
+    public var groups: [gid_t]
+    /// From the password database when the user has an entry: what `su` puts in the environment.
+    public var name: String?
+    public var home: String?
+    public var shell: String?
+
+    /// Resolves a user and/or group, each a name or a number. With a user, the group defaults to
+    /// the user's own; with only a group, the user stays the caller.
+    public static func resolve(user: String?, group: String?) throws(SpawnError) -> Account {
+        var account = Account(uid: geteuid(), gid: getegid(), groups: [])
+        var primary: gid_t?
+        if let user {
+            if let entry = passwordEntry(user) {
+                (account.uid, primary, account.name, account.home, account.shell) = (entry.uid, entry.gid, entry.name, entry.home, entry.shell)
+            } else if let n = uid_t(user) {
+                account.uid = n
+            } else {
+                throw SpawnError("no user named \"\(user)\"")
+            }
+        }
+        if let group {
+            if let n = gid_t(group) {
+                account.gid = n
+            } else if let g = groupID(group) {
+                account.gid = g
+            } else {
+                throw SpawnError("no group named \"\(group)\"")
+            }
+        } else if let primary {
+            account.gid = primary
+        } else if user != nil {
+            throw SpawnError("user \(user!) has no entry in the password database: give gid too")
+        }
+        account.groups = [account.gid]
+        if let name = account.name, group == nil {
+            var list = [gid_t](repeating: 0, count: 256)
+            let n = pml_group_list(name, account.gid, &list, Int32(list.count))
+            if n > 0 { account.groups = Array(list.prefix(Int(n))) }
+        }
+        return account
+    }
+
+    private static func passwordEntry(_ user: String) -> (uid: uid_t, gid: gid_t, name: String, home: String, shell: String)? {
+        var pw = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        let rc: Int32
+        if let n = uid_t(user) { rc = getpwuid_r(n, &pw, &buffer, buffer.count, &result) } else { rc = getpwnam_r(user, &pw, &buffer, buffer.count, &result) }
+        guard rc == 0, result != nil else { return nil }
+        return (pw.pw_uid, pw.pw_gid, String(cString: pw.pw_name), String(cString: pw.pw_dir), String(cString: pw.pw_shell))
+    }
+
+    private static func groupID(_ name: String) -> gid_t? {
+        var gr = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 65536)
+        guard getgrnam_r(name, &gr, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return gr.gr_gid
+    }
+
+    /// HOME, USER, LOGNAME and SHELL as `su` sets them (when the user has an entry).
+    public func apply(to env: inout [String: String]) {
+        guard let name else { return }
+        env["USER"] = name
+        env["LOGNAME"] = name
+        env["HOME"] = home
+        env["SHELL"] = shell
+    }
 }
 
 /// A pipe: (read end, write end), both CLOEXEC.

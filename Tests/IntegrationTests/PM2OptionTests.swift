@@ -178,5 +178,29 @@ extension Integration {
                 try await box.pml("start", bad).expectCleanFailure(mentioning: ["badcron.lua:3:", "hour field \"25\""])
             }
         }
+
+        @Test("as root, uid = \"nobody\" runs the worker as nobody with its groups and su's environment; output still logged")
+        func runAsNobody() async throws {
+            #expect(geteuid() == 0, "this test needs root (as in CI): pml switches users only when its daemon is root")
+            try await withSandbox { box in
+                let file = try box.write("nobody.lua", """
+                    return { name = "nob", uid = "nobody", cmd = { "sh", "-c", "echo user=$USER home=$HOME; exec sleep 1000" } }
+                    """)
+                try await box.pmlOK("start", file)
+                let row = try await box.waitOnline("nob")[0]
+                let status = try String(contentsOfFile: "/proc/\(row.pid!)/status", encoding: .utf8)
+                let field = { (name: String) in
+                    status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { $0.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().map(String.init) } ?? []
+                }
+                #expect(field("Uid") == ["65534", "65534", "65534", "65534"], "\(status)")
+                #expect(field("Gid") == ["65534", "65534", "65534", "65534"], "\(status)")
+                #expect(!field("Groups").contains("0"), "no root group left: \(field("Groups"))")
+                try await box.waitFor("the worker's output in its log") {
+                    box.read(box.logsDir + "/nob-out.log").contains("user=nobody home=/nonexistent") ? true : nil
+                }
+                let unknown = try box.write("ghost.lua", #"return { name = "ghost", uid = "no-such-user-here", cmd = { "sleep", "9" } }"#)
+                try await box.pml("start", unknown).expectCleanFailure(mentioning: ["ghost", "no user named \"no-such-user-here\""])
+            }
+        }
     }
 }

@@ -17,10 +17,33 @@ typedef struct {
     int new_session;             /* setsid(): own session and process group */
     int parent_death_signal;     /* 0: none; else PR_SET_PDEATHSIG */
     int listen_pid_index;        /* -1: none; else envp[i] has room for "LISTEN_PID=<pid>" */
+    int set_credentials;         /* 1: become uid/gid with these supplementary groups (root only) */
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups;
+    int group_count;
 } pml_spawn_attr;
 
 /* Fork and exec. Returns 0 and sets *pid, or an errno value (exec failures included). */
 int pml_spawn(const pml_spawn_attr *attr, pid_t *pid);
+
+/* The supplementary groups of user `name` with primary group `gid` (getgrouplist). Returns the
+ * count, or -1 when `max` is too small. */
+int pml_group_list(const char *name, gid_t gid, gid_t *groups, int max);
+
+/* inotify, non-blocking and CLOEXEC. */
+int pml_inotify_init(void);
+/* Watches a folder (not following a symlink) for what watch mode cares about. */
+int pml_inotify_add_dir(int fd, const char *path);
+enum {
+    PML_IN_Q_OVERFLOW = 0x4000,
+    PML_IN_IGNORED = 0x8000,
+    PML_IN_ISDIR = 0x40000000,
+    PML_IN_CREATE = 0x100,
+    PML_IN_MOVED_TO = 0x80,
+    PML_IN_DELETE_SELF = 0x400,
+    PML_IN_MOVE_SELF = 0x800,
+};
 
 /* epoll, reduced to what the event loop uses. */
 typedef struct {
