@@ -1,16 +1,24 @@
+// pthread_getattr_np (the running thread's stack bounds) is a GNU call.
+#define _GNU_SOURCE
 #include "cluashim.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 // The count hook runs every PML_HOOK_EVERY instructions: cheap, yet a runaway loop stops within
 // microseconds of its budget.
 #define PML_HOOK_EVERY 1000
+#define PML_HOOK_MASK (LUA_MASKCOUNT | LUA_MASKCALL)
 
 // Per-state bookkeeping, reached through the allocator's userdata (no globals: several
 // runtimes may live in one process).
@@ -33,9 +41,38 @@ typedef struct pml_state {
     const char *label; // names the running code in budget errors ("onCrash", "app file")
     pml_dispatch_fn dispatch;
     void *ctx;
+    // The C stack at the outermost protected call, and how far below it guarded functions may
+    // reach (see check_c_stack); `stack_thread` is the thread these were measured on.
+    uintptr_t stack_base;
+    size_t stack_allowance;
+    pthread_t stack_thread;
+    int stack_measured;
 } pml_state;
 
 static void pml_hook(lua_State *L, lua_Debug *ar);
+
+// "file:line" of the innermost Lua function at or above `level`, into `out` (used for the
+// source of pml.log lines).
+static void lua_location(lua_State *L, int level, char *out, size_t size) {
+    lua_Debug ar;
+    for (; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "Sl", &ar);
+        if (ar.currentline > 0) {
+            snprintf(out, size, "%s:%d", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    snprintf(out, size, "?");
+}
+
+// Raises `msg` located at the Lua code the hook interrupted: for a call event, the caller.
+static int raise_at(lua_State *L, lua_Debug *ar, const char *msg) {
+    char where[LUA_IDSIZE + 24];
+    lua_location(L, ar->event == LUA_HOOKCALL ? 1 : 0, where, sizeof where);
+    if (strcmp(where, "?") != 0) lua_pushfstring(L, "%s: %s", where, msg);
+    else lua_pushstring(L, msg);
+    return lua_error(L);
+}
 
 static pml_state *state_of(lua_State *L) {
     void *ud = NULL;
@@ -65,7 +102,7 @@ static void *pml_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (s->used > s->soft && !s->pressure && s->L != NULL) {
         s->pressure = 1;
         // lua_sethook is safe to call at any moment (it is meant for signal handlers).
-        lua_sethook(s->L, pml_hook, LUA_MASKCOUNT, 1);
+        lua_sethook(s->L, pml_hook, PML_HOOK_MASK, 1);
     }
     return block;
 }
@@ -116,21 +153,17 @@ static void describe_limit(char *out, size_t size, size_t limit) {
     else snprintf(out, size, "%zu bytes", limit);
 }
 
-// Raises `msg` located at the Lua code the hook interrupted.
-static int raise_at(lua_State *L, lua_Debug *ar, const char *msg) {
-    lua_getinfo(L, "Sl", ar);
-    if (ar->currentline > 0) lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, msg);
-    else lua_pushstring(L, msg);
-    return lua_error(L);
-}
 
 // Every PML_HOOK_EVERY instructions (every instruction while memory is short or the budget is
-// spent): charges the budget, checks the deadline and memory, and raises when one is exceeded.
+// spent), and before every function call: charges the budget, checks the deadline and memory, and
+// raises when one is exceeded. The call event matters for C functions: a loop of a few
+// instructions calling an expensive one (a backtracking string.find, a full collectgarbage) is
+// stopped at the first call past its deadline, not PML_HOOK_EVERY instructions later.
 static void pml_hook(lua_State *L, lua_Debug *ar) {
     pml_state *s = state_of(L);
     char msg[160];
-    s->budget -= lua_gethookcount(L);
-    if (s->pressure) {
+    if (ar->event == LUA_HOOKCOUNT) s->budget -= lua_gethookcount(L);
+    if (s->pressure && ar->event == LUA_HOOKCOUNT) {
         s->pressure = 0;
         // Scripts cannot set __gc (the sandbox refuses it), so this runs no Lua code.
         lua_gc(L, LUA_GCCOLLECT);
@@ -148,7 +181,7 @@ static void pml_hook(lua_State *L, lua_Debug *ar) {
     if (s->stopped != PML_RUNNING) {
         // From now on fire at every instruction, so a script's own pcall cannot swallow the error
         // and carry on: the next instruction of its caller raises again.
-        lua_sethook(L, pml_hook, LUA_MASKCOUNT, 1);
+        lua_sethook(L, pml_hook, PML_HOOK_MASK, 1);
         if (s->stopped == PML_OVER_BUDGET)
             snprintf(msg, sizeof msg, "%s exceeded its instruction budget (%ld instructions)",
                      s->label, s->budget_total);
@@ -156,22 +189,10 @@ static void pml_hook(lua_State *L, lua_Debug *ar) {
             snprintf(msg, sizeof msg, "%s exceeded its time budget (%d ms)", s->label, s->time_ms);
         raise_at(L, ar, msg);
     }
-    if (lua_gethookcount(L) != PML_HOOK_EVERY) lua_sethook(L, pml_hook, LUA_MASKCOUNT, PML_HOOK_EVERY);
+    // (Memory pressure is handled at the next count event, which must stay one instruction away.)
+    if (!s->pressure && lua_gethookcount(L) != PML_HOOK_EVERY) lua_sethook(L, pml_hook, PML_HOOK_MASK, PML_HOOK_EVERY);
 }
 
-// "file:line" of the innermost Lua function at or above `level`, into `out` (used for the
-// source of pml.log lines).
-static void lua_location(lua_State *L, int level, char *out, size_t size) {
-    lua_Debug ar;
-    for (; lua_getstack(L, level, &ar); level++) {
-        lua_getinfo(L, "Sl", &ar);
-        if (ar.currentline > 0) {
-            snprintf(out, size, "%s:%d", ar.short_src, ar.currentline);
-            return;
-        }
-    }
-    snprintf(out, size, "?");
-}
 
 // Message handler for every lua_pcall: keeps "file:line: msg" as Lua made it (adding nothing),
 // and turns non-string errors into text.
@@ -191,7 +212,130 @@ static void start_budget(lua_State *L, pml_state *s) {
     s->deadline_ns = now_ns() + (int64_t)s->time_ms * 1000000;
     s->pressure = 0;
     s->stopped = PML_RUNNING;
-    lua_sethook(L, pml_hook, LUA_MASKCOUNT, PML_HOOK_EVERY);
+    lua_sethook(L, pml_hook, PML_HOOK_MASK, PML_HOOK_EVERY);
+}
+
+// ---- The C stack ----
+
+// How deep below the outermost protected call guarded functions may take the C stack, at most.
+#define PML_C_STACK_MAX ((size_t)1 << 20)
+
+// Records where the outermost protected call starts on the C stack, and how much of the rest of
+// this thread's stack guarded functions may use: PML_C_STACK_MAX, or half of what is left on a
+// smaller stack (the other half stays for the C calls Lua bounds itself).
+static void measure_c_stack(pml_state *s) {
+    char here;
+    s->stack_base = (uintptr_t)&here;
+    pthread_t self = pthread_self();
+    if (s->stack_measured && pthread_equal(self, s->stack_thread)) return;
+    s->stack_thread = self;
+    s->stack_measured = 1;
+    s->stack_allowance = PML_C_STACK_MAX;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(self, &attr) != 0) return;
+    void *low = NULL;
+    size_t size = 0;
+    if (pthread_attr_getstack(&attr, &low, &size) == 0 && (uintptr_t)low < s->stack_base) {
+        size_t left = s->stack_base - (uintptr_t)low;
+        if (left / 2 < s->stack_allowance) s->stack_allowance = left / 2;
+    }
+    pthread_attr_destroy(&attr);
+}
+
+// Lua 5.4.4 (Debian 12's) counts nested C calls per coroutine, and coroutine.close runs the closed
+// coroutine's __close handlers at that coroutine's own count: a chain of handlers each closing
+// another coroutine recurses in C with no limit and overflows the C stack, killing the process
+// (fixed in Lua 5.4.5). The functions that start a coroutine's code on top of the C stack are
+// wrapped: each measures the stack first and raises while there is plenty left.
+// Upvalues: the original C function, its name.
+static int pml_stack_guard(lua_State *L) {
+    pml_state *s = state_of(L);
+    char here;
+    uintptr_t at = (uintptr_t)&here;
+    if (s->depth > 0 && at < s->stack_base && s->stack_base - at > s->stack_allowance)
+        return luaL_error(L, "%s: coroutines nested too deeply", lua_tostring(L, lua_upvalueindex(2)));
+    return lua_tocfunction(L, lua_upvalueindex(1))(L);
+}
+
+// native.guard(fn, name): fn (a C function) behind pml_stack_guard.
+static int native_guard(lua_State *L) {
+    luaL_argcheck(L, lua_iscfunction(L, 1), 1, "C function expected");
+    luaL_checkstring(L, 2);
+    lua_settop(L, 2);
+    lua_pushcclosure(L, pml_stack_guard, 2);
+    return 1;
+}
+
+// ---- Files ----
+
+static int close_stream(lua_State *L) {
+    luaL_Stream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    return luaL_fileresult(L, fclose(p->f) == 0, NULL);
+}
+
+// A file handle that is already closed (io's functions refuse it); the file is set by the caller.
+static luaL_Stream *push_closed_stream(lua_State *L) {
+    luaL_Stream *p = lua_newuserdatauv(L, sizeof *p, 0);
+    p->f = NULL;
+    p->closef = NULL;
+    luaL_setmetatable(L, LUA_FILEHANDLE);
+    return p;
+}
+
+// io.open's failure results for a file that is not a regular one.
+static int not_regular(lua_State *L, const char *name) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: not a regular file (scripts may open regular files only)", name);
+    lua_pushinteger(L, EINVAL);
+    return 3;
+}
+
+// io.open's failure results for errno, once `fd` is closed.
+static int close_failed(lua_State *L, int fd, const char *name) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return luaL_fileresult(L, 0, name);
+}
+
+// native.open(name [, mode]): io.open for scripts, with the same modes and results (a file
+// handle, or nil, message, errno), for regular files only. open(2) of a FIFO waits for the other
+// end, and a read from a FIFO, socket or device can wait forever, inside C where no budget
+// reaches: O_NONBLOCK makes the open itself return at once, and fstat then refuses anything but a
+// regular file (whose reads and writes never wait). "w" truncates only once the file is known to
+// be regular.
+static int native_open(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    const char *mode = luaL_optstring(L, 2, "r");
+    int flags;
+    switch (mode[0]) {
+    case 'r': flags = O_RDONLY; break;
+    case 'w': flags = O_WRONLY | O_CREAT; break;
+    case 'a': flags = O_WRONLY | O_CREAT | O_APPEND; break;
+    default: return luaL_argerror(L, 2, "invalid mode");
+    }
+    const char *rest = mode + 1;
+    if (*rest == '+') {
+        flags = (flags & ~O_ACCMODE) | O_RDWR;
+        rest++;
+    }
+    if (strspn(rest, "b") != strlen(rest)) return luaL_argerror(L, 2, "invalid mode");
+    // The handle exists before the descriptor, so that a memory error cannot leak it.
+    luaL_Stream *p = push_closed_stream(L);
+    int fd = open(name, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0666);
+    if (fd < 0 && errno == ENXIO) return not_regular(L, name); // a FIFO without a reader, a socket
+    if (fd < 0) return luaL_fileresult(L, 0, name);
+    struct stat st;
+    if (fstat(fd, &st) != 0) return close_failed(L, fd, name);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return not_regular(L, name);
+    }
+    if (mode[0] == 'w' && ftruncate(fd, 0) != 0) return close_failed(L, fd, name);
+    p->f = fdopen(fd, mode);
+    if (p->f == NULL) return close_failed(L, fd, name);
+    p->closef = close_stream;
+    return 1;
 }
 
 static int collect_body(lua_State *L) {
@@ -207,7 +351,10 @@ static int run_protected(lua_State *L, lua_CFunction body, void *arg, int nargs,
     pml_state *s = state_of(L);
     const char *outer_label = s->label;
     if (!lua_checkstack(L, 4)) return LUA_ERRMEM;
-    if (s->depth == 0) start_budget(L, s);
+    if (s->depth == 0) {
+        start_budget(L, s);
+        measure_c_stack(s);
+    }
     s->depth++;
     s->label = label;
     lua_pushcfunction(L, pml_msgh);
@@ -563,6 +710,44 @@ static int pml_trampoline(lua_State *L) {
 
 // ---- Protected entry points ----
 
+// Finalizers run with hooks off, so no budget could stop one (see the sandbox). Values of one
+// type share a metatable: the string library's, and the io library's for every file handle (it
+// has a C __gc). Scripts must not reach either, or they could add a __gc (or replace __index) for
+// every script: getmetatable answers false for them.
+// Neither may a script reach the process's standard input or output, which can block (a read of
+// a terminal, a write to a full pipe): io's default input and output start as closed files.
+static void lock_shared_metatables(lua_State *L) {
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+    luaL_getmetatable(L, LUA_FILEHANDLE);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+    push_closed_stream(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "_IO_input"); // liolib's keys for the default files
+    push_closed_stream(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "_IO_output");
+}
+
+// The C helpers the sandbox prelude receives as its argument.
+static void push_native(lua_State *L) {
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, native_open);
+    lua_setfield(L, -2, "open");
+    lua_pushcfunction(L, native_guard);
+    lua_setfield(L, -2, "guard");
+    // The errno values (from io.open's third result) that mean "no such file", for require.
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, -2, ENOENT);
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, -2, ENOTDIR);
+    lua_setfield(L, -2, "missing");
+}
+
 typedef struct setup_args {
     const char *prelude;
     size_t prelude_len;
@@ -603,8 +788,11 @@ static int setup_body(lua_State *L) {
     }
     lua_setglobal(L, "pml");
 
+    lock_shared_metatables(L);
+
     if (luaL_loadbufferx(L, a->prelude, a->prelude_len, "=pml.sandbox", "t") != LUA_OK) return lua_error(L);
-    lua_call(L, 0, 1);
+    push_native(L);
+    lua_call(L, 1, 1);
     luaL_checktype(L, -1, LUA_TFUNCTION);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "pml.newenv");

@@ -115,7 +115,7 @@ import Testing
             ("pml.send(1)", "pml.send: message must be JSON-able: message is nil"),
             ("pml.send(1, function() end)", "pml.send: message must be JSON-able: message is a function"),
             ("pml.send(1, { data = { print } })", "pml.send: message must be JSON-able: message.data[1] is a function"),
-            ("pml.send(1, { ['a b'] = { x = io.stdout } })", "pml.send: message must be JSON-able: message[\"a b\"].x is a userdata"),
+            ("pml.send(1, { ['a b'] = { x = io.tmpfile() } })", "pml.send: message must be JSON-able: message[\"a b\"].x is a userdata"),
             ("pml.send(1, { co = coroutine.create(print) })", "pml.send: message must be JSON-able: message.co is a thread"),
             ("pml.send(1, { x = 0/0 })", "pml.send: message must be JSON-able: message.x is not a finite number"),
             ("pml.send(1, { math.huge })", "pml.send: message must be JSON-able: message[1] is not a finite number"),
