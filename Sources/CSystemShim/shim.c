@@ -233,11 +233,18 @@ int pml_wexitstatus(int status) { return WEXITSTATUS(status); }
 int pml_wifsignaled(int status) { return WIFSIGNALED(status); }
 int pml_wtermsig(int status) { return WTERMSIG(status); }
 
-static int listen_on(int family, const struct sockaddr *addr, socklen_t len, int backlog, int nonblocking, int v6only) {
+static int listen_on(int family, const struct sockaddr *addr, socklen_t len, int backlog, int nonblocking, int v6only, int reuseport) {
     int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Before bind: every socket of a reuseport group must set it (same effective uid). */
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
     if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
     if (bind(fd, addr, len) < 0 || listen(fd, backlog) < 0) {
         int e = errno;
@@ -257,7 +264,7 @@ static int bound_port_of(int fd) {
     return -1;
 }
 
-int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int *bound_port) {
+int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int reuseport, int *bound_port) {
     int fd = -1;
     if (host == NULL) {
         struct sockaddr_in6 a6;
@@ -265,14 +272,14 @@ int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int
         a6.sin6_family = AF_INET6;
         a6.sin6_addr = in6addr_any;
         a6.sin6_port = htons((uint16_t)port);
-        fd = listen_on(AF_INET6, (struct sockaddr *)&a6, sizeof a6, backlog, nonblocking, 0);
+        fd = listen_on(AF_INET6, (struct sockaddr *)&a6, sizeof a6, backlog, nonblocking, 0, reuseport);
         if (fd < 0 && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
             struct sockaddr_in a4;
             memset(&a4, 0, sizeof a4);
             a4.sin_family = AF_INET;
             a4.sin_addr.s_addr = htonl(INADDR_ANY);
             a4.sin_port = htons((uint16_t)port);
-            fd = listen_on(AF_INET, (struct sockaddr *)&a4, sizeof a4, backlog, nonblocking, 0);
+            fd = listen_on(AF_INET, (struct sockaddr *)&a4, sizeof a4, backlog, nonblocking, 0, reuseport);
         }
     } else {
         struct addrinfo hints, *res = NULL;
@@ -288,7 +295,7 @@ int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int
         }
         int err = EADDRNOTAVAIL;
         for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-            fd = listen_on(ai->ai_family, ai->ai_addr, ai->ai_addrlen, backlog, nonblocking, 1);
+            fd = listen_on(ai->ai_family, ai->ai_addr, ai->ai_addrlen, backlog, nonblocking, 1, reuseport);
             if (fd >= 0) break;
             err = errno;
         }

@@ -89,7 +89,7 @@ struct AppSelection: ParsableArguments {
     @Option(name: [.short, .customLong("port")], help: "An address pml listens on for the app: 8080, 127.0.0.1:8080, unix:/path (repeatable).")
     var port: [String] = []
 
-    @Option(name: .long, help: "How connections reach workers: rr (pml passes each) or shared (workers inherit the sockets).")
+    @Option(name: .long, help: "How connections reach workers: rr (pml passes each), least-busy (to the worker with fewest open), reuseport (a socket per worker) or shared (workers inherit the sockets).")
     var dispatch: String?
 
     @Option(name: .long, help: "Only this app of an app file that declares several.")

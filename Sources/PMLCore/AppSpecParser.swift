@@ -164,9 +164,12 @@ public struct AppSpecParser: Sendable {
         if Set(listen).count != listen.count { throw fail("listen", "\"listen\" names the same address twice") }
         var dispatch = DispatchMode.roundRobin
         if let v = t["dispatch"] {
-            guard let s = v.stringValue, let d = DispatchMode(rawValue: s) else { throw typeError("dispatch", "\"rr\" or \"shared\"", v) }
+            guard let s = v.stringValue, let d = DispatchMode(rawValue: s) else {
+                throw typeError("dispatch", "\"rr\", \"least-busy\", \"reuseport\" or \"shared\"", v)
+            }
             dispatch = d
         }
+        if dispatch == .reusePort, let problem = Self.reusePortProblem(listen) { throw fail("dispatch", problem) }
         var ready = ReadinessRule.automatic
         switch t["ready"] {
         case nil, .string("auto")?: break
@@ -289,6 +292,24 @@ public struct AppSpecParser: Sendable {
 
     func resolve(_ path: String) -> String {
         path.hasPrefix("/") ? path : Self.normalize(baseDirectory + "/" + path)
+    }
+
+    /// Why `listen` cannot be served by per-worker SO_REUSEPORT sockets, or nil if it can.
+    static func reusePortProblem(_ listen: [ListenAddress]) -> String? {
+        if listen.isEmpty {
+            return "dispatch \"reuseport\" needs a listen address (pml binds one socket per worker on it), e.g. listen = 8080 or --port 8080"
+        }
+        for a in listen {
+            switch a {
+            case .unix:
+                return "dispatch \"reuseport\" cannot serve \(a): unix sockets cannot share a path (use \"rr\" or \"shared\")"
+            case .tcp(_, 0):
+                return "dispatch \"reuseport\" needs a fixed port, not 0 (each worker's socket would get a port of its own)"
+            case .tcp:
+                continue
+            }
+        }
+        return nil
     }
 
     func typeError(_ key: String, _ expected: String, _ got: ScriptValue) -> AppFileError {

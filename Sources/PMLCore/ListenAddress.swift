@@ -42,8 +42,16 @@ public enum ListenAddress: Sendable, Equatable, Hashable, CustomStringConvertibl
 public enum DispatchMode: String, Sendable, Codable, Equatable {
     /// pml accepts and passes each connection to the next ready worker over IPC.
     case roundRobin = "rr"
+    /// Like rr, to the worker with the fewest open connections (as workers report them).
+    case leastBusy = "least-busy"
+    /// One SO_REUSEPORT socket per worker slot, inherited by that worker; pml holds a copy of
+    /// each and accepts on a slot itself while no worker serves it.
+    case reusePort = "reuseport"
     /// Workers inherit the listening sockets (systemd socket activation) and accept themselves.
     case shared
+
+    /// pml accepts on the app's sockets and passes each connection over IPC.
+    public var passesConnections: Bool { self == .roundRobin || self == .leastBusy }
 }
 
 /// When a new worker counts as ready.

@@ -1,12 +1,19 @@
-/// Chooses the worker for each accepted connection: strict round-robin, per listener, over the
-/// workers serving it, skipping any worker that has not yet acknowledged its last handle
-/// (Node's discipline: one handle in flight per worker). Pure bookkeeping; the daemon holds the fds.
+/// Chooses the worker for each accepted connection, per listener, over the workers serving it,
+/// skipping any worker that has not yet acknowledged its last handle (Node's discipline: one
+/// handle in flight per worker): strict round-robin, or (least-busy listeners) the worker with
+/// the fewest open connections, ties in round-robin order. Pure bookkeeping; the daemon holds the fds.
 public struct RoundRobinDispatcher: Sendable, Equatable {
     /// Workers in the order they joined the rotation.
     public private(set) var rotation: [Int] = []
     private var serving: [Int: Set<Int>] = [:]     // worker → listeners it serves
     private var cursor: [Int: Int] = [:]           // listener → index in rotation to try first
     public private(set) var awaitingAck: Set<Int> = []
+    private var leastBusy: Set<Int> = []           // listeners that go to the least busy worker
+    /// Per worker: connections handed to it, and how many of those it has said are closed.
+    /// Open = handed − closed. A report on its way while pml hands over another connection only
+    /// lags behind (the new one still counts); it never makes a busy worker look idle.
+    private var handed: [Int: Int] = [:]
+    private var closed: [Int: Int] = [:]
 
     public init() {}
 
@@ -28,26 +35,57 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
         rotation.remove(at: index)
         serving[worker] = nil
         awaitingAck.remove(worker)
+        handed[worker] = nil
+        closed[worker] = nil
         for (listener, c) in cursor where c > index { cursor[listener] = c - 1 }
     }
 
     /// Whether `worker` serves `listener`.
     public func serves(worker: Int, listener: Int) -> Bool { serving[worker]?.contains(listener) == true }
 
+    /// Connections of `listener` go to the least busy worker (true) or round-robin (false).
+    public mutating func setLeastBusy(_ on: Bool, listener: Int) {
+        if on { leastBusy.insert(listener) } else { leastBusy.remove(listener) }
+    }
+
+    /// A worker's own count of its open connections now (clamped to 0...handed): a program's metric.
+    public mutating func report(worker: Int, openConnections: Int) {
+        guard serving[worker] != nil else { return }
+        let h = handed[worker] ?? 0
+        closed[worker] = h - min(max(openConnections, 0), h)
+    }
+
+    /// How many of the connections handed to it a worker has closed so far (pml's preload counts
+    /// them); never goes back, never above what it was handed.
+    public mutating func report(worker: Int, closedConnections: Int) {
+        guard serving[worker] != nil else { return }
+        closed[worker] = min(max(closedConnections, closed[worker] ?? 0), handed[worker] ?? 0)
+    }
+
+    /// Connections of `worker` that are open as far as pml knows.
+    public func load(of worker: Int) -> Int { (handed[worker] ?? 0) - (closed[worker] ?? 0) }
+
     /// The worker the next connection of `listener` goes to, marked as awaiting its ACK;
     /// nil when every serving worker still has a handle in flight (or none serves it).
     public mutating func next(for listener: Int) -> Int? {
         guard !rotation.isEmpty else { return nil }
         let start = min(cursor[listener] ?? 0, rotation.count - 1)
+        let byLoad = leastBusy.contains(listener)
+        var best: (index: Int, load: Int)?
         for step in 0..<rotation.count {
             let index = (start + step) % rotation.count
             let worker = rotation[index]
             guard serving[worker]?.contains(listener) == true, !awaitingAck.contains(worker) else { continue }
-            awaitingAck.insert(worker)
-            cursor[listener] = (index + 1) % rotation.count
-            return worker
+            let l = byLoad ? load(of: worker) : 0
+            if best == nil || l < best!.load { best = (index, l) }
+            if !byLoad || l == 0 { break } // round-robin takes the first; nobody is less busy than idle
         }
-        return nil
+        guard let best else { return nil }
+        let worker = rotation[best.index]
+        awaitingAck.insert(worker)
+        if byLoad { handed[worker, default: 0] += 1 }
+        cursor[listener] = (best.index + 1) % rotation.count
+        return worker
     }
 
     /// The worker acknowledged (or refused) its handle: it can take another.

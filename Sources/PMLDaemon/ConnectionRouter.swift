@@ -12,8 +12,11 @@ final class AppListener {
     let requestedPort: Int?
     let fd: Int32
     var handle: IOHandle?
-    /// The NODE_HANDLE line that carries each of its connections: the same every time, so encoded once.
+    /// The NODE_HANDLE line (with its newline) that carries each of its connections: the same
+    /// every time, so encoded once.
     let handleLine: [UInt8]
+    /// reuseport: pml's copy of each slot's socket for this address, by slot (`fd` is -1 then).
+    var slots: [Int: SlotSocket] = [:]
 
     init(id: Int, address: ListenAddress, requestedPort: Int?, fd: Int32) {
         self.id = id
@@ -29,7 +32,22 @@ final class AppListener {
                 "address": .string(address.description),
             ]),
         ])
-        handleLine = (try? JSONEncoder().encode(msg)).map { Array($0) } ?? []
+        handleLine = (try? JSONEncoder().encode(msg)).map { Array($0) + [UInt8(ascii: "\n")] } ?? []
+    }
+
+    /// A reuseport address: no socket of its own; its slot sockets are bound one by one (`bindSlot`).
+    static func reusePortGroup(id: Int, address: ListenAddress) -> AppListener {
+        AppListener(id: id, address: address, requestedPort: address.port, fd: -1)
+    }
+
+    /// Binds this address's SO_REUSEPORT socket for `slot`, non-blocking (pml accepts on it while
+    /// the slot has no worker; Node, Go and asyncio servers set it so themselves anyway).
+    func bindSlot(_ slot: Int) throws(SystemError) -> SlotSocket {
+        guard case .tcp(let host, let port) = address else { throw SystemError("reuseport on \(address)", errno: EINVAL) }
+        let (fd, _) = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true, reusePort: true)
+        let s = SlotSocket(slot: slot, fd: fd, listener: self)
+        slots[slot] = s
+        return s
     }
 
     /// Binds `address`: non-blocking for `rr` (pml accepts), blocking for `shared` (workers accept,
@@ -59,9 +77,26 @@ final class AppListener {
     }
 }
 
-/// Accepts connections on `rr` listeners and hands each to the next ready worker, as the
-/// `RoundRobinDispatcher` decides. Holds pml's copy of every handed fd until the worker
-/// acknowledges it, so a worker that dies first does not take the connection with it.
+/// One reuseport slot socket of an address, as pml holds it.
+final class SlotSocket {
+    let slot: Int
+    let fd: Int32
+    unowned let listener: AppListener
+    var handle: IOHandle?
+    /// pml accepts on it (no worker serves the slot, or the slot is being removed).
+    var accepting = false
+
+    init(slot: Int, fd: Int32, listener: AppListener) {
+        self.slot = slot
+        self.fd = fd
+        self.listener = listener
+    }
+}
+
+/// Accepts connections on `rr` and `least-busy` listeners (and on reuseport slot sockets no
+/// worker serves) and hands each to a ready worker, as the `RoundRobinDispatcher` decides. Holds
+/// pml's copy of every handed fd until the worker acknowledges it, so a worker that dies first
+/// does not take the connection with it.
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
@@ -91,18 +126,70 @@ final class ConnectionRouter {
 
     func waiting(on listener: Int) -> Int { pending[listener]?.count ?? 0 }
 
-    /// Starts accepting on a listener.
-    func add(_ listener: AppListener) throws(SystemError) {
+    /// Starts accepting on a listener (a reuseport group has no socket of its own: its slots come
+    /// with `addSlot`). `leastBusy`: its connections go to the worker with the fewest open ones.
+    func add(_ listener: AppListener, leastBusy: Bool = false) throws(SystemError) {
         listeners[listener.id] = listener
+        dispatcher.setLeastBusy(leastBusy, listener: listener.id)
+        guard listener.fd >= 0 else { return }
         listener.handle = try loop.register(fd: listener.fd, events: acceptingPaused ? [] : [.readable]) { [unowned self] _ in
-            self.acceptAll(listener)
+            self.acceptAll(listener.fd, listener)
         }
+    }
+
+    /// Watches a reuseport slot socket; pml accepts on it only after `setAccepting(_, true)`.
+    func addSlot(_ slot: SlotSocket) throws(SystemError) {
+        slot.handle = try loop.register(fd: slot.fd, events: []) { [unowned self, unowned slot] _ in
+            self.acceptAll(slot.fd, slot.listener)
+        }
+    }
+
+    /// pml accepts on a slot socket (its connections go to the workers serving its address), or stops.
+    func setAccepting(_ slot: SlotSocket, _ on: Bool) {
+        guard slot.accepting != on, let h = slot.handle else { return }
+        slot.accepting = on
+        // Its worker may have made the shared socket blocking; pml's accept must never block.
+        if on { setNonBlocking(slot.fd) }
+        loop.modify(h, events: on && !acceptingPaused ? [.readable] : [])
+    }
+
+    /// A removed slot: takes in what is still queued on it (for the other workers), then stops
+    /// watching it. The caller closes the socket.
+    func removeSlot(_ slot: SlotSocket) {
+        if listeners[slot.listener.id] != nil {
+            setNonBlocking(slot.fd)
+            while let fd = UnixSocket.accept(slot.fd, nonBlocking: false) {
+                if !handOut(fd, slot.listener) { enqueue(fd, slot.listener.id) }
+            }
+        }
+        if let h = slot.handle { loop.unregister(h) }
+        slot.handle = nil
+        slot.accepting = false
+    }
+
+    /// Whether some worker takes handed connections of `listener`.
+    func hasServer(for listener: Int) -> Bool {
+        dispatcher.rotation.contains { dispatcher.serves(worker: $0, listener: listener) }
+    }
+
+    /// A worker's own count of its open connections (least-busy; a program's metric).
+    func report(worker: Int, openConnections: Int) {
+        dispatcher.report(worker: worker, openConnections: openConnections)
+    }
+
+    /// How many handed connections a worker has closed in all (least-busy; pml's preload).
+    func report(worker: Int, closedConnections: Int) {
+        dispatcher.report(worker: worker, closedConnections: closedConnections)
     }
 
     /// Stops accepting on a listener and closes it and every connection still waiting for it.
     func remove(_ listener: AppListener) {
         if let h = listener.handle { loop.unregister(h) }
         listener.handle = nil
+        for s in listener.slots.values {
+            if let h = s.handle { loop.unregister(h) }
+            s.handle = nil
+        }
         listeners[listener.id] = nil
         for c in pending.removeValue(forKey: listener.id) ?? [] {
             closeFD(c.fd)
@@ -165,16 +252,18 @@ final class ConnectionRouter {
     /// Whether the worker still has a handle it has not acknowledged.
     func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil }
 
-    private func acceptAll(_ listener: AppListener) {
+    private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         // A bounded batch per wake-up keeps other fds served under a connection storm.
         for _ in 0..<64 {
-            guard listeners[listener.id] != nil, let fd = UnixSocket.accept(listener.fd, nonBlocking: false) else { return }
-            if !handOut(fd, listener) {
-                pending[listener.id, default: []].append((fd, monotonicMs()))
-                pendingCount += 1
-                if pendingCount >= Self.maxPending { pauseAccepting() }
-            }
+            guard listeners[listener.id] != nil, let fd = UnixSocket.accept(socket, nonBlocking: false) else { return }
+            if !handOut(fd, listener) { enqueue(fd, listener.id) }
         }
+    }
+
+    private func enqueue(_ fd: Int32, _ listener: Int) {
+        pending[listener, default: []].append((fd, monotonicMs()))
+        pendingCount += 1
+        if pendingCount >= Self.maxPending { pauseAccepting() }
     }
 
     /// Gives `fd` to the next worker in rotation; false if none can take it now.
@@ -209,13 +298,19 @@ final class ConnectionRouter {
         guard !acceptingPaused else { return }
         acceptingPaused = true
         logger.warning("\(pendingCount) connections are waiting for a worker; pausing accept")
-        for l in listeners.values { if let h = l.handle { loop.modify(h, events: []) } }
+        for l in listeners.values {
+            if let h = l.handle { loop.modify(h, events: []) }
+            for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: []) } }
+        }
     }
 
     private func resumeIfRoom() {
         guard acceptingPaused, pendingCount < Self.maxPending / 2 else { return }
         acceptingPaused = false
-        for l in listeners.values { if let h = l.handle { loop.modify(h, events: [.readable]) } }
+        for l in listeners.values {
+            if let h = l.handle { loop.modify(h, events: [.readable]) }
+            for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: [.readable]) } }
+        }
     }
 
     private func scheduleExpiry() {

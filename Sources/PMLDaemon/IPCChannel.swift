@@ -28,18 +28,23 @@ final class IPCChannel {
     private var wantsWritable = false
     private let onMessage: (ScriptValue) -> Void
     private let onAck: () -> Void
+    private let onLoad: (Int) -> Void
     private let onGarbage: (String) -> Void
     private(set) var isOpen = true
     /// Node's acknowledgement, by far the most frequent line: recognised without a JSON parser.
     private static let ackLine = Array(#"{"cmd":"NODE_HANDLE_ACK"}"#.utf8)
+    /// pml's preload reporting how many handed connections it has closed in all (least-busy), the
+    /// next most frequent: `{"type":"pml:load","closed":12}`, also recognised without a JSON parser.
+    private static let loadPrefix = Array(#"{"type":"pml:load","closed":"#.utf8)
 
     init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, onMessage: @escaping (ScriptValue) -> Void,
-         onAck: @escaping () -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
+         onAck: @escaping () -> Void, onLoad: @escaping (Int) -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
         self.fd = fd
         self.loop = loop
         self.scratch = scratch
         self.onMessage = onMessage
         self.onAck = onAck
+        self.onLoad = onLoad
         self.onGarbage = onGarbage
         setNonBlocking(fd)
         handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] events in self.ready(events) }
@@ -72,6 +77,11 @@ final class IPCChannel {
                 if !isOpen { return }
                 continue
             }
+            if let n = Self.loadReport(line) {
+                onLoad(n)
+                if !isOpen { return }
+                continue
+            }
             guard let value = try? JSONDecoder().decode(ScriptValue.self, from: Data(line)) else {
                 return cutOff("a line on its IPC channel is not JSON")
             }
@@ -80,6 +90,19 @@ final class IPCChannel {
         }
         input.removeFirst(start)
         if input.count > Self.maxLineBytes { cutOff("its IPC channel sent a line over 1 MiB") }
+    }
+
+    /// The count in `{"type":"pml:load","closed":<digits>}` (at most 15), or nil if the line is
+    /// anything else (then it goes through the JSON parser like any message).
+    static func loadReport(_ line: ArraySlice<UInt8>) -> Int? {
+        guard line.count > loadPrefix.count + 1, line.count <= loadPrefix.count + 16, line.last == UInt8(ascii: "}"),
+              line.starts(with: loadPrefix) else { return nil }
+        var n = 0
+        for b in line.dropFirst(loadPrefix.count).dropLast() {
+            guard b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") else { return nil }
+            n = n * 10 + Int(b - UInt8(ascii: "0"))
+        }
+        return n
     }
 
     /// Queues one JSON value as a line. False if the channel is closed.
@@ -92,14 +115,33 @@ final class IPCChannel {
     /// Queues a line, with `fd` passed alongside its first byte (-1: none). False if closed.
     @discardableResult
     func send(line: [UInt8], attaching handleFD: Int32) -> Bool {
+        send(terminatedLine: line + [UInt8(ascii: "\n")], attaching: handleFD)
+    }
+
+    /// Sends a line that already ends in a newline, with `fd` alongside its first byte (-1: none).
+    /// The usual case, nothing queued, is one sendmsg straight from the caller's bytes (no copy,
+    /// no allocation: the per-connection path). False if closed.
+    @discardableResult
+    func send(terminatedLine line: [UInt8], attaching handleFD: Int32) -> Bool {
         guard isOpen else { return false }
-        output.append(Outgoing(bytes: line + [UInt8(ascii: "\n")], fd: handleFD))
-        queuedBytes += line.count + 1
+        var offset = 0
+        let wasIdle = output.isEmpty
+        if wasIdle {
+            do {
+                offset = try line.withUnsafeBytes { try ListeningSocket.send(fd, $0, attaching: handleFD) }
+            } catch {
+                close()
+                return false
+            }
+            if offset == line.count { return true }
+        }
+        output.append(Outgoing(bytes: line, offset: offset, fd: offset > 0 ? -1 : handleFD))
+        queuedBytes += line.count - offset
         if queuedBytes > Self.maxQueuedBytes {
             cutOff("it left \(queuedBytes) bytes of its IPC channel unread")
             return false
         }
-        if output.count == 1 { flush() }
+        if wasIdle { flush() } // the socket is full: this registers for writability
         return isOpen
     }
 

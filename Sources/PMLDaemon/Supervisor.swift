@@ -114,18 +114,34 @@ final class Supervisor {
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
+        env["PML_DISPATCH"] = app.spec.dispatch.rawValue
         if let notify { env["NOTIFY_SOCKET"] = notify.path }
         var fds: [(source: Int32, target: Int32)] = []
-        let shared = app.spec.dispatch == .shared && !app.listeners.isEmpty
+        let reusePort = app.spec.dispatch == .reusePort && !app.listeners.isEmpty
+        let shared = (app.spec.dispatch == .shared || reusePort) && !app.listeners.isEmpty
         if shared {
-            // systemd socket activation: listening fds from 3, in app-file order.
-            for (i, l) in app.listeners.enumerated() { fds.append((l.fd, Int32(3 + i))) }
+            // systemd socket activation: listening fds from 3, in app-file order; under reuseport,
+            // this worker's slot (its instance) of each address.
+            let slot = w.instance
+            for (i, l) in app.listeners.enumerated() {
+                var fd = l.fd
+                if reusePort {
+                    do {
+                        fd = try slotSocket(app, l, slot).fd
+                    } catch {
+                        throw SpawnError("cannot bind the socket of slot \(slot) on \(l.address): \(error)")
+                    }
+                }
+                fds.append((fd, Int32(3 + i)))
+            }
             env["LISTEN_FDS"] = String(app.listeners.count)
             env["LISTEN_FDNAMES"] = Array(repeating: app.spec.name, count: app.listeners.count).joined(separator: ":")
         } else {
             env["LISTEN_FDS"] = nil
             env["LISTEN_FDNAMES"] = nil
         }
+        // The preload matches `server.listen(port)` against these to listen on the inherited slot socket.
+        env["PML_LISTEN_ADDRESSES"] = reusePort ? app.listeners.map(\.address.description).joined(separator: ",") : nil
         let ipcTarget = Int32(3 + (shared ? app.listeners.count : 0))
         env["PML_IPC_FD"] = String(ipcTarget)
         env["NODE_CHANNEL_FD"] = String(ipcTarget)
@@ -174,6 +190,8 @@ final class Supervisor {
                 self.ipcMessage(w, msg)
             }, onAck: { [unowned self, unowned w] in
                 self.router.acknowledged(worker: w.id)
+            }, onLoad: { [unowned self, unowned w] n in
+                self.router.report(worker: w.id, closedConnections: n)
             }, onGarbage: { [unowned self, unowned w] why in
                 self.ipcGarbage(w, why)
             })
@@ -191,9 +209,14 @@ final class Supervisor {
         w.restartDelayMs = nil
         w.statusText = nil
         w.requestedListeners = []
+        w.listensOnSlot = false
         workersByPID[pid] = w
         runningWorkers[w.id] = w
         writePidFile(w, pid: pid)
+        if reusePort {
+            app.slots.spawned(worker: w.id, slot: w.instance)
+            updateSlots(app)
+        }
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
@@ -255,6 +278,8 @@ final class Supervisor {
             w.ipc?.close()
             w.ipc = nil
             router.workerGone(worker: w.id)
+            w.app.slots.exited(worker: w.id)
+            updateSlots(w.app)
             let info = ExitInfo(code: exit.code.map(Int.init), signal: exit.signal.map(SignalNames.name),
                                 uptimeMs: monotonicMs() - w.startedAt)
             w.lastExit = info
@@ -383,6 +408,8 @@ final class Supervisor {
             if w.status == .stopping { continue }
             w.status = .stopping
             router.retire(worker: w.id)
+            w.app.slots.notServing(worker: w.id)
+            updateSlots(w.app)
             let app = w.app
             let signal = style.signal ?? SignalNames.number(app.spec.killSignal) ?? SIGTERM
             let sendKillSignal = { [unowned self, unowned w] in
@@ -480,7 +507,10 @@ final class Supervisor {
             name: app.spec.name, mode: app.mode, status: app.status, spec: app.spec,
             outLog: app.logs.outPath, errLog: app.logs.errPath,
             workers: app.workers.map { w in
-                w.description(serving: app.listeners.filter { router.serves(worker: w.id, listener: $0.id) }.map(\.address.description))
+                // reuseport: a worker serves every address on its slot, whether or not it also takes handed connections.
+                w.description(serving: app.listeners.filter {
+                    router.serves(worker: w.id, listener: $0.id) || app.slots.serves(worker: w.id)
+                }.map(\.address.description))
             },
             listening: app.listeners.map(\.address.description),
             pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },

@@ -6,19 +6,68 @@ import PMLPosix
 extension Supervisor {
     // MARK: listeners
 
-    /// Binds the app's `listen` addresses that are not bound yet (rr: pml accepts on them).
+    /// Binds the app's `listen` addresses that are not bound yet (rr, least-busy: pml accepts on
+    /// them; reuseport: one socket per slot, 0..<instances).
     func openListeners(_ app: ManagedApp) throws(SystemError) {
         var opened: [AppListener] = []
+        let dispatch = app.spec.dispatch
         for address in app.spec.listen where !app.listeners.contains(where: { $0.matchesSpec(address) }) {
             do {
-                let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: app.spec.dispatch == .shared)
+                let l: AppListener
+                if dispatch == .reusePort {
+                    l = AppListener.reusePortGroup(id: nextListenerID, address: address)
+                } else {
+                    l = try AppListener.bind(id: nextListenerID, address: address, forSharing: dispatch == .shared)
+                }
                 nextListenerID += 1
-                if app.spec.dispatch == .roundRobin { try router.add(l) }
                 opened.append(l)
                 app.listeners.append(l)
+                if dispatch != .shared { try router.add(l, leastBusy: dispatch == .leastBusy) }
+                if dispatch == .reusePort {
+                    for slot in 0..<app.spec.instances { _ = try slotSocket(app, l, slot) }
+                }
             } catch {
                 for l in opened { closeListener(l, of: app) }
                 throw error
+            }
+        }
+        updateSlots(app)
+    }
+
+    /// The socket of `slot` on a reuseport address, bound now if it is not yet.
+    func slotSocket(_ app: ManagedApp, _ l: AppListener, _ slot: Int) throws(SystemError) -> SlotSocket {
+        if let s = l.slots[slot] { return s }
+        let s = try l.bindSlot(slot)
+        do {
+            try router.addSlot(s)
+        } catch {
+            l.slots[slot] = nil
+            closeFD(s.fd)
+            throw error
+        }
+        if app.listeners.allSatisfy({ $0.slots[slot] != nil }) { app.slots.didBind(slot) }
+        return s
+    }
+
+    /// reuseport: pml accepts on every slot socket no worker serves (while some worker takes
+    /// handed connections, or the slot is being removed), and closes removed slots nobody holds
+    /// any more, after taking in what is queued on them.
+    func updateSlots(_ app: ManagedApp) {
+        guard app.spec.dispatch == .reusePort else { return }
+        _ = app.slots.resize(to: app.spec.instances)
+        for slot in app.slots.closable {
+            for l in app.listeners {
+                guard let s = l.slots.removeValue(forKey: slot) else { continue }
+                router.removeSlot(s)
+                closeFD(s.fd)
+            }
+            app.slots.didClose(slot)
+            logger.info("\(app.spec.name): closed the sockets of slot \(slot)")
+        }
+        for l in app.listeners {
+            let handoff = router.hasServer(for: l.id)
+            for (slot, s) in l.slots {
+                router.setAccepting(s, app.slots.pmlAccepts(slot) && (handoff || slot >= app.slots.size))
             }
         }
     }
@@ -30,6 +79,11 @@ extension Supervisor {
     private func closeListener(_ l: AppListener, of app: ManagedApp) {
         router.remove(l)
         closeFD(l.fd)
+        for s in l.slots.values {
+            closeFD(s.fd)
+            app.slots.didClose(s.slot)
+        }
+        l.slots = [:]
         if case .unix(let path) = l.address { unlink(path) }
         app.listeners.removeAll { $0 === l }
     }
@@ -93,10 +147,16 @@ extension Supervisor {
         if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
         w.status = .online
         let app = w.app
-        if app.spec.dispatch == .roundRobin {
+        if app.spec.dispatch.passesConnections {
             for l in app.listeners where !app.usesNodeShim || w.requestedListeners.contains(l.id) {
                 router.serve(worker: w.id, listener: l.id)
             }
+        } else if app.spec.dispatch == .reusePort {
+            // It accepts on its slot socket now (a Node worker: once it listened on it). Handed
+            // connections only if it asked for them (the preload does, `pml:handoff` for others).
+            if !app.usesNodeShim || w.listensOnSlot { app.slots.serving(worker: w.id) }
+            for l in app.listeners where w.requestedListeners.contains(l.id) { router.serve(worker: w.id, listener: l.id) }
+            updateSlots(app)
         }
         callHook(app, "onReady", [w.scriptValue], worker: w)
         if let watch = w.startWatch {
@@ -110,7 +170,7 @@ extension Supervisor {
 
     func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> Bool {
         guard let ipc = runningWorkers[id]?.ipc, ipc.isOpen else { return false }
-        return ipc.send(line: listener.handleLine, attaching: fd)
+        return ipc.send(terminatedLine: listener.handleLine, attaching: fd)
     }
 
     /// Messages per second a worker may send to hooks; beyond it they are dropped, and far beyond
@@ -140,7 +200,11 @@ extension Supervisor {
         }
         switch type {
         case "metric":
-            if let name = msg["name"]?.stringValue, let value = msg["value"]?.doubleValue { w.metrics[name] = value }
+            if let name = msg["name"]?.stringValue, let value = msg["value"]?.doubleValue, value.isFinite {
+                w.metrics[name] = value
+                // least-busy: a program's own count of its open connections.
+                if name == "connections" { router.report(worker: w.id, openConnections: Int(max(0, min(value, 1e6)))) }
+            }
         case "pml:listen":
             listenRequest(w, msg)
         case "pml:unlisten":
@@ -148,6 +212,17 @@ extension Supervisor {
                                                      path: msg["path"]?.stringValue) {
                 w.requestedListeners.remove(l.id)
                 router.stopServing(worker: w.id, listener: l.id)
+                w.app.slots.notServing(worker: w.id)
+            }
+            updateSlots(w.app)
+        case "pml:handoff":
+            // reuseport, a program that is not Node: it also takes connections pml hands over
+            // (those queued on a slot whose worker is gone), as NODE_HANDLE lines.
+            guard w.app.spec.dispatch == .reusePort else { break }
+            for l in w.app.listeners { w.requestedListeners.insert(l.id) }
+            if w.status == .online {
+                for l in w.app.listeners { router.serve(worker: w.id, listener: l.id) }
+                updateSlots(w.app)
             }
         default:
             if w.messageWindow.count > Self.messageRate {
@@ -178,6 +253,11 @@ extension Supervisor {
             w.ipc?.send(.object(t))
         }
         var listener = app.listeners.first { $0.matches(host: host, port: port, path: path) }
+        if listener == nil && app.spec.dispatch == .reusePort {
+            // Only the app's own addresses have slot sockets; the preload binds anything else itself.
+            return reply(["ok": .bool(false), "code": .string("EADDRNOTAVAIL"),
+                          "error": .string("EADDRNOTAVAIL: not one of the app's listen addresses")])
+        }
         if listener == nil {
             let address: ListenAddress
             if let path { address = .unix(path: path) } else if let port, (0...65535).contains(port) {
@@ -189,7 +269,7 @@ extension Supervisor {
             do {
                 let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: false)
                 nextListenerID += 1
-                try router.add(l)
+                try router.add(l, leastBusy: app.spec.dispatch == .leastBusy)
                 app.listeners.append(l)
                 listener = l
                 logger.info("\(app.spec.name): listening on \(l.address.description) for its workers")
@@ -202,9 +282,16 @@ extension Supervisor {
         reply(["ok": .bool(true), "port": l.address.port.map { .int(Int64($0)) } ?? .null,
                "address": .string(l.address.description)])
         w.requestedListeners.insert(l.id)
+        if msg["inherited"] == .bool(true) { w.listensOnSlot = true }
         // Only a ready worker takes connections; one still starting joins in markReady.
         if w.status == .starting && app.spec.ready == .automatic { markReady(w) }
-        if w.status == .online { router.serve(worker: w.id, listener: l.id) }
+        if w.status == .online {
+            router.serve(worker: w.id, listener: l.id)
+            if app.spec.dispatch == .reusePort, w.listensOnSlot {
+                app.slots.serving(worker: w.id)
+                updateSlots(app)
+            }
+        }
     }
 
     /// Garbage or a flood on the channel: pml stops listening to it and restarts the worker.
@@ -227,6 +314,8 @@ extension Supervisor {
                     markReady(w)
                 } else if line == "STOPPING=1" {
                     router.retire(worker: w.id)
+                    w.app.slots.notServing(worker: w.id)
+                    updateSlots(w.app)
                 } else if line.hasPrefix("STATUS=") {
                     w.statusText = String(line.dropFirst("STATUS=".count))
                 }

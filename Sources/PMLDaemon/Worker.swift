@@ -32,6 +32,8 @@ final class Worker {
     var metrics: [String: Double] = [:]
     /// Listeners a Node worker asked for through the preload; it serves them once ready.
     var requestedListeners: Set<Int> = []
+    /// reuseport, through the preload: it listens on its inherited slot socket.
+    var listensOnSlot = false
     /// Messages from the worker in the current one-second window (flood control).
     var messageWindow = (start: 0, count: 0)
     var statusText: String?
@@ -88,6 +90,8 @@ final class ManagedApp {
     var workers: [Worker] = []
     /// Sockets pml holds for the app; kept across worker restarts, closed when the app stops.
     var listeners: [AppListener] = []
+    /// reuseport: which slot sockets exist, who holds and serves them.
+    var slots = ReusePortSlots()
     /// A reload is replacing the workers; a second one is refused.
     var reloading = false
     var autoscaleTimer: TimerHandle?
@@ -136,10 +140,11 @@ final class ManagedApp {
         for (instance, files) in instanceLogs { files.configure(for: spec, paths: paths, instance: instance) }
     }
 
-    /// Node workers of `rr` apps get pml's preload, which turns `server.listen()` into a request
-    /// to pml; they serve an address once they ask for it, not as soon as they are ready.
+    /// Node workers of `rr`, `least-busy` and `reuseport` apps get pml's preload, which turns
+    /// `server.listen()` into a request to pml (or, under reuseport, a listen on the inherited slot
+    /// socket); they serve an address once they ask for it, not as soon as they are ready.
     var usesNodeShim: Bool {
-        guard spec.dispatch == .roundRobin, let program = spec.argv.first?.split(separator: "/").last else { return false }
+        guard spec.dispatch != .shared, let program = spec.argv.first?.split(separator: "/").last else { return false }
         return program == "node" || program == "nodejs"
     }
 

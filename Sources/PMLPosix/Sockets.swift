@@ -4,13 +4,14 @@ import Glibc
 /// Listening sockets an app's workers are served from, and the fd passing that feeds them.
 public enum ListeningSocket {
     /// A TCP listener; host nil means every interface (dual-stack). Returns the fd and bound port.
-    public static func tcp(host: String?, port: Int, nonBlocking: Bool) throws(SystemError) -> (fd: Int32, port: Int) {
+    /// `reusePort`: a member of an SO_REUSEPORT group (the kernel spreads connections over the group).
+    public static func tcp(host: String?, port: Int, nonBlocking: Bool, reusePort: Bool = false) throws(SystemError) -> (fd: Int32, port: Int) {
         var bound: Int32 = 0
         let fd: Int32
         if let host {
-            fd = pml_tcp_listen(host, Int32(port), 511, nonBlocking ? 1 : 0, &bound)
+            fd = pml_tcp_listen(host, Int32(port), 511, nonBlocking ? 1 : 0, reusePort ? 1 : 0, &bound)
         } else {
-            fd = pml_tcp_listen(nil, Int32(port), 511, nonBlocking ? 1 : 0, &bound)
+            fd = pml_tcp_listen(nil, Int32(port), 511, nonBlocking ? 1 : 0, reusePort ? 1 : 0, &bound)
         }
         if fd < 0 { throw SystemError("listen on \(host ?? "*"):\(port)", errno: errno) }
         return (fd, Int(bound))

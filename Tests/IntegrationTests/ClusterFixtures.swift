@@ -143,7 +143,9 @@ enum ClusterFixture {
                 return {"fd": fd, "error": str(e)}
             try:
                 info = {"fd": fd, "family": int(s.family), "type": int(s.type),
-                        "listening": s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1}
+                        "listening": s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1,
+                        "reuseport": s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1,
+                        "inode": os.fstat(fd).st_ino}
                 name = s.getsockname()
                 info["port"] = name[1] if isinstance(name, tuple) else None
                 return info

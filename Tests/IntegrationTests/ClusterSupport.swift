@@ -305,6 +305,21 @@ extension Sandbox {
         }
     }
 
+    /// What each worker of `app` running `ClusterFixture.pythonShared` found in its environment
+    /// and fd table (`<dir>/<instance>.json`), once all `count` records match the pids in ls.
+    func sharedRecords(_ app: String, in dir: String, count: Int) async throws -> [[String: Any]] {
+        try await waitFor("\(count) env records of \(app)'s workers, matching ls") {
+            var out: [[String: Any]] = []
+            for row in try await rows(app) {
+                guard let data = FileManager.default.contents(atPath: "\(dir)/\(row.instance).json"),
+                      let rec = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                      (rec["pid"] as? Int).map(Int32.init) == row.pid else { return nil }
+                out.append(rec)
+            }
+            return out.count == count ? out : nil
+        }
+    }
+
     /// `pml ping` answers.
     func pingOK() async -> Bool {
         (try? await pml(["ping"], timeout: 5).ok) ?? false

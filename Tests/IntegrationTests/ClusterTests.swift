@@ -110,17 +110,7 @@ extension Integration {
                 for row in rows { #expect(row.mode == "cluster", "\(row)") }
 
                 // What each worker found in its environment and fd table (written by the worker).
-                let records: [[String: Any]] = try await box.waitFor("both workers' env records, matching ls") {
-                    let rows = try await box.rows("sh")
-                    var out: [[String: Any]] = []
-                    for row in rows {
-                        guard let data = FileManager.default.contents(atPath: "\(envDir)/\(row.instance).json"),
-                              let rec = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-                              (rec["pid"] as? Int).map(Int32.init) == row.pid else { return nil }
-                        out.append(rec)
-                    }
-                    return out.count == 2 ? out : nil
-                }
+                let records = try await box.sharedRecords("sh", in: envDir, count: 2)
                 for rec in records {
                     let pid = rec["pid"] as? Int ?? -1
                     #expect(rec["LISTEN_PID"] as? String == String(pid), "LISTEN_PID is the worker's own pid: \(rec)")

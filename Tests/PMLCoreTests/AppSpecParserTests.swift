@@ -194,6 +194,23 @@ import Testing
         #expect(try parse([:]).dispatch == .roundRobin)
         #expect(try parse(["dispatch": .string("shared")]).dispatch == .shared)
         #expect(throws: AppFileError.self) { try parse(["dispatch": .string("random")]) }
+        #expect(try parse(["dispatch": .string("least-busy")]).dispatch == .leastBusy)
+        #expect(try parse(["dispatch": .string("reuseport"), "listen": .int(8080)]).dispatch == .reusePort)
+        #expect(try parse(["dispatch": .string("reuseport"), "listen": .array([.int(8080), .string("127.0.0.1:9090")])]).dispatch == .reusePort)
+        #expect(DispatchMode.leastBusy.passesConnections && DispatchMode.roundRobin.passesConnections)
+        #expect(!DispatchMode.reusePort.passesConnections && !DispatchMode.shared.passesConnections)
+        // Impossible combinations: one line saying why.
+        for (listen, words) in [(nil, "needs a listen address"), (ScriptValue.string("unix:/tmp/x.sock"), "unix sockets cannot share"),
+                                (.int(0), "fixed port"), (.array([.int(8080), .string("unix:/tmp/y.sock")]), "unix sockets")] {
+            var fields: [String: ScriptValue] = ["dispatch": .string("reuseport")]
+            fields["listen"] = listen
+            do {
+                _ = try parse(fields)
+                Issue.record("reuseport with \(String(describing: listen)) was accepted")
+            } catch {
+                #expect(error.message.contains(words) && !error.message.contains("\n"), "\(error.message)")
+            }
+        }
         #expect(try parse([:]).ready == .automatic)
         #expect(try parse(["ready": .string("message")]).ready == .message)
         #expect(try parse(["ready": .int(500)]).ready == .delay(500))

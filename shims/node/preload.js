@@ -1,17 +1,22 @@
 'use strict';
-// pml's Node.js shim for cluster mode (dispatch = "rr").
+// pml's Node.js shim for cluster mode (dispatch = "rr", "least-busy", "reuseport").
 //
-// The daemon loads it into every Node worker of an rr app with
+// The daemon loads it into every Node worker of such an app with
 // NODE_OPTIONS=--require <this file>. It makes an unchanged `server.listen(8080)` ask pml for
 // the address over the IPC channel instead of binding it, and turns the connections pml hands
 // over (NODE_HANDLE lines carrying the accepted fd) into the server's own 'connection' events.
+// Under reuseport, `server.listen(8080)` listens on this worker's own SO_REUSEPORT socket for
+// 8080, inherited from pml (LISTEN_FDS, PML_LISTEN_ADDRESSES), and still takes the connections
+// pml hands over (those queued on the socket of a worker that died). Under least-busy it tells
+// pml how many connections it has closed in all whenever one closes ({type:"pml:load", closed}).
 // On pml's "shutdown" message (when the app has no 'message' listener of its own) it closes
 // every such server and exits once their connections are done: an unchanged app stops without
 // dropping in-flight requests.
 //
 // Wire format (see docs/PROTOCOL.md and PRODUCT.md §5):
-//   worker -> pml  {type:"pml:listen", id, port, host, path}
+//   worker -> pml  {type:"pml:listen", id, port, host, path, inherited?}
 //                  {type:"pml:unlisten", port, host, path, address}
+//                  {type:"pml:load", closed}   (least-busy: connections closed in all, after a change)
 //   pml -> worker  {cmd:"NODE_PML_LISTEN_REPLY", id, ok, port, address | error, code}
 //                  {cmd:"NODE_HANDLE", type:"net.Socket", msg:{type:"pml:connection", port, address}} + fd
 //                  "shutdown"
@@ -36,6 +41,7 @@
   const os = require('os');
 
   const kState = Symbol('pml.server');
+  const kTracked = Symbol('pml.tracked');
   const origListen = net.Server.prototype.listen;
   const origClose = net.Server.prototype.close;
   const origEmit = process.emit;
@@ -48,6 +54,32 @@
   let shuttingDown = false;
   let channelHeld = false;
   let releaseTimer = null;
+
+  // reuseport: this worker's slot sockets, fd 3 onwards, one per app address (in order).
+  const inherited = [];
+  if (env.PML_LISTEN_ADDRESSES && env.LISTEN_PID === String(process.pid)) {
+    const keys = env.PML_LISTEN_ADDRESSES.split(',');
+    if (Number(env.LISTEN_FDS) === keys.length) {
+      keys.forEach((key, i) => inherited.push({ key, fd: 3 + i, used: false }));
+    }
+  }
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'PML_LISTEN_ADDRESSES']) delete env[k];
+
+  // least-busy: how many connections of shim servers have closed in all, reported to pml after
+  // a change, at most once per turn of the event loop. A count that only grows lets pml tell
+  // exactly which of the connections it handed over are still open (handed - closed).
+  const reportLoad = env.PML_DISPATCH === 'least-busy';
+  let closedConnections = 0;
+  let loadReportQueued = false;
+  function connectionClosed() {
+    closedConnections++;
+    if (!reportLoad || loadReportQueued) return;
+    loadReportQueued = true;
+    setImmediate(() => {
+      loadReportQueued = false;
+      if (process.connected) process.send({ type: 'pml:load', closed: closedConnections });
+    });
+  }
 
   // -- The IPC channel ----------------------------------------------------------------------
 
@@ -199,14 +231,17 @@
     }
 
     if (cb !== null) this.once('listening', cb);
+    const slot = request.path == null ? inheritedFor(request) : null;
     const st = {
-      phase: 'pending', key: null, port: null, host: null, family: null,
+      phase: slot ? 'listening' : 'pending', key: slot ? slot.key : null, port: null, host: null, family: null,
       request, sockets: new Set(),
     };
     this[kState] = st;
     servers.add(this);
     holdChannel();
+    track(this);
     addAbortSignal(this, options.signal);
+    if (slot) return listenInherited(this, st, slot);
 
     const id = nextId++;
     st.id = id;
@@ -225,6 +260,53 @@
     });
     return this;
   };
+
+  // The unused inherited slot socket for a TCP listen: same port, and any host on either side
+  // (like rr: listen(port) on every interface takes the app's address for that port).
+  function inheritedFor(request) {
+    for (const slot of inherited) {
+      if (slot.used) continue;
+      const a = parseAddress(slot.key);
+      if (!a || a.port !== request.port) continue;
+      const anyHost = !request.host || request.host === '::' || request.host === '0.0.0.0';
+      if (anyHost || !a.host || a.host === request.host) return slot;
+    }
+    return null;
+  }
+
+  // Node listens on the inherited socket itself; pml hears that this worker serves its slot and
+  // can take the connections pml accepts for the others' slots while they have no worker.
+  function listenInherited(server, st, slot) {
+    slot.used = true;
+    routes.set(st.key, server);
+    const id = nextId++;
+    pendingReplies.set(id, (reply) => {
+      if (!reply.ok) process.emitWarning(`pml: ${reply.error || reply.code}`, { code: 'PML_LISTEN' });
+    });
+    server.once('listening', () => {
+      send({ type: 'pml:listen', id, port: st.request.port, host: st.request.host, path: null, inherited: true });
+    });
+    return origListen.call(server, { fd: slot.fd });
+  }
+
+  // Every connection of a shim server, handed over or accepted on an inherited socket.
+  function track(server) {
+    if (server[kTracked]) return;
+    server[kTracked] = true;
+    server.prependListener('connection', (socket) => {
+      const st = server[kState];
+      if (st) {
+        st.sockets.add(socket);
+        socket.once('close', () => st.sockets.delete(socket));
+      }
+      // Done once its writing side has finished (the response sent) or it closed, whichever is
+      // first: the report then reaches pml before the client's next connection usually does.
+      let counted = true;
+      const done = () => { if (counted) { counted = false; connectionClosed(); } };
+      socket.once('finish', done);
+      socket.once('close', done);
+    });
+  }
 
   function describe(request) {
     if (request.path) return request.path;
@@ -336,8 +418,6 @@
     server._connections++;
     socket.server = server;
     socket._server = server; // net.Socket decrements _connections and emits the server's 'close'
-    st.sockets.add(socket);
-    socket.once('close', () => st.sockets.delete(socket));
     server.emit('connection', socket);
     if (st.phase === 'closing') endKeepAlive(socket);
   }

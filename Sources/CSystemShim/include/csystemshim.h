@@ -87,7 +87,7 @@ int pml_set_child_subreaper(void);
 /* A listening TCP socket, CLOEXEC, SO_REUSEADDR. host NULL: every interface, one dual-stack
  * IPv6 socket (IPv4 only where IPv6 is off). Returns the fd and the bound port, or -1 with errno
  * (EAI errors from name lookup become EADDRNOTAVAIL). */
-int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int *bound_port);
+int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int reuseport, int *bound_port);
 
 /* A unix datagram socket at path that receives senders' credentials (for NOTIFY_SOCKET). */
 int pml_notify_socket(const char *path);

@@ -1,0 +1,302 @@
+// Dispatch modes beyond rr (issue 12): `reuseport` (one SO_REUSEPORT socket per worker slot, held
+// by pml, which accepts on a slot itself while it has no worker) and `least-busy` (rr to the
+// worker with the fewest open connections). Real daemons, real Node and Python workers, real
+// sockets; the load and request helpers come from ClusterSupport.swift and ReloadSupport.swift.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Integration {
+    @Suite("Dispatch modes")
+    struct Dispatch {
+        /// A Node app file for ReloadFixture.server with `dispatch`.
+        static func app(_ box: Sandbox, name: String, port: Int, instances: Int, dispatch: String,
+                        env: [String: String] = [:], extra: String = "") throws -> String {
+            try Reload.nodeApp(box, name: name, script: ReloadFixture.server, port: port, instances: instances,
+                               env: env, extra: "  dispatch = \(lua(dispatch)),\n\(extra)")
+        }
+
+        /// Connections handed over by pml to each worker (`dispatched` in describe --json), by pid.
+        static func dispatched(_ box: Sandbox, _ app: String) async throws -> [Int32: Int] {
+            var out: [Int32: Int] = [:]
+            for w in try await box.rawWorkers(app) {
+                guard let p = w["process"] as? [String: Any], let pid = p["pid"] as? Int else { continue }
+                out[Int32(pid)] = w["dispatched"] as? Int ?? 0
+            }
+            return out
+        }
+
+        // MARK: reuseport
+
+        @Test("reuseport: 3 Node workers, each on its own socket; the kernel spreads 90 connections over all 3, none through pml")
+        func reusePortServes() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitServing("rp", count: 3))
+                let replies = try box.answers(port: port, count: 90)
+                var counts: [Int32: Int] = [:]
+                for r in replies { counts[r.pid ?? -1, default: 0] += 1 }
+                #expect(Set(counts.keys) == pids, "every worker served: \(counts) vs \(pids.sorted())")
+                let handed = try await Self.dispatched(box, "rp")
+                #expect(handed.values.reduce(0, +) == 0, "no connection went through pml: \(handed)")
+                #expect(ListenQueues.sockets(port: port) == 3, "one listening socket per slot")
+            }
+        }
+
+        @Test("reuseport: kill -9 of a stopped worker with connections queued on its socket: all are answered by the others, through pml")
+        func reusePortKillKeepsQueue() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                // A long restart delay: the slot has no worker for 5 s, and pml serves its queue meanwhile.
+                let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport",
+                                        extra: "  restart_delay = 5000,")
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitServing("rp", count: 3)
+                let victim = rows[1].pid!
+                let load = ReloadLoad(port: port)
+                load.start(fast: 2, slow: 0)
+                await sleepMs(300)
+
+                // Stopped, it accepts nothing: whatever the kernel sends to its slot waits in that socket's queue.
+                kill(victim, SIGSTOP)
+                try await box.waitFor("worker \(victim) stopped") { Proc.state(victim) == "T" ? true : nil }
+                let total = 24
+                let clients = ParallelGets(port: port, count: total, timeout: 12)
+                let queued = try await box.waitFor("every connection answered or queued on the stopped worker's socket") { () -> Int? in
+                    let q = ListenQueues.longestQueue(port: port)
+                    return clients.finished + q >= total && q > 0 ? q : nil
+                }
+                kill(victim, SIGKILL)
+                let killedAt = nowMs()
+                let results = await clients.wait()
+                // Its replacement starts 5 s later: answers before that came from the live workers.
+                #expect(nowMs() - killedAt < 4000, "the queue was served by the others, not by the replacement")
+                let samples = await load.stop()
+                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "all \(total) connections answered, \(queued) of them queued on the dead worker's socket: \(failed.prefix(4))")
+                let victimAnswers = results.filter { if case .success(let r) = $0 { return r.pid == victim } else { return false } }
+                #expect(victimAnswers.isEmpty, "the dead worker answered none")
+                let handed = try await Self.dispatched(box, "rp")
+                #expect(handed.values.reduce(0, +) >= queued, "pml handed the \(queued) queued connections to the live workers: \(handed)")
+                // The sequential load: a stopped worker holds at most the requests the kernel gave it (queued, then served by others).
+                #expect(samples.failed.isEmpty, "the load saw no failure: \(samples.summary())")
+                // The replacement takes the slot back; pml stops accepting on it.
+                let after = try await box.waitServing("rp", count: 3, timeout: 20)
+                #expect(!Reload.pids(after).contains(victim))
+                // Once it serves, pml no longer accepts on its slot: nothing more is handed over.
+                let before = try await Self.dispatched(box, "rp").values.reduce(0, +)
+                let replies = try box.answers(port: port, count: 30)
+                #expect(Set(replies.compactMap(\.pid)) == Reload.pids(after), "all 3 serve again")
+                #expect(try await Self.dispatched(box, "rp").values.reduce(0, +) == before, "the kernel spreads them, not pml")
+            }
+        }
+
+        @Test("reuseport: 3 graceful reloads under load, 0 failed; every slot keeps one socket, the replacements serve")
+        func reusePortReloads() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
+                try await box.pmlOK("start", file)
+                var pids = Reload.pids(try await box.waitServing("rp", count: 3))
+                let load = ReloadLoad(port: port)
+                load.start(fast: 2, slow: 2)
+                await sleepMs(500)
+                for round in 1...3 {
+                    let r = try await box.pml(["reload", "rp", "--graceful"], timeout: 40)
+                    #expect(r.ok, "reload \(round):\n\(r)")
+                    let now = Reload.pids(try await box.waitServing("rp", count: 3))
+                    #expect(now.isDisjoint(with: pids), "reload \(round) replaced every worker")
+                    pids = now
+                    await sleepMs(400)
+                }
+                let samples = await load.stop()
+                #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
+                #expect(samples.count > 60, "the load ran: \(samples.summary())")
+                #expect(Set(samples.compactMap(\.pid)).isSuperset(of: pids), "the final workers served")
+                #expect(ListenQueues.sockets(port: port) == 3, "still one socket per slot")
+            }
+        }
+
+        @Test("reuseport: scale 2 → 4 → 1 under load, 0 failed; slots are added, then drained into the last worker and closed")
+        func reusePortScale() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.app(box, name: "rp", port: port, instances: 2, dispatch: "reuseport")
+                try await box.pmlOK("start", file)
+                try await box.waitServing("rp", count: 2)
+                let load = ReloadLoad(port: port)
+                load.start(fast: 2, slow: 1)
+                await sleepMs(300)
+
+                try await box.pmlOK("scale", "rp", "4")
+                let four = Reload.pids(try await box.waitServing("rp", count: 4))
+                try await box.waitFor("4 slot sockets") { ListenQueues.sockets(port: port) == 4 ? true : nil }
+                let replies = try box.answers(port: port, count: 80)
+                #expect(Set(replies.compactMap(\.pid)) == four, "all 4 serve after scaling up")
+
+                try await box.pmlOK("scale", "rp", "1")
+                let one = Reload.pids(try await box.waitServing("rp", count: 1))
+                try await box.waitFor("the removed slots' sockets are closed") { ListenQueues.sockets(port: port) == 1 ? true : nil }
+                let last = try box.answers(port: port, count: 20)
+                #expect(Set(last.compactMap(\.pid)) == one, "only the remaining worker answers")
+                let samples = await load.stop()
+                #expect(samples.failed.isEmpty, "no request failed while scaling: \(samples.summary())")
+            }
+        }
+
+        @Test("reuseport, a Python program: LISTEN_FDS=1 with its own SO_REUSEPORT socket (a different one per worker), both serve")
+        func reusePortListenFds() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let worker = try box.write("shared.py", ClusterFixture.pythonShared)
+                let envDir = box.work + "/env"
+                try FileManager.default.createDirectory(atPath: envDir, withIntermediateDirectories: true)
+                let file = try box.write("py.lua", """
+                    return {
+                      name = "py", script = \(lua(worker)), instances = 2,
+                      dispatch = "reuseport", listen = "127.0.0.1:\(port)",
+                      env = { FX_ENV_DIR = \(lua(envDir)) },
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("py", count: 2)
+                let records = try await box.sharedRecords("py", in: envDir, count: 2)
+                var inodes: Set<Int> = []
+                for rec in records {
+                    #expect(rec["LISTEN_FDS"] as? String == "1", "\(rec)")
+                    #expect(rec["LISTEN_PID"] as? String == String(rec["pid"] as? Int ?? -1), "LISTEN_PID is the worker: \(rec)")
+                    #expect(rec["PML_IPC_FD"] as? String == "4", "\(rec)")
+                    let fds = rec["listen_fds"] as? [[String: Any]] ?? []
+                    #expect(fds.count == 1 && fds[0]["listening"] as? Bool == true && fds[0]["port"] as? Int == port, "\(fds)")
+                    #expect(fds.first?["reuseport"] as? Bool == true, "SO_REUSEPORT is set: \(fds)")
+                    if let ino = fds.first?["inode"] as? Int { inodes.insert(ino) }
+                }
+                #expect(inodes.count == 2, "each worker has a socket of its own: \(inodes)")
+                let results = HTTP.sequential(.local(port), 60)
+                #expect(failuresOf(results).isEmpty, "\(failuresOf(results).prefix(3))")
+                #expect(Set(tally(results).keys) == Set(rows.compactMap(\.pid)), "both serve: \(tally(results))")
+            }
+        }
+
+        @Test("reuseport needs TCP addresses and a fixed port: one clear line, nothing started")
+        func reusePortValidation() async throws {
+            try await withSandbox { box in
+                let script = try box.write("app.js", ClusterFixture.seedApp(port: 1))
+                let unix = try box.write("u.lua", """
+                    return { name = "u", script = "app.js", dispatch = "reuseport", listen = "unix:\(box.work)/u.sock" }
+                    """)
+                try await box.pml("start", unix).expectCleanFailure(mentioning: ["unix sockets cannot share"])
+                try await box.pml("start", script, "--dispatch", "reuseport").expectCleanFailure(mentioning: ["needs a listen address"])
+                try await box.pml("start", script, "--dispatch", "reuseport", "--port", "0").expectCleanFailure(mentioning: ["fixed port"])
+                try await box.pml("start", script, "--dispatch", "sideways").expectCleanFailure(mentioning: ["least-busy", "reuseport"])
+                #expect(try await box.ls().isEmpty, "nothing was started")
+            }
+        }
+
+        // MARK: least-busy
+
+        @Test("least-busy: while one worker holds a slow request, every new connection goes to the idle one (rr would alternate)")
+        func leastBusyAvoidsTheBusyWorker() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let marks = box.work + "/marks"
+                try FileManager.default.createDirectory(atPath: marks, withIntermediateDirectories: true)
+                let js = try box.write("lb.js", """
+                    const fs = require('fs');
+                    require('http').createServer((req, res) => {
+                      const reply = () => res.end('hello from ' + process.pid + '\\n');
+                      if (req.url === '/hold') { fs.writeFileSync(process.env.FX_MARKS + '/' + process.pid, 'held'); setTimeout(reply, 4000); }
+                      else reply();
+                    }).listen(\(port));
+
+                    """)
+                let file = try box.write("lb.lua", """
+                    return { name = "lb", script = \(lua(js)), instances = 2, listen = \(port), dispatch = "least-busy",
+                             env = { FX_MARKS = \(lua(marks)) } }
+                    """)
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitServing("lb", count: 2))
+                // Warm up both (and let each report it is idle again).
+                _ = try box.answers(port: port, count: 4)
+
+                let hold = ParallelGets(port: port, count: 1, timeout: 10, path: "/hold")
+                let busy: Int32 = try await box.waitFor("a worker holds the slow request") {
+                    (try? FileManager.default.contentsOfDirectory(atPath: marks))?.first.flatMap { Int32($0) }
+                }
+                let idle = pids.subtracting([busy])
+                // New connections a little apart, as clients come: each worker's report of a closed one has arrived.
+                var replies: [ReloadHTTP.Reply] = []
+                for _ in 0..<12 {
+                    replies += try box.answers(port: port, count: 1)
+                    usleep(10_000)
+                }
+                let counts = Dictionary(grouping: replies.compactMap(\.pid), by: { $0 }).mapValues(\.count)
+                #expect(counts == [idle.first!: 12], "all 12 went to the idle worker \(idle), not to \(busy): \(counts)")
+                let held = await hold.wait()
+                if case .success(let r) = held.first { #expect(r.pid == busy) } else { Issue.record("the slow request failed: \(held)") }
+            }
+        }
+    }
+}
+
+// MARK: - Helpers
+
+/// Listening TCP sockets on a port, from /proc/net/tcp{,6}: how many, and how many connections
+/// wait in an accept queue (rx_queue of a listener is its accept-queue length).
+enum ListenQueues {
+    private static func listeners(port: Int) -> [Int] {
+        let hexPort = String(format: ":%04X", port)
+        var queues: [Int] = []
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let f = line.split(separator: " ")
+                guard f.count > 4, f[1].hasSuffix(hexPort), f[3] == "0A" else { continue }
+                let rx = f[4].split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0
+                queues.append(rx)
+            }
+        }
+        return queues
+    }
+
+    static func sockets(port: Int) -> Int { listeners(port: port).count }
+    /// The longest accept queue among them.
+    static func longestQueue(port: Int) -> Int { listeners(port: port).max() ?? 0 }
+}
+
+/// `count` GETs started at once, each on its own thread; `wait()` returns them in order.
+final class ParallelGets: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Result<ReloadHTTP.Reply, RequestFailure>?]
+
+    init(port: Int, count: Int, timeout: Double, path: String = "/") {
+        results = Array(repeating: nil, count: count)
+        for i in 0..<count {
+            Thread { [self] in
+                let r = ReloadHTTP.get(port: port, path: path, timeout: timeout)
+                lock.withLock { results[i] = r }
+            }.start()
+        }
+    }
+
+    var finished: Int { lock.withLock { results.filter { $0 != nil }.count } }
+
+    func wait() async -> [Result<ReloadHTTP.Reply, RequestFailure>] {
+        while finished < lock.withLock({ results.count }) { await sleepMs(20) }
+        return lock.withLock { results.map { $0! } }
+    }
+}
+
+extension Proc {
+    /// The state letter in /proc/<pid>/stat ("R", "S", "T" for stopped…), or nil if gone.
+    static func state(_ pid: Int32) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ").first.map(String.init)
+    }
+}
