@@ -25,6 +25,7 @@ wanted=(
   procps:ps
   curl:curl            # the example cluster and the tests speak HTTP with it
   logrotate:logrotate  # the log-rotation test (create mode, then pml reloadLogs)
+  chromium:chromium    # the dashboard's browser tests and scripts/dashboard-screenshot.sh
 )
 
 missing=()

@@ -17,7 +17,7 @@ public struct PML: ParsableCommand {
             ReloadLogs.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
             Unstartup.self, Check.self, Ping.self, Kill.self, DaemonCommand.self, SentinelCommand.self,
-            Monit.self, Metrics.self,
+            Monit.self, Metrics.self, DashboardCommand.self,
             Import.self,
         ]
     )

@@ -15,6 +15,8 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case ping, start, stop, restart, delete, list, describe, flush, signal, kill, send, scale, reload, plugins, save, resurrect
     /// Close and reopen every app's log files (after logrotate moved them).
     case reloadLogs
+    /// The dashboard's URL (the daemon starts serving it if needed), in `message`.
+    case dashboard
 }
 
 /// One request line.

@@ -110,21 +110,15 @@ public enum Daemon {
         let sentinel = startSentinel(paths: paths)
         if sentinel == nil { logger.warning("no sentinel: if this daemon is killed, its workers' children may outlive it") }
         let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: setup.nodeShim)
+        let dashboard = Dashboard(supervisor: supervisor, paths: paths)
         let server: ControlServer
         do {
-            server = try ControlServer(path: paths.socket, loop: loop, logger: logger, handler: supervisor.handle)
+            server = try ControlServer(path: paths.socket, loop: loop, logger: logger, handler: dashboard.handle)
         } catch {
             return fatal("cannot listen on \(paths.socket): \(error)")
         }
-        var metricsServer: MetricsServer?
-        do {
-            if let address = try MetricsServer.configuredAddress(paths: paths, environment: env) {
-                metricsServer = try MetricsServer(address: address, loop: loop) { supervisor.prometheusText() }
-                logger.info("serving metrics on http://\(address.description)/metrics")
-            }
-        } catch {
-            logger.error("metrics are not served: \(error)")
-        }
+        let metricsServer = supervisor.serveMetrics(environment: env)
+        dashboard.serveIfConfigured()
         var shuttingDown = false
         do {
             try loop.register(fd: signals.fd, events: [.readable]) { _ in
@@ -166,6 +160,7 @@ public enum Daemon {
         supervisor.persistStateNow()
         withExtendedLifetime(server) {}
         withExtendedLifetime(metricsServer) {}
+        withExtendedLifetime(dashboard) {}
         if let sentinel { closeFD(sentinel) }
         unlink(paths.socket)
         unlink(paths.pidFile)

@@ -56,12 +56,15 @@ extension Daemon {
         } catch {
             return fail("cannot watch signals: \(error)")
         }
+        // /metrics, /healthz and /readyz when config.json or PML_METRICS_LISTEN names a listener.
+        let metricsServer = supervisor.serveMetrics(environment: env)
         let started = supervisor.start(start)
         guard started.ok else { return fail(started.error ?? "cannot start") }
         logger.info("pml run \(PMLVersion.string) (pid \(getpid())): \(started.message ?? "")")
         loop.run()
         // Children still exiting (and adopted orphans) are reaped before pml itself goes.
         _ = reapChildren()
+        withExtendedLifetime(metricsServer) {}
         if let notify = supervisor.notify { unlink(notify.path) }
         return status
     }

@@ -6,29 +6,20 @@ import PMLPosix
 
 /// Serves `pml metrics` over HTTP on a loopback address, for Prometheus to scrape. The address
 /// comes from `$PML_HOME/config.json` (`{"metrics_listen": "127.0.0.1:9615"}`) or the daemon's
-/// `PML_METRICS_LISTEN`; anything but a loopback host is refused.
+/// `PML_METRICS_LISTEN`; anything but a loopback host is refused. `/healthz` and `/readyz` are
+/// answered here too (see `HealthProbe`), for orchestrators probing `pml run`.
 final class MetricsServer {
     private let fd: Int32
     private let loop: EventLoop
-    private let render: () -> String
+    private let render: (String) -> HTTPResponse
     private var handle: IOHandle?
 
     /// The configured address, or nil when metrics are not served. Throws for a bad address.
     static func configuredAddress(paths: PMLPaths, environment: [String: String]) throws(SystemError) -> ListenAddress? {
-        var text = environment["PML_METRICS_LISTEN"]
-        if text == nil, let bytes = readFile(paths.home + "/config.json"),
-           let config = try? JSONDecoder().decode([String: ScriptValue].self, from: Data(bytes)) {
-            text = config["metrics_listen"]?.stringValue ?? config["metrics_listen"]?.intValue.map { "127.0.0.1:\($0)" }
-        }
-        guard let text, !text.isEmpty else { return nil }
-        guard let address = ListenAddress.parse(.string(text), baseDirectory: paths.home),
-              case .tcp(let host?, _) = address, ["127.0.0.1", "::1", "localhost"].contains(host) || host.hasPrefix("127.") else {
-            throw SystemError("metrics_listen \"\(text)\" must be a loopback address such as 127.0.0.1:9615", errno: EINVAL)
-        }
-        return address
+        try HomeConfig.loopbackAddress("metrics_listen", environmentName: "PML_METRICS_LISTEN", paths: paths, environment: environment)
     }
 
-    init(address: ListenAddress, loop: EventLoop, render: @escaping () -> String) throws(SystemError) {
+    init(address: ListenAddress, loop: EventLoop, render: @escaping (String) -> HTTPResponse) throws(SystemError) {
         guard case .tcp(let host, let port) = address else { throw SystemError("metrics_listen", errno: EINVAL) }
         fd = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true).fd
         self.loop = loop
@@ -47,13 +38,13 @@ final class MetricsServer {
 private final class MetricsExchange {
     private let fd: Int32
     private let loop: EventLoop
-    private let render: () -> String
+    private let render: (String) -> HTTPResponse
     private var handle: IOHandle?
     private var request: [UInt8] = []
     private var response: [UInt8] = []
     private var timer: TimerHandle?
 
-    static func start(fd: Int32, loop: EventLoop, render: @escaping () -> String) {
+    static func start(fd: Int32, loop: EventLoop, render: @escaping (String) -> HTTPResponse) {
         let exchange = MetricsExchange(fd: fd, loop: loop, render: render)
         // The registration's closure holds the exchange until it closes itself.
         exchange.handle = try? loop.register(fd: fd, events: [.readable]) { events in exchange.ready(events) }
@@ -62,7 +53,7 @@ private final class MetricsExchange {
         exchange.timer = loop.schedule(after: 5000) { exchange.close() }
     }
 
-    private init(fd: Int32, loop: EventLoop, render: @escaping () -> String) {
+    private init(fd: Int32, loop: EventLoop, render: @escaping (String) -> HTTPResponse) {
         self.fd = fd
         self.loop = loop
         self.render = render
@@ -78,11 +69,9 @@ private final class MetricsExchange {
             }
             let head = String(decoding: request, as: UTF8.self)
             guard head.contains("\r\n\r\n") || head.contains("\n\n") || request.count > 8192 else { return }
-            let ok = head.hasPrefix("GET ")
-            let body = ok ? render() : "only GET is served here\n"
-            response = Array(("HTTP/1.0 \(ok ? "200 OK" : "405 Method Not Allowed")\r\n"
-                + "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body).utf8)
+            let target = head.split(separator: " ", maxSplits: 2).dropFirst().first.map(String.init) ?? "/"
+            response = head.hasPrefix("GET ") ? render(HTTPRequest(method: "GET", target: target).path).bytes
+                : HTTPResponse.text(405, "only GET is served here").bytes
         }
         let n = response.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
         if n > 0 { response.removeFirst(n) }

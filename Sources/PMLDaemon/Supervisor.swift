@@ -33,6 +33,9 @@ final class Supervisor {
     let startedAt = monotonicMs()
     let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
+    /// The dashboard's graphs (15 minutes of samples) and timeline (see SupervisorTimeline.swift).
+    var history = MetricsHistory()
+    var timeline = Timeline()
 
     /// `pml run`: no daemon; logs go to the terminal; pml exits when nothing is left to supervise.
     let foreground: Bool
@@ -339,6 +342,7 @@ final class Supervisor {
         case .notDefined:
             logger.error("default restart policy (lua/pml/policy.lua) has no restart function")
         }
+        let policyDecision = decision
         var defaultDelay = app.spec.restartDelay
         if case .restart(let d) = decision { defaultDelay = d }
         if let v = callHook(app, "onCrash", [w.scriptValue, exit.scriptValue], worker: w) {
@@ -375,6 +379,7 @@ final class Supervisor {
             logger.warning("\(app.spec.name) worker \(w.id) errored: \(reason)")
             closeListenersIfIdle(app)
         }
+        recordCrash(w, exit: exit, policy: policyDecision, decision: decision)
     }
 
     /// How a worker is asked to exit.
@@ -550,5 +555,6 @@ final class Supervisor {
             w.rssBytes = stats.rssBytes
             enforceMemoryLimit(w)
         }
+        recordSample()
     }
 }

@@ -124,6 +124,8 @@ extension Supervisor {
         case .reloadLogs:
             let n = reopenLogs()
             respond(ControlResponse(ok: true, message: "reopened the log files of \(apps.count) app\(apps.count == 1 ? "" : "s") (\(n) set\(n == 1 ? "" : "s"))"))
+        case .dashboard:
+            respond(.failure("the dashboard is served by the daemon, not by pml run"))
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))
@@ -184,6 +186,7 @@ extension Supervisor {
         let touched = Set(workers.map { ObjectIdentifier($0.app) })
         let touchedApps = apps.filter { touched.contains(ObjectIdentifier($0)) }
         let what = "\(touchedApps.map(\.spec.name).joined(separator: ", ")) (\(workers.count) worker\(workers.count == 1 ? "" : "s"))"
+        recordAction(cmd, workers: workers)
         switch cmd {
         case .stop:
             touchedApps.forEach { callHook($0, "onStop", [appValue($0)], worker: nil) }
@@ -221,6 +224,7 @@ extension Supervisor {
         app.spec.instances = n
         if n != from {
             app.scaleEvents += 1
+            recordScale(app, from: from, to: n)
             callHook(app, "onScale", [appValue(app), .int(Int64(from)), .int(Int64(n))], worker: nil)
         }
         if n > from {

@@ -36,6 +36,7 @@ final class ReloadOperation {
 extension Supervisor {
     /// `pml reload <app>`; `done` gets the sentence to print, or the reason it failed.
     func reload(_ app: ManagedApp, graceful: Bool, parallel: Int, done: @escaping (Result<String, TargetError>) -> Void) {
+        let done = recordingReload(app, done)
         let name = app.spec.name
         if app.reloading { return done(.failure(TargetError(message: "a reload of \(name) is already running"))) }
         if app.workers.contains(where: { $0.status == .starting || $0.status == .stopping }) {

@@ -1,0 +1,241 @@
+// The web dashboard (`pml dashboard`) and the health endpoints: curl for the HTTP contract,
+// headless Chromium (scripts/browser.py, the DevTools protocol over a pipe) for the page itself.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One HTTP exchange made with curl: status and body.
+struct CurlReply: CustomStringConvertible {
+    let status: Int
+    let body: String
+    var description: String { "\(status) \(body.prefix(300))" }
+}
+
+enum Curl {
+    static func request(_ url: String, method: String = "GET", headers: [String: String] = [:], body: String? = nil) -> CurlReply {
+        var args = ["curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", "-X", method]
+        for (k, v) in headers.sorted(by: { $0.key < $1.key }) { args += ["-H", "\(k): \(v)"] }
+        if let body { args += ["--data-binary", body] }
+        args.append(url)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return CurlReply(status: 0, body: "curl did not start") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard let nl = text.lastIndex(of: "\n") else { return CurlReply(status: 0, body: text) }
+        return CurlReply(status: Int(text[text.index(after: nl)...]) ?? 0, body: String(text[..<nl]))
+    }
+}
+
+/// scripts/browser.py: headless Chromium driven step by step.
+enum Browser {
+    static func run(_ url: String, _ steps: [String], timeout: Double = 15) -> (status: Int32, stdout: String, stderr: String) {
+        let script = PMLBinary.packageRoot.appendingPathComponent("scripts/browser.py").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script, "--timeout", String(timeout), url] + steps
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        guard (try? p.run()) != nil else { return (127, "", "python3 did not start") }
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+}
+
+extension Integration {
+    @Suite("Dashboard")
+    struct Dashboard {
+        /// `pml dashboard`'s URL, split.
+        struct Served {
+            let url: String
+            let base: String
+            let port: Int
+            let token: String
+        }
+
+        static func dashboard(_ box: Sandbox) async throws -> Served {
+            let r = try await box.pmlOK("dashboard")
+            let url = r.stdout.trimmingCharacters(in: .newlines)
+            #expect(r.stdout.split(separator: "\n").count == 1, "one line: \(r)")
+            let parts = url.split(separator: "/?token=")
+            let base = String(try #require(parts.first))
+            let port = try #require(Int(base.split(separator: ":").last ?? ""), "\(url)")
+            let token = String(try #require(parts.last))
+            #expect(base.hasPrefix("http://127.0.0.1:") && token.count == 64 && token.allSatisfy(\.isHexDigit), "\(url)")
+            return Served(url: url, base: base, port: port, token: token)
+        }
+
+        @Test("pml dashboard: one URL on loopback, remembered; token, Host and same-origin checks; actions go through the daemon; health on both listeners")
+        func httpContract() async throws {
+            try await withSandbox { box in
+                let metrics = try Net.freePort()
+                try FileManager.default.createDirectory(atPath: box.home, withIntermediateDirectories: true)
+                try #"{"metrics_listen": "127.0.0.1:\#(metrics)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try await box.pmlOK("start", "--name", "d", "-i", "2", "--", "sleep", "1000")
+                _ = try await box.waitOnline("d", count: 2)
+                let served = try await Self.dashboard(box)
+                let again = try await Self.dashboard(box)
+                #expect(again.url == served.url, "the same URL every time")
+                let config = box.read(box.home + "/config.json")
+                #expect(config.contains("\"dashboard_listen\" : \"127.0.0.1:\(served.port)\"") && config.contains("metrics_listen"),
+                        "the port is remembered beside metrics_listen:\n\(config)")
+                let mode = try FileManager.default.attributesOfItem(atPath: box.home + "/dashboard.token")[.posixPermissions] as? Int
+                #expect(mode == 0o600, "the token file is 0600, not \(String(mode ?? 0, radix: 8))")
+
+                let base = served.base, token = served.token
+                #expect(Curl.request(base + "/").status == 403, "no token")
+                #expect(Curl.request(base + "/?token=" + String(repeating: "0", count: 64)).status == 403, "wrong token")
+                let page = Curl.request(served.url)
+                #expect(page.status == 200 && page.body.contains("<title>pml dashboard</title>") && page.body.contains("<script nonce="), "\(page)")
+                let rebound = Curl.request(served.url, headers: ["Host": "attacker.example:\(served.port)"])
+                #expect(rebound.status == 403, "DNS rebinding: a foreign Host is refused: \(rebound)")
+                #expect(Curl.request(served.url, headers: ["Host": "127.0.0.1:1"]).status == 403, "another port in Host is refused")
+                let state = Curl.request(base + "/api/state?token=" + token)
+                #expect(state.status == 200 && state.body.contains("\"name\":\"d\""), "\(state)")
+
+                let action = #"{"cmd":"scale","target":"d","count":"+1"}"#
+                let crossOrigin = Curl.request(base + "/api/action", method: "POST",
+                                               headers: ["X-PML-Token": token, "Origin": "http://attacker.example"], body: action)
+                #expect(crossOrigin.status == 403, "\(crossOrigin)")
+                let crossSite = Curl.request(base + "/api/action", method: "POST",
+                                             headers: ["X-PML-Token": token, "Sec-Fetch-Site": "cross-site"], body: action)
+                #expect(crossSite.status == 403, "\(crossSite)")
+                let queryToken = Curl.request(base + "/api/action?token=" + token, method: "POST", body: action)
+                #expect(queryToken.status == 403, "a change needs the token in a header: \(queryToken)")
+                #expect(try await box.rows("d").count == 2, "refused actions changed nothing")
+                let scaled = Curl.request(base + "/api/action", method: "POST",
+                                          headers: ["X-PML-Token": token, "Origin": base, "Sec-Fetch-Site": "same-origin"], body: action)
+                #expect(scaled.status == 200 && scaled.body.contains("scaled d from 2 to 3"), "\(scaled)")
+                #expect(try await box.rows("d").count == 3)
+                let unknown = Curl.request(base + "/api/action", method: "POST", headers: ["X-PML-Token": token],
+                                           body: #"{"cmd":"scale","target":"d","count":"+100"}"#)
+                #expect(unknown.status == 400, "\(unknown)")
+
+                _ = try await box.waitOnline("d", count: 3)
+                for b in [base, "http://127.0.0.1:\(metrics)"] {
+                    #expect(Curl.request(b + "/healthz").status == 200)
+                    let ready = Curl.request(b + "/readyz")
+                    #expect(ready.status == 200 && ready.body.hasPrefix("ready"), "\(b): \(ready)")
+                    #expect(Curl.request(b + "/readyz/d").status == 200)
+                    #expect(Curl.request(b + "/readyz/nope").status == 404)
+                }
+                #expect(Curl.request("http://127.0.0.1:\(metrics)/metrics").body.contains("pml_worker_up"), "metrics still served")
+                try await box.pmlOK("stop", "d")
+                for b in [base, "http://127.0.0.1:\(metrics)"] {
+                    let ready = Curl.request(b + "/readyz")
+                    #expect(ready.status == 503 && ready.body.contains("not ready: d: 0/3 online (3 stopped)"), "\(b): \(ready)")
+                    #expect(Curl.request(b + "/readyz/d").status == 503)
+                    #expect(Curl.request(b + "/healthz").status == 200)
+                }
+                let events = Curl.request(base + "/api/state?token=" + token).body
+                for kind in ["\"kind\":\"action\"", "\"kind\":\"scale\"", "\"kind\":\"stop\""] {
+                    #expect(events.contains(kind), "the timeline has \(kind): \(events.suffix(800))")
+                }
+
+                // A new daemon serves the remembered address at once, with the same token.
+                try await box.pmlOK("kill")
+                try await box.pmlOK("ping")
+                let back = try await box.waitFor("the dashboard served by the next daemon") { () -> CurlReply? in
+                    let r = Curl.request(served.url)
+                    return r.status == 200 ? r : nil
+                }
+                #expect(back.body.contains("pml dashboard"))
+            }
+        }
+
+        @Test("headless Chromium: apps listed, graphs have points, logs tail, a click on reload replaces the pids")
+        func browser() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("start", "--name", "web", "-i", "2", "--", "sh", "-c", "echo hello-from-$PML_INSTANCE; exec sleep 1000")
+                try await box.pmlOK("start", "--name", "jobs", "--", "sleep", "1000")
+                let before = try await box.waitOnline("web", count: 2)
+                let served = try await Self.dashboard(box)
+                // The graphs need two samples (one per second) to draw a line.
+                await sleepMs(2200)
+                let pidsInPage = "JSON.stringify([...document.querySelectorAll('article[data-app=\"web\"] tr[data-pid]')].map(r => Number(r.dataset.pid)).sort())"
+                let r = Browser.run(served.url, [
+                    "wait:document.querySelector('article[data-app=\"web\"]') && document.querySelector('article[data-app=\"jobs\"]')",
+                    "eval:[...document.querySelectorAll('article[data-app]')].map(a => a.dataset.app)",
+                    "wait:[...document.querySelectorAll('article[data-app=\"web\"] polyline[data-points]')].some(p => Number(p.dataset.points) >= 2)",
+                    "eval:Math.max(...[...document.querySelectorAll('polyline[data-points]')].map(p => Number(p.dataset.points)))",
+                    "wait:[...document.querySelectorAll('#logs .l')].some(l => l.textContent.startsWith('hello-from-'))",
+                    "eval:" + pidsInPage,
+                    "click:button[data-action=\"reload\"][data-app=\"web\"]",
+                    "wait:document.querySelector('#timeline li[data-kind=\"reload\"]')",
+                    "eval:document.querySelector('#timeline li[data-kind=\"reload\"]').textContent",
+                    "wait:!document.querySelector('article[data-app=\"web\"] tr[data-pid=\"\(before[0].pid ?? 0)\"]')",
+                    "eval:" + pidsInPage,
+                ], timeout: 15)
+                #expect(r.status == 0, "browser steps:\n\(r.stderr)\n\(r.stdout)")
+                let lines = r.stdout.split(separator: "\n").map(String.init)
+                guard lines.count == 5 else { return }
+                #expect(lines[0] == #"["web","jobs"]"#, "both apps are listed: \(lines[0])")
+                #expect((Int(lines[1]) ?? 0) >= 2, "a graph has points: \(lines[1])")
+                let oldPids = Set(before.compactMap(\.pid))
+                #expect(lines[2] == "\"[\(oldPids.sorted().map(String.init).joined(separator: ","))]\"", "the page shows the pids: \(lines[2])")
+                #expect(lines[3].contains("reloaded web"), "the reload is on the timeline: \(lines[3])")
+                let after = try await box.rows("web")
+                let newPids = Set(after.compactMap(\.pid))
+                #expect(after.count == 2 && newPids.count == 2 && newPids.isDisjoint(with: oldPids),
+                        "the click reloaded web: \(before) → \(after)")
+                #expect(after.allSatisfy { $0.status == "online" }, "\(after)")
+            }
+        }
+
+        @Test("pml run serves /healthz, /readyz and /metrics on PML_METRICS_LISTEN: 503 until every worker is ready, then 200")
+        func foregroundProbes() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try box.write("probe.lua", """
+                    return { name = "probe", instances = 2, ready = "message",
+                             cmd = { "sh", "-c", "sleep 1.2; echo '\\"ready\\"' >&$PML_IPC_FD; exec sleep 1000" } }
+                    """)
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: box.binary)
+                p.arguments = ["run", "probe.lua"]
+                var env = ProcessInfo.processInfo.environment
+                env["PML_HOME"] = box.home
+                env["PML_METRICS_LISTEN"] = "127.0.0.1:\(port)"
+                env.removeValue(forKey: "NOTIFY_SOCKET")
+                p.environment = env
+                p.currentDirectoryURL = URL(fileURLWithPath: box.work)
+                p.standardInput = FileHandle.nullDevice
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+                try p.run()
+                defer {
+                    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                }
+                let base = "http://127.0.0.1:\(port)"
+                let first = try await box.waitFor("pml run's health listener", timeout: 5, every: 50) { () -> CurlReply? in
+                    let r = Curl.request(base + "/readyz")
+                    return r.status == 0 ? nil : r
+                }
+                #expect(first.status == 503 && first.body.contains("not ready: probe: 0/2 online (2 starting)"), "workers not ready yet: \(first)")
+                #expect(Curl.request(base + "/healthz").status == 200)
+                let ready = try await box.waitFor("/readyz 200", timeout: 10) { () -> CurlReply? in
+                    let r = Curl.request(base + "/readyz")
+                    return r.status == 200 ? r : nil
+                }
+                #expect(ready.body == "ready: 1 app online\n", "\(ready)")
+                #expect(Curl.request(base + "/readyz/probe").status == 200)
+                #expect(Curl.request(base + "/readyz/other").status == 404)
+                #expect(Curl.request(base + "/metrics").body.contains("pml_worker_up{app=\"probe\""))
+                kill(p.processIdentifier, SIGTERM)
+                try await box.waitFor("pml run to exit", timeout: 10) { p.isRunning ? nil : true }
+                #expect(p.terminationStatus == 0)
+            }
+        }
+    }
+}
