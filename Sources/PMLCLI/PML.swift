@@ -95,6 +95,9 @@ struct AppSelection: ParsableArguments {
     @Option(name: .long, help: "Only this app of an app file that declares several.")
     var only: String?
 
+    @Flag(name: .long, help: "Restart the app when a file in its folder changes (node_modules and .git aside), as pm2 --watch.")
+    var watch = false
+
     private var here: String { currentDirectory() }
     func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : AppSpecParser.normalize(here + "/" + p) }
 
@@ -119,6 +122,7 @@ struct AppSelection: ParsableArguments {
                                   clientEnv: processEnvironment().filter { !["PML_HOME", "PML_READY_FD", "PML_SUPERVISOR"].contains($0.key) },
                                   clientCwd: here)
         args.only = only
+        if watch { args.watch = true }
         if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
             if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
                 throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the app file (keys cwd, timestamps, listen, dispatch)")

@@ -67,9 +67,11 @@ public struct StartArguments: Codable, Sendable, Equatable {
     public var clientCwd: String
     /// Start only the app of this name from the file (`--only`, and save/resurrect).
     public var only: String?
+    /// `--watch`: watch mode for apps whose file does not set `watch`.
+    public var watch: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case file, app, name, env, instances, only
+        case file, app, name, env, instances, only, watch
         case clientEnv = "client_env", clientCwd = "client_cwd"
     }
 

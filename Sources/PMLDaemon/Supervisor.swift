@@ -459,6 +459,8 @@ final class Supervisor {
         for t in [app.autoscaleTimer, app.cronTimer].compactMap({ $0 }) { loop.cancel(t) }
         app.autoscaleTimer = nil
         app.cronTimer = nil
+        app.watcher?.close()
+        app.watcher = nil
         cancelTimers { $0 == .app(app.spec.name) }
         apps.removeAll { $0 === app }
         lua.unbind(app: app.spec.name)

@@ -267,6 +267,7 @@ extension Supervisor {
             guard case .object(var t) = v else { return v }
             if let name = args.name { t["name"] = .string(name) }
             if let n = args.instances { t["instances"] = n }
+            if args.watch == true, t["watch"] == nil { t["watch"] = .bool(true) }
             if !args.env.isEmpty {
                 var env: [String: ScriptValue] = [:]
                 if case .object(let e)? = t["env"] { env = e }
@@ -300,12 +301,6 @@ extension Supervisor {
             }
         }
         for spec in specs {
-            // Parsed already, wired in the daemon step by step (h11ops): refused until then, never ignored.
-            let pending = [("watch", spec.watch != nil)]
-            if let key = pending.first(where: { $0.1 })?.0 {
-                releaseAll()
-                return .failure("\(spec.name): \"\(key)\" is not supported by this pml yet")
-            }
             do {
                 _ = try workerAccount(spec)
             } catch {
@@ -372,6 +367,13 @@ extension Supervisor {
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
                 unusedRefs.forEach { lua.release(tableRef: $0) }
                 return .failure("cannot start \(spec.name): cannot open its log file: \(error)")
+            }
+            do {
+                try configureWatch(app)
+            } catch {
+                if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
+                unusedRefs.forEach { lua.release(tableRef: $0) }
+                return .failure("cannot start \(spec.name): \(error)")
             }
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
             noteAppFolder(spec.appFile)

@@ -23,6 +23,52 @@ extension Supervisor {
         stop(app.workers.filter { $0.status != .stopped }, intent: .restart)
     }
 
+    /// Watch mode: watches what the app's spec asks for (again if that changed), or stops watching.
+    func configureWatch(_ app: ManagedApp) throws(WatchError) {
+        guard let spec = app.spec.watch else {
+            app.watcher?.close()
+            app.watcher = nil
+            return
+        }
+        if app.watcher != nil, app.watchedSpec == spec { return }
+        let globs = spec.ignore.map(GlobPattern.init)
+        let watcher = try AppWatcher(spec: spec, loop: loop, isIgnored: { [unowned self, unowned app] path in
+            self.watchIgnores(app, path, spec: spec, globs: globs)
+        }, onProblem: { [unowned self, unowned app] problem in
+            app.logs.note("watch: \(problem)")
+            self.logger.warning("\(app.spec.name): watch: \(problem)")
+        }, onBurst: { [unowned self, unowned app] path in
+            self.restartApp(app, because: "watch: \(path) changed")
+        })
+        app.watcher?.close()
+        app.watcher = watcher
+        app.watchedSpec = spec
+    }
+
+    /// After a reload changed the spec: a watch that cannot be set up is noted; the app keeps running.
+    func rewatch(_ app: ManagedApp) {
+        do {
+            try configureWatch(app)
+        } catch {
+            app.logs.note("watch: \(error)")
+            logger.warning("\(app.spec.name): watch: \(error)")
+        }
+    }
+
+    /// What watch mode never reacts to: pml's home, the files pml itself writes for the app (its
+    /// logs, rotated copies, pid files), and the app's `ignore_watch` globs (node_modules and .git
+    /// always).
+    private func watchIgnores(_ app: ManagedApp, _ path: String, spec: WatchSpec, globs: [GlobPattern]) -> Bool {
+        if path == paths.home || path.hasPrefix(paths.home + "/") { return true }
+        let written = app.allLogFiles.flatMap(\.files) + app.workers.compactMap { app.spec.pidFile(instance: $0.instance) }
+        if written.contains(where: { path == $0 || path.hasPrefix($0 + ".") }) { return true }
+        for root in spec.paths where path == root || path.hasPrefix(root + "/") {
+            let relative = path == root ? String(path.split(separator: "/").last ?? "") : String(path.dropFirst(root.count + 1))
+            if globs.contains(where: { $0.matches(relativePath: relative, absolutePath: path) }) { return true }
+        }
+        return false
+    }
+
     /// `max_memory_restart`: called after each /proc sample. A worker past its limit is restarted once
     /// (it is `stopping` until it exits, so the next sample does not ask again).
     func enforceMemoryLimit(_ w: Worker) {

@@ -100,6 +100,7 @@ extension Supervisor {
         app.spec = newSpec
         app.configureLogs()
         scheduleCronRestart(app)
+        rewatch(app)
         logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
         reloadStep(op, done: done)
     }
@@ -176,6 +177,7 @@ extension Supervisor {
             app.spec = op.oldSpec
             app.configureLogs()
             scheduleCronRestart(app)
+            rewatch(app)
             if let ref = op.newRef { lua.release(tableRef: ref) }
         } else if let ref = op.newRef {
             lua.bind(app: app.spec.name, tableRef: ref)

@@ -95,6 +95,9 @@ final class ManagedApp {
     /// A reload is replacing the workers; a second one is refused.
     var reloading = false
     var autoscaleTimer: TimerHandle?
+    /// Watch mode's inotify watches, and the settings they were made for.
+    var watcher: AppWatcher?
+    var watchedSpec: WatchSpec?
     /// `cron_restart`: the timer for the next restart, and the second it last fired for.
     var cronTimer: TimerHandle?
     var cronLastFired: Int?
