@@ -180,11 +180,18 @@ enum MonitView {
         return String(out)
     }
 
+    /// An app's out and err files: where the daemon says (out_file, error_file), else the default ones.
+    static func logFiles(_ app: String, _ snapshot: MonitSnapshot, paths: PMLPaths) -> (out: String, err: String) {
+        let d = snapshot.apps.first { $0.name == app }?.description
+        return (d?.outLog ?? paths.outLog(app), d?.errLog ?? paths.errLog(app))
+    }
+
     /// The log section for one app: `rows` lines, err lines after out lines when both have some.
-    static func logs(app: String, paths: PMLPaths, rows: Int) -> [MonitLine] {
+    static func logs(app: String, _ snapshot: MonitSnapshot, paths: PMLPaths, rows: Int) -> [MonitLine] {
         guard rows > 0 else { return [] }
-        let err = tail(paths.errLog(app), rows)
-        let out = tail(paths.outLog(app), rows)
+        let files = logFiles(app, snapshot, paths: paths)
+        let err = tail(files.err, rows)
+        let out = tail(files.out, rows)
         let errShown = out.isEmpty ? err.count : min(err.count, max(rows / 3, 1))
         let outShown = min(out.count, rows - errShown)
         var lines = out.suffix(outShown).map { MonitLine(text: "out | " + $0) }
@@ -229,8 +236,9 @@ enum MonitView {
             let logRows = height - lines.count - 2
             if logRows > 0 {
                 lines.append(MonitLine(text: ""))
-                lines.append(MonitLine(text: "logs of \(app)  (\(paths.outLog(app)), \(paths.errLog(app)))", style: .bold))
-                lines += logs(app: app, paths: paths, rows: logRows)
+                let files = logFiles(app, snapshot, paths: paths)
+                lines.append(MonitLine(text: "logs of \(app)  (\(files.out), \(files.err))", style: .bold))
+                lines += logs(app: app, snapshot, paths: paths, rows: logRows)
             }
         }
         return Array(lines.prefix(height))
@@ -243,7 +251,7 @@ enum MonitView {
         for app in snapshot.apps {
             lines.append("")
             lines.append("logs of \(app.name):")
-            lines += logs(app: app.name, paths: paths, rows: 5).map(\.text)
+            lines += logs(app: app.name, snapshot, paths: paths, rows: 5).map(\.text)
         }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -69,13 +69,21 @@ enum Output {
             ["instances", String(spec.instances)], ["app file", spec.appFile ?? "-"],
             ["hooks", spec.hooks.isEmpty ? "-" : spec.hooks.joined(separator: ", ")],
             ["autorestart", String(spec.autorestart)],
-            ["restart policy", "backoff \(spec.restartDelay)ms doubling to \(spec.restartDelayMax)ms; errored after \(spec.maxRestarts) exits in a row within \(spec.minUptime)ms"],
+            ["restart policy", (spec.expBackoffRestartDelay.map { "backoff \($0)ms ×1.5" } ?? "backoff \(spec.restartDelay)ms doubling") + " to \(spec.restartDelayMax)ms; errored after \(spec.maxRestarts) exits in a row within \(spec.minUptime)ms"],
             ["stop", "\(spec.killSignal), SIGKILL after \(spec.killTimeout)ms"],
             ["out log", app.outLog], ["err log", app.errLog],
         ]
         if !spec.env.isEmpty {
             lines.append(["env", spec.env.keys.sorted().map { "\($0)=\(spec.env[$0]!)" }.joined(separator: " ")])
         }
+        if let logFile = spec.logFile { lines.append(["combined log", logFile]) }
+        if let pidFile = spec.pidFile { lines.append(["pid file", pidFile]) }
+        if let w = spec.watch {
+            lines.append(["watch", w.paths.joined(separator: ", ") + " (ignoring \(w.ignore.joined(separator: ", ")); \(w.delayMs)ms per burst)"])
+        }
+        if spec.user != nil || spec.group != nil { lines.append(["runs as", [spec.user.map { "uid \($0)" }, spec.group.map { "gid \($0)" }].compactMap { $0 }.joined(separator: ", ")]) }
+        if let m = spec.maxMemoryRestart { lines.append(["max_memory_restart", "\(m) bytes"]) }
+        if let c = spec.cronRestart { lines.append(["cron_restart", c]) }
         var out = align(lines) + "\n" + table(app.workers.map(\.row))
         for w in app.workers {
             var notes: [String] = []

@@ -82,9 +82,13 @@ public final class FileWatcher {
         return wd
     }
 
+    /// Entries read while walking one tree at most: a folder of millions of files must not hold the loop.
+    public static let maxEntries = 1_000_000
+
     /// Watches `root` and every folder under it that is not ignored; symlinks are not followed.
     private func addTree(_ root: String) throws(WatchError) {
         var pending = [root]
+        var entries = 0
         while let folder = pending.popLast() {
             let wd: Int32
             do {
@@ -100,6 +104,10 @@ public final class FileWatcher {
             while let entry = readdir(dir) {
                 let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
                 if name == "." || name == ".." { continue }
+                entries += 1
+                if entries > Self.maxEntries {
+                    throw WatchError("cannot watch \(root): more than \(Self.maxEntries) files (leave some out with ignore_watch)", isLimit: true)
+                }
                 let path = folder == "/" ? "/" + name : folder + "/" + name
                 var isDir = entry.pointee.d_type == UInt8(DT_DIR)
                 if entry.pointee.d_type == UInt8(DT_UNKNOWN) {

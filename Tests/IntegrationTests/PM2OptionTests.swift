@@ -45,6 +45,10 @@ extension Integration {
                 #expect(logs.stdout.contains("files out | to-stdout") && logs.stdout.contains("files err | to-stderr"), "\(logs)")
                 let (d, _) = try await box.describe("files")
                 #expect(d.outLog == dir + "logs/out.log" && d.errLog == dir + "logs/err.log")
+                let text = try await box.pmlOK("describe", "files").stdout
+                #expect(text.contains(dir + "logs/all.log") && text.contains(dir + "run/files.pid"), "\(text)")
+                let monit = try await box.pmlOK("monit").stdout
+                #expect(monit.contains("to-stdout"), "monit's log tail reads out_file:\n\(monit)")
 
                 try await box.pmlOK("stop", "files")
                 try await box.waitFor("the pid file removed when the worker stopped") {
