@@ -594,12 +594,13 @@ static lua_Integer check_instances(lua_State *L, int arg, const char *fn) {
     return n;
 }
 
-// The delay of pml.after / pml.every. At least 1 ms: a 0 ms repeating timer would spin the
-// supervisor's loop.
+// The delay of pml.after / pml.every: at least 1 ms (a 0 ms repeating timer would spin the
+// supervisor's loop), at most PML_MAX_DELAY_MS.
 static lua_Integer check_delay(lua_State *L, int arg, const char *fn) {
     int isint = 0;
     lua_Integer ms = lua_type(L, arg) == LUA_TNUMBER ? lua_tointegerx(L, arg, &isint) : 0;
-    if (!isint || ms < 1) luaL_error(L, "%s: ms must be an integer >= 1 (got %s)", fn, describe_arg(L, arg));
+    if (!isint || ms < 1 || ms > PML_MAX_DELAY_MS)
+        luaL_error(L, "%s: ms must be an integer from 1 to %d (got %s)", fn, PML_MAX_DELAY_MS, describe_arg(L, arg));
     return ms;
 }
 

@@ -116,10 +116,10 @@ public struct AppSpecParser: Sendable {
         case nil: instances = 1
         case .string("max"): instances = max(1, cpuCount)
         case let v?:
-            guard let n = v.intValue, n >= 1, n <= 1024 else {
-                throw typeError("instances", "a whole number from 1 to 1024 or \"max\"", v)
+            guard let n = CheckedNumber.integer(v, in: 1...CheckedNumber.maxInstances) else {
+                throw typeError("instances", "a whole number from 1 to \(CheckedNumber.maxInstances) or \"max\"", v)
             }
-            instances = Int(n)
+            instances = n
         }
         var stopCodes: [Int] = []
         switch t["stop_exit_codes"] {
@@ -175,10 +175,10 @@ public struct AppSpecParser: Sendable {
         case nil, .string("auto")?: break
         case .string("message")?: ready = .message
         case let v?:
-            guard let ms = v.intValue, ms >= 0, ms <= 86_400_000 else {
+            guard let ms = CheckedNumber.integer(v, in: 0...CheckedNumber.maxDelayMs) else {
                 throw typeError("ready", "\"message\", \"auto\" or a delay in milliseconds", v)
             }
-            ready = .delay(Int(ms))
+            ready = .delay(ms)
         }
         var spec = AppSpec(
             name: name, argv: argv, cwd: cwd, env: env, instances: instances,
@@ -286,8 +286,8 @@ public struct AppSpecParser: Sendable {
     func millis(_ t: [String: ScriptValue], _ key: String, _ def: Int,
                         what: String = "a duration in milliseconds, 0 or more") throws(AppFileError) -> Int {
         guard let v = t[key] else { return def }
-        guard let n = v.intValue, n >= 0, n <= 86_400_000 else { throw typeError(key, what, v) }
-        return Int(n)
+        guard let n = CheckedNumber.integer(v, in: 0...CheckedNumber.maxDelayMs) else { throw typeError(key, what, v) }
+        return n
     }
 
     func resolve(_ path: String) -> String {

@@ -23,21 +23,21 @@ public struct AutoscaleSpec: Sendable, Codable, Equatable {
             throw fail(message)
         }
         guard t["rule"] == .function else { throw fail("\"autoscale.rule\" must be a function(m) returning a worker count") }
-        func int(_ key: String, _ def: Int?, _ range: ClosedRange<Int64>) throws(AppFileError) -> Int {
+        func int(_ key: String, _ def: Int?, _ range: ClosedRange<Int>) throws(AppFileError) -> Int {
             guard let v = t[key] else {
                 if let def { return def }
                 throw fail("\"autoscale.\(key)\" is required")
             }
-            guard let n = v.intValue, range.contains(n) else {
+            guard let n = CheckedNumber.integer(v, in: range) else {
                 throw fail("\"autoscale.\(key)\" must be a whole number from \(range.lowerBound) to \(range.upperBound), got \(v.brief)")
             }
-            return Int(n)
+            return n
         }
-        let min = try int("min", 1, 1...1024)
-        let max = try int("max", nil, 1...1024)
+        let min = try int("min", 1, 1...CheckedNumber.maxInstances)
+        let max = try int("max", nil, 1...CheckedNumber.maxInstances)
         if max < min { throw fail("\"autoscale.max\" (\(max)) is below \"autoscale.min\" (\(min))") }
-        let every = try int("every", 5000, 100...86_400_000)
-        let cooldown = try int("cooldown", every, 0...86_400_000)
+        let every = try int("every", 5000, 100...CheckedNumber.maxDelayMs)
+        let cooldown = try int("cooldown", every, 0...CheckedNumber.maxDelayMs)
         return AutoscaleSpec(min: min, max: max, every: every, cooldown: cooldown)
     }
 }

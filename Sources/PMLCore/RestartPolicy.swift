@@ -64,19 +64,19 @@ public enum RestartDecision: Sendable, Equatable {
         case .bool(false): return .stop(reason: "\(hook) returned false")
         case .bool(true): return .restart(delayMs: defaultDelay)
         case .int, .double:
-            guard let ms = value.doubleValue, ms >= 0, ms <= 86_400_000 else {
-                throw HookResultError("\(hook) returned delay \(value.brief): expected 0 to 86400000 ms")
+            guard let ms = CheckedNumber.milliseconds(value) else {
+                throw HookResultError("\(hook) returned delay \(value.brief): expected 0 to \(CheckedNumber.maxDelayMs) ms")
             }
-            return .restart(delayMs: Int(ms))
+            return .restart(delayMs: ms)
         case .object(let t):
             let reason = t["reason"]?.stringValue
             if t["errored"]?.boolValue == true { return .errored(reason: reason ?? "\(hook) marked it errored") }
             if t["restart"]?.boolValue == false { return .stop(reason: reason ?? "\(hook) returned restart = false") }
             if let d = t["delay"] {
-                guard let ms = d.doubleValue, ms >= 0, ms <= 86_400_000 else {
-                    throw HookResultError("\(hook) returned delay \(d.brief): expected 0 to 86400000 ms")
+                guard let ms = CheckedNumber.milliseconds(d) else {
+                    throw HookResultError("\(hook) returned delay \(d.brief): expected 0 to \(CheckedNumber.maxDelayMs) ms")
                 }
-                return .restart(delayMs: Int(ms))
+                return .restart(delayMs: ms)
             }
             if t["restart"]?.boolValue == true { return .restart(delayMs: defaultDelay) }
             throw HookResultError("\(hook) returned a table without delay, restart or errored")

@@ -78,13 +78,7 @@ extension Supervisor {
             }
             if app.reloading { return respond(.failure("a reload of \(target) is running; scale it when the reload is done")) }
             let current = app.workers.count
-            let wanted: Int?
-            if count.hasPrefix("+") || count.hasPrefix("-") {
-                wanted = Int(count.dropFirst()).map { count.hasPrefix("+") ? current + $0 : current - $0 }
-            } else {
-                wanted = Int(count)
-            }
-            guard let n = wanted, n >= 1, n <= 1024 else {
+            guard let n = CheckedNumber.count(count, current: current, in: 1...CheckedNumber.maxInstances) else {
                 return respond(.failure("scale takes N, +N or -N giving 1 to 1024 workers (now \(current)), got \"\(count)\"; pml stop stops them all"))
             }
             if let bounds = app.spec.autoscale, !(bounds.min...bounds.max).contains(n) {
@@ -465,7 +459,9 @@ extension Supervisor: LuaHost {
 
     func luaScale(app name: String, instances: Int) -> String? {
         guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
-        guard (1...1024).contains(instances) else { return "pml.scale takes 1 to 1024 workers, got \(instances)" }
+        guard (1...CheckedNumber.maxInstances).contains(instances) else {
+            return "pml.scale takes 1 to \(CheckedNumber.maxInstances) workers, got \(instances)"
+        }
         if app.reloading { return "a reload of \(name) is running" }
         loop.schedule(after: 0) { [unowned self] in self.scale(app, to: instances) {} }
         return nil

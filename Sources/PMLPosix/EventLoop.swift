@@ -70,7 +70,9 @@ public final class EventLoop {
     public func schedule(after ms: Int, _ action: @escaping () -> Void) -> TimerHandle {
         let id = nextID
         nextID += 1
-        let timer = Timer(deadline: monotonicMs() + max(0, ms), id: id)
+        // Callers bound their delays; this only makes sure no delay can overflow the deadline.
+        let (deadline, overflow) = monotonicMs().addingReportingOverflow(max(0, ms))
+        let timer = Timer(deadline: overflow ? Int.max : deadline, id: id)
         var lo = 0, hi = timers.count
         while lo < hi {
             let mid = (lo + hi) / 2

@@ -28,6 +28,9 @@ typedef enum pml_op {
     PML_OP_CANCEL,
 } pml_op;
 
+// The longest delay of pml.after / pml.every: one day, as CheckedNumber.maxDelayMs.
+#define PML_MAX_DELAY_MS 86400000
+
 // Messages (pml.send, pml.broadcast) hold tables at depths 1 to PML_MESSAGE_MAX_DEPTH only; Swift's
 // ValueReader reads deeper tables as nil, so C refuses them rather than lose them silently.
 #define PML_MESSAGE_MAX_DEPTH 32

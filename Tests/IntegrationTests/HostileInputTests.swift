@@ -1,0 +1,222 @@
+// What users and scripts feed pml must never take the daemon down, freeze it, or touch other
+// apps' workers (issue 9): after each hostile input the daemon still answers `pml ls` promptly,
+// with the same pid, and a bystander app keeps its worker.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Integration {
+    @Suite("Hostile input")
+    struct HostileInput {
+        /// The daemon and a bystander app's worker, before the hostile part of a test.
+        struct Baseline {
+            let daemon: Int32
+            let bystander: Row
+        }
+
+        /// Starts a bystander app (and with it the daemon) and records their pids.
+        static func baseline(_ box: Sandbox) async throws -> Baseline {
+            try await box.pmlOK("start", "--name", "bystander", "--", "sleep", "1000")
+            let row = try #require(try await box.waitOnline("bystander").first)
+            return Baseline(daemon: try #require(box.daemonPid), bystander: row)
+        }
+
+        /// The daemon answers `pml ls` within a second, with the same pid, and the bystander's
+        /// worker is untouched.
+        static func expectUnharmed(_ box: Sandbox, _ before: Baseline,
+                                   sourceLocation: SourceLocation = #_sourceLocation) async throws {
+            let started = nowMs()
+            let ls = try await box.pml(["ls", "--json"], timeout: 5)
+            #expect(ls.ok, "\(ls)", sourceLocation: sourceLocation)
+            #expect(nowMs() - started < 1000, "pml ls took \(Int(nowMs() - started)) ms", sourceLocation: sourceLocation)
+            #expect(box.daemonPid == before.daemon && Proc.alive(before.daemon), "the daemon changed or died",
+                    sourceLocation: sourceLocation)
+            let now = try await box.rows("bystander").first
+            #expect(now?.pid == before.bystander.pid && now?.restarts == 0 && now?.status == "online",
+                    "bystander: \(String(describing: now)) (was \(before.bystander))", sourceLocation: sourceLocation)
+        }
+
+        /// An app file running `top` at its top level, then returning an app named `name`.
+        static func appFile(_ box: Sandbox, _ file: String, name: String = "hostile", _ top: String) throws -> String {
+            try box.write(file, """
+                \(top)
+                return { name = \(lua(name)), cmd = "sleep 1000" }
+                """)
+        }
+
+        // MARK: Lua
+
+        static let closeChain = """
+            local coro = false
+            for i = 1, 20000 do
+              local previous = coro
+              coro = coroutine.create(function()
+                local cc <close> = setmetatable({}, { __close = function()
+                  if previous then assert(coroutine.close(previous)) end
+                end })
+                coroutine.yield()
+              end)
+              coroutine.resume(coro)
+            end
+            assert(coroutine.close(coro))
+            """
+
+        @Test("20,000 nested coroutine.close: pml check and pml start print one error line; the daemon lives on")
+        func nestedCoroutineClose() async throws {
+            try await withSandbox { box in
+                let file = try Self.appFile(box, "chain.lua", Self.closeChain)
+                let check = try await box.pml("check", file)
+                #expect(check.status == 1 && !check.timedOut, "\(check)")
+                check.expectCleanFailure(mentioning: ["coroutines nested too deeply"])
+
+                let before = try await Self.baseline(box)
+                let start = try await box.pml("start", file)
+                start.expectCleanFailure(mentioning: ["coroutines nested too deeply"])
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        @Test("finalizers through shared metatables are refused: pml start fails with one line, nothing spins")
+        func sharedMetatableFinalizers() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let cases = [
+                    "getmetatable(io.stdout).__gc = function() while true do end end",
+                    "getmetatable(io.tmpfile()).__gc = function() while true do end end",
+                    "getmetatable('').__gc = function() while true do end end",
+                    "setmetatable({}, { __gc = function() while true do end end })",
+                ]
+                for (i, top) in cases.enumerated() {
+                    let file = try Self.appFile(box, "gc\(i).lua", top + "\ncollectgarbage()")
+                    let start = try await box.pml("start", file)
+                    start.expectCleanFailure()
+                    #expect(start.stderr.contains("gc\(i).lua:1:"), "\(start)")
+                }
+                try await Self.expectUnharmed(box, before)
+                // The daemon is idle: no finalizer is spinning in it.
+                try await box.waitFor("the daemon idle (no spinning finalizer)", timeout: 10) {
+                    Self.cpuPercent(of: before.daemon, overMs: 500) < 50 ? true : nil
+                }
+            }
+        }
+
+        @Test("a FIFO opened or required by an app file, and io.read, fail at once; the daemon is not blocked")
+        func blockingFiles() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let fifo = box.work + "/pipe"
+                #expect(mkfifo(fifo, 0o600) == 0)
+                #expect(mkfifo(box.work + "/stuck.lua", 0o600) == 0)
+                let cases: [(top: String, needle: String)] = [
+                    ("local f = assert(io.open(\(lua(fifo))))", "not a regular file"),
+                    ("local f = assert(io.open(\(lua(fifo)), 'w'))", "not a regular file"),
+                    ("for l in io.lines(\(lua(fifo))) do end", "not a regular file"),
+                    ("require 'stuck'", "not a regular file"),
+                    ("io.read()", "scripts have no standard input or output"),
+                    ("io.write('x')", "scripts have no standard input or output"),
+                ]
+                for (i, c) in cases.enumerated() {
+                    let file = try Self.appFile(box, "io\(i).lua", c.top)
+                    let started = nowMs()
+                    let start = try await box.pml(["start", file], timeout: 10)
+                    start.expectCleanFailure(mentioning: [c.needle])
+                    #expect(nowMs() - started < 3000, "\(c.top) took \(Int(nowMs() - started)) ms")
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        // MARK: Numbers
+
+        @Test("pml.after(math.maxinteger) and friends are refused with one line; the daemon lives on")
+        func scriptNumbers() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                for (i, top) in ["pml.after(math.maxinteger, function() end)", "pml.every(math.huge, function() end)",
+                                 "pml.after(0/0, function() end)", "pml.every(-1, function() end)"].enumerated() {
+                    let start = try await box.pml("start", try Self.appFile(box, "timer\(i).lua", top))
+                    start.expectCleanFailure(mentioning: ["ms must be an integer from 1 to 86400000"])
+                }
+                let bad: [(key: String, value: String)] = [
+                    ("instances", "math.maxinteger"), ("instances", "1e300"), ("instances", "0/0"), ("instances", "-1"),
+                    ("kill_timeout", "math.huge"), ("ready_timeout", "-1"), ("min_uptime", "1e300"),
+                    ("max_restarts", "math.mininteger"), ("listen", "70000"), ("listen", "-1"), ("listen", "math.maxinteger"),
+                    ("autoscale", "{ max = 2, every = math.maxinteger, rule = function() end }"),
+                    ("autoscale", "{ max = 2, cooldown = -1, rule = function() end }"),
+                    ("autoscale", "{ max = 1e300, rule = function() end }"),
+                ]
+                for (i, c) in bad.enumerated() {
+                    let file = try box.write("spec\(i).lua", "return { name = 'n\(i)', cmd = 'sleep 1000', \(c.key) = \(c.value) }")
+                    let start = try await box.pml("start", file)
+                    start.expectCleanFailure(mentioning: [c.key.hasPrefix("autoscale") ? "autoscale" : c.key])
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        @Test("onCrash returning delay = 1e300, -1 or NaN is reported; the worker goes on under the default policy")
+        func onCrashDelays() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                for (i, delay) in ["1e300", "-1", "0/0", "math.maxinteger"].enumerated() {
+                    let file = try box.write("crash\(i).lua", """
+                        return {
+                          name = "crash\(i)", cmd = "sleep 0.3; exit 3", min_uptime = 10000,
+                          onCrash = function() return { delay = \(delay) } end,
+                        }
+                        """)
+                    try await box.pmlOK("start", file)
+                    try await box.waitFor("crash\(i)'s onCrash error reported", timeout: 10) {
+                        let (d, _) = try await box.describe("crash\(i)")
+                        return d.workers.first?.lastHookError?.contains("returned delay") == true ? true : nil
+                    }
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        @Test("pml scale with absurd counts, and control requests with absurd numbers, get one clear line")
+        func clientNumbers() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                for count in ["+9223372036854775807", "-9223372036854775808", "9223372036854775807", "-9223372036854775807",
+                              "+99999999999999999999", "0", "+-1", "1e3", "+1024"] {
+                    let r = try await box.pml("scale", "bystander", count)
+                    r.expectCleanFailure(mentioning: ["scale takes N, +N or -N giving 1 to 1024 workers"])
+                }
+                for line in [
+                    #"{"v":1,"cmd":"scale","target":"bystander","count":"+9223372036854775807"}"#,
+                    #"{"v":1e300,"cmd":"list"}"#,
+                    #"{"v":9223372036854775808,"cmd":"list"}"#,
+                    #"{"v":1,"cmd":"reload","target":"bystander","parallel":1e400}"#,
+                    #"{"v":1,"cmd":"reload","target":"nope","parallel":-9223372036854775808}"#,
+                    #"{"v":1,"cmd":"start","start":{"app":{"name":"x","cmd":"sleep 1","instances":1e308}}}"#,
+                    #"{"v":1,"cmd":"start","start":{"app":{"name":"x","cmd":"sleep 1","kill_timeout":-1e308}}}"#,
+                ] {
+                    let client = try RawClient(path: box.socketPath)
+                    #expect(client.send(Array((line + "\n").utf8)))
+                    let reply = client.readReply()
+                    guard case .line(let text) = reply else { Issue.record("\(line): \(reply)"); continue }
+                    #expect(text.contains("\"ok\":false"), "\(line): \(text)")
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        /// CPU use of `pid` over `ms`, in % of one core.
+        static func cpuPercent(of pid: Int32, overMs ms: Int) -> Double {
+            func ticks() -> Double {
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return 0 }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) // utime, stime
+            }
+            let a = ticks()
+            usleep(useconds_t(ms * 1000))
+            return (ticks() - a) / Double(sysconf(Int32(_SC_CLK_TCK))) * 100_000 / Double(ms)
+        }
+    }
+}
