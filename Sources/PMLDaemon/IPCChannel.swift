@@ -10,6 +10,9 @@ final class IPCChannel {
     static let maxLineBytes = 1 << 20
     /// A worker that leaves this much unread is not reading its channel: cut off.
     static let maxQueuedBytes = 16 << 20
+    /// Lines that are not JSON are dropped (a worker's stray write to the wrong fd); more than
+    /// this many in 10 s is a flood, and the channel is cut off.
+    static let maxGarbageLines = 100
 
     private struct Outgoing {
         var bytes: [UInt8]
@@ -29,7 +32,8 @@ final class IPCChannel {
     private let onMessage: (ScriptValue) -> Void
     private let onAck: () -> Void
     private let onLoad: (Int) -> Void
-    private let onGarbage: (String) -> Void
+    private let onGarbage: (_ why: String, _ count: Int, _ cutOff: Bool) -> Void
+    private var garbage = EventWindow(limit: IPCChannel.maxGarbageLines, windowMs: 10_000)
     private(set) var isOpen = true
     /// Node's acknowledgement, by far the most frequent line: recognised without a JSON parser.
     private static let ackLine = Array(#"{"cmd":"NODE_HANDLE_ACK"}"#.utf8)
@@ -38,7 +42,8 @@ final class IPCChannel {
     private static let loadPrefix = Array(#"{"type":"pml:load","closed":"#.utf8)
 
     init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, onMessage: @escaping (ScriptValue) -> Void,
-         onAck: @escaping () -> Void, onLoad: @escaping (Int) -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
+         onAck: @escaping () -> Void, onLoad: @escaping (Int) -> Void,
+         onGarbage: @escaping (_ why: String, _ count: Int, _ cutOff: Bool) -> Void) throws(SystemError) {
         self.fd = fd
         self.loop = loop
         self.scratch = scratch
@@ -83,13 +88,26 @@ final class IPCChannel {
                 continue
             }
             guard let value = try? JSONDecoder().decode(ScriptValue.self, from: Data(line)) else {
-                return cutOff("a line on its IPC channel is not JSON")
+                let (count, flood) = garbage.record(atMs: monotonicMs())
+                if flood {
+                    return cutOff("its IPC channel sent more than \(Self.maxGarbageLines) lines that are not JSON within 10 s", count: count)
+                }
+                onGarbage("a line on its IPC channel is not JSON (dropped): \(Self.sample(line))", count, false)
+                if !isOpen { return }
+                continue
             }
             onMessage(value)
             if !isOpen { return }
         }
         input.removeFirst(start)
-        if input.count > Self.maxLineBytes { cutOff("its IPC channel sent a line over 1 MiB") }
+        if input.count > Self.maxLineBytes { cutOff("its IPC channel sent a line over 1 MiB", count: 1) }
+    }
+
+    /// The start of a bad line, printable, for the log.
+    static func sample(_ line: ArraySlice<UInt8>) -> String {
+        let text = String(decoding: line.prefix(60), as: UTF8.self).unicodeScalars
+            .map { $0.properties.generalCategory == .control ? "?" : String($0) }.joined()
+        return "\"" + text + (line.count > 60 ? "…" : "") + "\""
     }
 
     /// The count in `{"type":"pml:load","closed":<digits>}` (at most 15), or nil if the line is
@@ -138,7 +156,7 @@ final class IPCChannel {
         output.append(Outgoing(bytes: line, offset: offset, fd: offset > 0 ? -1 : handleFD))
         queuedBytes += line.count - offset
         if queuedBytes > Self.maxQueuedBytes {
-            cutOff("it left \(queuedBytes) bytes of its IPC channel unread")
+            cutOff("it left \(queuedBytes) bytes of its IPC channel unread", count: 0)
             return false
         }
         if wasIdle { flush() } // the socket is full: this registers for writability
@@ -176,9 +194,9 @@ final class IPCChannel {
         }
     }
 
-    private func cutOff(_ why: String) {
+    private func cutOff(_ why: String, count: Int) {
         close()
-        onGarbage(why)
+        onGarbage(why, count, true)
     }
 
     /// Stops reading and writing and closes pml's end; the worker sees EOF on its channel.

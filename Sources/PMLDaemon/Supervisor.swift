@@ -195,8 +195,8 @@ final class Supervisor {
                 self.router.acknowledged(worker: w.id)
             }, onLoad: { [unowned self, unowned w] n in
                 self.router.report(worker: w.id, closedConnections: n)
-            }, onGarbage: { [unowned self, unowned w] why in
-                self.ipcGarbage(w, why)
+            }, onGarbage: { [unowned self, unowned w] why, count, cutOff in
+                self.ipcGarbage(w, why, count: count, cutOff: cutOff)
             })
         } catch {
             closeFD(ipc.0)

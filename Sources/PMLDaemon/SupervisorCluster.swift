@@ -174,7 +174,7 @@ extension Supervisor {
     }
 
     /// Messages per second a worker may send to hooks; beyond it they are dropped, and far beyond
-    /// it the worker is flooding and is restarted. Handle ACKs are not counted.
+    /// it the worker is flooding and is stopped (see ipcGarbage). Handle ACKs are not counted.
     static let messageRate = 1000
     static let floodRate = 20000
 
@@ -184,7 +184,7 @@ extension Supervisor {
         if now - w.messageWindow.start >= 1000 { w.messageWindow = (now, 0) }
         w.messageWindow.count += 1
         if w.messageWindow.count > Self.floodRate {
-            return ipcGarbage(w, "it sent over \(Self.floodRate) messages in a second on its IPC channel")
+            return ipcGarbage(w, "it sent over \(Self.floodRate) messages in a second on its IPC channel", count: 0, cutOff: true)
         }
         if case .object(let t) = msg, let cmd = t["cmd"]?.stringValue, cmd.hasPrefix("NODE_") {
             switch cmd {
@@ -295,11 +295,24 @@ extension Supervisor {
     }
 
     /// Garbage or a flood on the channel: pml stops listening to it and restarts the worker.
-    func ipcGarbage(_ w: Worker, _ why: String) {
-        logger.warning("\(w.app.spec.name) worker \(w.id): \(why); restarting it")
-        w.app.logs.note("worker \(w.id): \(why); pml closed the channel and restarts the worker")
+    /// A bad line is logged (the 1st, 10th and 100th of a window) and dropped. A channel cut off
+    /// (a flood of bad lines, a line over 1 MiB, a worker not reading) ends the worker with
+    /// SIGKILL and no intent: its exit is a crash like any other, so backoff, autorestart = false
+    /// and errored apply (restarting it at once let a bad worker loop 600 times a second).
+    func ipcGarbage(_ w: Worker, _ why: String, count: Int, cutOff: Bool) {
+        guard cutOff else {
+            if count == 1 || count == 10 || count == 100 {
+                let nth = count == 1 ? "" : " (\(count) in 10 s)"
+                logger.warning("\(w.app.spec.name) worker \(w.id): \(why)\(nth)")
+                w.app.logs.note("worker \(w.id): \(why)\(nth)")
+            }
+            return
+        }
+        logger.warning("\(w.app.spec.name) worker \(w.id): \(why); pml closed the channel and kills the worker")
+        w.app.logs.note("worker \(w.id): \(why); pml closed the channel and kills the worker")
+        w.ipc?.close()
         router.workerGone(worker: w.id)
-        if w.pid != nil { stop([w], intent: .restart) }
+        if let pid = w.pid, w.intent == nil { signalGroup(pid, SIGKILL) }
     }
 
     // MARK: NOTIFY_SOCKET

@@ -206,6 +206,34 @@ extension Integration {
             }
         }
 
+        // MARK: Workers
+
+        @Test("a flood of non-JSON lines on a worker's IPC channel stops it as a crash: autorestart = false holds, backoff applies")
+        func ipcGarbageFlood() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let flood = "while :; do echo 'garbage {'; done >&$PML_IPC_FD"
+                let file = try box.write("flood.lua", """
+                    return {
+                      { name = "once", cmd = { "sh", "-c", \(lua(flood)) }, autorestart = false },
+                      { name = "again", cmd = { "sh", "-c", \(lua(flood)) } },
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let stopped = try await box.waitFor("the flooding worker stopped, not restarted", timeout: 10) {
+                    try await box.rows("once").first.flatMap { $0.status == "stopped" ? $0 : nil }
+                }
+                #expect(stopped.restarts == 0, "\(stopped)")
+                // The other one crashes like any crashing worker: a handful of restarts, with backoff,
+                // then errored (it was 1,800 restarts in 3 s).
+                await sleepMs(3000)
+                let again = try #require(try await box.rows("again").first)
+                #expect(again.restarts <= 16, "\(again)")
+                #expect(box.read(box.daemonLog).contains("lines that are not JSON within 10 s; pml closed the channel and kills the worker"))
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
         /// CPU use of `pid` over `ms`, in % of one core.
         static func cpuPercent(of pid: Int32, overMs ms: Int) -> Double {
             func ticks() -> Double {
