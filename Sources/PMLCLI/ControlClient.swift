@@ -36,6 +36,7 @@ struct ControlClient {
         guard let response = try? JSONDecoder().decode(ControlResponse.self, from: Data(input)) else {
             throw CLIError("the daemon sent an answer pml cannot read")
         }
+        if let notice = response.notice { try? writeAll(2, "pml: \(notice)\n") }
         if !response.ok { throw CLIError(response.error ?? "the daemon refused without saying why") }
         return response
     }
@@ -49,6 +50,12 @@ struct ControlClient {
 
     private func connect(autostart: Bool) throws(CLIError) -> Int32 {
         if let fd = try? UnixSocket.connect(path: paths.socket) { return fd }
+        // A keeper is running (its daemon is starting): wait for it rather than start another.
+        let deadline = monotonicMs() + 10_000
+        while keeperIsRunning(), monotonicMs() < deadline {
+            usleep(20_000)
+            if let fd = try? UnixSocket.connect(path: paths.socket) { return fd }
+        }
         guard autostart else { throw CLIError("no daemon is running for \(paths.home)") }
         try startDaemon()
         do {
@@ -114,6 +121,14 @@ struct ControlClient {
         if daemonIsRunning() { return }
         let reason = lastLine(of: paths.daemonLog, after: logSize) ?? "no reason given"
         throw CLIError("the daemon failed to start: \(reason)")
+    }
+
+    /// Whether a keeper holds its lock on keeper.pid.
+    private func keeperIsRunning() -> Bool {
+        let fd = open(paths.keeperPidFile, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { closeFD(fd) }
+        return flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK
     }
 
     private func fileSize(_ path: String) -> Int {

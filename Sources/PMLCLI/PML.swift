@@ -16,7 +16,8 @@ public struct PML: ParsableCommand {
             Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
             ReloadLogs.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
-            Unstartup.self, Check.self, Ping.self, Kill.self, DaemonCommand.self, SentinelCommand.self,
+            Unstartup.self, Check.self, Ping.self, Kill.self, Update.self, DaemonCommand.self, SupervisorDaemonCommand.self,
+            SentinelCommand.self,
             Monit.self, Metrics.self, DashboardCommand.self,
             Import.self,
         ]
@@ -406,16 +407,16 @@ struct Kill: ParsableCommand {
             Output.print("no daemon running\n")
             return
         }
-        let pid = Int32(String(decoding: readFile(options.paths.pidFile) ?? [], as: UTF8.self)
-            .split(separator: "\n").first ?? "")
+        let pids = [options.paths.pidFile, options.paths.keeperPidFile].compactMap { file in
+            Int32(String(decoding: readFile(file) ?? [], as: UTF8.self).split(separator: "\n").first ?? "")
+        }
         let r = try client.send(ControlRequest(cmd: .kill), autostart: false)
-        // The daemon answers before it exits: wait for it to be gone so "kill" means gone.
-        if let pid {
-            var waited = 0
-            while processIsAlive(pid), waited < 10_000 {
-                usleep(20_000)
-                waited += 20
-            }
+        // The daemon answers before it exits, and its keeper follows it: wait for both to be gone
+        // so "kill" means gone.
+        var waited = 0
+        while pids.contains(where: processIsAlive), waited < 10_000 {
+            usleep(20_000)
+            waited += 20
         }
         Output.print((r.message ?? "daemon stopped") + "\n")
     }
@@ -439,6 +440,7 @@ struct SentinelCommand: ParsableCommand {
 struct DaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon", abstract: "Run the daemon in the foreground (started for you by other commands).",
+        discussion: "This process is the keeper: it runs the daemon proper as its child and starts a successor at once if it dies.",
         shouldDisplay: false)
     @OptionGroup var options: DaemonOptions
 
@@ -448,7 +450,57 @@ struct DaemonCommand: ParsableCommand {
     func run() throws {
         let readyFD = processEnvironment()["PML_READY_FD"].flatMap { Int32($0) } ?? -1
         unsetenv("PML_READY_FD")
+        let status = Keeper.run(paths: options.paths, readyFD: readyFD, resurrect: resurrect)
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct SupervisorDaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon-supervisor", abstract: "The daemon proper (started by pml daemon, its keeper).",
+        shouldDisplay: false)
+    @OptionGroup var options: DaemonOptions
+
+    @Flag(name: .long, help: "Start the apps pml save saved.")
+    var resurrect = false
+
+    func run() throws {
+        let env = processEnvironment()
+        guard env["PML_KEEPER_FD"] != nil else { throw CLIError("daemon-supervisor is started by pml daemon, not by hand") }
+        let readyFD = env["PML_READY_FD"].flatMap { Int32($0) } ?? -1
+        unsetenv("PML_READY_FD")
         let status = Daemon.run(paths: options.paths, readyFD: readyFD, resurrect: resurrect)
         if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct Update: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replace the running daemon by the installed pml binary; apps keep running and serving.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let client = options.client
+        guard client.daemonIsRunning() else {
+            Output.print("no daemon running (the next command starts the installed one)\n")
+            return
+        }
+        let r = try client.send(ControlRequest(cmd: .update), autostart: false)
+        guard let old = r.daemon?.pid else { throw CLIError("the daemon did not say who it is") }
+        // The keeper starts the successor as soon as the old daemon exits; the control socket is
+        // the same one (the keeper holds it), so this waits in its backlog until the successor answers.
+        let deadline = monotonicMs() + 20_000
+        var info: DaemonInfo?
+        while monotonicMs() < deadline {
+            if let d = try? client.send(ControlRequest(cmd: .ping), autostart: false).daemon, d.pid != old {
+                info = d
+                break
+            }
+            usleep(50_000)
+        }
+        guard let info else { throw CLIError("the daemon (pid \(old)) handed over, but no successor answered within 20 s (see \(options.paths.daemonLog))") }
+        let rows = try client.send(ControlRequest(cmd: .list), autostart: false).processes ?? []
+        let running = rows.filter { $0.pid != nil }.count
+        Output.print("updated: daemon pid \(old) → \(info.pid) (pml \(info.version)); \(running) worker\(running == 1 ? "" : "s") kept running\n")
     }
 }

@@ -17,6 +17,8 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case reloadLogs
     /// The dashboard's URL (the daemon starts serving it if needed), in `message`.
     case dashboard
+    /// Hand everything to a new daemon from the installed binary (`pml update`).
+    case update
 }
 
 /// One request line.
@@ -93,9 +95,11 @@ public struct SavedState: Codable, Sendable, Equatable {
     public var version = 1
     /// The daemon that wrote it (state.json): if it is gone without cleaning up, it died.
     public var daemonPID: Int32?
+    /// The keeper that held the daemon's fds (state.json): a successor it starts adopts the workers.
+    public var keeperPID: Int32?
     public var apps: [SavedApp]
 
-    enum CodingKeys: String, CodingKey { case version, daemonPID = "daemon_pid", apps }
+    enum CodingKeys: String, CodingKey { case version, daemonPID = "daemon_pid", keeperPID = "keeper_pid", apps }
 
     public init(daemonPID: Int32?, apps: [SavedApp]) {
         self.daemonPID = daemonPID
@@ -111,6 +115,9 @@ public struct SavedApp: Codable, Sendable, Equatable {
     public var instances: Int
     /// False for an app that was stopped: it is not started again.
     public var running: Bool
+    /// state.json only: the processes a successor daemon adopts, and the sockets the keeper holds.
+    public var workers: [SavedWorker]?
+    public var listeners: [SavedListener]?
 
     public init(name: String, start: StartArguments, instances: Int, running: Bool) {
         self.name = name
@@ -135,6 +142,9 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var daemon: DaemonInfo?
     /// plugins: every plugin file found, loaded or not.
     public var plugins: [PluginInfo]?
+    /// Something the user should hear once, on stderr, whatever they asked (a daemon died and
+    /// its successor adopted the workers).
+    public var notice: String?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, processes: [ProcessRow]? = nil,
                 app: AppDescription? = nil, daemon: DaemonInfo? = nil, plugins: [PluginInfo]? = nil) {

@@ -12,6 +12,8 @@ public struct PMLPaths: Sendable, Equatable {
 
     public var socket: String { home + "/pml.sock" }
     public var pidFile: String { home + "/daemon.pid" }
+    /// The keeper's pid (`pml daemon`, which outlives daemons), locked while it runs.
+    public var keeperPidFile: String { home + "/keeper.pid" }
     public var daemonLog: String { home + "/daemon.log" }
     public var logs: String { home + "/logs" }
     public var plugins: String { home + "/plugins" }

@@ -88,6 +88,11 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
         return worker
     }
 
+    /// Whether some worker serving `listener` could take a connection now.
+    public func hasFreeWorker(for listener: Int) -> Bool {
+        rotation.contains { serving[$0]?.contains(listener) == true && !awaitingAck.contains($0) }
+    }
+
     /// The worker acknowledged (or refused) its handle: it can take another.
     public mutating func acknowledged(worker: Int) {
         awaitingAck.remove(worker)

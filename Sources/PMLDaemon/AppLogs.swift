@@ -86,7 +86,7 @@ final class AppLogFiles {
     }
 
     private func time() -> String {
-        dateFormat.map(Self.formatLocalTime) ?? Self.timestamp()
+        dateFormat.map { Self.formatLocalTime($0) } ?? Self.timestamp()
     }
 
     /// One line of a worker's output, as it goes into the log.
@@ -108,8 +108,7 @@ final class AppLogFiles {
     }()
 
     /// PM2's log_date_format: YYYY MM DD HH mm ss SSS Z, in local time; other text stays.
-    static func formatLocalTime(_ format: String) -> String {
-        let ms = wallClockMs()
+    static func formatLocalTime(_ format: String, atMs ms: Int = wallClockMs()) -> String {
         var t = time_t(ms / 1000)
         var parts = tm()
         localtime_r(&t, &parts)

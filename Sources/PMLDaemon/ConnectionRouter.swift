@@ -12,6 +12,8 @@ final class AppListener {
     let requestedPort: Int?
     let fd: Int32
     var handle: IOHandle?
+    /// Under which tag the keeper holds a copy ("" while it holds none).
+    var tag = ""
     /// The NODE_HANDLE line (with its newline) that carries each of its connections: the same
     /// every time, so encoded once.
     let handleLine: [UInt8]
@@ -97,6 +99,8 @@ final class SlotSocket {
 /// worker serves) and hands each to a ready worker, as the `RoundRobinDispatcher` decides. Holds
 /// pml's copy of every handed fd until the worker acknowledges it, so a worker that dies first
 /// does not take the connection with it.
+/// Accepts only what a worker can take now: while none can, the listener leaves the loop and
+/// connections wait in the kernel's backlog, which outlives the daemon (the keeper holds a copy).
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
@@ -111,6 +115,8 @@ final class ConnectionRouter {
     private var inFlight: [Int: (fd: Int32, listener: Int)] = [:]
     private var pendingCount = 0
     private var acceptingPaused = false
+    /// Listeners not watched because no worker serving them can take a connection now.
+    private var starved: Set<Int> = []
     /// Writes the handle line for `listener`'s connection `fd` to `worker`; false if it cannot.
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
     /// Counts handed connections per worker, for `ls` and metrics.
@@ -124,7 +130,10 @@ final class ConnectionRouter {
 
     var waitingConnections: Int { pendingCount }
 
-    func waiting(on listener: Int) -> Int { pending[listener]?.count ?? 0 }
+    /// Connections waiting for a worker: in pml's queue and in the kernel's accept queue.
+    func waiting(on listener: Int) -> Int {
+        (pending[listener]?.count ?? 0) + (listeners[listener].flatMap { listenQueueLength($0.fd) } ?? 0)
+    }
 
     /// Starts accepting on a listener (a reuseport group has no socket of its own: its slots come
     /// with `addSlot`). `leastBusy`: its connections go to the worker with the fewest open ones.
@@ -191,6 +200,7 @@ final class ConnectionRouter {
             s.handle = nil
         }
         listeners[listener.id] = nil
+        starved.remove(listener.id)
         for c in pending.removeValue(forKey: listener.id) ?? [] {
             closeFD(c.fd)
             pendingCount -= 1
@@ -255,7 +265,15 @@ final class ConnectionRouter {
     private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         // A bounded batch per wake-up keeps other fds served under a connection storm.
         for _ in 0..<64 {
-            guard listeners[listener.id] != nil, let fd = UnixSocket.accept(socket, nonBlocking: false) else { return }
+            guard listeners[listener.id] != nil else { return }
+            // Nothing is accepted that no worker can take now: it waits in the backlog instead (a
+            // reuseport slot socket is accepted on only when no worker serves it: it is drained).
+            if socket == listener.fd, !pending[listener.id, default: []].isEmpty || !dispatcher.hasFreeWorker(for: listener.id) {
+                starved.insert(listener.id)
+                if let h = listener.handle { loop.modify(h, events: []) }
+                return
+            }
+            guard let fd = UnixSocket.accept(socket, nonBlocking: false) else { return }
             if !handOut(fd, listener) { enqueue(fd, listener.id) }
         }
     }
@@ -291,6 +309,10 @@ final class ConnectionRouter {
             }
             pending[id] = Array(remaining)
         }
+        for id in starved where dispatcher.hasFreeWorker(for: id) && pending[id, default: []].isEmpty {
+            starved.remove(id)
+            if !acceptingPaused, let h = listeners[id]?.handle { loop.modify(h, events: [.readable]) }
+        }
         resumeIfRoom()
     }
 
@@ -308,7 +330,7 @@ final class ConnectionRouter {
         guard acceptingPaused, pendingCount < Self.maxPending / 2 else { return }
         acceptingPaused = false
         for l in listeners.values {
-            if let h = l.handle { loop.modify(h, events: [.readable]) }
+            if let h = l.handle, !starved.contains(l.id) { loop.modify(h, events: [.readable]) }
             for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: [.readable]) } }
         }
     }

@@ -13,9 +13,10 @@ final class ControlServer {
     private var handle: IOHandle?
     private var connections: [ObjectIdentifier: ControlConnection] = [:]
 
-    init(path: String, loop: EventLoop, logger: Logger,
+    /// Serves the listening socket `fd` (bound at `pml.sock`, 0600, non-blocking).
+    init(listening fd: Int32, loop: EventLoop, logger: Logger,
          handler: @escaping (ControlRequest, @escaping (ControlResponse) -> Void) -> Void) throws(SystemError) {
-        fd = try UnixSocket.listen(path: path, mode: 0o600)
+        self.fd = fd
         self.loop = loop
         self.logger = logger
         self.handler = handler

@@ -84,10 +84,11 @@ public enum Daemon {
         return nil
     }
 
-    /// Runs the daemon in this process until `pml kill` or SIGTERM; returns the exit status.
-    /// `readyFD` (if ≥ 0) gets "ready\n" once the control socket accepts connections — followed by a
-    /// sentence when it took up the apps of a daemon that died. `resurrect`: start what `pml save`
-    /// saved (boot, via `pml startup`). Under systemd (NOTIFY_SOCKET), READY=1 follows too.
+    /// Runs the daemon in this process (started by its keeper, `Keeper.run`) until `pml kill`,
+    /// SIGTERM or `pml update`; returns the exit status. `readyFD` (if ≥ 0) gets "ready\n" once the
+    /// control socket accepts connections — followed by a sentence when it took up the apps of a
+    /// daemon that died. `resurrect`: start what `pml save` saved (boot, via `pml startup`).
+    /// Under systemd (NOTIFY_SOCKET), READY=1 follows too, naming the keeper as the main pid.
     public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool = false) -> Int32 {
         let setup: SupervisorSetup
         do {
@@ -107,16 +108,30 @@ public enum Daemon {
         _ = ftruncate(pidFD, 0)
         try? writeAll(pidFD, "\(getpid())\n")
 
-        let sentinel = startSentinel(paths: paths)
-        if sentinel == nil { logger.warning("no sentinel: if this daemon is killed, its workers' children may outlive it") }
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: setup.nodeShim)
+        guard let keeper = KeeperLink(environment: env, logger: logger) else {
+            return fatal("pml daemon-supervisor is started by pml daemon (the keeper), not by hand")
+        }
+        // What the daemon before this one left with the keeper: sockets, channels, log pipes.
+        var handover = keeper.handover()
+        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: setup.nodeShim,
+                                    notifyFD: handover.take(KeeperTag.notify))
+        supervisor.keeper = keeper
+        if let notify = supervisor.notify { keeper.hold(KeeperTag.notify, notify.fd) }
         let dashboard = Dashboard(supervisor: supervisor, paths: paths)
         let server: ControlServer
         do {
-            server = try ControlServer(path: paths.socket, loop: loop, logger: logger, handler: dashboard.handle)
+            let controlFD: Int32
+            if let fd = handover.take(KeeperTag.control) {
+                controlFD = fd
+            } else {
+                controlFD = try UnixSocket.listen(path: paths.socket, mode: 0o600)
+                keeper.hold(KeeperTag.control, controlFD)
+            }
+            server = try ControlServer(listening: controlFD, loop: loop, logger: logger, handler: dashboard.handle)
         } catch {
             return fatal("cannot listen on \(paths.socket): \(error)")
         }
+        keeper.send(.up)
         let metricsServer = supervisor.serveMetrics(environment: env)
         dashboard.serveIfConfigured()
         var shuttingDown = false
@@ -141,8 +156,10 @@ public enum Daemon {
         } catch {
             return fatal("cannot watch signals: \(error)")
         }
-        logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), home \(paths.home), lua \(setup.luaPath))")
-        var note = supervisor.recoverFromDeadDaemon()
+        logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), keeper \(keeper.keeperPID), home \(paths.home), lua \(setup.luaPath))")
+        let predecessor = env["PML_PREDECESSOR"].flatMap(Predecessor.parse)
+        var note = supervisor.takeOver(handover, predecessor: predecessor)
+        keeper.watch(loop: loop) { exit in supervisor.childrenExited(reported: [exit]) }
         if resurrect, note == nil {
             let r = supervisor.resurrect(from: paths.dump)
             logger.info("resurrect at start: \(r.message ?? r.error ?? "")")
@@ -151,29 +168,39 @@ public enum Daemon {
         if readyFD >= 0 {
             try? writeAll(readyFD, "ready\n" + (note.map { $0 + "\n" } ?? ""))
             closeFD(readyFD)
+        } else {
+            // A successor: the next command, whatever it is, tells the user.
+            supervisor.notice = note
         }
         if let notifySocket = env["NOTIFY_SOCKET"] {
-            try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(getpid())")
+            try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(keeper.keeperPID)")
         }
         loop.run()
+        if supervisor.handingOver {
+            // pml update: sockets, channels and pipes stay with the keeper and the workers; nothing
+            // is closed or unlinked on the way out (no deinit runs past exit).
+            logger.info("pml daemon handed over; exiting")
+            exit(0)
+        }
         // Every app is stopped by now: an empty state tells the next daemon there is nothing to take up.
         supervisor.persistStateNow()
+        keeper.send(.bye)
         withExtendedLifetime(server) {}
         withExtendedLifetime(metricsServer) {}
         withExtendedLifetime(dashboard) {}
-        if let sentinel { closeFD(sentinel) }
         unlink(paths.socket)
         unlink(paths.pidFile)
         logger.info("pml daemon stopped")
         return 0
     }
 
-    /// Kills the process groups of workers of `home` still running — those of the daemon with pid
-    /// `daemonPID`, or of any supervisor of `home` that is no longer alive if nil — and returns how
-    /// many processes carried the mark
-    /// (PML_SUPERVISOR=<home>:<daemon pid>). Used at a daemon's start, before it spawns anything
-    /// (one daemon per home, by flock), and by the sentinel once its daemon is gone.
-    public static func sweepOrphans(home: String, daemonPID: Int32?) -> Int {
+    /// Kills the process groups of workers of `home` still running — those marked with the
+    /// supervisor pid `daemonPID` (a keeper, or `pml run`), or of any supervisor of `home` that is
+    /// no longer alive if nil — except the workers in `sparing` (and their groups and sessions),
+    /// and returns how many processes carried the mark (PML_SUPERVISOR=<home>:<supervisor pid>).
+    /// Used at a daemon's start, by a successor for what it could not adopt, by a keeper that
+    /// gives up, and by the sentinel once its keeper is gone.
+    public static func sweepOrphans(home: String, daemonPID: Int32?, sparing: Set<Int32> = []) -> Int {
         let prefix = Array("PML_SUPERVISOR=\(home):".utf8)
         let exact = daemonPID.map { Array("PML_SUPERVISOR=\(home):\($0)".utf8) }
         var killed = 0
@@ -190,17 +217,19 @@ public enum Daemon {
                 return !processIsAlive(owner)
             }
             guard marked else { continue }
-            if let group = processGroup(of: pid), group > 1 { signalGroup(group, SIGKILL) }
+            // A worker in `sparing`, and what runs in its group or session, stays.
+            let group = processGroup(of: pid)
+            if sparing.contains(pid) || group.map(sparing.contains) == true || sparing.contains(getsid(pid)) { continue }
+            if let group, group > 1 { signalGroup(group, SIGKILL) }
             signalProcess(pid, SIGKILL)
             killed += 1
         }
         return killed
     }
 
-    /// The sentinel: waits for its daemon to be gone (EOF on `fd`, whose write end only the daemon
-    /// holds), then kills whatever workers it left — so a daemon killed with SIGKILL does not leave
-    /// programs serving unsupervised. Worker group leaders already die with the daemon (PDEATHSIG);
-    /// this catches the rest of their groups.
+    /// The sentinel: waits for its keeper to be gone (EOF on `fd`, whose write end only the keeper
+    /// holds), then kills every worker marked with the keeper's pid, and their groups — so a keeper
+    /// killed with SIGKILL (its daemon dies with it by PDEATHSIG) leaves nothing serving unsupervised.
     public static func runSentinel(home: String, daemonPID: Int32, fd: Int32) -> Int32 {
         var byte: UInt8 = 0
         while true {
@@ -208,29 +237,11 @@ public enum Daemon {
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
         }
+        // Twice: a worker the daemon was spawning as it died may appear just after the first pass.
+        _ = sweepOrphans(home: home, daemonPID: daemonPID)
+        usleep(100_000)
         _ = sweepOrphans(home: home, daemonPID: daemonPID)
         return 0
-    }
-
-    /// Starts the sentinel for this daemon; returns the write end the daemon keeps open for life.
-    private static func startSentinel(paths: PMLPaths) -> Int32? {
-        guard let exe = realPath("/proc/self/exe"), let pipe = try? makePipe(nonblockingRead: false) else { return nil }
-        defer { closeFD(pipe.read) }
-        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { closeFD(devNull) }
-        var env = processEnvironment()
-        env["PML_HOME"] = paths.home
-        env["PML_SENTINEL_FD"] = "3"
-        env["PML_SENTINEL_DAEMON"] = String(getpid())
-        env["NOTIFY_SOCKET"] = nil
-        do {
-            _ = try spawnProcess(SpawnRequest(argv: [exe, "daemon-sentinel"], env: env, cwd: "/",
-                                              fds: [(devNull, 0), (devNull, 1), (2, 2), (pipe.read, 3)], newSession: true))
-        } catch {
-            closeFD(pipe.write)
-            return nil
-        }
-        return pipe.write
     }
 
     private static func fatal(_ message: String) -> Int32 {

@@ -35,16 +35,20 @@ final class IPCChannel {
     private let onGarbage: (_ why: String, _ count: Int, _ cutOff: Bool) -> Void
     private var garbage = EventWindow(limit: IPCChannel.maxGarbageLines, windowMs: 10_000)
     private(set) var isOpen = true
+    /// Adopted from a daemon that died: it may have read part of the first line; an unreadable
+    /// first line is that line's tail and is skipped rather than taken for garbage.
+    private var resync: Bool
     /// Node's acknowledgement, by far the most frequent line: recognised without a JSON parser.
     private static let ackLine = Array(#"{"cmd":"NODE_HANDLE_ACK"}"#.utf8)
     /// pml's preload reporting how many handed connections it has closed in all (least-busy), the
     /// next most frequent: `{"type":"pml:load","closed":12}`, also recognised without a JSON parser.
     private static let loadPrefix = Array(#"{"type":"pml:load","closed":"#.utf8)
 
-    init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, onMessage: @escaping (ScriptValue) -> Void,
+    init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, resync: Bool = false, onMessage: @escaping (ScriptValue) -> Void,
          onAck: @escaping () -> Void, onLoad: @escaping (Int) -> Void,
          onGarbage: @escaping (_ why: String, _ count: Int, _ cutOff: Bool) -> Void) throws(SystemError) {
         self.fd = fd
+        self.resync = resync
         self.loop = loop
         self.scratch = scratch
         self.onMessage = onMessage
@@ -78,6 +82,7 @@ final class IPCChannel {
             start = nl + 1
             if line.isEmpty { continue }
             if line.elementsEqual(Self.ackLine) {
+                resync = false
                 onAck()
                 if !isOpen { return }
                 continue
@@ -87,7 +92,11 @@ final class IPCChannel {
                 if !isOpen { return }
                 continue
             }
+            let wasResyncing = resync
+            resync = false
             guard let value = try? JSONDecoder().decode(ScriptValue.self, from: Data(line)) else {
+                // The tail of a line the daemon before read the head of: not the worker's fault.
+                if wasResyncing { continue }
                 let (count, flood) = garbage.record(atMs: monotonicMs())
                 if flood {
                     return cutOff("its IPC channel sent more than \(Self.maxGarbageLines) lines that are not JSON within 10 s", count: count)
@@ -205,6 +214,8 @@ final class IPCChannel {
         isOpen = false
         if let handle { loop?.unregister(handle) }
         handle = nil
+        // The keeper may hold a copy: shut the socket down so the worker sees EOF all the same.
+        _ = shutdown(fd, Int32(SHUT_RDWR))
         closeFD(fd)
         input.removeAll()
         output.removeAll()

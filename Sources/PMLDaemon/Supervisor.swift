@@ -31,6 +31,14 @@ final class Supervisor {
     var hookOwner: ScriptOwner?
     var statePersistScheduled = false
     let startedAt = monotonicMs()
+    /// The keeper that holds what must outlive this daemon (nil for `pml run`).
+    var keeper: KeeperLink?
+    /// While a successor starts: what it adopts from the daemon before it.
+    var adoption: Adoption?
+    /// Said once to the next client, whatever it asks (a daemon died; this one adopted its workers).
+    var notice: String?
+    /// `pml update` was answered: the loop ends and the daemon exits, leaving everything running.
+    var handingOver = false
     let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
     /// The dashboard's graphs (15 minutes of samples) and timeline (see SupervisorTimeline.swift).
@@ -44,7 +52,8 @@ final class Supervisor {
     /// Foreground: called when no worker runs or waits to restart any more, with the exit status.
     var onNothingLeft: ((Int32) -> Void)?
 
-    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?, foreground: Bool = false) {
+    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?, foreground: Bool = false,
+         notifyFD: Int32? = nil) {
         self.foreground = foreground
         self.loop = loop
         self.paths = paths
@@ -54,7 +63,8 @@ final class Supervisor {
         router = ConnectionRouter(loop: loop, logger: logger)
         do {
             // A foreground run may share its home with a daemon: its socket gets its own name.
-            notify = try NotifySocket(path: paths.home + (foreground ? "/notify-\(getpid()).sock" : "/notify.sock"))
+            let path = paths.home + (foreground ? "/notify-\(getpid()).sock" : "/notify.sock")
+            notify = try notifyFD.map { NotifySocket(fd: $0, path: path) } ?? NotifySocket(path: path)
         } catch {
             logger.warning("no NOTIFY_SOCKET for workers: \(error)")
             notify = nil
@@ -108,12 +118,14 @@ final class Supervisor {
     // MARK: spawning
 
     func spawn(_ w: Worker) throws(SpawnError) {
+        if adopt(w) { return }
         let app = w.app
         var env = app.spec.workerEnvironment(inherited: app.baseEnv, instance: w.instance)
         env["PML_HOME"] = nil
         env["PML_NODE_SHIM_PID"] = nil // set by the preload in its own process; never inherited from pml's client
-        // Marks the worker as this home's: a new daemon sweeps away any a dead one left behind.
-        env["PML_SUPERVISOR"] = "\(paths.home):\(getpid())"
+        // Marks the worker as this home's: a new daemon sweeps away any a dead one left behind; under
+        // a keeper the mark is the keeper's, which outlives daemons (its sentinel sweeps by it).
+        env["PML_SUPERVISOR"] = "\(paths.home):\(keeper?.keeperPID ?? getpid())"
         env["PML_APP"] = app.spec.name
         env["PML_ID"] = String(w.id)
         env["PML_INSTANCE"] = String(w.instance)
@@ -175,8 +187,9 @@ final class Supervisor {
             pid = try spawnProcess(SpawnRequest(
                 argv: app.spec.argv, env: env, cwd: app.spec.cwd,
                 fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds,
-                // If the daemon dies, even by SIGKILL, its workers go with it (see recoverFromDeadDaemon).
-                newSession: true, parentDeathSignal: SIGKILL, setListenPID: shared, account: account))
+                // Under a keeper, workers outlive the daemon (a successor adopts them); in `pml run`
+                // they die with it, even by SIGKILL.
+                newSession: true, parentDeathSignal: keeper == nil ? SIGKILL : 0, setListenPID: shared, account: account))
         } catch {
             closeAll()
             throw error
@@ -184,24 +197,10 @@ final class Supervisor {
         closeFD(out.write)
         closeFD(err.write)
         closeFD(ipc.1)
-        // Each pipe keeps itself registered until EOF (see OutputPipe).
-        let files = app.logFiles(instance: w.instance)
-        if (try? OutputPipe(fd: out.read, stream: .out, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out.read) }
-        if (try? OutputPipe(fd: err.read, stream: .err, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(err.read) }
-        do {
-            w.ipc = try IPCChannel(fd: ipc.0, loop: loop, scratch: readBuffer, onMessage: { [unowned self, unowned w] msg in
-                self.ipcMessage(w, msg)
-            }, onAck: { [unowned self, unowned w] in
-                self.router.acknowledged(worker: w.id)
-            }, onLoad: { [unowned self, unowned w] n in
-                self.router.report(worker: w.id, closedConnections: n)
-            }, onGarbage: { [unowned self, unowned w] why, count, cutOff in
-                self.ipcGarbage(w, why, count: count, cutOff: cutOff)
-            })
-        } catch {
-            closeFD(ipc.0)
-        }
+        keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read)
+        attachStreams(w, ipc: ipc.0, out: out.read, err: err.read, resync: false)
         w.pid = pid
+        w.startTicks = readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) ?? 0
         w.status = .starting
         w.startedAt = monotonicMs()
         w.failedToStart = false
@@ -223,6 +222,30 @@ final class Supervisor {
         logger.info("\(app.spec.name) worker \(w.id) started as pid \(pid)")
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
+        // A successor must know this process even if the daemon dies the next moment.
+        if keeper != nil && adoption == nil { persistStateNow() }
+    }
+
+    /// Reads a worker's stdout/stderr into its app's logs and opens its IPC channel. `resync`:
+    /// the channel was read by a daemon before (adopted): a partial first line is skipped.
+    func attachStreams(_ w: Worker, ipc: Int32, out: Int32, err: Int32, resync: Bool) {
+        // Each pipe keeps itself registered until EOF (see OutputPipe).
+        let files = w.app.logFiles(instance: w.instance)
+        if (try? OutputPipe(fd: out, stream: .out, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out) }
+        if (try? OutputPipe(fd: err, stream: .err, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(err) }
+        do {
+            w.ipc = try IPCChannel(fd: ipc, loop: loop, scratch: readBuffer, resync: resync, onMessage: { [unowned self, unowned w] msg in
+                self.ipcMessage(w, msg)
+            }, onAck: { [unowned self, unowned w] in
+                self.router.acknowledged(worker: w.id)
+            }, onLoad: { [unowned self, unowned w] n in
+                self.router.report(worker: w.id, closedConnections: n)
+            }, onGarbage: { [unowned self, unowned w] why, count, cutOff in
+                self.ipcGarbage(w, why, count: count, cutOff: cutOff)
+            })
+        } catch {
+            closeFD(ipc)
+        }
     }
 
     /// `uid` / `gid`: who the app's workers run as; only a daemon running as root can switch.
@@ -266,10 +289,12 @@ final class Supervisor {
 
     // MARK: exits
 
-    /// Reaps exited children and decides what happens to their workers.
-    func childrenExited() {
-        for exit in reapChildren() {
+    /// Reaps exited children and decides what happens to their workers. `reported`: exits the
+    /// keeper reaped (adopted workers are its children, not this daemon's).
+    func childrenExited(reported: [ChildExit] = []) {
+        for exit in reapChildren() + reported {
             guard let w = workersByPID.removeValue(forKey: exit.pid) else { continue } // pml.spawn or an adopted orphan
+            keeper?.drop(KeeperTag.worker(pid: exit.pid))
             // Whatever the worker left behind in its group goes with it (no orphan keeps a port).
             signalGroup(exit.pid, SIGKILL)
             for t in [w.killTimer, w.readyTimer].compactMap({ $0 }) { loop.cancel(t) }
@@ -447,8 +472,14 @@ final class Supervisor {
     func addWorker(to app: ManagedApp) -> Worker {
         let used = Set(app.workers.map(\.instance))
         let instance = (0...).first { !used.contains($0) }!
-        let w = Worker(id: nextWorkerID, instance: instance, app: app)
-        nextWorkerID += 1
+        let id: Int
+        if let adopted = adoptedWorkerID(app, instance: instance) {
+            id = adopted
+        } else {
+            id = nextWorkerID
+            nextWorkerID += 1
+        }
+        let w = Worker(id: id, instance: instance, app: app)
         app.workers.append(w)
         app.workers.sort { $0.instance < $1.instance }
         return w

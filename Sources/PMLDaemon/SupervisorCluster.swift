@@ -9,6 +9,7 @@ extension Supervisor {
     /// Binds the app's `listen` addresses that are not bound yet (rr, least-busy: pml accepts on
     /// them; reuseport: one socket per slot, 0..<instances).
     func openListeners(_ app: ManagedApp) throws(SystemError) {
+        adoptListeners(app)
         var opened: [AppListener] = []
         let dispatch = app.spec.dispatch
         for address in app.spec.listen where !app.listeners.contains(where: { $0.matchesSpec(address) }) {
@@ -23,6 +24,7 @@ extension Supervisor {
                 opened.append(l)
                 app.listeners.append(l)
                 if dispatch != .shared { try router.add(l, leastBusy: dispatch == .leastBusy) }
+                keeperHold(listener: l)
                 if dispatch == .reusePort {
                     for slot in 0..<app.spec.instances { _ = try slotSocket(app, l, slot) }
                 }
@@ -78,6 +80,7 @@ extension Supervisor {
 
     private func closeListener(_ l: AppListener, of app: ManagedApp) {
         router.remove(l)
+        keeperRelease(listener: l)
         closeFD(l.fd)
         for s in l.slots.values {
             closeFD(s.fd)
@@ -147,6 +150,19 @@ extension Supervisor {
         if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
         w.status = .online
         let app = w.app
+        joinRotation(w)
+        callHook(app, "onReady", [w.scriptValue], worker: w)
+        if let watch = w.startWatch {
+            w.startWatch = nil
+            watch(nil)
+        }
+        checkWaiters()
+    }
+
+    /// An online worker takes the connections of its app's listeners (a Node worker through the
+    /// preload: those it asked for); under reuseport, it serves its slot.
+    func joinRotation(_ w: Worker) {
+        let app = w.app
         if app.spec.dispatch.passesConnections {
             for l in app.listeners where !app.usesNodeShim || w.requestedListeners.contains(l.id) {
                 router.serve(worker: w.id, listener: l.id)
@@ -158,12 +174,6 @@ extension Supervisor {
             for l in app.listeners where w.requestedListeners.contains(l.id) { router.serve(worker: w.id, listener: l.id) }
             updateSlots(app)
         }
-        callHook(app, "onReady", [w.scriptValue], worker: w)
-        if let watch = w.startWatch {
-            w.startWatch = nil
-            watch(nil)
-        }
-        checkWaiters()
     }
 
     // MARK: IPC
@@ -270,6 +280,7 @@ extension Supervisor {
                 let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: false)
                 nextListenerID += 1
                 try router.add(l, leastBusy: app.spec.dispatch == .leastBusy)
+                keeperHold(listener: l)
                 app.listeners.append(l)
                 listener = l
                 logger.info("\(app.spec.name): listening on \(l.address.description) for its workers")
@@ -292,6 +303,8 @@ extension Supervisor {
                 updateSlots(app)
             }
         }
+        // A successor must know the socket and who serves it even if the daemon dies now.
+        if keeper != nil { persistStateNow() }
     }
 
     /// Garbage or a flood on the channel: pml stops listening to it and restarts the worker.

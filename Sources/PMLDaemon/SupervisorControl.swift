@@ -12,6 +12,9 @@ extension Supervisor {
         let changesApps: Set<ControlCommand> = [.start, .stop, .restart, .delete, .scale, .reload, .resurrect]
         let respond: (ControlResponse) -> Void = { [unowned self] response in
             if changesApps.contains(request.cmd) { self.persistStateNow() }
+            var response = response
+            response.notice = self.notice
+            self.notice = nil
             answer(response)
         }
         switch request.cmd {
@@ -120,6 +123,8 @@ extension Supervisor {
             respond(ControlResponse(ok: true, message: "reopened the log files of \(apps.count) app\(apps.count == 1 ? "" : "s") (\(n) set\(n == 1 ? "" : "s"))"))
         case .dashboard:
             respond(.failure("the dashboard is served by the daemon, not by pml run"))
+        case .update:
+            respond(handOver())
         case .kill:
             stopEverything {
                 respond(ControlResponse(ok: true, message: "stopped every app; daemon exiting"))

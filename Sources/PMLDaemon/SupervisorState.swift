@@ -9,12 +9,19 @@ extension Supervisor {
     var statePath: String { paths.home + "/state.json" }
 
     func currentState() -> SavedState {
-        SavedState(daemonPID: getpid(), apps: apps.compactMap { app in
+        var state = SavedState(daemonPID: getpid(), apps: apps.compactMap { app in
             app.startArgs.map {
-                SavedApp(name: app.spec.name, start: $0, instances: app.workers.count,
-                         running: app.workers.contains { $0.status != .stopped })
+                var saved = SavedApp(name: app.spec.name, start: $0, instances: app.workers.count,
+                                     running: app.workers.contains { $0.status != .stopped })
+                if keeper != nil {
+                    saved.workers = savedWorkers(app)
+                    saved.listeners = savedListeners(app)
+                }
+                return saved
             }
         })
+        state.keeperPID = keeper?.keeperPID
+        return state
     }
 
     /// Writes state.json on the loop's next quiet moment; many changes in a row write once.
@@ -41,6 +48,11 @@ extension Supervisor {
     func saveDump() throws -> Int {
         var state = currentState()
         state.daemonPID = nil
+        state.keeperPID = nil
+        for i in state.apps.indices {
+            state.apps[i].workers = nil
+            state.apps[i].listeners = nil
+        }
         try Self.writeAtomically(state, to: paths.dump)
         return state.apps.count
     }

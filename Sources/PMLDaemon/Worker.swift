@@ -12,6 +12,8 @@ final class Worker {
     let instance: Int
     unowned let app: ManagedApp
     var pid: Int32?
+    /// When the process started (/proc/<pid>/stat field 22): a successor checks it before adopting.
+    var startTicks: UInt64 = 0
     var status: WorkerStatus = .stopped
     var startedAt = 0
     var history = CrashHistory()

@@ -31,6 +31,12 @@ public struct ChildExit: Sendable, Equatable {
     public var code: Int32?
     /// Signal number, if a signal killed it.
     public var signal: Int32?
+
+    public init(pid: Int32, code: Int32?, signal: Int32?) {
+        self.pid = pid
+        self.code = code
+        self.signal = signal
+    }
 }
 
 /// Reaps every child that has exited, without blocking.

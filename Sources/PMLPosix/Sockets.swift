@@ -45,6 +45,12 @@ public final class NotifySocket {
         self.path = path
     }
 
+    /// The socket a daemon before this one bound at `path` (handed over by the keeper).
+    public init(fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
     deinit {
         closeFD(fd)
         unlink(path)

@@ -1,0 +1,270 @@
+import Glibc
+import PMLCore
+import PMLPosix
+
+/// The keeper: `pml daemon`, the small process that outlives daemons. It runs no Lua and makes
+/// almost no decisions: it starts the daemon (`pml daemon-supervisor`, its child, killed by
+/// PDEATHSIG if the keeper dies), is the child subreaper the workers fall back to when the daemon
+/// dies, holds duplicates of the fds that must outlive a daemon (tagged by the daemon), starts a
+/// successor at once when the daemon dies or asks to be replaced (`pml update`), hands it those
+/// fds, and reports the exits of the workers it reaped. If the keeper itself dies, its sentinel
+/// kills every worker (nothing serves unsupervised).
+public enum Keeper {
+    /// Deaths within `crashWindowMs` after which the keeper gives up (stops every worker, exits 1).
+    static let crashLimit = 5
+    static let crashWindowMs = 60_000
+
+    /// Runs the keeper until its daemon stops cleanly; returns the exit status.
+    /// `readyFD` goes to the first daemon (it says "ready" there); `resurrect` too.
+    public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool) -> Int32 {
+        let signals: SignalReceiver
+        do {
+            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+            try makeDirectories(paths.home, mode: 0o700)
+        } catch {
+            return say("cannot start: \(error)", status: 1)
+        }
+        ignoreSIGPIPE()
+        raiseFDLimit()
+        let lockFD = open(paths.keeperPidFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            return say("another pml daemon is already running for \(paths.home)", status: 1)
+        }
+        _ = ftruncate(lockFD, 0)
+        try? writeAll(lockFD, "\(getpid())\n")
+        becomeChildSubreaper()
+        guard let loop = try? EventLoop() else { return say("cannot create an event loop", status: 1) }
+        let keeper = KeeperProcess(paths: paths, loop: loop, readyFD: readyFD, resurrect: resurrect)
+        do {
+            try loop.register(fd: signals.fd, events: [.readable]) { _ in
+                for s in signals.drain() { keeper.signal(s) }
+            }
+        } catch {
+            return say("cannot watch signals: \(error)", status: 1)
+        }
+        keeper.startSentinel()
+        keeper.startDaemon(predecessor: nil)
+        if keeper.status == nil { loop.run() }
+        unlink(paths.keeperPidFile)
+        closeFD(lockFD)
+        return keeper.status ?? 0
+    }
+
+    /// A line in daemon.log (the keeper's stderr).
+    @discardableResult
+    static func say(_ text: String, status: Int32 = 0) -> Int32 {
+        try? writeAll(2, "\(AppLogFiles.timestamp()) pml keeper: \(text)\n")
+        return status
+    }
+}
+
+/// The keeper's state, on its one thread.
+final class KeeperProcess {
+    private let paths: PMLPaths
+    private let loop: EventLoop
+    private var readyFD: Int32
+    private let resurrect: Bool
+    /// Duplicates of what must outlive the daemon, by the daemon's tags.
+    private var held: [String: Int32] = [:]
+    private var daemon: (pid: Int32, link: Int32, handle: IOHandle?, spoke: Bool, up: Bool, ending: Ending)?
+    /// Exits of adopted workers the current daemon has not heard of yet (it has not said hello).
+    private var undelivered: [KeeperMessage] = []
+    private var deaths: [Int] = []
+    private var sentinel: (pid: Int32, pipe: Int32)?
+    /// Daemons started so far.
+    private var generation = 0
+    private var stopping = false
+    /// Set when the keeper is done; `run` returns it.
+    private(set) var status: Int32?
+
+    /// How the current daemon said it would end.
+    enum Ending { case died, bye, update }
+
+    init(paths: PMLPaths, loop: EventLoop, readyFD: Int32, resurrect: Bool) {
+        self.paths = paths
+        self.loop = loop
+        self.readyFD = readyFD
+        self.resurrect = resurrect
+    }
+
+    /// Starts `pml daemon-supervisor`; the first gets the ready pipe and --resurrect.
+    func startDaemon(predecessor: Predecessor?) {
+        guard let exe = installedExecutablePath() else { return giveUp("cannot find the pml binary to start a daemon") }
+        let link: (Int32, Int32)
+        do {
+            link = try RecordSocket.pair()
+        } catch {
+            return giveUp("cannot create the daemon's link: \(error)")
+        }
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer {
+            closeFD(devNull)
+            closeFD(link.1)
+        }
+        var env = processEnvironment()
+        env["PML_HOME"] = paths.home
+        env["PML_KEEPER_FD"] = "3"
+        env["PML_KEEPER_PID"] = String(getpid())
+        env["PML_READY_FD"] = readyFD >= 0 ? "4" : nil
+        env["PML_PREDECESSOR"] = predecessor?.encoded
+        var fds: [(source: Int32, target: Int32)] = [(devNull, 0), (1, 1), (2, 2), (link.1, 3)]
+        if readyFD >= 0 { fds.append((readyFD, 4)) }
+        let argv = [exe, "daemon-supervisor"] + (resurrect && predecessor == nil ? ["--resurrect"] : [])
+        let pid: Int32
+        do {
+            // If the keeper dies, so does its daemon; the sentinel then clears the workers.
+            pid = try spawnProcess(SpawnRequest(argv: argv, env: env, cwd: "/", fds: fds, newSession: true,
+                                                parentDeathSignal: SIGKILL))
+        } catch {
+            closeFD(link.0)
+            return giveUp("cannot start a daemon: \(error)")
+        }
+        // Only the first daemon tells the client that started pml that it is up.
+        closeFD(readyFD)
+        readyFD = -1
+        let handle = try? loop.register(fd: link.0, events: [.readable]) { [unowned self] _ in self.linkReadable() }
+        daemon = (pid, link.0, handle, false, false, .died)
+        generation += 1
+        if let predecessor { Keeper.say("started daemon pid \(pid) to succeed pid \(predecessor.pid)") }
+    }
+
+    private func linkReadable() {
+        guard let d = daemon else { return }
+        while true {
+            switch RecordSocket.receive(d.link, limit: KeeperMessage.maxBytes, dontWait: true) {
+            case .wouldBlock:
+                return
+            case .closed:
+                // The daemon is going; its exit (SIGCHLD) decides what follows.
+                if let h = d.handle { loop.unregister(h) }
+                daemon?.handle = nil
+                return
+            case .record(let bytes, let fds):
+                handle(KeeperMessage.parse(bytes[...]), fds: fds)
+            }
+        }
+    }
+
+    private func handle(_ message: KeeperMessage?, fds: [Int32]) {
+        guard let message, fds.count == (message.carriesFD ? 1 : 0) else {
+            fds.forEach(closeFD) // malformed: ignored, and nothing it carried is kept
+            return
+        }
+        switch message {
+        case .hold(let tag):
+            if let old = held.updateValue(fds[0], forKey: tag) { closeFD(old) }
+        case .drop(let prefix):
+            for tag in held.keys where tag.hasPrefix(prefix) { closeFD(held.removeValue(forKey: tag)!) }
+        case .hello:
+            guard let d = daemon else { return }
+            for (tag, fd) in held { send(.held(tag: tag), fd: fd, to: d.link) }
+            send(.end, to: d.link)
+            undelivered.forEach { send($0, to: d.link) }
+            undelivered.removeAll()
+            daemon?.spoke = true
+        case .up:
+            daemon?.up = true
+        case .bye:
+            daemon?.ending = .bye
+        case .update:
+            daemon?.ending = .update
+        case .held, .end, .exit:
+            break // keeper → daemon records; a daemon never sends them
+        }
+    }
+
+    private func send(_ message: KeeperMessage, fd: Int32? = nil, to link: Int32) {
+        if !RecordSocket.send(link, message.encoded, fds: fd.map { [$0] } ?? []) {
+            Keeper.say("could not tell the daemon \"\(message.encoded)\": \(String(cString: strerror(errno)))")
+        }
+    }
+
+    func signal(_ signal: Int32) {
+        switch signal {
+        case SIGCHLD:
+            for exit in reapChildren() { childExited(exit) }
+        case SIGTERM, SIGINT:
+            // Stop as the daemon stops on SIGTERM: every app, then the daemon, then the keeper.
+            stopping = true
+            if let d = daemon { signalProcess(d.pid, SIGTERM) } else { finish(0) }
+        default:
+            break // SIGHUP: nothing to reload.
+        }
+    }
+
+    private func childExited(_ exit: ChildExit) {
+        if let d = daemon, exit.pid == d.pid {
+            return daemonEnded(d, exit)
+        }
+        if let s = sentinel, exit.pid == s.pid {
+            closeFD(s.pipe)
+            sentinel = nil
+            Keeper.say("the sentinel (pid \(s.pid)) ended; starting another")
+            return startSentinel()
+        }
+        // An adopted worker (or an orphan): the daemon decides what its exit means.
+        let report = KeeperMessage.exit(pid: exit.pid, code: exit.code, signal: exit.signal)
+        if let d = daemon, d.spoke { send(report, to: d.link) } else { undelivered.append(report) }
+    }
+
+    private func daemonEnded(_ d: (pid: Int32, link: Int32, handle: IOHandle?, spoke: Bool, up: Bool, ending: Ending), _ exit: ChildExit) {
+        if let h = d.handle { loop.unregister(h) }
+        closeFD(d.link)
+        daemon = nil
+        let how = exit.signal.map { "killed by \(SignalNames.name($0))" } ?? "exited with code \(exit.code ?? 0)"
+        if stopping || d.ending == .bye { return finish(exit.code == 0 || stopping ? 0 : 1) }
+        let now = monotonicMs()
+        if d.ending == .update {
+            Keeper.say("daemon pid \(d.pid) handed over (pml update); starting its successor")
+        } else {
+            // A first daemon that never came up failed to start: its own last line says why.
+            if !d.up && generation == 1 { return finish(1) }
+            deaths = deaths.filter { now - $0 < Keeper.crashWindowMs } + [now]
+            Keeper.say("the daemon (pid \(d.pid)) \(how); starting a successor")
+            if deaths.count >= Keeper.crashLimit {
+                return giveUp("the daemon died \(deaths.count) times within \(Keeper.crashWindowMs / 1000) s")
+            }
+        }
+        startDaemon(predecessor: Predecessor(pid: d.pid, endedAtMs: wallClockMs(), updated: d.ending == .update))
+    }
+
+    /// Nothing can supervise the workers any more: they are stopped (killed), and the keeper exits.
+    private func giveUp(_ why: String) {
+        Keeper.say("\(why); giving up: stopping every worker")
+        if let d = daemon { signalProcess(d.pid, SIGKILL) }
+        let killed = Daemon.sweepOrphans(home: paths.home, daemonPID: getpid())
+        if killed > 0 { Keeper.say("killed \(killed) worker process(es)") }
+        finish(1)
+    }
+
+    private func finish(_ code: Int32) {
+        for fd in held.values { closeFD(fd) }
+        held.removeAll()
+        status = code
+        loop.stop()
+    }
+
+    /// The sentinel sweeps the workers marked with this keeper's pid once the keeper is gone.
+    func startSentinel() {
+        guard let exe = installedExecutablePath(), let pipe = try? makePipe(nonblockingRead: false) else {
+            Keeper.say("no sentinel: if the keeper is killed, its workers may outlive it")
+            return
+        }
+        defer { closeFD(pipe.read) }
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { closeFD(devNull) }
+        var env = processEnvironment()
+        env["PML_HOME"] = paths.home
+        env["PML_SENTINEL_FD"] = "3"
+        env["PML_SENTINEL_DAEMON"] = String(getpid())
+        env["NOTIFY_SOCKET"] = nil
+        do {
+            let pid = try spawnProcess(SpawnRequest(argv: [exe, "daemon-sentinel"], env: env, cwd: "/",
+                                                    fds: [(devNull, 0), (devNull, 1), (2, 2), (pipe.read, 3)], newSession: true))
+            sentinel = (pid, pipe.write)
+        } catch {
+            closeFD(pipe.write)
+            Keeper.say("no sentinel (\(error)): if the keeper is killed, its workers may outlive it")
+        }
+    }
+}

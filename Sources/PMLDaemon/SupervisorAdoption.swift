@@ -1,0 +1,204 @@
+import Glibc
+import PMLCore
+import PMLPosix
+
+/// What a successor daemon takes over: the fds its keeper held and the records of state.json.
+final class Adoption {
+    var handover: KeeperLink.Handover
+    /// Workers that had a process, by app and instance.
+    var workers: [String: [Int: SavedWorker]] = [:]
+    var listeners: [String: [SavedListener]] = [:]
+    var adopted = 0
+    /// Workers whose process was gone (exited while no daemon watched): started afresh.
+    var lost = 0
+
+    init(handover: KeeperLink.Handover, state: SavedState) {
+        self.handover = handover
+        for app in state.apps {
+            workers[app.name] = Dictionary((app.workers ?? []).map { ($0.instance, $0) }) { a, _ in a }
+            listeners[app.name] = app.listeners ?? []
+        }
+    }
+}
+
+/// The keeper's side of supervision: what the daemon hands it as things appear and go, what
+/// state.json records for a successor, and how a successor adopts a dead daemon's workers.
+extension Supervisor {
+    // MARK: what the keeper holds
+
+    /// Hands the keeper copies of a new worker's channel and log pipes.
+    func keeperHold(worker pid: Int32, ipc: Int32, out: Int32, err: Int32) {
+        guard let keeper else { return }
+        keeper.hold(KeeperTag.ipc(pid: pid), ipc)
+        keeper.hold(KeeperTag.out(pid: pid), out)
+        keeper.hold(KeeperTag.err(pid: pid), err)
+    }
+
+    /// Hands the keeper a copy of a new listening socket.
+    func keeperHold(listener l: AppListener) {
+        // A reuseport group has no socket of its own (its slots are bound per worker).
+        guard let keeper, l.fd >= 0 else { return }
+        l.tag = KeeperTag.listener(daemon: getpid(), id: l.id)
+        keeper.hold(l.tag, l.fd)
+    }
+
+    /// A listener is closed: it stops listening for every holder first, so the keeper's copy
+    /// does not keep the port answering, and the keeper lets its copy go.
+    func keeperRelease(listener l: AppListener) {
+        if l.fd >= 0 { stopListening(l.fd) }
+        if !l.tag.isEmpty { keeper?.drop(l.tag) }
+    }
+
+    // MARK: what state.json records
+
+    func savedWorkers(_ app: ManagedApp) -> [SavedWorker] {
+        app.workers.compactMap { w in
+            guard let pid = w.pid else { return nil }
+            return SavedWorker(id: w.id, instance: w.instance, pid: pid, startTime: w.startTicks, startedAtMs: w.startedAt,
+                               status: w.status, restarts: w.history.restarts, unstableRestarts: w.history.unstableRestarts,
+                               backoffStep: w.history.backoffStep,
+                               listening: app.listeners.filter { w.requestedListeners.contains($0.id) }.map(\.tag),
+                               dispatched: w.dispatched, intent: w.intent.map { "\($0)" })
+        }
+    }
+
+    func savedListeners(_ app: ManagedApp) -> [SavedListener] {
+        app.listeners.filter { !$0.tag.isEmpty }.map { SavedListener(tag: $0.tag, address: $0.address, requestedPort: $0.requestedPort) }
+    }
+
+    // MARK: taking over
+
+    /// At a successor's start: adopts the workers of the daemon before it when this keeper held
+    /// its fds (state.json says so), else takes up a dead daemon's apps as before. Returns the
+    /// sentence for the user, if there is one.
+    func takeOver(_ handover: KeeperLink.Handover, predecessor: Predecessor?) -> String? {
+        guard let keeper, let state = try? Self.readState(statePath), state.keeperPID == keeper.keeperPID,
+              let old = state.daemonPID, old != getpid() else {
+            release(handover)
+            childrenExited(reported: handover.exits)
+            return recoverFromDeadDaemon()
+        }
+        let adoption = Adoption(handover: handover, state: state)
+        let savedIDs = adoption.workers.values.flatMap(\.values).map(\.id)
+        nextWorkerID = max(nextWorkerID, (savedIDs.max() ?? -1) + 1)
+        self.adoption = adoption
+        let (_, failed) = restore(state)
+        self.adoption = nil
+        // Whatever nobody claimed (an app that failed to come back, a worker gone meanwhile) goes.
+        release(adoption.handover)
+        let swept = Daemon.sweepOrphans(home: paths.home, daemonPID: keeper.keeperPID, sparing: Set(workersByPID.keys))
+        childrenExited(reported: handover.exits)
+        persistStateNow()
+
+        let n = adoption.adopted
+        var sentence = predecessor?.updated == true
+            ? "daemon pid \(old) handed over to pid \(getpid()); \(n) worker\(n == 1 ? "" : "s") kept"
+            : "the daemon (pid \(old)) died at \(AppLogFiles.formatLocalTime("HH:mm:ss", atMs: predecessor?.endedAtMs ?? wallClockMs()))"
+                + "; its successor adopted \(n) worker\(n == 1 ? "" : "s")"
+        if adoption.lost > 0 { sentence += "; \(adoption.lost) had exited meanwhile and were started again" }
+        if !failed.isEmpty { sentence += "; could not take up \(failed.joined(separator: "; "))" }
+        if swept > 0 { sentence += "; killed \(swept) process(es) nobody could adopt" }
+        logger.warning("\(sentence)")
+        return predecessor?.updated == true ? nil : sentence
+    }
+
+    /// Closes hand-over fds nobody claimed, and lets the keeper's copies go.
+    private func release(_ handover: KeeperLink.Handover) {
+        for (tag, fd) in handover.fds where tag != KeeperTag.control && tag != KeeperTag.notify {
+            keeper?.drop(tag)
+            if tag.hasPrefix("l.") { stopListening(fd) }
+            closeFD(fd)
+        }
+    }
+
+    /// The listeners an app had under the daemon before: the keeper's copies, accepting again.
+    func adoptListeners(_ app: ManagedApp) {
+        guard let adoption, let saved = adoption.listeners.removeValue(forKey: app.spec.name) else { return }
+        for s in saved {
+            guard let fd = adoption.handover.take(s.tag) else { continue }
+            let l = AppListener(id: nextListenerID, address: s.address, requestedPort: s.requestedPort, fd: fd)
+            l.tag = s.tag
+            nextListenerID += 1
+            if app.spec.dispatch.passesConnections {
+                do {
+                    try router.add(l, leastBusy: app.spec.dispatch == .leastBusy)
+                } catch {
+                    logger.error("\(app.spec.name): cannot accept on \(s.address.description) again: \(error)")
+                }
+            }
+            app.listeners.append(l)
+        }
+    }
+
+    /// The id the worker of `instance` had under the daemon before.
+    func adoptedWorkerID(_ app: ManagedApp, instance: Int) -> Int? {
+        adoption?.workers[app.spec.name]?[instance]?.id
+    }
+
+    /// Takes over the running process of `w` if the daemon before had one for it and it is still
+    /// that process (same start time); false if `w` needs a new process.
+    func adopt(_ w: Worker) -> Bool {
+        guard let adoption, let record = adoption.workers[w.app.spec.name]?.removeValue(forKey: w.instance) else { return false }
+        let app = w.app
+        let pid = record.pid
+        let ipc = adoption.handover.take(KeeperTag.ipc(pid: pid))
+        let out = adoption.handover.take(KeeperTag.out(pid: pid))
+        let err = adoption.handover.take(KeeperTag.err(pid: pid))
+        w.history.restarts = record.restarts
+        w.history.unstableRestarts = record.unstableRestarts
+        w.history.backoffStep = record.backoffStep
+        w.dispatched = record.dispatched
+        let alive = processIsAlive(pid) && readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) == record.startTime
+        guard alive, let ipc, let out, let err else {
+            [ipc, out, err].compactMap { $0 }.forEach(closeFD)
+            keeper?.drop(KeeperTag.worker(pid: pid))
+            adoption.lost += 1
+            // It ended unseen: counted as a restart, and started again now.
+            w.history.recordRestart()
+            app.logs.note("worker \(w.id) (pid \(pid)) ended while no daemon watched; starting it again")
+            return false
+        }
+        attachStreams(w, ipc: ipc, out: out, err: err, resync: true)
+        w.pid = pid
+        w.startTicks = record.startTime
+        w.startedAt = record.startedAtMs
+        w.requestedListeners = Set(app.listeners.filter { record.listening.contains($0.tag) }.map(\.id))
+        workersByPID[pid] = w
+        runningWorkers[w.id] = w
+        adoption.adopted += 1
+        logger.info("\(app.spec.name) worker \(w.id) (pid \(pid)) adopted")
+        switch record.status {
+        case .starting where !(app.usesNodeShim && !w.requestedListeners.isEmpty):
+            w.status = .starting
+            awaitReadiness(w)
+        case .stopping:
+            w.status = .online
+            let intent: StopIntent = record.intent == "delete" ? .delete : record.intent == "stop" ? .stop : .restart
+            stop([w], intent: intent)
+        default:
+            w.status = .online
+            joinRotation(w)
+        }
+        return true
+    }
+
+    // MARK: pml update
+
+    /// `pml update`: this daemon hands everything to a new one started from the installed
+    /// binary, then exits; the workers keep running and keep their pids.
+    func handOver() -> ControlResponse {
+        guard let keeper else { return .failure("this daemon has no keeper to hand over to") }
+        guard let exe = installedExecutablePath() else { return .failure("the installed pml binary is missing; nothing to update to") }
+        if let app = apps.first(where: \.reloading) {
+            return .failure("a reload of \(app.spec.name) is running; update when it is done")
+        }
+        persistStateNow()
+        keeper.send(.update)
+        handingOver = true
+        loop.schedule(after: 0) { [unowned self] in self.loop.stop() }
+        logger.info("handing over to a new daemon from \(exe)")
+        return ControlResponse(ok: true, message: "handing over to a new daemon from \(exe)",
+                               daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string, home: paths.home,
+                                                  uptimeMs: monotonicMs() - startedAt))
+    }
+}

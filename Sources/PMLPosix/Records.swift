@@ -1,0 +1,88 @@
+import CSystemShim
+import Glibc
+
+/// Records over a unix SOCK_SEQPACKET socket: each send is one message, its fds travel with it.
+/// The keeper link uses them (a stream socket could merge messages and blur whose fd is whose).
+public enum RecordSocket {
+    /// A connected pair, both CLOEXEC.
+    public static func pair() throws(SystemError) -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        try sys("socketpair") { pml_socketpair_seqpacket(&fds) }
+        return (fds[0], fds[1])
+    }
+
+    /// What a receive gave.
+    public enum Received {
+        case record(bytes: [UInt8], fds: [Int32])
+        case wouldBlock
+        /// The peer closed its end (or the socket failed).
+        case closed
+    }
+
+    /// Sends one record; false if it could not (the peer is gone, or the socket is full when `dontWait`).
+    public static func send(_ socket: Int32, _ text: String, fds: [Int32] = [], dontWait: Bool = false) -> Bool {
+        let bytes = Array(text.utf8)
+        let n = bytes.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { f in pml_send_record(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count), dontWait ? 1 : 0) }
+        }
+        return n == bytes.count
+    }
+
+    /// Receives one record of at most `limit` bytes with at most 8 fds (CLOEXEC). A record that
+    /// was cut short is dropped (its fds closed) and reported as an empty record.
+    public static func receive(_ socket: Int32, limit: Int, dontWait: Bool) -> Received {
+        var buf = [UInt8](repeating: 0, count: limit + 1)
+        var fds = [Int32](repeating: -1, count: 8)
+        var count: Int32 = 0
+        let n = buf.withUnsafeMutableBytes { b in
+            fds.withUnsafeMutableBufferPointer { f in
+                pml_recv_record(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count), &count, dontWait ? 1 : 0)
+            }
+        }
+        if n > 0 { return .record(bytes: Array(buf[0..<n]), fds: Array(fds[0..<Int(count)])) }
+        if n == 0 { return .closed }
+        switch errno {
+        case EAGAIN, EWOULDBLOCK: return .wouldBlock
+        case EMSGSIZE: return .record(bytes: [], fds: [])
+        default: return .closed
+        }
+    }
+
+    /// Waits up to `ms` for `fd` to be readable; false on timeout.
+    public static func waitReadable(_ fd: Int32, ms: Int) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = monotonicMs() + ms
+        while true {
+            let r = poll(&p, 1, Int32(clamping: max(0, deadline - monotonicMs())))
+            if r > 0 { return true }
+            if r == 0 || errno != EINTR { return false }
+        }
+    }
+}
+
+/// Connections waiting in a listening TCP socket's accept queue; nil for other sockets.
+public func listenQueueLength(_ fd: Int32) -> Int? {
+    let n = pml_listen_queue_length(fd)
+    return n >= 0 ? Int(n) : nil
+}
+
+/// Stops `fd` listening for every process that holds a copy of it (new connections are refused).
+public func stopListening(_ fd: Int32) {
+    _ = pml_stop_listening(fd)
+}
+
+/// Raises the soft limit on open files to the hard one.
+public func raiseFDLimit() {
+    pml_raise_fd_limit()
+}
+
+/// The path of this process's binary as installed now: /proc/self/exe, minus " (deleted)" when
+/// the file was replaced since (a new binary at the same path is the one `pml update` wants).
+public func installedExecutablePath() -> String? {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    guard n > 0 else { return nil }
+    var path = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+    return access(path, X_OK) == 0 ? path : nil
+}
