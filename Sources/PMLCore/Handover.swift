@@ -64,11 +64,11 @@ public enum KeeperMessage: Equatable, Sendable {
         case "hold": return validTag(rest) ? .hold(tag: String(rest)) : nil
         case "held": return validTag(rest) ? .held(tag: String(rest)) : nil
         case "drop": return rest.isEmpty ? nil : .drop(prefix: String(rest))
-        case "hello": return rest.isEmpty ? .hello : nil
-        case "up": return rest.isEmpty ? .up : nil
-        case "bye": return rest.isEmpty ? .bye : nil
-        case "update": return rest.isEmpty ? .update : nil
-        case "end": return rest.isEmpty ? .end : nil
+        case "hello": return text == "hello" ? .hello : nil
+        case "up": return text == "up" ? .up : nil
+        case "bye": return text == "bye" ? .bye : nil
+        case "update": return text == "update" ? .update : nil
+        case "end": return text == "end" ? .end : nil
         case "exit":
             let f = rest.split(separator: " ", omittingEmptySubsequences: false)
             guard f.count == 3, let pid = Int32(f[0]), pid > 0 else { return nil }

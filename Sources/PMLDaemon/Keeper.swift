@@ -237,9 +237,18 @@ final class KeeperProcess {
         finish(1)
     }
 
+    /// Ends the keeper. Nothing is left to sweep by now, so the sentinel goes first: what remains
+    /// of pml after `pml kill` is nothing at all.
     private func finish(_ code: Int32) {
         for fd in held.values { closeFD(fd) }
         held.removeAll()
+        if let s = sentinel {
+            signalProcess(s.pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(s.pid, &st, 0) < 0 && errno == EINTR {}
+            closeFD(s.pipe)
+            sentinel = nil
+        }
         status = code
         loop.stop()
     }

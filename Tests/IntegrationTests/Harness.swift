@@ -274,6 +274,12 @@ final class Sandbox: @unchecked Sendable {
     var daemonLog: String { home + "/daemon.log" }
     var logsDir: String { home + "/logs" }
 
+    /// The keeper (`pml daemon`, which restarts the daemon when it dies).
+    var keeperPid: Int32? {
+        guard let s = try? String(contentsOfFile: home + "/keeper.pid", encoding: .utf8) else { return nil }
+        return Int32(s.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
     var daemonPid: Int32? {
         guard let s = try? String(contentsOfFile: home + "/daemon.pid", encoding: .utf8) else { return nil }
         return Int32(s.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -437,9 +443,11 @@ final class Sandbox: @unchecked Sendable {
 
     // MARK: teardown
 
-    /// `pml kill`, then SIGKILL to the daemon and to anything still carrying this PML_HOME.
+    /// `pml kill`, then SIGKILL to the keeper (its sentinel then clears the workers), the daemon,
+    /// and anything still carrying this PML_HOME.
     func tearDown() async {
         _ = try? await pml(["kill"], timeout: 20)
+        if let pid = keeperPid, Proc.alive(pid) { kill(pid, SIGKILL) }
         if let pid = daemonPid, Proc.alive(pid) { kill(pid, SIGKILL) }
         for pid in Proc.pids(withEnvironment: "PML_HOME=\(home)") {
             kill(pid, SIGKILL)

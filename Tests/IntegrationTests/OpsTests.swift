@@ -1,6 +1,5 @@
-// Operations (issue 6): save → kill → resurrect with scaled counts; a daemon killed with SIGKILL takes
-// its workers (and their grandchildren, and the ports they hold) with it and the next command takes up
-// its apps; `pml run` in the foreground (prefixed output, graceful stop on SIGTERM, exit 1 when
+// Operations (issue 6): save → kill → resurrect with scaled counts (a daemon death is in
+// KeeperTests); `pml run` in the foreground (prefixed output, graceful stop on SIGTERM, exit 1 when
 // everything errored, READY=1 to NOTIFY_SOCKET, signal forwarding, PID 1 in a new PID namespace that
 // reaps an adopted orphan); `pml startup` / `--install` / `unstartup`; `pml daemon --resurrect`.
 
@@ -68,21 +67,6 @@ private final class OpsChild: @unchecked Sendable {
 }
 
 private enum Ops {
-    /// True if something accepts TCP connections on 127.0.0.1:port.
-    static func tcpConnects(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        return r == 0
-    }
-
     /// A bound unix datagram socket (the test's own NOTIFY_SOCKET). Returns the fd.
     static func bindDatagram(_ path: String) throws -> Int32 {
         unlink(path)
@@ -150,19 +134,7 @@ private enum Ops {
             ? nil : "unshare --fork --pid --mount-proc is not permitted here (needs root or user namespaces)"
     }()
 
-    /// The `sleep <marker…>` processes (not the shells whose command line mentions them).
-    static func sleeps(_ marker: String) -> [Int32] {
-        Proc.pids(withCommandLine: "sleep \(marker)").filter { pid in
-            let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()
-            return data.starts(with: Array("sleep".utf8))
-        }
-    }
-
     static func tag() -> String { String(UInt32.random(in: 0..<UInt32.max), radix: 36) }
-
-    static func online(_ rows: [Row]) -> Bool {
-        rows.allSatisfy { $0.status == "online" && $0.pid.map(Proc.alive) == true }
-    }
 
     static func counts(_ rows: [Row]) -> [String: Int] {
         rows.reduce(into: [:]) { $0[$1.name, default: 0] += 1 }
@@ -277,88 +249,7 @@ extension Integration {
             }
         }
 
-        // MARK: 2. kill -9 of the daemon
-
-        @Test("kill -9 of the daemon: workers, a grandchild and the port they hold are gone within 3 s; next pml ls takes up the apps; not after pml kill")
-        func daemonSigkill() async throws {
-            try await withSandbox { box in
-                let marker = "32\(Int.random(in: 10000...99999))"
-                let port = try Net.freePort()
-                // shared dispatch: the workers themselves (and their children) hold the listening socket.
-                try box.write("web.lua", Self.groupApp(name: "web", marker: marker,
-                                                       extra: "listen = \(lua("127.0.0.1:\(port)")), dispatch = \"shared\""))
-                try await box.pmlOK("start", "web.lua")
-                try await box.pmlOK("start", "--name", "side", "--", "sleep", "2348")
-                let web = try await box.waitOnline("web", count: 2)
-                let side = try await box.waitOnline("side", count: 1)
-                let workerPids = (web + side).compactMap(\.pid)
-                let grandchildren = try await box.waitFor("the marked grandchildren running", timeout: 5) {
-                    let g = Ops.sleeps(marker)
-                    return g.count == 4 ? g : nil   // per worker: sleep <m> and sleep <m>1
-                }
-                // A grandchild really is in a worker's process group and not the leader.
-                #expect(grandchildren.contains { g in !workerPids.contains(g) && workerPids.contains { Proc.pgid($0) == Proc.pgid(g) } },
-                        "grandchildren \(grandchildren) share a worker's group (workers \(workerPids))")
-                #expect(Ops.tcpConnects(port), "the app listens on \(port) before the kill")
-                // Let state.json catch up before the kill (see the known-issue test below for why).
-                await sleepMs(300)
-
-                let daemon = try #require(box.daemonPid, "daemon.pid")
-                #expect(kill(daemon, SIGKILL) == 0)
-                let t0 = nowMs()
-                var gone = false
-                while nowMs() - t0 < 3000 {
-                    let alive = (workerPids + grandchildren).filter(Proc.alive)
-                    if alive.isEmpty && !Ops.tcpConnects(port) { gone = true; break }
-                    await sleepMs(50)
-                }
-                let stillAlive = (workerPids + grandchildren).filter(Proc.alive)
-                #expect(gone, """
-                    within 3 s of kill -9: still alive \(stillAlive) (workers \(workerPids), grandchildren \(grandchildren)); \
-                    port \(port) still accepting: \(Ops.tcpConnects(port))
-                    """)
-
-                // The next command starts a new daemon that takes up the apps and says so.
-                let ls = try await box.pml("ls", "--json")
-                #expect(ls.ok, "\(ls)")
-                let took = ls.stderr.split(separator: "\n").filter { $0.contains("previous daemon") }
-                #expect(took.count == 1 && took[0].hasPrefix("pml: the previous daemon (pid \(daemon)) died; took up 2 apps"),
-                        "one take-up line on stderr:\n\(ls)")
-                #expect(took.first.map { $0.contains("web") && $0.contains("side") } == true, "\(ls)")
-                #expect(box.daemonPid != daemon, "a new daemon")
-                let web2 = try await box.waitOnline("web", count: 2)
-                let side2 = try await box.waitOnline("side", count: 1)
-                let newPids = Set((web2 + side2).compactMap(\.pid))
-                #expect(newPids.isDisjoint(with: Set(workerPids)), "new workers: \(newPids) vs \(workerPids)")
-                try await box.waitFor("the taken-up app listens on \(port) again", timeout: 5) {
-                    Ops.tcpConnects(port) ? true : nil
-                }
-
-                // After pml kill nothing is taken up.
-                try await box.pmlOK("kill")
-                let ls2 = try await box.pml("ls", "--json")
-                #expect(ls2.ok, "\(ls2)")
-                #expect(!ls2.stderr.contains("previous daemon") && !ls2.stderr.contains("took up"), "nothing taken up after pml kill:\n\(ls2)")
-                #expect(try await box.ls().isEmpty, "no apps after pml kill")
-            }
-        }
-
-        @Test("an app whose pml start has returned is taken up after kill -9 of the daemon right after")
-        func startThenSigkill() async throws {
-            try await withSandbox { box in
-                try await box.pmlOK("start", "--name", "first", "--", "sleep", "2349")
-                try await box.waitOnline("first")
-                await sleepMs(300)
-                try await box.pmlOK("start", "--name", "late", "--", "sleep", "2350")
-                let daemon = try #require(box.daemonPid)
-                kill(daemon, SIGKILL)
-                await sleepMs(300)
-                let ls = try await box.pml("ls", "--json")
-                #expect(ls.stderr.contains("took up"), "\(ls)")
-                // state.json is written before `pml start` answers.
-                #expect(ls.stderr.contains("late"), "the app started just before the kill is taken up:\n\(ls)")
-            }
-        }
+        // MARK: 2. kill -9 of the daemon: see KeeperTests (a successor adopts the workers)
 
         // MARK: 3. pml run under timeout -s TERM, and exiting by itself
 

@@ -273,3 +273,20 @@ import Testing
         #expect(s.resize(to: -1).isEmpty && s.size == 0)
     }
 }
+
+@Suite struct FreeWorkerTests {
+    @Test func aFreeWorkerIsOneServingTheListenerWithNoHandleInFlight() {
+        var d = RoundRobinDispatcher()
+        #expect(!d.hasFreeWorker(for: 0), "nobody serves")
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 1)
+        #expect(d.hasFreeWorker(for: 0) && d.hasFreeWorker(for: 1))
+        let w = d.next(for: 0)
+        #expect(w == 1 && !d.hasFreeWorker(for: 0), "worker 1 awaits its ACK")
+        #expect(d.hasFreeWorker(for: 1), "another listener's worker is unaffected")
+        d.acknowledged(worker: 1)
+        #expect(d.hasFreeWorker(for: 0))
+        d.remove(worker: 1)
+        #expect(!d.hasFreeWorker(for: 0))
+    }
+}
