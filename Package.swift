@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // Lua 5.4 from Debian's liblua5.4-dev.
@@ -37,6 +38,7 @@ let package = Package(
         .target(name: "PMLCLI", dependencies: [
             "PMLCore", "PMLPosix", "PMLLua", "PMLDaemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "pml", dependencies: ["PMLCLI"]),
         .testTarget(name: "PMLCoreTests", dependencies: ["PMLCore"]),

@@ -13,8 +13,9 @@ public struct PML: ParsableCommand {
         discussion: "State lives in $PML_HOME (default ~/.pml). The first command starts the daemon.",
         version: PMLVersion.string,
         subcommands: [
-            Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, List.self, Describe.self, Logs.self, Flush.self,
-            ReloadLogs.self,
+            Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, StartOrRestart.self, StartOrReload.self,
+            List.self, JList.self, PrettyList.self, Describe.self, Logs.self, Flush.self, ReloadLogs.self, Reset.self, IDCommand.self,
+            PIDCommand.self, EnvCommand.self,
             SignalCommand.self, Send.self, Scale.self, Plugins.self, Save.self, Resurrect.self, Startup.self,
             Unstartup.self, Check.self, Ping.self, Kill.self, Update.self, DaemonCommand.self, SupervisorDaemonCommand.self,
             SentinelCommand.self,
@@ -78,7 +79,7 @@ struct AppSelection: ParsableArguments {
     @Option(name: [.short, .customLong("instances")], help: "How many workers: a number or \"max\" (one per core).")
     var instances: String?
 
-    @Option(name: .long, help: "An environment variable for the app, K=V (repeatable).")
+    @Option(name: .long, help: "K=V: an environment variable for the app (repeatable); NAME: the env_NAME set of an app or ecosystem file.")
     var env: [String] = []
 
     @Option(name: .long, help: "Working directory for a script or command (default: here).")
@@ -93,7 +94,7 @@ struct AppSelection: ParsableArguments {
     @Option(name: .long, help: "How connections reach workers: rr (pml passes each), least-busy (to the worker with fewest open), reuseport (a socket per worker) or shared (workers inherit the sockets).")
     var dispatch: String?
 
-    @Option(name: .long, help: "Only this app of an app file that declares several.")
+    @Option(name: .long, help: "Only these apps of an app or ecosystem file (a,b).")
     var only: String?
 
     @Flag(name: .long, help: "Restart the app when a file in its folder changes (node_modules and .git aside), as pm2 --watch.")
@@ -108,22 +109,43 @@ struct AppSelection: ParsableArguments {
         return command.isEmpty && !pathExists(absolute(target)) && name == nil && instances == nil && env.isEmpty
     }
 
-    /// The start request these arguments describe.
-    func startArguments() throws(CLIError) -> StartArguments {
-        var envOverrides: [String: String] = [:]
-        for pair in env {
-            guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
-                throw CLIError("--env takes K=V, got \"\(pair)\"")
+    /// `--env` values: K=V pairs, and at most one env set name.
+    func environment() throws(CLIError) -> (vars: [String: String], set: String?) {
+        var vars: [String: String] = [:]
+        var set: String?
+        for item in env {
+            if let eq = item.firstIndex(of: "=") {
+                guard eq != item.startIndex else { throw CLIError("--env takes K=V or an env set name, got \"\(item)\"") }
+                vars[String(item[..<eq])] = String(item[item.index(after: eq)...])
+            } else {
+                if let set, set != item { throw CLIError("--env names one env set, got \"\(set)\" and \"\(item)\"") }
+                set = item
             }
-            envOverrides[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
         }
+        return (vars, set)
+    }
+
+    /// The ecosystem file the target names, if it is one (PM2's rule: .json, .yaml, .yml, .config.js…).
+    func ecosystemTarget() throws(CLIError) -> EcosystemTarget? {
+        guard let target, command.isEmpty, EcosystemFile.isEcosystem(target) else { return nil }
+        guard pathExists(absolute(target)) else { throw CLIError("no such ecosystem file: \(target)") }
+        if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
+            throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the ecosystem file (cwd, time; pml owns ports in a Lua app file)")
+        }
+        return try EcosystemTarget(path: absolute(target), display: target, only: only, envName: environment().set)
+    }
+
+    /// The start request these arguments describe (for an ecosystem file: the overrides and client only).
+    func startArguments() throws(CLIError) -> StartArguments {
+        let (envOverrides, envSet) = try environment()
         var instanceValue: ScriptValue?
         if let i = instances { instanceValue = Int64(i).map { .int($0) } ?? .string(i) }
         var args = StartArguments(name: name, env: envOverrides, instances: instanceValue,
-                                  clientEnv: processEnvironment().filter { !["PML_HOME", "PML_READY_FD", "PML_SUPERVISOR"].contains($0.key) },
-                                  clientCwd: here)
+                                  clientEnv: clientEnvironment(), clientCwd: here)
         args.only = only
         if watch { args.watch = true }
+        args.envName = envSet
+        if let target, EcosystemFile.isEcosystem(target), command.isEmpty { return args }
         if let target, target.hasSuffix(".lua"), command.isEmpty, pathExists(absolute(target)) {
             if cwd != nil || timestamps || !port.isEmpty || dispatch != nil {
                 throw CLIError("--cwd, --timestamps, --port and --dispatch belong in the app file (keys cwd, timestamps, listen, dispatch)")
@@ -131,7 +153,8 @@ struct AppSelection: ParsableArguments {
             args.file = absolute(target)
             return args
         }
-        if only != nil { throw CLIError("--only picks an app of an app file") }
+        if only != nil { throw CLIError("--only picks apps of an app file or ecosystem file") }
+        if let envSet { throw CLIError("--env \(envSet) picks the env_\(envSet) set of an app file or ecosystem file; for a variable use --env K=V") }
         var app: [String: ScriptValue] = [:]
         if let target {
             if pathExists(absolute(target)) {
@@ -172,6 +195,10 @@ struct Start: ParsableCommand {
     @OptionGroup var options: DaemonOptions
 
     func run() throws {
+        // An ecosystem file: its apps start, and those already running restart with its definition (PM2's start).
+        if let eco = try app.ecosystemTarget() {
+            return try deploy(eco, action: .restart, base: app.startArguments(), options: options)
+        }
         // `pml start web` with no such file starts the stopped app "web" again, as in PM2.
         if app.isBareName, let target = app.target,
            let rows = try? options.client.send(ControlRequest(cmd: .list)).processes,
@@ -204,26 +231,186 @@ struct Run: ParsableCommand {
     }
 }
 
-/// stop / restart / delete share their shape.
+/// One target (signal, send).
 struct TargetArgument: ParsableArguments {
-    @Argument(help: "An app name, a worker id, or \"all\".")
+    @Argument(help: "An app name, a worker id, a namespace, or \"all\".")
     var target: String
+}
+
+/// stop / restart / delete / reload / reset: several targets, ecosystem files among them.
+struct TargetList: ParsableArguments {
+    @Argument(help: "App names, worker ids, namespaces, \"all\", or ecosystem files.")
+    var targets: [String]
+
+    @Option(name: .long, help: "With an ecosystem file: only these of its apps (a,b).")
+    var only: String?
+
+    @Option(name: .long, help: "With an ecosystem file: merge its env_<name> sets (restart, reload).")
+    var env: String?
+
+    /// The ecosystem files among the targets, and the other targets as they are.
+    func split() throws(CLIError) -> (files: [EcosystemTarget], others: [String]) {
+        var files: [EcosystemTarget] = []
+        var others: [String] = []
+        let here = currentDirectory()
+        for t in targets {
+            let path = t.hasPrefix("/") ? t : AppSpecParser.normalize(here + "/" + t)
+            if EcosystemFile.isEcosystem(t), pathExists(path) {
+                files.append(try EcosystemTarget(path: path, display: t, only: only, envName: env))
+            } else {
+                others.append(t)
+            }
+        }
+        if files.isEmpty, only != nil { throw CLIError("--only picks apps of an ecosystem file") }
+        if files.isEmpty, let env { throw CLIError("--env \(env) picks the env_\(env) set of an ecosystem file") }
+        return (files, others)
+    }
+
+    /// Targets with each ecosystem file replaced by those of its apps the daemon knows.
+    func expanded(_ options: DaemonOptions) throws -> [String] {
+        let (files, others) = try split()
+        if files.isEmpty { return others }
+        let known = Set((try options.client.send(ControlRequest(cmd: .list)).processes ?? []).map(\.name))
+        var names = others
+        for f in files {
+            let mine = f.names.filter(known.contains)
+            if mine.isEmpty { throw CLIError("no app of \(f.display) is known to pml (\(f.names.joined(separator: ", ")))") }
+            names += mine
+        }
+        return names
+    }
+}
+
+/// The client's environment as workers should inherit it (pml's own variables left out).
+func clientEnvironment() -> [String: String] {
+    processEnvironment().filter { !["PML_HOME", "PML_READY_FD", "PML_SUPERVISOR"].contains($0.key) }
+}
+
+/// Starts an ecosystem file's apps that are not running, and restarts or reloads (`action`) those
+/// that are, with the file's current definition and environment (PM2's startOrRestart/startOrReload).
+func deploy(_ eco: EcosystemTarget, action: ControlCommand, base: StartArguments, options: DaemonOptions,
+            graceful: Bool = false, parallel: Int = 1) throws {
+    eco.warnIgnored()
+    let rows = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+    let live = eco.names.filter { n in rows.contains { $0.name == n && $0.status != .stopped && $0.status != .errored } }
+    let idle = eco.names.filter { !live.contains($0) }
+    var messages: [String] = []
+    if !idle.isEmpty {
+        let r = try options.client.send(ControlRequest(cmd: .start, start: eco.startArguments(base, only: idle)))
+        if let m = r.message { messages.append(m) }
+    }
+    if !live.isEmpty {
+        let r = try options.client.send(ControlRequest(
+            cmd: action, start: eco.startArguments(base, only: live), graceful: action == .reload ? graceful : nil,
+            parallel: action == .reload ? parallel : nil, targets: live, updateEnv: true))
+        if let m = r.message, !m.isEmpty { messages.append(m) }
+    }
+    let table = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+    Output.print(messages.map { $0 + "\n" }.joined() + Output.table(table))
 }
 
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop workers: the kill signal to each process group, SIGKILL after kill_timeout.")
-    @OptionGroup var target: TargetArgument
+    @OptionGroup var targets: TargetList
     @OptionGroup var options: DaemonOptions
 
-    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .stop, target: target.target)) }
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .stop, targets: targets.expanded(options))) }
 }
 
 struct Restart: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop and start workers again (also brings back errored apps).")
-    @OptionGroup var target: TargetArgument
+    static let configuration = CommandConfiguration(
+        abstract: "Stop and start workers again (also brings back errored apps).",
+        discussion: """
+        pml restart api worker            several targets; a namespace names all its apps
+        pml restart api --update-env      the workers get this shell's environment
+        pml restart ecosystem.config.js --env production   the file's apps with its current definition
+        """)
+    @OptionGroup var targets: TargetList
+    @Flag(name: [.customShort("a"), .customLong("update-env")], help: "Give the apps this shell's environment (else they keep the one they were started with).")
+    var updateEnv = false
     @OptionGroup var options: DaemonOptions
 
-    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .restart, target: target.target)) }
+    func run() throws {
+        let (files, others) = try targets.split()
+        let base = StartArguments(clientEnv: clientEnvironment(), clientCwd: currentDirectory())
+        for eco in files { try deploy(eco, action: .restart, base: base, options: options) }
+        if !others.isEmpty || files.isEmpty {
+            try options.sendPrintingTable(ControlRequest(cmd: .restart, start: updateEnv ? base : nil, targets: others,
+                                                         updateEnv: updateEnv ? true : nil))
+        }
+    }
+}
+
+struct StartOrRestart: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "startOrRestart", abstract: "Start an ecosystem file's apps, restarting those already running (idempotent deploys).")
+    @OptionGroup var app: AppSelection
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        guard let eco = try app.ecosystemTarget() else { throw CLIError("startOrRestart takes an ecosystem file (.config.js, .json, .yaml…)") }
+        try deploy(eco, action: .restart, base: app.startArguments(), options: options)
+    }
+}
+
+struct StartOrReload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "startOrReload", abstract: "Start an ecosystem file's apps, reloading those already running with no downtime.")
+    @OptionGroup var app: AppSelection
+    @Flag(name: .long, help: "Send old workers the graceful message before signals.")
+    var graceful = false
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        guard let eco = try app.ecosystemTarget() else { throw CLIError("startOrReload takes an ecosystem file (.config.js, .json, .yaml…)") }
+        try deploy(eco, action: .reload, base: app.startArguments(), options: options, graceful: graceful)
+    }
+}
+
+struct Reset: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set the restart counters of workers back to 0.")
+    @OptionGroup var targets: TargetList
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .reset, targets: targets.expanded(options))) }
+}
+
+struct IDCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "id", abstract: "Print the worker ids of an app, as PM2 does: [ 0, 1 ].")
+    @Argument(help: "An app name.")
+    var name: String
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let ids = (try options.client.send(ControlRequest(cmd: .list)).processes ?? []).filter { $0.name == name }.map { String($0.id) }
+        Output.print(ids.isEmpty ? "[]\n" : "[ " + ids.joined(separator: ", ") + " ]\n")
+    }
+}
+
+struct PIDCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pid", abstract: "Print the pids of an app's running workers (of every app with none), one a line.")
+    @Argument(help: "An app name (default: all).")
+    var name: String?
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let rows = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+        if let name, !rows.contains(where: { $0.name == name }) { throw CLIError("no app named \"\(name)\"") }
+        let pids = rows.filter { name == nil || $0.name == name }.compactMap(\.pid)
+        Output.print(pids.map { "\($0)\n" }.joined())
+    }
+}
+
+struct EnvCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "env", abstract: "Print the environment a worker was started with (KEY: value, sorted).")
+    @Argument(help: "A worker id (see pml ls).")
+    var id: String
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let env = try options.client.send(ControlRequest(cmd: .env, target: id)).environment ?? [:]
+        Output.print(env.keys.sorted().map { "\($0): \(env[$0]!)\n" }.joined())
+    }
 }
 
 struct Reload: ParsableCommand {
@@ -232,10 +419,13 @@ struct Reload: ParsableCommand {
         discussion: """
         For each worker: start its replacement, wait until it is ready, put it into rotation, take the
         old one out, then stop the old one. If a replacement does not get ready, the reload stops, the
-        old workers keep serving, and pml exits non-zero saying why.
+        old workers keep serving, and pml exits non-zero saying why. The workers keep the environment
+        they were started with unless --update-env. An ecosystem file: its apps are reloaded with its
+        current definition, and those not running are started.
         """)
-    @Argument(help: "An app name, or \"all\".")
-    var target: String
+    @OptionGroup var targets: TargetList
+    @Flag(name: [.customShort("a"), .customLong("update-env")], help: "Give the apps this shell's environment.")
+    var updateEnv = false
     @Flag(name: .long, help: "Send old workers the graceful message (default \"shutdown\") and wait kill_timeout before signals.")
     var graceful = false
     @Option(name: .long, help: "Replace this many workers at a time.")
@@ -247,17 +437,23 @@ struct Reload: ParsableCommand {
     }
 
     func run() throws {
-        let r = try options.client.send(ControlRequest(cmd: .reload, target: target, graceful: graceful, parallel: parallel))
-        Output.print((r.message ?? "reloaded") + "\n" + Output.table(r.processes ?? []))
+        let (files, others) = try targets.split()
+        let base = StartArguments(clientEnv: clientEnvironment(), clientCwd: currentDirectory())
+        for eco in files { try deploy(eco, action: .reload, base: base, options: options, graceful: graceful, parallel: parallel) }
+        if !others.isEmpty || files.isEmpty {
+            let r = try options.client.send(ControlRequest(cmd: .reload, start: updateEnv ? base : nil, graceful: graceful,
+                                                           parallel: parallel, targets: others, updateEnv: updateEnv ? true : nil))
+            Output.print((r.message ?? "reloaded") + "\n" + Output.table(r.processes ?? []))
+        }
     }
 }
 
 struct Delete: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop workers and forget them.")
-    @OptionGroup var target: TargetArgument
+    static let configuration = CommandConfiguration(abstract: "Stop workers and forget them.", aliases: ["del"])
+    @OptionGroup var targets: TargetList
     @OptionGroup var options: DaemonOptions
 
-    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .delete, target: target.target)) }
+    func run() throws { try options.sendPrintingTable(ControlRequest(cmd: .delete, targets: targets.expanded(options))) }
 }
 
 struct List: ParsableCommand {
@@ -273,8 +469,31 @@ struct List: ParsableCommand {
     }
 }
 
+struct JList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "jlist", abstract: "The process list as JSON (pml ls --json).")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let rows = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+        Output.print(try Output.json(rows))
+    }
+}
+
+struct PrettyList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "prettylist", abstract: "The process list as indented JSON.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let rows = try options.client.send(ControlRequest(cmd: .list)).processes ?? []
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        Output.print(String(decoding: try encoder.encode(rows), as: UTF8.self) + "\n")
+    }
+}
+
 struct Describe: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show one app in full: command, policy, logs, workers, last exits.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show one app in full: command, policy, logs, workers, last exits.", aliases: ["show", "info"])
     @Argument(help: "An app name or a worker id.")
     var target: String
     @OptionGroup var json: JSONFlag

@@ -10,7 +10,7 @@ public struct AppSpecParser: Sendable {
         "name", "cmd", "script", "args", "interpreter", "cwd", "env", "instances", "autorestart",
         "min_uptime", "max_restarts", "restart_delay", "restart_delay_max", "stable_after",
         "stop_exit_codes", "kill_timeout", "kill_signal", "timestamps", "listen", "dispatch", "ready",
-        "ready_timeout", "autoscale", "log_date_format", "log_format",
+        "ready_timeout", "autoscale", "log_date_format", "log_format", "namespace",
     ] + operationKeys + hookKeys
 
     /// Interpreters chosen by a script's extension, as PM2 does.
@@ -24,19 +24,22 @@ public struct AppSpecParser: Sendable {
     /// Folder relative paths are resolved against (the app file's folder, or the client's cwd).
     public var baseDirectory: String
     public var cpuCount: Int
+    /// `--env <name>`: an app's `env_<name>` table is merged over its `env`.
+    public var envName: String?
 
-    public init(file: String, source: String?, baseDirectory: String, cpuCount: Int) {
+    public init(file: String, source: String?, baseDirectory: String, cpuCount: Int, envName: String? = nil) {
         self.file = file
         self.source = source
         self.baseDirectory = baseDirectory
         self.cpuCount = cpuCount
+        self.envName = envName
     }
 
     /// The parser for an app file at an absolute `path`: relative paths in it are relative to its folder.
-    public static func forAppFile(_ path: String, source: String, cpuCount: Int) -> AppSpecParser {
+    public static func forAppFile(_ path: String, source: String?, cpuCount: Int, envName: String? = nil) -> AppSpecParser {
         let slash = path.lastIndex(of: "/") ?? path.startIndex
         let folder = slash == path.startIndex ? "/" : String(path[..<slash])
-        return AppSpecParser(file: path, source: source, baseDirectory: folder, cpuCount: cpuCount)
+        return AppSpecParser(file: path, source: source, baseDirectory: folder, cpuCount: cpuCount, envName: envName)
     }
 
     /// Parses what an app file returned: one app table or a list of them.
@@ -68,7 +71,8 @@ public struct AppSpecParser: Sendable {
         guard case .object(let t) = value else {
             throw fail(nil, "an app must be a table, got \(value.typeName)")
         }
-        for key in t.keys.sorted() where !Self.knownKeys.contains(key) {
+        // env_<name> tables are env sets, as in PM2: `pml start app.lua --env production`.
+        for key in t.keys.sorted() where !Self.knownKeys.contains(key) && !(key.hasPrefix("env_") && key.count > 4) {
             var message = "unknown key \"\(key)\""
             if let near = Self.nearest(key, in: Self.knownKeys) { message += " (did you mean \"\(near)\"?)" }
             throw fail(key, message)
@@ -90,15 +94,17 @@ public struct AppSpecParser: Sendable {
         try checkName(name)
 
         var env: [String: String] = [:]
-        if let v = t["env"] {
-            guard case .object(let fields) = v else { throw typeError("env", "a table of strings", v) }
+        for key in ["env"] + t.keys.filter({ $0.hasPrefix("env_") }).sorted() {
+            guard let v = t[key] else { continue }
+            guard case .object(let fields) = v else { throw typeError(key, "a table of strings", v) }
+            guard key == "env" || key == "env_" + (envName ?? "") else { continue }
             for (k, item) in fields {
                 switch item {
                 case .string(let s): env[k] = s
                 case .int(let i): env[k] = String(i)
                 case .double(let d): env[k] = String(d)
                 case .bool(let b): env[k] = b ? "true" : "false"
-                default: throw fail("env", "env.\(k) must be a string or number, got \(item.typeName)")
+                default: throw fail(key, "\(key).\(k) must be a string or number, got \(item.typeName)")
                 }
             }
         }
@@ -116,10 +122,18 @@ public struct AppSpecParser: Sendable {
         case nil: instances = 1
         case .string("max"): instances = max(1, cpuCount)
         case let v?:
-            guard let n = CheckedNumber.integer(v, in: 1...CheckedNumber.maxInstances) else {
-                throw typeError("instances", "a whole number from 1 to \(CheckedNumber.maxInstances) or \"max\"", v)
+            // -N is every core but N (at least one), as in PM2: instances = -1 on 4 cores is 3.
+            let limit = CheckedNumber.maxInstances
+            guard let n = CheckedNumber.integer(v, in: -limit...limit), n != 0 else {
+                throw typeError("instances", "a whole number from 1 to \(limit), \"max\", or -N (all cores but N)", v)
             }
-            instances = n
+            instances = n > 0 ? n : max(1, cpuCount + n)
+        }
+        var namespace: String?
+        if let v = t["namespace"] {
+            guard let s = v.stringValue else { throw typeError("namespace", "a string", v) }
+            try checkName(s, key: "namespace")
+            namespace = s
         }
         var stopCodes: [Int] = []
         switch t["stop_exit_codes"] {
@@ -200,7 +214,8 @@ public struct AppSpecParser: Sendable {
             readyTimeout: try millis(t, "ready_timeout", 10000),
             autoscale: try t["autoscale"].map { v throws(AppFileError) in try AutoscaleSpec.parse(v) { fail("autoscale", $0) } },
             appFile: nil,
-            hooks: Self.hookKeys.filter { t[$0] == .function }
+            hooks: Self.hookKeys.filter { t[$0] == .function },
+            namespace: namespace
         )
         try parseOperations(t, into: &spec)
         return spec
@@ -252,16 +267,16 @@ public struct AppSpecParser: Sendable {
         }
     }
 
-    private func checkName(_ name: String) throws(AppFileError) {
+    private func checkName(_ name: String, key: String = "name") throws(AppFileError) {
         let allowed = name.unicodeScalars.allSatisfy {
             ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
                 || $0 == "-" || $0 == "_" || $0 == "."
         }
         if name.isEmpty || name.count > 64 || !allowed || name.hasPrefix(".") {
-            throw fail("name", "app name \"\(name)\" must be 1 to 64 letters, digits, '.', '-' or '_'")
+            throw fail(key, "\(key == "name" ? "app name" : key) \"\(name)\" must be 1 to 64 letters, digits, '.', '-' or '_'")
         }
         if name == "all" || Int(name) != nil {
-            throw fail("name", "app name \"\(name)\" is reserved (\"all\" and numbers name ids)")
+            throw fail(key, "\(key == "name" ? "app name" : key) \"\(name)\" is reserved (\"all\" and numbers name ids)")
         }
     }
 

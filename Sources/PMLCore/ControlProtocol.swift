@@ -19,14 +19,18 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case dashboard
     /// Hand everything to a new daemon from the installed binary (`pml update`).
     case update
+    /// reset: a worker's restart counters back to 0; env: a worker's environment.
+    case reset, env
 }
 
 /// One request line.
 public struct ControlRequest: Codable, Sendable, Equatable {
     public var v: Int
     public var cmd: ControlCommand
-    /// App name, worker id, or "all" (stop, restart, delete, describe, flush, signal).
+    /// App name, worker id, namespace, or "all" (stop, restart, delete, describe, flush, signal).
     public var target: String?
+    /// Several targets at once (stop, restart, delete, reload, reset): every worker any of them names.
+    public var targets: [String]?
     public var start: StartArguments?
     /// Signal name or number (signal).
     public var signal: String?
@@ -38,12 +42,21 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var graceful: Bool?
     /// reload: how many workers to replace at once (default 1).
     public var parallel: Int?
+    /// restart, reload: the apps' environment becomes `start.clientEnv` (`--update-env`).
+    public var updateEnv: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case v, cmd, target, targets, start, signal, message, count, graceful, parallel, updateEnv = "update_env"
+    }
 
     public init(cmd: ControlCommand, target: String? = nil, start: StartArguments? = nil, signal: String? = nil,
-                message: ScriptValue? = nil, count: String? = nil, graceful: Bool? = nil, parallel: Int? = nil) {
+                message: ScriptValue? = nil, count: String? = nil, graceful: Bool? = nil, parallel: Int? = nil,
+                targets: [String]? = nil, updateEnv: Bool? = nil) {
         self.v = ControlProtocol.version
         self.cmd = cmd
         self.target = target
+        self.targets = targets
+        self.updateEnv = updateEnv
         self.start = start
         self.signal = signal
         self.message = message
@@ -71,10 +84,14 @@ public struct StartArguments: Codable, Sendable, Equatable {
     public var only: String?
     /// `--watch`: watch mode for apps whose file does not set `watch`.
     public var watch: Bool?
+    /// The PM2 ecosystem file `app` (a list of app tables) was mapped from: its folder is their base.
+    public var ecosystem: String?
+    /// `--env <name>`: the env_<name> set is merged over env (Lua app files; PM2 files are mapped with it).
+    public var envName: String?
 
     enum CodingKeys: String, CodingKey {
-        case file, app, name, env, instances, only, watch
-        case clientEnv = "client_env", clientCwd = "client_cwd"
+        case file, app, name, env, instances, only, watch, ecosystem
+        case clientEnv = "client_env", clientCwd = "client_cwd", envName = "env_name"
     }
 
     public init(file: String? = nil, app: ScriptValue? = nil, name: String? = nil, env: [String: String] = [:],
@@ -145,9 +162,12 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     /// Something the user should hear once, on stderr, whatever they asked (a daemon died and
     /// its successor adopted the workers).
     public var notice: String?
+    /// env: the worker's environment.
+    public var environment: [String: String]?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, processes: [ProcessRow]? = nil,
-                app: AppDescription? = nil, daemon: DaemonInfo? = nil, plugins: [PluginInfo]? = nil) {
+                app: AppDescription? = nil, daemon: DaemonInfo? = nil, plugins: [PluginInfo]? = nil,
+                environment: [String: String]? = nil) {
         self.v = ControlProtocol.version
         self.ok = ok
         self.error = error
@@ -156,6 +176,7 @@ public struct ControlResponse: Codable, Sendable, Equatable {
         self.app = app
         self.daemon = daemon
         self.plugins = plugins
+        self.environment = environment
     }
 
     public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, error: error) }

@@ -165,6 +165,7 @@ final class Supervisor {
             let preload = "--require \(nodeShim)"
             env["NODE_OPTIONS"] = [env["NODE_OPTIONS"], preload].compactMap { $0 }.joined(separator: " ")
         }
+        w.environment = env
 
         let account = try workerAccount(app.spec)
         account?.apply(to: &env)

@@ -27,8 +27,25 @@ extension Supervisor {
             guard let args = request.start else { return respond(.failure("start needs \"start\" arguments")) }
             respond(start(args))
         case .stop, .restart, .delete:
-            guard let target = request.target else { return respond(.failure("\(request.cmd.rawValue) needs a target")) }
-            act(request.cmd, target: target, respond: respond)
+            let targets = request.targets ?? request.target.map { [$0] } ?? []
+            if targets.isEmpty { return respond(.failure("\(request.cmd.rawValue) needs a target")) }
+            if request.cmd == .restart, let failure = redefine(request) ?? updateEnvironment(request, targets) {
+                return respond(.failure(failure))
+            }
+            act(request.cmd, targets: targets, respond: respond)
+        case .reset:
+            let targets = request.targets ?? request.target.map { [$0] } ?? []
+            switch select(targets) {
+            case .failure(let e): respond(.failure(e.message))
+            case .success(let workers):
+                for w in workers { w.history.restarts = 0; w.history.unstableRestarts = 0 }
+                respond(ControlResponse(ok: true, message: "reset the restart counters of \(workers.count) worker\(workers.count == 1 ? "" : "s")", processes: rows()))
+            }
+        case .env:
+            guard let target = request.target, let id = Int(target) else { return respond(.failure("env takes a worker id (see pml ls)")) }
+            guard let w = worker(id: id) else { return respond(.failure("no worker with id \(id)")) }
+            guard let env = w.environment else { return respond(.failure("worker \(id) has not started yet")) }
+            respond(ControlResponse(ok: true, environment: env))
         case .describe:
             guard let target = request.target else { return respond(.failure("describe needs a target")) }
             switch select(target) {
@@ -89,17 +106,17 @@ extension Supervisor {
             }
             scale(app, to: n) { respond(ControlResponse(ok: true, message: "scaled \(target) from \(current) to \(n)", processes: self.rows())) }
         case .reload:
-            guard let target = request.target else { return respond(.failure("reload needs an app or all")) }
-            let targets: [ManagedApp]
-            if target == "all" {
-                targets = apps
-                if targets.isEmpty { return respond(.failure("no apps are running")) }
-            } else {
-                guard let app = apps.first(where: { $0.spec.name == target }) else {
-                    return respond(.failure(Int(target) != nil ? "reload takes an app name or all, not a worker id" : "no app named \"\(target)\""))
-                }
-                targets = [app]
+            let names = request.targets ?? request.target.map { [$0] } ?? []
+            if names.isEmpty { return respond(.failure("reload needs an app or all")) }
+            if let id = names.first(where: { Int($0) != nil }) {
+                return respond(.failure("reload takes app names, namespaces or all, not a worker id (\(id))"))
             }
+            let targets: [ManagedApp]
+            switch select(names) {
+            case .failure(let e): return respond(.failure(e.message))
+            case .success(let workers): targets = apps.filter { app in workers.contains { $0.app === app } }
+            }
+            if let failure = redefine(request) ?? updateEnvironment(request, names) { return respond(.failure(failure)) }
             reloadEach(targets[...], graceful: request.graceful ?? false, parallel: request.parallel ?? 1, messages: [], respond: respond)
         case .plugins:
             if request.target == "reload" {
@@ -159,25 +176,98 @@ extension Supervisor {
 
     struct TargetError: Error { var message: String }
 
+    /// The workers any of `targets` names, each once, in app order; one unknown target fails them all.
+    func select(_ targets: [String]) -> Result<[Worker], TargetError> {
+        var chosen: [Worker] = []
+        for target in targets {
+            switch select(target) {
+            case .failure(let e): return .failure(e)
+            case .success(let ws): chosen += ws.filter { w in !chosen.contains { $0 === w } }
+            }
+        }
+        if chosen.isEmpty { return .failure(TargetError(message: "no workers match \(targets.joined(separator: " "))")) }
+        return .success(chosen)
+    }
+
     func select(_ target: String) -> Result<[Worker], TargetError> {
         switch TargetSelection(target) {
         case .all:
             let all = apps.flatMap(\.workers)
             return all.isEmpty ? .failure(TargetError(message: "no apps are running")) : .success(all)
         case .app(let name):
-            guard let app = apps.first(where: { $0.spec.name == name }) else {
-                return .failure(TargetError(message: "no app named \"\(name)\""))
-            }
-            return .success(app.workers)
+            // An app's name first, then a namespace (PM2's order).
+            if let app = apps.first(where: { $0.spec.name == name }) { return .success(app.workers) }
+            let members = apps.filter { ($0.spec.namespace ?? "default") == name }
+            if members.isEmpty { return .failure(TargetError(message: "no app or namespace named \"\(name)\"")) }
+            return .success(members.flatMap(\.workers))
         case .worker(let id):
             guard let w = worker(id: id) else { return .failure(TargetError(message: "no worker with id \(id)")) }
             return .success([w])
         }
     }
 
-    func act(_ cmd: ControlCommand, target: String, respond: @escaping (ControlResponse) -> Void) {
+    /// restart/reload with `start` (an ecosystem file's apps, mapped by the CLI): those apps take their
+    /// new definition first; `updateEnv` also gives them the client's environment. Nil, or why not.
+    func redefine(_ request: ControlRequest) -> String? {
+        guard let args = request.start, let value = args.app else { return nil }
+        guard let ecosystem = args.ecosystem else { return "only an ecosystem file's apps can be redefined" }
+        let parser = AppSpecParser.forAppFile(ecosystem, source: nil, cpuCount: Int(cpuCount))
+        let specs: [AppSpec]
+        do { specs = try parser.parse(override(value, with: args)) } catch { return error.description }
+        for spec in specs {
+            guard let app = apps.first(where: { $0.spec.name == spec.name }) else { continue }
+            if app.spec.appFile != nil { return "\(spec.name) was started from \(app.spec.appFile!), not from \(ecosystem)" }
+            if app.reloading { return "a reload of \(spec.name) is running" }
+        }
+        for spec in specs {
+            guard let app = apps.first(where: { $0.spec.name == spec.name }) else { continue }
+            var kept = spec
+            // A restart keeps the worker count (pml scale changes it); a reload takes the file's.
+            if request.cmd == .restart { kept.instances = app.workers.count }
+            app.spec = kept
+            app.configureLogs()
+            var startArgs = args
+            startArgs.only = spec.name
+            startArgs.instances = nil
+            app.startArgs = startArgs
+        }
+        return nil
+    }
+
+    /// `--update-env`: the targeted apps take the client's environment (kept by save/resurrect too).
+    func updateEnvironment(_ request: ControlRequest, _ targets: [String]) -> String? {
+        guard request.updateEnv == true else { return nil }
+        guard let env = request.start?.clientEnv else { return "--update-env needs the client's environment" }
+        guard case .success(let workers) = select(targets) else { return nil }  // act reports the bad target
+        for app in apps where workers.contains(where: { $0.app === app }) {
+            app.baseEnv = env
+            app.startArgs?.clientEnv = env
+        }
+        return nil
+    }
+
+    /// Command-line overrides (`--name`, `-i`, `--env K=V`) applied to app tables, so the parser validates them too.
+    func override(_ value: ScriptValue, with args: StartArguments) -> ScriptValue {
+        func one(_ v: ScriptValue) -> ScriptValue {
+            guard case .object(var t) = v else { return v }
+            if let name = args.name { t["name"] = .string(name) }
+            if let n = args.instances { t["instances"] = n }
+            if args.watch == true, t["watch"] == nil { t["watch"] = .bool(true) }
+            if !args.env.isEmpty {
+                var env: [String: ScriptValue] = [:]
+                if case .object(let e)? = t["env"] { env = e }
+                for (k, v) in args.env { env[k] = .string(v) }
+                t["env"] = .object(env)
+            }
+            return .object(t)
+        }
+        if case .array(let items) = value { return .array(items.map(one)) }
+        return one(value)
+    }
+
+    func act(_ cmd: ControlCommand, targets: [String], respond: @escaping (ControlResponse) -> Void) {
         let workers: [Worker]
-        switch select(target) {
+        switch select(targets) {
         case .failure(let e): return respond(.failure(e.message))
         case .success(let w): workers = w
         }
@@ -252,7 +342,11 @@ extension Supervisor {
                 return .failure(error.description)
             }
             value = loaded!.value
-            parser = AppSpecParser.forAppFile(file, source: loaded!.source, cpuCount: cpus)
+            parser = AppSpecParser.forAppFile(file, source: loaded!.source, cpuCount: cpus, envName: args.envName)
+        } else if let app = args.app, let ecosystem = args.ecosystem {
+            // A PM2 file's apps, mapped by the CLI: paths are relative to the file's folder.
+            value = app
+            parser = AppSpecParser.forAppFile(ecosystem, source: nil, cpuCount: cpus)
         } else if let app = args.app {
             value = app
             parser = AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
@@ -261,29 +355,11 @@ extension Supervisor {
         }
         let releaseAll = { loaded?.tableRefs.forEach { self.lua.release(tableRef: $0) } }
 
-        // Command-line overrides go into the app tables so the parser validates them too.
-        func override(_ v: ScriptValue) -> ScriptValue {
-            guard case .object(var t) = v else { return v }
-            if let name = args.name { t["name"] = .string(name) }
-            if let n = args.instances { t["instances"] = n }
-            if args.watch == true, t["watch"] == nil { t["watch"] = .bool(true) }
-            if !args.env.isEmpty {
-                var env: [String: ScriptValue] = [:]
-                if case .object(let e)? = t["env"] { env = e }
-                for (k, v) in args.env { env[k] = .string(v) }
-                t["env"] = .object(env)
-            }
-            return .object(t)
+        if case .array(let items) = value, args.name != nil, items.count != 1 {
+            releaseAll()
+            return .failure("--name needs an app file that declares one app, not \(items.count)")
         }
-        if case .array(let items) = value {
-            if args.name != nil, items.count != 1 {
-                releaseAll()
-                return .failure("--name needs an app file that declares one app, not \(items.count)")
-            }
-            value = .array(items.map(override))
-        } else {
-            value = override(value)
-        }
+        value = override(value, with: args)
         var specs: [AppSpec]
         do {
             specs = try parser.parse(value)
@@ -293,7 +369,8 @@ extension Supervisor {
         }
         for i in specs.indices { specs[i].appFile = args.file }
         if let only = args.only {
-            specs = specs.filter { $0.name == only }
+            let names = only.split(separator: ",").map(String.init)
+            specs = specs.filter { names.contains($0.name) }
             if specs.isEmpty {
                 releaseAll()
                 return .failure("\(args.file ?? "the command line") declares no app named \"\(only)\"")
@@ -420,7 +497,7 @@ extension Supervisor: LuaHost {
     func luaRestart(target: String) -> String? {
         if case .failure(let e) = select(target) { return e.message }
         // Not from inside the hook: the restart runs on the loop's next turn.
-        loop.schedule(after: 0) { [unowned self] in self.act(.restart, target: target) { _ in } }
+        loop.schedule(after: 0) { [unowned self] in self.act(.restart, targets: [target]) { _ in } }
         return nil
     }
 

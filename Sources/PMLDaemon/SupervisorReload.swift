@@ -56,10 +56,11 @@ extension Supervisor {
             } catch {
                 return done(.failure(TargetError(message: "\(error)")))
             }
-            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(cpuCount))
+            // The app keeps what it was started with: --env K=V, the --env set, --name.
+            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(cpuCount), envName: app.startArgs?.envName)
             let specs: [AppSpec]
             do {
-                specs = try parser.parse(loaded.value)
+                specs = try parser.parse(app.startArgs.map { override(loaded.value, with: $0) } ?? loaded.value)
             } catch {
                 loaded.tableRefs.forEach { lua.release(tableRef: $0) }
                 return done(.failure(TargetError(message: "\(error)")))

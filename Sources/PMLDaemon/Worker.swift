@@ -25,6 +25,8 @@ final class Worker {
     var reason: String?
     var restartDelayMs: Int?
     var lastHookError: String?
+    /// The environment it was last spawned with (`pml env <id>`).
+    var environment: [String: String]?
     var readyTimer: TimerHandle?
     /// Set when the worker was stopped for not becoming ready in time.
     var failedToStart = false

@@ -63,7 +63,7 @@ import Testing
     }
 
     @Test func wrongTypesSayWhatWasExpected() {
-        #expect(throws: AppFileError(file: "/srv/app.lua", message: "\"instances\" must be a whole number from 1 to 1024 or \"max\", got \"four\"")) {
+        #expect(throws: AppFileError(file: "/srv/app.lua", message: "\"instances\" must be a whole number from 1 to 1024, \"max\", or -N (all cores but N), got \"four\"")) {
             try parser().parseApp(app(["cmd": .string("x"), "instances": .string("four")]))
         }
         #expect(throws: AppFileError(file: "/srv/app.lua", message: "\"autorestart\" must be true or false, got \"no\"")) {
