@@ -354,3 +354,9 @@ ssize_t pml_recv_notify(int fd, void *buf, size_t len, pid_t *pid) {
     }
     return n;
 }
+
+#ifndef PML_COMMIT
+#define PML_COMMIT "unknown"
+#endif
+
+const char *pml_build_commit(void) { return PML_COMMIT; }

@@ -11,7 +11,7 @@ public struct PML: ParsableCommand {
         commandName: "pml",
         abstract: "A process manager scripted in Lua: keeps apps alive, restarts them by your rules.",
         discussion: "State lives in $PML_HOME (default ~/.pml). The first command starts the daemon.",
-        version: PMLVersion.string,
+        version: "\(PMLVersion.string) (commit \(pmlBuildCommit))",
         subcommands: [
             Start.self, Run.self, Stop.self, Restart.self, Reload.self, Delete.self, StartOrRestart.self, StartOrReload.self,
             List.self, JList.self, PrettyList.self, Describe.self, Logs.self, Flush.self, ReloadLogs.self, Reset.self, IDCommand.self,

@@ -158,3 +158,6 @@ public func processEnvironment() -> [String: String] {
     }
     return env
 }
+
+/// The git commit this binary was built from ("unknown" unless the build set it; see scripts/install.sh).
+public let pmlBuildCommit = String(cString: pml_build_commit())

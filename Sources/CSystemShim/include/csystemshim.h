@@ -100,4 +100,7 @@ int pml_wexitstatus(int status);
 int pml_wifsignaled(int status);
 int pml_wtermsig(int status);
 
+/* The git commit pml was built from: -DPML_COMMIT="..." at build time (scripts/install.sh), else "unknown". */
+const char *pml_build_commit(void);
+
 #endif
