@@ -54,6 +54,14 @@ extension Integration {
                 for resource in ["lua/pml/policy.lua", "shims/node/preload.js", "plugins/memory-limit.lua"] {
                     #expect(FileManager.default.fileExists(atPath: prefix + "/share/pml/" + resource), "\(resource) installed")
                 }
+                // Every resource folder the binary looks for, with the same files as the checkout's.
+                for dir in ["lua", "shims", "plugins", "web"] {
+                    let source = PMLBinary.packageRoot.appendingPathComponent(dir).path
+                    guard FileManager.default.fileExists(atPath: source) else { continue }
+                    let want = try FileManager.default.subpathsOfDirectory(atPath: source).sorted()
+                    let got = (try? FileManager.default.subpathsOfDirectory(atPath: prefix + "/share/pml/" + dir).sorted()) ?? []
+                    #expect(got == want, "\(dir)/ installed whole")
+                }
 
                 let (vs, version, _) = try await Self.run(pml, ["--version"], env: env, cwd: box.work)
                 #expect(vs == 0)
