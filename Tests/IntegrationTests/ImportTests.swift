@@ -65,7 +65,6 @@ extension Integration {
                 ] {
                     #expect(text.contains(needle), "app.lua should contain \(needle):\n\(text)")
                 }
-                #expect(!text.contains("\n    watch ="), "watch is a comment, not a key:\n\(text)")
 
                 // The summary: mapped options per app, then every unmapped one with its app.
                 let out = r.stdout
