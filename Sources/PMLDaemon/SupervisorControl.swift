@@ -44,7 +44,7 @@ extension Supervisor {
         case .env:
             guard let target = request.target, let id = Int(target) else { return respond(.failure("env takes a worker id (see pml ls)")) }
             guard let w = worker(id: id) else { return respond(.failure("no worker with id \(id)")) }
-            guard let env = w.environment else { return respond(.failure("worker \(id) has not started yet")) }
+            guard let env = w.environment else { return respond(.failure("the environment of worker \(id) is not known (not started by this daemon)")) }
             respond(ControlResponse(ok: true, environment: env))
         case .describe:
             guard let target = request.target else { return respond(.failure("describe needs a target")) }
