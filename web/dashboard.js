@@ -195,7 +195,7 @@ const chartWidths = {};
 
 function chart(title, now, lines, fmt, app) {
   // The drawing's width is the chart's width on screen at the last render: text is never stretched.
-  const W = chartWidths[app + "/" + title] || 400, H = 96, L = 44, R = 6, T = 8, B = 16;
+  const W = chartWidths[app + "/" + title] || 400, H = 112, L = 44, R = 6, T = 10, B = 16;
   const span = state.viewMs, start = now - span;
   lines = lines.map((l) => {
     let i = 0;
@@ -223,6 +223,11 @@ function chart(title, now, lines, fmt, app) {
   for (const e of state.events) {
     if (e.app !== app || e.t < start || !["crash", "reload", "scale", "restart", "stop"].includes(e.kind)) continue;
     s.append(svg("line", { class: "mark", x1: x(e.t), x2: x(e.t), y1: T, y2: H - B, stroke: KIND_COLOR[e.kind] }));
+    const dot = svg("circle", { cx: x(e.t), cy: T - 4, r: 3, fill: KIND_COLOR[e.kind] });
+    const tip = svg("title", {});
+    tip.textContent = fmtClock(e.t) + " " + e.kind + ": " + e.title;
+    dot.append(tip);
+    s.append(dot);
   }
   for (const l of lines) {
     if (!l.t.length) continue;

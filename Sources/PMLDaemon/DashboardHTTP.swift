@@ -12,12 +12,15 @@ final class HTTPListener {
         var maxConnections = 32
         /// Server-sent-event streams open at once (each holds a connection).
         var maxStreams = 8
-        /// Time to send a whole request.
-        var requestTimeoutMs = 10_000
+        /// Time to send a whole request (a browser on loopback needs milliseconds).
+        var requestTimeoutMs = 5000
         var maxHead = 16 * 1024
         var maxBody = 16 * 1024
         /// Output queued for a connection beyond which its reader counts as gone.
         var maxPending = 256 * 1024
+        /// The kernel's send buffer for a stream: small, so a reader that stops reading is noticed
+        /// after `maxPending` more bytes rather than after megabytes of kernel memory.
+        var streamSendBuffer: Int32 = 64 * 1024
     }
 
     let fd: Int32
@@ -113,11 +116,14 @@ final class HTTPConnection {
     fileprivate init?(fd: Int32, listener: HTTPListener) {
         self.fd = fd
         self.listener = listener
-        guard let h = try? listener.loop.register(fd: fd, events: [.readable], handler: { [unowned self] events in self.ready(events) }) else {
+        // The registration holds the connection while it runs a handler (which may close it);
+        // unregistering on close lets it go.
+        guard let h = try? listener.loop.register(fd: fd, events: [.readable], handler: { events in self.ready(events) }) else {
             return nil
         }
         handle = h
-        timer = listener.loop.schedule(after: listener.limits.requestTimeoutMs) { [unowned self] in
+        timer = listener.loop.schedule(after: listener.limits.requestTimeoutMs) { [weak self] in
+            guard let self else { return }
             self.timer = nil
             if self.handled { return }
             self.respond(.text(408, "request not received in time"))
@@ -173,6 +179,8 @@ final class HTTPConnection {
             return false
         }
         isStreaming = true
+        var size = listener.limits.streamSendBuffer
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\n"
             + "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
         output = Array(head.utf8)

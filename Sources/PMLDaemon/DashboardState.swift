@@ -145,7 +145,8 @@ final class LogTail {
     }
 
     private var files: [File]
-    private unowned let connection: HTTPConnection
+    /// Weak: the connection may close (a slow reader dropped) in the middle of a tick.
+    private weak var connection: HTTPConnection?
     private let loop: EventLoop
     private var timer: TimerHandle?
     private var quietTicks = 0
@@ -160,7 +161,7 @@ final class LogTail {
 
     func start() {
         for i in files.indices { open(i, tail: true) }
-        connection.send(Array("retry: 2000\n\n".utf8))
+        connection?.send(Array("retry: 2000\n\n".utf8))
         tick()
     }
 
@@ -188,6 +189,7 @@ final class LogTail {
     }
 
     private func tick() {
+        guard let connection, !connection.isClosed else { return stop() }
         var sent = false
         for i in files.indices {
             var st = stat()
@@ -234,7 +236,7 @@ final class LogTail {
             quietTicks = 0
             connection.send(Array(": keep-alive\n\n".utf8))
         }
-        guard !connection.isClosed else { return stop() }
+        if connection.isClosed { return stop() }
         timer = loop.schedule(after: 500) { [weak self] in self?.tick() }
     }
 }

@@ -174,22 +174,61 @@ extension Integration {
                     "click:button[data-action=\"reload\"][data-app=\"web\"]",
                     "wait:document.querySelector('#timeline li[data-kind=\"reload\"]')",
                     "eval:document.querySelector('#timeline li[data-kind=\"reload\"]').textContent",
+                    "eval:document.querySelector('#timeline li[data-kind=\"action\"]').textContent",
                     "wait:!document.querySelector('article[data-app=\"web\"] tr[data-pid=\"\(before[0].pid ?? 0)\"]')",
                     "eval:" + pidsInPage,
                 ], timeout: 15)
                 #expect(r.status == 0, "browser steps:\n\(r.stderr)\n\(r.stdout)")
                 let lines = r.stdout.split(separator: "\n").map(String.init)
-                guard lines.count == 5 else { return }
+                guard lines.count == 6 else { return }
                 #expect(lines[0] == #"["web","jobs"]"#, "both apps are listed: \(lines[0])")
                 #expect((Int(lines[1]) ?? 0) >= 2, "a graph has points: \(lines[1])")
                 let oldPids = Set(before.compactMap(\.pid))
                 #expect(lines[2] == "\"[\(oldPids.sorted().map(String.init).joined(separator: ","))]\"", "the page shows the pids: \(lines[2])")
-                #expect(lines[3].contains("reloaded web"), "the reload is on the timeline: \(lines[3])")
+                #expect(lines[3].contains("reloaded: 2 workers started"), "the reload is on the timeline: \(lines[3])")
+                #expect(lines[4].contains("reload pressed on the dashboard"), "so is the button: \(lines[4])")
                 let after = try await box.rows("web")
                 let newPids = Set(after.compactMap(\.pid))
                 #expect(after.count == 2 && newPids.count == 2 && newPids.isDisjoint(with: oldPids),
                         "the click reloaded web: \(before) → \(after)")
                 #expect(after.allSatisfy { $0.status == "online" }, "\(after)")
+            }
+        }
+
+        @Test("the listener stays bounded: extra connections get 503, a huge head 431, a silent client 408, a log reader that stops reading is dropped")
+        func bounded() async throws {
+            try await withSandbox { box in
+                // A worker that writes its log as fast as it can.
+                try await box.pmlOK("start", "--name", "chatty", "--", "sh", "-c",
+                                    "while :; do echo 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'; done")
+                _ = try await box.waitOnline("chatty")
+                let served = try await Self.dashboard(box)
+                let host = "Host: 127.0.0.1:\(served.port)\r\n"
+
+                // A reader that never reads: the daemon drops it once its output piles up.
+                let reader = try StallingClient(port: served.port, receiveBuffer: 4096)
+                reader.send("GET /api/logs?app=chatty&token=\(served.token) HTTP/1.1\r\n\(host)\r\n")
+
+                let big = try StallingClient(port: served.port)
+                big.send("GET / HTTP/1.1\r\n\(host)X-Big: \(String(repeating: "x", count: 20_000))\r\n\r\n")
+                #expect(big.readAll(timeout: 3).text.hasPrefix("HTTP/1.1 431"), "a 20 KB head is refused")
+
+                var idle: [StallingClient] = []
+                for _ in 0..<40 { idle.append(try StallingClient(port: served.port)) }
+                await sleepMs(300)
+                let refused = idle.filter { $0.readAll(timeout: 0.05).text.contains("503") }.count
+                #expect(refused >= 40 - 32 && refused < 40, "beyond 32 connections, 503 (\(refused) of 40 refused)")
+
+                let silent = idle.first { !$0.readAll(timeout: 0.1).eof }
+                let timedOut = silent?.readAll(timeout: 7)
+                #expect(timedOut?.text.hasPrefix("HTTP/1.1 408") == true && timedOut?.eof == true, "a client that sends nothing is answered 408 and closed: \(timedOut?.text.prefix(80) ?? "none")")
+
+                let dropped = reader.readAll(timeout: 10)
+                #expect(dropped.eof, "the stalled log reader was dropped (read \(dropped.bytes) bytes, no EOF)")
+                #expect(dropped.text.hasPrefix("HTTP/1.1 200") && dropped.text.contains("event: out"), "\(dropped.text.prefix(200))")
+
+                #expect(Curl.request(served.base + "/healthz").status == 200, "the daemon still answers")
+                try await box.pmlOK("ls")
             }
         }
 
@@ -236,6 +275,48 @@ extension Integration {
                 try await box.waitFor("pml run to exit", timeout: 10) { p.isRunning ? nil : true }
                 #expect(p.terminationStatus == 0)
             }
+        }
+    }
+}
+
+/// A raw TCP client for the bounds tests: it sends what it is told and reads only when asked.
+final class StallingClient {
+    let fd: Int32
+
+    init(port: Int, receiveBuffer: Int32? = nil) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError("socket: errno \(errno)") }
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard r == 0 else {
+            close(fd)
+            throw HarnessError("connect 127.0.0.1:\(port): errno \(errno)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Reads until EOF or until nothing arrives for `timeout` seconds.
+    func readAll(timeout: Double) -> (text: String, bytes: Int, eof: Bool) {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, Int32(timeout * 1000)) == 1 else { return (String(decoding: out.prefix(4096), as: UTF8.self), out.count, false) }
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return (String(decoding: out.prefix(4096), as: UTF8.self), out.count, true) }
+            if out.count < 1 << 20 { out.append(contentsOf: buf[0..<n]) }
         }
     }
 }
