@@ -1,17 +1,34 @@
-/// Who may use the dashboard listener: a request must name the loopback address it was sent to in
-/// its Host header (a DNS-rebinding page names its own host), carry the home's token, and — when
-/// it changes something — come from the dashboard's own page (Origin / Sec-Fetch-Site) with the
-/// token in a header, which a cross-site form or image cannot set.
+/// Who may use the dashboard listener: a request must name a loopback host in its Host header (a
+/// DNS-rebinding page names its own host), carry the home's token, and — when it changes
+/// something — come from the dashboard's own page (Origin equal to the Host it was sent to,
+/// Sec-Fetch-Site same-origin) with the token in a header, which a cross-site form or image cannot
+/// set. The Host's port is not checked: through an SSH tunnel (`ssh -L 9615:127.0.0.1:<port>`)
+/// the browser names the tunnel's local port.
 public struct DashboardAccess: Sendable {
     public let token: String
-    /// "127.0.0.1:9615", and "localhost:9615" beside it: browsers resolve localhost only to loopback.
-    public let authorities: Set<String>
 
-    /// `host` is the loopback address the listener is bound to, `port` its port.
-    public init(token: String, host: String, port: Int) {
+    public init(token: String) {
         self.token = token
-        let bracketed = host.contains(":") ? "[\(host)]" : host
-        authorities = ["\(bracketed):\(port)", "localhost:\(port)"]
+    }
+
+    /// "127.0.0.1:9615", "localhost:9615", "[::1]:9615" (the port optional): a name only loopback answers to.
+    public static func isLoopback(authority: String) -> Bool {
+        var host = Substring(authority.lowercased())
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return false }
+            let rest = host[host.index(after: close)...]
+            guard rest.isEmpty || (rest.hasPrefix(":") && rest.dropFirst().allSatisfy(\.isASCIIDigit) && rest.count > 1) else { return false }
+            return host[host.index(after: host.startIndex)..<close] == "::1"
+        }
+        if let colon = host.lastIndex(of: ":") {
+            let port = host[host.index(after: colon)...]
+            guard !port.isEmpty, port.count <= 5, port.allSatisfy(\.isASCIIDigit) else { return false }
+            host = host[..<colon]
+        }
+        if host == "localhost" { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127"
+            && octets.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCIIDigit) && Int($0)! <= 255 }
     }
 
     /// What to do with a request.
@@ -26,8 +43,8 @@ public struct DashboardAccess: Sendable {
     }
 
     public func check(_ request: HTTPRequest) -> Verdict {
-        guard let host = request.headers["host"]?.lowercased(), authorities.contains(host) else {
-            return .forbidden("the Host header must be one of \(authorities.sorted().joined(separator: ", "))")
+        guard let host = request.headers["host"]?.lowercased(), Self.isLoopback(authority: host) else {
+            return .forbidden("the Host header must name a loopback address (127.0.0.1, localhost, [::1])")
         }
         if Self.isHealthPath(request.path) { return .allowed }
         let mutating = !["GET", "HEAD"].contains(request.method)
@@ -37,7 +54,7 @@ public struct DashboardAccess: Sendable {
             return .forbidden(mutating ? "changes need the dashboard token in an X-PML-Token header" : "a valid token is needed (see pml dashboard)")
         }
         guard mutating else { return .allowed }
-        if let origin = request.headers["origin"], !authorities.contains(where: { origin.lowercased() == "http://" + $0 }) {
+        if let origin = request.headers["origin"], origin.lowercased() != "http://" + host {
             return .forbidden("cross-origin request refused (Origin \(origin))")
         }
         if let site = request.headers["sec-fetch-site"], site != "same-origin" {

@@ -61,7 +61,7 @@ final class Dashboard {
                     supervisor.logger.warning("the dashboard's port is not remembered: \(error)")
                 }
             }
-            access = DashboardAccess(token: token, host: host, port: l.port)
+            access = DashboardAccess(token: token)
             authority = (host.contains(":") ? "[\(host)]" : host) + ":\(l.port)"
             page = Self.loadPage(logger: supervisor.logger)
             l.handler = { [unowned self] request, connection in self.route(request, connection) }
