@@ -392,6 +392,8 @@ function followLogs(app) {
     while (box.childElementCount > MAX_LOG_LINES) box.firstElementChild.remove();
     if (document.getElementById("follow").checked) box.scrollTop = box.scrollHeight;
   };
+  // Each (re)connection starts with the files' last lines: start the view afresh so none is shown twice.
+  source.onopen = () => box.replaceChildren(el("div", { class: "note" }, "following " + app + "'s logs"));
   source.addEventListener("out", add("out"));
   source.addEventListener("err", add("err"));
   source.onerror = () => {

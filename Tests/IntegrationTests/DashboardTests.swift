@@ -154,6 +154,28 @@ extension Integration {
             }
         }
 
+        @Test("pml dashboard --open: starts xdg-open with the URL when there is one, says so when there is none")
+        func open() async throws {
+            try await withSandbox { box in
+                let bin = box.work + "/bin"
+                try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+                try box.write("bin/xdg-open", "#!/bin/sh\necho \"$1\" > \(box.work)/opened\n", executable: true)
+                let served = try await Self.dashboard(box)
+                let opened = try await box.pmlOK("dashboard", "--open", env: ["PATH": bin + ":/usr/bin:/bin"])
+                #expect(opened.stdout == served.url + "\n" && opened.stderr.contains("opened with xdg-open"), "\(opened)")
+                let arg = try await box.waitFor("the fake browser to run") { () -> String? in
+                    let text = box.read(box.work + "/opened")
+                    return text.isEmpty ? nil : text
+                }
+                #expect(arg == served.url + "\n", "xdg-open got the URL: \(arg)")
+                let empty = box.work + "/empty"
+                try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+                let none = try await box.pmlOK("dashboard", "--open", env: ["PATH": empty])
+                #expect(none.stdout == served.url + "\n", "the URL is still printed: \(none)")
+                #expect(none.stderr.contains("no browser found"), "and it says there is no browser: \(none)")
+            }
+        }
+
         @Test("headless Chromium: apps listed, graphs have points, logs tail, a click on reload replaces the pids")
         func browser() async throws {
             try await withSandbox { box in
