@@ -14,7 +14,7 @@ if [[ -z ${PML_BIN:-} ]]; then
 fi
 pml=$PML_BIN
 out=${1:-$root/docs/dashboard.png}
-seconds=${DEMO_SECONDS:-50}
+seconds=${DEMO_SECONDS:-50}   # the events happen over this time; the load lasts until the screenshot
 
 export PML_HOME
 PML_HOME=$(mktemp -d /tmp/pml-screenshot.XXXXXX)
@@ -40,14 +40,16 @@ sed "s/__PORT__/$port/" "$root/scripts/dashboard-demo/apps.lua" > "$PML_HOME/app
 for _ in $(seq 1 100); do curl -s -m 1 "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
 url=$("$pml" dashboard)
 
-node "$root/scripts/dashboard-demo/load.js" "$port" "$seconds" 6 &
+node "$root/scripts/dashboard-demo/load.js" "$port" $((seconds * 2)) 6 &
 load_pid=$!
-# What a deploy looks like: a worker dies, the cluster grows and shrinks, a rolling reload.
+# What a deploy looks like: a worker dies, the cluster grows (a button on the dashboard) and
+# shrinks, a rolling reload.
 sleep $((seconds / 5))
 victim=$("$pml" ls --json | python3 -c 'import json,sys; print(next(r["pid"] for r in json.load(sys.stdin) if r["name"] == "api" and r["instance"] == 2))')
 kill -9 "$victim"
 sleep $((seconds / 6))
-"$pml" scale api +1 >/dev/null
+python3 "$root/scripts/browser.py" "$url" "wait:document.querySelector('button[data-action=\"scale+1\"][data-app=\"api\"]')" \
+  "click:button[data-action=\"scale+1\"][data-app=\"api\"]" "wait:document.querySelector('#timeline li[data-kind=\"scale\"]')"
 sleep $((seconds / 6))
 "$pml" scale api -1 >/dev/null
 sleep $((seconds / 6))
@@ -57,6 +59,7 @@ sleep 5
 python3 "$root/scripts/browser.py" --dark --size 1600x1000 "$url#range=1" \
   "wait:document.querySelectorAll('polyline[data-points]').length > 4 && document.querySelectorAll('#logs .l').length > 5" \
   "sleep:1200" "screenshot:$out"
-wait "$load_pid" || true
+kill "$load_pid" 2>/dev/null || true
+wait "$load_pid" 2>/dev/null || true
 load_pid=
 echo "wrote $out"

@@ -39,7 +39,7 @@ function svg(tag, attrs) {
 }
 
 function fmtBytes(n) {
-  if (!n) return "0 B";
+  if (!(n >= 1)) return "0 B";
   const u = ["B", "KB", "MB", "GB", "TB"];
   const i = Math.min(u.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
   const v = n / Math.pow(1024, i);
@@ -193,7 +193,7 @@ function niceMax(v) {
 /** One chart: `lines` is [{color, t:[], v:[], fill}] over the last window; events become marks. */
 const chartWidths = {};
 
-function chart(title, now, lines, fmt, app) {
+function chart(title, now, lines, fmt, app, floor) {
   // The drawing's width is the chart's width on screen at the last render: text is never stretched.
   const W = chartWidths[app + "/" + title] || 400, H = 112, L = 44, R = 6, T = 10, B = 16;
   const span = state.viewMs, start = now - span;
@@ -204,7 +204,7 @@ function chart(title, now, lines, fmt, app) {
   });
   let max = 0;
   for (const l of lines) for (const v of l.v) max = Math.max(max, v);
-  max = niceMax(max * 1.1);
+  max = niceMax(Math.max(max * 1.1, floor || 0));
   const x = (t) => L + ((t - start) / span) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": title });
@@ -254,7 +254,7 @@ function appCharts(app) {
   const totalLine = (field) => ({ color: "#8b949e", t: total.t, v: total[field], fill: true, total: true });
   const charts = [
     chart("CPU %", state.now, [totalLine("cpu"), ...perWorker("cpu")], (v) => fmtRate(v) + "%", app.name),
-    chart("Memory", state.now, [totalLine("mem"), ...perWorker("mem")], fmtBytes, app.name),
+    chart("Memory", state.now, [totalLine("mem"), ...perWorker("mem")], fmtBytes, app.name, 1 << 20),
   ];
   if (app.mode === "cluster" && app.listening.length) {
     charts.push(chart("Conns/s", state.now, [totalLine("cps"), ...perWorker("cps")], fmtRate, app.name));

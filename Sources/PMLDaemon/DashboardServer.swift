@@ -168,7 +168,8 @@ final class Dashboard {
             return c.respond(.text(404, "no app named \"\(request.query["app"] ?? "")\""))
         }
         guard c.startStream() else { return }
-        let tail = LogTail(files: [("out", app.logs.outPath), ("err", app.logs.errPath)], connection: c, loop: supervisor.loop)
+        // The err log's last lines first: out is usually the busier and more recent of the two.
+        let tail = LogTail(files: [("err", app.logs.errPath), ("out", app.logs.outPath)], connection: c, loop: supervisor.loop)
         c.onClose = { tail.stop() }
         tail.start()
     }
