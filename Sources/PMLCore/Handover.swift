@@ -93,8 +93,11 @@ public enum KeeperTag {
     public static func ipc(pid: Int32) -> String { worker(pid: pid) + "ipc" }
     public static func out(pid: Int32) -> String { worker(pid: pid) + "out" }
     public static func err(pid: Int32) -> String { worker(pid: pid) + "err" }
-    /// A listening socket; unique across daemons (the daemon's pid and its listener id).
-    public static func listener(daemon: Int32, id: Int) -> String { "l.\(daemon).\(id)" }
+    /// A listening socket; unique across daemons (the daemon's pid and its listener id). Ends in
+    /// a dot, so that dropping it as a prefix drops its reuseport slots and no other listener.
+    public static func listener(daemon: Int32, id: Int) -> String { "l.\(daemon).\(id)." }
+    /// The SO_REUSEPORT socket of `slot` of a reuseport listener.
+    public static func slot(listener: String, slot: Int) -> String { "\(listener)s\(slot)." }
 }
 
 /// What the keeper tells a daemon it starts about the one before it (`PML_PREDECESSOR`).
@@ -168,13 +171,16 @@ public struct SavedListener: Codable, Sendable, Equatable {
     /// The bound address (its port is the one actually bound).
     public var address: ListenAddress
     public var requestedPort: Int?
+    /// reuseport: the slots whose sockets the keeper holds (the listener itself has no socket).
+    public var slots: [Int]?
 
-    enum CodingKeys: String, CodingKey { case tag, address, requestedPort = "requested_port" }
+    enum CodingKeys: String, CodingKey { case tag, address, slots, requestedPort = "requested_port" }
 
-    public init(tag: String, address: ListenAddress, requestedPort: Int?) {
+    public init(tag: String, address: ListenAddress, requestedPort: Int?, slots: [Int]? = nil) {
         self.tag = tag
         self.address = address
         self.requestedPort = requestedPort
+        self.slots = slots
     }
 }
 

@@ -36,10 +36,23 @@ extension Supervisor {
 
     /// Hands the keeper a copy of a new listening socket.
     func keeperHold(listener l: AppListener) {
-        // A reuseport group has no socket of its own (its slots are bound per worker).
-        guard let keeper, l.fd >= 0 else { return }
+        guard let keeper else { return }
         l.tag = KeeperTag.listener(daemon: getpid(), id: l.id)
-        keeper.hold(l.tag, l.fd)
+        // A reuseport group has no socket of its own: its slots' sockets are held as they are bound.
+        if l.fd >= 0 { keeper.hold(l.tag, l.fd) }
+    }
+
+    /// Hands the keeper a copy of a reuseport slot's socket (what is queued on it outlives the daemon).
+    func keeperHold(slot s: SlotSocket) {
+        guard let keeper, !s.listener.tag.isEmpty else { return }
+        keeper.hold(KeeperTag.slot(listener: s.listener.tag, slot: s.slot), s.fd)
+    }
+
+    /// A reuseport slot's socket is closed: it leaves the port's group for every holder (else the
+    /// kernel would keep queueing connections on the keeper's copy), and the keeper lets it go.
+    func keeperRelease(slot s: SlotSocket) {
+        stopListening(s.fd)
+        if !s.listener.tag.isEmpty { keeper?.drop(KeeperTag.slot(listener: s.listener.tag, slot: s.slot)) }
     }
 
     /// A listener is closed: it stops listening for every holder first, so the keeper's copy
@@ -63,7 +76,10 @@ extension Supervisor {
     }
 
     func savedListeners(_ app: ManagedApp) -> [SavedListener] {
-        app.listeners.filter { !$0.tag.isEmpty }.map { SavedListener(tag: $0.tag, address: $0.address, requestedPort: $0.requestedPort) }
+        app.listeners.filter { !$0.tag.isEmpty }.map {
+            SavedListener(tag: $0.tag, address: $0.address, requestedPort: $0.requestedPort,
+                          slots: $0.fd < 0 ? $0.slots.keys.sorted() : nil)
+        }
     }
 
     // MARK: taking over
@@ -115,19 +131,30 @@ extension Supervisor {
     func adoptListeners(_ app: ManagedApp) {
         guard let adoption, let saved = adoption.listeners.removeValue(forKey: app.spec.name) else { return }
         for s in saved {
-            guard let fd = adoption.handover.take(s.tag) else { continue }
-            let l = AppListener(id: nextListenerID, address: s.address, requestedPort: s.requestedPort, fd: fd)
+            let l: AppListener
+            if let slots = s.slots {
+                // reuseport: the group, and each slot's socket as the keeper kept it.
+                l = AppListener.reusePortGroup(id: nextListenerID, address: s.address)
+                for slot in slots {
+                    guard let fd = adoption.handover.take(KeeperTag.slot(listener: s.tag, slot: slot)) else { continue }
+                    l.slots[slot] = SlotSocket(slot: slot, fd: fd, listener: l)
+                }
+            } else {
+                guard let fd = adoption.handover.take(s.tag) else { continue }
+                l = AppListener(id: nextListenerID, address: s.address, requestedPort: s.requestedPort, fd: fd)
+            }
             l.tag = s.tag
             nextListenerID += 1
-            if app.spec.dispatch.passesConnections {
-                do {
-                    try router.add(l, leastBusy: app.spec.dispatch == .leastBusy)
-                } catch {
-                    logger.error("\(app.spec.name): cannot accept on \(s.address.description) again: \(error)")
-                }
+            do {
+                if app.spec.dispatch != .shared { try router.add(l, leastBusy: app.spec.dispatch == .leastBusy) }
+                for slot in l.slots.values { try router.addSlot(slot) }
+            } catch {
+                logger.error("\(app.spec.name): cannot accept on \(s.address.description) again: \(error)")
             }
             app.listeners.append(l)
         }
+        let slots = Set(app.listeners.flatMap(\.slots.keys))
+        for slot in slots where app.listeners.allSatisfy({ $0.slots[slot] != nil }) { app.slots.didBind(slot) }
     }
 
     /// The id the worker of `instance` had under the daemon before.
@@ -165,6 +192,11 @@ extension Supervisor {
         w.requestedListeners = Set(app.listeners.filter { record.listening.contains($0.tag) }.map(\.id))
         workersByPID[pid] = w
         runningWorkers[w.id] = w
+        if app.spec.dispatch == .reusePort && !app.listeners.isEmpty {
+            // It holds its slot's sockets (inherited at spawn); a Node worker listened on them.
+            app.slots.spawned(worker: w.id, slot: w.instance)
+            w.listensOnSlot = !w.requestedListeners.isEmpty
+        }
         adoption.adopted += 1
         logger.info("\(app.spec.name) worker \(w.id) (pid \(pid)) adopted")
         switch record.status {

@@ -47,6 +47,7 @@ extension Supervisor {
             closeFD(s.fd)
             throw error
         }
+        keeperHold(slot: s)
         if app.listeners.allSatisfy({ $0.slots[slot] != nil }) { app.slots.didBind(slot) }
         return s
     }
@@ -61,6 +62,7 @@ extension Supervisor {
             for l in app.listeners {
                 guard let s = l.slots.removeValue(forKey: slot) else { continue }
                 router.removeSlot(s)
+                keeperRelease(slot: s)
                 closeFD(s.fd)
             }
             app.slots.didClose(slot)
@@ -83,6 +85,7 @@ extension Supervisor {
         keeperRelease(listener: l)
         closeFD(l.fd)
         for s in l.slots.values {
+            keeperRelease(slot: s)
             closeFD(s.fd)
             app.slots.didClose(s.slot)
         }

@@ -24,12 +24,14 @@ private enum Keeping {
         """
     }
 
-    /// An rr app of `instances` Node workers on `port`; pongs are logged to daemon.log by onMessage.
-    static func app(_ box: Sandbox, port: Int, instances: Int) throws -> String {
+    /// An app of `instances` Node workers on `port` (rr unless `dispatch` says otherwise); pongs are
+    /// logged to daemon.log by onMessage.
+    static func app(_ box: Sandbox, port: Int, instances: Int, dispatch: String = "rr") throws -> String {
         let js = try box.write("srv.js", server(port: port))
         return try box.write("srv.lua", """
             return {
               name = "srv", script = \(lua(js)), instances = \(instances), listen = \(port), restart_delay = 100,
+              dispatch = \(lua(dispatch)),
               onMessage = function(w, m)
                 if type(m) == "table" and m.type == "pong" then pml.log("PONG " .. m.tag .. " from " .. w.pid) end
               end,
@@ -151,6 +153,37 @@ extension Integration {
                 try await box.pmlOK("kill")
                 #expect(!Proc.alive(keeper) && !Proc.alive(successor), "pml kill stops the keeper too")
                 #expect(before.compactMap(\.pid).allSatisfy { !Proc.alive($0) })
+            }
+        }
+
+        @Test("reuseport: the keeper holds each slot's socket; kill -9 of the daemon and pml update under load lose nothing, and a slot whose worker dies afterwards is still served")
+        func reusePortSurvives() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try await box.pmlOK("start", try Keeping.app(box, port: port, instances: 2, dispatch: "reuseport"))
+                let before = try await box.waitServing("srv", count: 2)
+                let pids = before.compactMap(\.pid)
+                let client = LoadClient(.local(port), pauseMs: 2, timeout: 10)
+                client.start()
+                await sleepMs(300)
+                let daemon = try #require(box.daemonPid)
+                kill(daemon, SIGKILL)
+                try await box.waitFor("a successor", timeout: 10, every: 20) { box.daemonPid.flatMap { $0 != daemon && Proc.alive($0) ? $0 : nil } }
+                await sleepMs(300)
+                try await box.pmlOK("update")
+                await sleepMs(300)
+                // Slot 0 loses its worker: its queue is served through the successor until the replacement listens.
+                kill(pids[0], SIGKILL)
+                let after = try await box.waitFor("worker 0 replaced", timeout: 10) {
+                    let rows = try await box.waitServing("srv", count: 2)
+                    return rows[0].pid != pids[0] ? rows : nil
+                }
+                await sleepMs(500)
+                let samples = await client.stop()
+                #expect(samples.failures.isEmpty, "\(samples.summary())")
+                #expect(after[1].pid == pids[1], "worker 1 kept through both hand-overs: \(after)")
+                let got = Set(samples.suffix(40).compactMap(\.pid))
+                #expect(got.isSubset(of: Set(after.compactMap(\.pid))) && !got.isEmpty, "served by the current workers at the end: \(samples.summary())")
             }
         }
 
