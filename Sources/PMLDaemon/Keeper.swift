@@ -119,6 +119,7 @@ final class KeeperProcess {
             closeFD(link.0)
             return giveUp("cannot start a daemon: \(error)")
         }
+        RecordSocket.limitSendWait(link.0, seconds: 2)
         // Only the first daemon tells the client that started pml that it is up.
         closeFD(readyFD)
         readyFD = -1
@@ -128,6 +129,7 @@ final class KeeperProcess {
         if let predecessor { Keeper.say("started daemon pid \(pid) to succeed pid \(predecessor.pid)") }
     }
 
+    /// Reads every record waiting on the link (records a dead daemon sent before it died included).
     private func linkReadable() {
         guard let d = daemon else { return }
         while true {
@@ -208,24 +210,28 @@ final class KeeperProcess {
     }
 
     private func daemonEnded(_ d: (pid: Int32, link: Int32, handle: IOHandle?, spoke: Bool, up: Bool, ending: Ending), _ exit: ChildExit) {
-        if let h = d.handle { loop.unregister(h) }
+        // What it said just before it died still counts (a `hold` for a worker it had just spawned).
+        linkReadable()
+        if let h = daemon?.handle { loop.unregister(h) }
         closeFD(d.link)
+        let ending = daemon?.ending ?? d.ending
+        let up = daemon?.up ?? d.up
         daemon = nil
         let how = exit.signal.map { "killed by \(SignalNames.name($0))" } ?? "exited with code \(exit.code ?? 0)"
-        if stopping || d.ending == .bye { return finish(exit.code == 0 || stopping ? 0 : 1) }
+        if stopping || ending == .bye { return finish(exit.code == 0 || stopping ? 0 : 1) }
         let now = monotonicMs()
-        if d.ending == .update {
+        if ending == .update {
             Keeper.say("daemon pid \(d.pid) handed over (pml update); starting its successor")
         } else {
             // A first daemon that never came up failed to start: its own last line says why.
-            if !d.up && generation == 1 { return finish(1) }
+            if !up && generation == 1 { return finish(1) }
             deaths = deaths.filter { now - $0 < Keeper.crashWindowMs } + [now]
             Keeper.say("the daemon (pid \(d.pid)) \(how); starting a successor")
             if deaths.count >= Keeper.crashLimit {
                 return giveUp("the daemon died \(deaths.count) times within \(Keeper.crashWindowMs / 1000) s")
             }
         }
-        startDaemon(predecessor: Predecessor(pid: d.pid, endedAtMs: wallClockMs(), updated: d.ending == .update))
+        startDaemon(predecessor: Predecessor(pid: d.pid, endedAtMs: wallClockMs(), updated: ending == .update))
     }
 
     /// Nothing can supervise the workers any more: they are stopped (killed), and the keeper exits.

@@ -19,8 +19,7 @@ final class KeeperLink {
               let pid = env["PML_KEEPER_PID"].flatMap({ Int32($0) }), pid > 1 else { return nil }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         // A keeper that stops reading must not freeze the daemon for long.
-        var limit = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        RecordSocket.limitSendWait(fd, seconds: 2)
         self.fd = fd
         keeperPID = pid
         self.logger = logger

@@ -48,6 +48,12 @@ public enum RecordSocket {
         }
     }
 
+    /// Bounds how long a blocking send waits for room (a peer that stops reading must not hang us).
+    public static func limitSendWait(_ socket: Int32, seconds: Int) {
+        var limit = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Waits up to `ms` for `fd` to be readable; false on timeout.
     public static func waitReadable(_ fd: Int32, ms: Int) -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
