@@ -11,6 +11,7 @@
 #include <grp.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <sys/eventfd.h>
 #include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -183,6 +184,19 @@ void pml_unblock_all_signals(void) {
 }
 
 int pml_pipe(int fds[2], int nonblocking) { return pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0)); }
+
+int pml_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+void pml_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    // Only EAGAIN can fail here (the counter at its maximum): the reader is woken either way.
+    (void)!write(fd, &one, sizeof one);
+}
+
+void pml_eventfd_drain(int fd) {
+    uint64_t count;
+    (void)!read(fd, &count, sizeof count);
+}
 
 int pml_socketpair_stream(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 

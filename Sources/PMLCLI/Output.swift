@@ -73,6 +73,7 @@ enum Output {
             ["stop", "\(spec.killSignal), SIGKILL after \(spec.killTimeout)ms"],
             ["out log", app.outLog], ["err log", app.errLog],
         ]
+        if let scripts = app.scripts { lines.append(["scripts", scripts]) }
         if !spec.env.isEmpty {
             lines.append(["env", spec.env.keys.sorted().map { "\($0)=\(spec.env[$0]!)" }.joined(separator: " ")])
         }

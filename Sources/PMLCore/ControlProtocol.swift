@@ -285,17 +285,20 @@ public struct AppDescription: Codable, Sendable, Equatable {
     /// Every file the workers' stdout and stderr go to (one per instance when logs are not merged).
     public var outLogs: [String]?
     public var errLogs: [String]?
+    /// The Lua state its scripts run in: memory, what it runs, whether it was ever replaced
+    /// because a script was stuck inside a C call.
+    public var scripts: String?
 
     enum CodingKeys: String, CodingKey {
         case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
         case pendingConnections = "pending_connections", autoscaleDecision = "autoscale_decision"
-        case reloads, scaleEvents = "scale_events", outLogs = "out_logs", errLogs = "err_logs"
+        case reloads, scaleEvents = "scale_events", outLogs = "out_logs", errLogs = "err_logs", scripts
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
                 workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0,
                 autoscaleDecision: String? = nil, reloads: Int = 0, scaleEvents: Int = 0,
-                outLogs: [String]? = nil, errLogs: [String]? = nil) {
+                outLogs: [String]? = nil, errLogs: [String]? = nil, scripts: String? = nil) {
         self.outLogs = outLogs
         self.errLogs = errLogs
         self.name = name
@@ -310,6 +313,7 @@ public struct AppDescription: Codable, Sendable, Equatable {
         self.autoscaleDecision = autoscaleDecision
         self.reloads = reloads
         self.scaleEvents = scaleEvents
+        self.scripts = scripts
     }
 }
 

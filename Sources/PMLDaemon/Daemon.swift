@@ -9,7 +9,6 @@ struct SupervisorSetup {
     let signals: SignalReceiver
     let logger: Logger
     let loop: EventLoop
-    let lua: LuaRuntime
     let luaPath: String
     /// pml's Node preload, if it is installed.
     let nodeShim: String?
@@ -21,7 +20,8 @@ struct SupervisorSetup {
     }
 
     /// Blocks `signals` first (before anything could start a thread and miss them), then sets up
-    /// logging to stderr, the state folder, the event loop, Lua, and child-subreaping.
+    /// logging to stderr, the state folder, the event loop, and child-subreaping. (Lua states are
+    /// made on their own threads, which inherit the blocked signals.)
     static func prepare(paths: PMLPaths, signals wanted: [Int32]) throws(Failure) -> SupervisorSetup {
         let signals: SignalReceiver
         do {
@@ -46,17 +46,15 @@ struct SupervisorSetup {
             throw Failure(description: "cannot find pml's Lua library (lua/pml/policy.lua); set PML_LUA_PATH")
         }
         let loop: EventLoop
-        let lua: LuaRuntime
         do {
             loop = try EventLoop()
-            lua = try LuaRuntime(libraryPaths: [luaPath])
         } catch {
             throw Failure(description: "cannot start: \(error)")
         }
         becomeChildSubreaper()
         let shim = Daemon.resourceRoot().map { $0 + "/shims/node/preload.js" }.flatMap { pathExists($0) ? $0 : nil }
         if shim == nil { logger.warning("pml's Node preload (shims/node/preload.js) is missing: Node apps cannot listen through pml") }
-        return SupervisorSetup(signals: signals, logger: logger, loop: loop, lua: lua, luaPath: luaPath, nodeShim: shim,
+        return SupervisorSetup(signals: signals, logger: logger, loop: loop, luaPath: luaPath, nodeShim: shim,
                                environment: env)
     }
 }
@@ -98,7 +96,7 @@ public enum Daemon {
         } catch {
             return fatal("\(error)")
         }
-        let (signals, logger, loop, lua, env) = (setup.signals, setup.logger, setup.loop, setup.lua, setup.environment)
+        let (signals, logger, loop, env) = (setup.signals, setup.logger, setup.loop, setup.environment)
         let pidFD = open(paths.pidFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard pidFD >= 0 else { return fatal("cannot open \(paths.pidFile): \(String(cString: strerror(errno)))") }
         // The lock lives as long as the daemon: a second daemon for the same home refuses to start.
@@ -113,7 +111,7 @@ public enum Daemon {
         }
         // What the daemon before this one left with the keeper: sockets, channels, log pipes.
         var handover = keeper.handover()
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: lua, logger: logger, nodeShim: setup.nodeShim,
+        let supervisor = Supervisor(loop: loop, paths: paths, luaPath: setup.luaPath, logger: logger, nodeShim: setup.nodeShim,
                                     notifyFD: handover.take(KeeperTag.notify))
         supervisor.keeper = keeper
         if let notify = supervisor.notify { keeper.hold(KeeperTag.notify, notify.fd) }
@@ -158,22 +156,27 @@ public enum Daemon {
         }
         logger.info("pml daemon \(PMLVersion.string) started (pid \(getpid()), keeper \(keeper.keeperPID), home \(paths.home), lua \(setup.luaPath))")
         let predecessor = env["PML_PREDECESSOR"].flatMap(Predecessor.parse)
-        var note = supervisor.takeOver(handover, predecessor: predecessor)
-        keeper.watch(loop: loop) { exit in supervisor.childrenExited(reported: [exit]) }
-        if resurrect, note == nil {
-            let r = supervisor.resurrect(from: paths.dump)
-            logger.info("resurrect at start: \(r.message ?? r.error ?? "")")
-            if !r.ok { note = r.error }
+        // Ready once the apps to take up are started (their app files are evaluated on script
+        // threads, so this finishes inside the loop).
+        let ready = { (note: String?) in
+            if readyFD >= 0 {
+                try? writeAll(readyFD, "ready\n" + (note.map { $0 + "\n" } ?? ""))
+                closeFD(readyFD)
+            } else {
+                // A successor: the next command, whatever it is, tells the user.
+                supervisor.notice = note
+            }
+            if let notifySocket = env["NOTIFY_SOCKET"] {
+                try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(keeper.keeperPID)")
+            }
         }
-        if readyFD >= 0 {
-            try? writeAll(readyFD, "ready\n" + (note.map { $0 + "\n" } ?? ""))
-            closeFD(readyFD)
-        } else {
-            // A successor: the next command, whatever it is, tells the user.
-            supervisor.notice = note
-        }
-        if let notifySocket = env["NOTIFY_SOCKET"] {
-            try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(keeper.keeperPID)")
+        supervisor.takeOver(handover, predecessor: predecessor) { note in
+            keeper.watch(loop: loop) { exit in supervisor.childrenExited(reported: [exit]) }
+            guard resurrect, note == nil else { return ready(note) }
+            supervisor.resurrect(from: paths.dump) { r in
+                logger.info("resurrect at start: \(r.message ?? r.error ?? "")")
+                ready(r.ok ? nil : r.error)
+            }
         }
         loop.run()
         if supervisor.handingOver {
@@ -182,6 +185,8 @@ public enum Daemon {
             logger.info("pml daemon handed over; exiting")
             exit(0)
         }
+        // The last notification hooks (onStop, onExit) get a moment to run.
+        supervisor.scripts.finish(within: 1000)
         // Every app is stopped by now: an empty state tells the next daemon there is nothing to take up.
         supervisor.persistStateNow()
         keeper.send(.bye)

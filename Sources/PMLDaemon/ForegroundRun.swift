@@ -18,7 +18,7 @@ extension Daemon {
             return fail("\(error)")
         }
         let (signals, logger, loop, env) = (setup.signals, setup.logger, setup.loop, setup.environment)
-        let supervisor = Supervisor(loop: loop, paths: paths, lua: setup.lua, logger: logger, nodeShim: setup.nodeShim, foreground: true)
+        let supervisor = Supervisor(loop: loop, paths: paths, luaPath: setup.luaPath, logger: logger, nodeShim: setup.nodeShim, foreground: true)
         var status: Int32 = 0
         var stopping = false
         supervisor.onAllReady = {
@@ -58,10 +58,17 @@ extension Daemon {
         }
         // /metrics, /healthz and /readyz when config.json or PML_METRICS_LISTEN names a listener.
         let metricsServer = supervisor.serveMetrics(environment: env)
-        let started = supervisor.start(start)
-        guard started.ok else { return fail(started.error ?? "cannot start") }
-        logger.info("pml run \(PMLVersion.string) (pid \(getpid())): \(started.message ?? "")")
+        var startError: String?
+        supervisor.start(start) { started in
+            guard started.ok else {
+                startError = started.error ?? "cannot start"
+                return loop.stop()
+            }
+            logger.info("pml run \(PMLVersion.string) (pid \(getpid())): \(started.message ?? "")")
+        }
         loop.run()
+        supervisor.scripts.finish(within: 1000)
+        if let startError { return fail(startError) }
         // Children still exiting (and adopted orphans) are reaped before pml itself goes.
         _ = reapChildren()
         withExtendedLifetime(metricsServer) {}

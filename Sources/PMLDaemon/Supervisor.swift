@@ -10,7 +10,8 @@ import PMLPosix
 final class Supervisor {
     let loop: EventLoop
     let paths: PMLPaths
-    let lua: LuaRuntime
+    /// The Lua states, each on a thread of its own: hooks, plugins and timers never run here.
+    let scripts: ScriptHub
     let logger: Logger
     let router: ConnectionRouter
     let notify: NotifySocket?
@@ -24,11 +25,12 @@ final class Supervisor {
     var nextWorkerID = 0
     var nextListenerID = 0
     var waiters: [(isDone: () -> Bool, done: () -> Void)] = []
-    var pluginErrors: [(path: String, message: String)] = []
+    /// Plugin files in load order, loaded or not.
+    var plugins: [PluginSlot] = []
+    /// Called once no plugin is loading (`pml plugins` answers then).
+    var pluginWaiters: [() -> Void] = []
     var appPluginFolders: [String] = []
-    var scriptTimers: [Int: ScriptTimer] = [:]
-    var nextTimerID = 1
-    var hookOwner: ScriptOwner?
+    var nextDecisionID = 1
     var statePersistScheduled = false
     let startedAt = monotonicMs()
     /// The keeper that holds what must outlive this daemon (nil for `pml run`).
@@ -52,12 +54,12 @@ final class Supervisor {
     /// Foreground: called when no worker runs or waits to restart any more, with the exit status.
     var onNothingLeft: ((Int32) -> Void)?
 
-    init(loop: EventLoop, paths: PMLPaths, lua: LuaRuntime, logger: Logger, nodeShim: String?, foreground: Bool = false,
+    init(loop: EventLoop, paths: PMLPaths, luaPath: String, logger: Logger, nodeShim: String?, foreground: Bool = false,
          notifyFD: Int32? = nil) {
         self.foreground = foreground
         self.loop = loop
         self.paths = paths
-        self.lua = lua
+        scripts = ScriptHub(loop: loop, logger: logger, libraryPaths: [luaPath])
         self.logger = logger
         self.nodeShim = nodeShim
         router = ConnectionRouter(loop: loop, logger: logger)
@@ -69,7 +71,9 @@ final class Supervisor {
             logger.warning("no NOTIFY_SOCKET for workers: \(error)")
             notify = nil
         }
-        lua.host = self
+        scripts.onCommand = { [unowned self] command in self.scriptCommand(command) }
+        scripts.onRestarted = { [unowned self] owner in self.scriptsRestarted(owner) }
+        scripts.beforePost = { [unowned self] in self.publishSnapshot() }
         router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
         if let notify {
@@ -348,38 +352,51 @@ final class Supervisor {
         }
     }
 
-    /// An exit nobody asked for: the default policy (Lua) decides, then onCrash may overrule it.
+    /// An exit nobody asked for: the default policy (Lua) decides, then onCrash may overrule it —
+    /// on the app's script thread, while everything else goes on. The worker waits meanwhile; if no
+    /// answer comes within the decision deadline, `RestartDecision.fallback` (the same rules in
+    /// Swift) decides.
     func crashed(_ w: Worker, exit: ExitInfo, spawnError: String?) {
         let app = w.app
         if let spawnError { app.logs.note("worker \(w.id): \(spawnError)") }
         w.history.recordCrash(uptimeMs: exit.uptimeMs, spec: app.spec)
         let fallback = RestartDecision.fallback(history: w.history, exitCode: exit.code, spec: app.spec)
-        var decision = fallback
-        switch lua.callLibrary(module: "pml.policy", function: "restart",
-                               args: [app.spec.scriptValue, w.scriptValue, exit.scriptValue]) {
-        case .returned(let v):
-            do {
-                decision = try RestartDecision.interpret(v, defaultDelay: app.spec.restartDelay, hook: "pml.policy.restart") ?? fallback
-            } catch {
-                logger.error("default restart policy: \(error)")
-            }
-        case .failed(let message):
-            logger.error("default restart policy failed: \(message)")
-        case .notDefined:
-            logger.error("default restart policy (lua/pml/policy.lua) has no restart function")
-        }
-        let policyDecision = decision
-        var defaultDelay = app.spec.restartDelay
-        if case .restart(let d) = decision { defaultDelay = d }
-        if let v = callHook(app, "onCrash", [w.scriptValue, exit.scriptValue], worker: w) {
-            do {
-                if let d = try RestartDecision.interpret(v, defaultDelay: defaultDelay, hook: "onCrash") { decision = d }
-            } catch {
-                hookFailed(app, w, "onCrash", "\(error)")
-            }
-        }
         var what = "worker \(w.id) \(exit.summary) after \(exit.uptimeMs) ms"
         if w.failedToStart { what += " (not ready within ready_timeout \(app.spec.readyTimeout) ms)" }
+        let id = nextDecisionID
+        nextDecisionID += 1
+        w.pendingDecision = id
+        w.status = .waiting
+        w.restartDelayMs = nil
+        w.reason = "\(what); deciding whether to restart"
+        let name = app.spec.name
+        let args = [app.spec.scriptValue, w.scriptValue, exit.scriptValue]
+        let hookArgs = [w.scriptValue, exit.scriptValue]
+        let spec = app.spec
+        let onCrash = app.spec.hooks.contains("onCrash") && app.spec.appFile != nil
+        scripts.ask(scriptOwner(app), { side in
+            CrashVerdict.decide(side: side, app: name, spec: spec, policyArgs: args, hookArgs: onCrash ? hookArgs : nil,
+                                fallback: fallback)
+        }, answer: { [weak self, weak w] verdict in
+            guard let self, let w, w.pendingDecision == id else { return }
+            w.pendingDecision = nil
+            if let verdict {
+                for note in verdict.policyErrors { self.logger.error("\(note)") }
+                if let error = verdict.hookError { self.hookFailed(w.app, w, "onCrash", error) }
+            } else {
+                self.hookFailed(w.app, w, "restart decision", "scripts did not answer within \(self.scripts.timeouts.decisionMs) ms")
+            }
+            let decision = verdict?.decision ?? fallback
+            self.apply(decision, to: w, what: what)
+            self.recordCrash(w, exit: exit, policy: verdict?.policy ?? fallback, decision: decision)
+            // Plugins hear of the crash once it is decided: what they read shows the outcome.
+            self.notifyPlugins(w.app, "onCrash", hookArgs)
+            self.checkWaiters()
+        })
+    }
+
+    private func apply(_ decision: RestartDecision, to w: Worker, what: String) {
+        let app = w.app
         switch decision {
         case .restart(let delay):
             w.history.recordRestart()
@@ -405,7 +422,6 @@ final class Supervisor {
             logger.warning("\(app.spec.name) worker \(w.id) errored: \(reason)")
             closeListenersIfIdle(app)
         }
-        recordCrash(w, exit: exit, policy: policyDecision, decision: decision)
     }
 
     /// How a worker is asked to exit.
@@ -423,6 +439,7 @@ final class Supervisor {
     /// and time to finish; then the signal to its whole group; then SIGKILL after kill_timeout.
     func stop(_ workers: [Worker], intent: StopIntent, style: StopStyle = .immediate) {
         for w in workers {
+            w.pendingDecision = nil
             if let t = w.restartTimer { loop.cancel(t); w.restartTimer = nil }
             if let t = w.readyTimer { loop.cancel(t); w.readyTimer = nil }
             if let watch = w.startWatch {
@@ -493,28 +510,51 @@ final class Supervisor {
         app.cronTimer = nil
         app.watcher?.close()
         app.watcher = nil
-        cancelTimers { $0 == .app(app.spec.name) }
         apps.removeAll { $0 === app }
-        lua.unbind(app: app.spec.name)
+        let name = app.spec.name
+        if let file = app.spec.appFile { scripts.tell(.appFile(file)) { $0.unbind(app: name) } }
+        retireUnusedScriptStates()
     }
 
     // MARK: hooks
 
-    /// Runs the app's own hook (its answer is returned), then lets every plugin with that hook hear it.
-    @discardableResult
-    func callHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?) -> ScriptValue? {
-        var answer: ScriptValue?
-        if app.spec.hooks.contains(hook) {
-            hookOwner = .app(app.spec.name)
-            switch lua.callHook(app: app.spec.name, hook: hook, args: args) {
-            case .notDefined: break
-            case .returned(let v): answer = v
-            case .failed(let message): hookFailed(app, worker, hook, message)
+    /// A notification: the app's own hook, then every plugin with that hook, on their script
+    /// threads, in the order hooks were called; nothing waits for them.
+    func callHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?) {
+        if app.spec.hooks.contains(hook), let file = app.spec.appFile {
+            let name = app.spec.name
+            let id = worker?.id
+            scripts.tell(.appFile(file)) { side in
+                if case .failed(let message) = side.callHook(app: name, hook: hook, args: args) {
+                    side.report(.hookFailed(app: name, worker: id, hook: hook, message: message))
+                }
             }
-            hookOwner = nil
         }
         notifyPlugins(app, hook, args)
-        return answer
+    }
+
+    /// A decision: the app's own hook answers `answer` (nil when it has no such hook, failed, or
+    /// did not answer within the decision deadline: the default applies); plugins hear it too.
+    func askHook(_ app: ManagedApp, _ hook: String, _ args: [ScriptValue], worker: Worker?,
+                 answer: @escaping (ScriptValue?) -> Void) {
+        notifyPlugins(app, hook, args)
+        guard app.spec.hooks.contains(hook), let file = app.spec.appFile else { return answer(nil) }
+        let name = app.spec.name
+        scripts.ask(.appFile(file), { side in side.callHook(app: name, hook: hook, args: args) }, answer: { [weak self, weak app, weak worker] outcome in
+            guard let self, let app else { return }
+            switch outcome {
+            case .returned(let v)?: return answer(v)
+            case .failed(let message)?: self.hookFailed(app, worker, hook, message)
+            case .notDefined?: break
+            case nil: self.hookFailed(app, worker, hook, "no answer within \(self.scripts.timeouts.decisionMs) ms")
+            }
+            answer(nil)
+        })
+    }
+
+    /// The state an app's scripts run in: its app file's, or pml's library state.
+    func scriptOwner(_ app: ManagedApp) -> ScriptOwner {
+        app.spec.appFile.map(ScriptOwner.appFile) ?? .library
     }
 
     func hookFailed(_ app: ManagedApp, _ worker: Worker?, _ hook: String, _ message: String) {
@@ -554,7 +594,8 @@ final class Supervisor {
             listening: app.listeners.map(\.address.description),
             pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },
             autoscaleDecision: app.autoscaleDecision, reloads: app.reloads, scaleEvents: app.scaleEvents,
-            outLogs: workerLogFiles(app).map(\.outPath), errLogs: workerLogFiles(app).map(\.errPath))
+            outLogs: workerLogFiles(app).map(\.outPath), errLogs: workerLogFiles(app).map(\.errPath),
+            scripts: scripts.describe(scriptOwner(app)))
     }
 
     /// The files an app's workers write to: the app's own, or each instance's.
@@ -590,5 +631,12 @@ final class Supervisor {
             enforceMemoryLimit(w)
         }
         recordSample()
+        for app in apps {
+            let dispatched = app.workers.reduce(0) { $0 + $1.dispatched }
+            if let s = app.dispatchSample, now > s.at { app.rps = Double(dispatched - s.count) * 1000 / Double(now - s.at) }
+            app.dispatchSample = (dispatched, now)
+        }
+        // Timers see metrics at most a sample old.
+        publishSnapshot()
     }
 }

@@ -85,37 +85,39 @@ extension Supervisor {
     // MARK: taking over
 
     /// At a successor's start: adopts the workers of the daemon before it when this keeper held
-    /// its fds (state.json says so), else takes up a dead daemon's apps as before. Returns the
-    /// sentence for the user, if there is one.
-    func takeOver(_ handover: KeeperLink.Handover, predecessor: Predecessor?) -> String? {
+    /// its fds (state.json says so), else takes up a dead daemon's apps as before. `done` gets the
+    /// sentence for the user, if there is one (app files are evaluated on their script threads
+    /// first, so this finishes inside the loop).
+    func takeOver(_ handover: KeeperLink.Handover, predecessor: Predecessor?, done: @escaping (String?) -> Void) {
         guard let keeper, let state = try? Self.readState(statePath), state.keeperPID == keeper.keeperPID,
               let old = state.daemonPID, old != getpid() else {
             release(handover)
             childrenExited(reported: handover.exits)
-            return recoverFromDeadDaemon()
+            return recoverFromDeadDaemon(done: done)
         }
         let adoption = Adoption(handover: handover, state: state)
         let savedIDs = adoption.workers.values.flatMap(\.values).map(\.id)
         nextWorkerID = max(nextWorkerID, (savedIDs.max() ?? -1) + 1)
         self.adoption = adoption
-        let (_, failed) = restore(state)
-        self.adoption = nil
-        // Whatever nobody claimed (an app that failed to come back, a worker gone meanwhile) goes.
-        release(adoption.handover)
-        let swept = Daemon.sweepOrphans(home: paths.home, daemonPID: keeper.keeperPID, sparing: Set(workersByPID.keys))
-        childrenExited(reported: handover.exits)
-        persistStateNow()
+        restore(state) { [unowned self] _, failed in
+            self.adoption = nil
+            // Whatever nobody claimed (an app that failed to come back, a worker gone meanwhile) goes.
+            self.release(adoption.handover)
+            let swept = Daemon.sweepOrphans(home: self.paths.home, daemonPID: keeper.keeperPID, sparing: Set(self.workersByPID.keys))
+            self.childrenExited(reported: handover.exits)
+            self.persistStateNow()
 
-        let n = adoption.adopted
-        var sentence = predecessor?.updated == true
-            ? "daemon pid \(old) handed over to pid \(getpid()); \(n) worker\(n == 1 ? "" : "s") kept"
-            : "the daemon (pid \(old)) died at \(AppLogFiles.formatLocalTime("HH:mm:ss", atMs: predecessor?.endedAtMs ?? wallClockMs()))"
-                + "; its successor adopted \(n) worker\(n == 1 ? "" : "s")"
-        if adoption.lost > 0 { sentence += "; \(adoption.lost) had exited meanwhile and were started again" }
-        if !failed.isEmpty { sentence += "; could not take up \(failed.joined(separator: "; "))" }
-        if swept > 0 { sentence += "; killed \(swept) process(es) nobody could adopt" }
-        logger.warning("\(sentence)")
-        return predecessor?.updated == true ? nil : sentence
+            let n = adoption.adopted
+            var sentence = predecessor?.updated == true
+                ? "daemon pid \(old) handed over to pid \(getpid()); \(n) worker\(n == 1 ? "" : "s") kept"
+                : "the daemon (pid \(old)) died at \(AppLogFiles.formatLocalTime("HH:mm:ss", atMs: predecessor?.endedAtMs ?? wallClockMs()))"
+                    + "; its successor adopted \(n) worker\(n == 1 ? "" : "s")"
+            if adoption.lost > 0 { sentence += "; \(adoption.lost) had exited meanwhile and were started again" }
+            if !failed.isEmpty { sentence += "; could not take up \(failed.joined(separator: "; "))" }
+            if swept > 0 { sentence += "; killed \(swept) process(es) nobody could adopt" }
+            self.logger.warning("\(sentence)")
+            done(predecessor?.updated == true ? nil : sentence)
+        }
     }
 
     /// Closes hand-over fds nobody claimed, and lets the keeper's copies go.

@@ -244,8 +244,11 @@ extension Supervisor {
                 }
                 return
             }
-            // Anything else is the app's business; a value returned by onMessage goes back to the worker.
-            if let reply = callHook(w.app, "onMessage", [w.scriptValue, msg], worker: w), reply != .null {
+            // Anything else is the app's business; a value returned by onMessage goes back to the
+            // worker when it comes, if that process still runs.
+            let pid = w.pid
+            askHook(w.app, "onMessage", [w.scriptValue, msg], worker: w) { [weak w] reply in
+                guard let w, let reply, reply != .null, w.pid == pid else { return }
                 w.ipc?.send(reply)
             }
         }

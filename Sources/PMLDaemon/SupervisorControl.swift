@@ -25,7 +25,7 @@ extension Supervisor {
             respond(ControlResponse(ok: true, processes: rows()))
         case .start:
             guard let args = request.start else { return respond(.failure("start needs \"start\" arguments")) }
-            respond(start(args))
+            start(args, respond: respond)
         case .stop, .restart, .delete:
             let targets = request.targets ?? request.target.map { [$0] } ?? []
             if targets.isEmpty { return respond(.failure("\(request.cmd.rawValue) needs a target")) }
@@ -121,11 +121,13 @@ extension Supervisor {
         case .plugins:
             if request.target == "reload" {
                 loadPlugins()
-                let list = pluginList()
-                return respond(ControlResponse(ok: true, message: "reloaded plugins: \(list.filter { $0.error == nil }.count) loaded, \(list.filter { $0.error != nil }.count) failed", plugins: list))
+                return whenPluginsLoaded { [unowned self] in
+                    let list = self.pluginList()
+                    respond(ControlResponse(ok: true, message: "reloaded plugins: \(list.filter { $0.error == nil }.count) loaded, \(list.filter { $0.error != nil }.count) failed", plugins: list))
+                }
             }
             if let t = request.target { return respond(.failure("plugins takes no argument or \"reload\", not \"\(t)\"")) }
-            respond(ControlResponse(ok: true, plugins: pluginList()))
+            whenPluginsLoaded { [unowned self] in respond(ControlResponse(ok: true, plugins: self.pluginList())) }
         case .save:
             do {
                 let n = try saveDump()
@@ -134,7 +136,7 @@ extension Supervisor {
                 respond(.failure("cannot save to \(paths.dump): \(error)"))
             }
         case .resurrect:
-            respond(resurrect(from: paths.dump))
+            resurrect(from: paths.dump, respond: respond)
         case .reloadLogs:
             let n = reopenLogs()
             respond(ControlResponse(ok: true, message: "reopened the log files of \(apps.count) app\(apps.count == 1 ? "" : "s") (\(n) set\(n == 1 ? "" : "s"))"))
@@ -330,19 +332,29 @@ extension Supervisor {
 
     // MARK: start
 
-    func start(_ args: StartArguments) -> ControlResponse {
+    /// `pml start`: an app file is evaluated on its script thread first (other requests go on
+    /// meanwhile); `respond` gets the answer once the apps are started or refused.
+    func start(_ args: StartArguments, respond: @escaping (ControlResponse) -> Void) {
+        guard let file = args.file else { return respond(start(args, loaded: nil)) }
+        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: { [unowned self] result in
+            switch result {
+            case .success(let loaded)?: respond(self.start(args, loaded: loaded))
+            case .failure(let error)?: respond(.failure(error.description))
+            case nil: respond(.failure("\(file): the app file did not finish within \(self.scripts.timeouts.decisionMs) ms"))
+            }
+            self.retireUnusedScriptStates()
+        })
+    }
+
+    /// Starts what an evaluated app file (or the command line, when `loaded` is nil) declares.
+    private func start(_ args: StartArguments, loaded: LoadedAppFile?) -> ControlResponse {
         var value: ScriptValue
         var parser: AppSpecParser
-        var loaded: LoadedAppFile?
         let cpus = Int(cpuCount)
-        if let file = args.file {
-            do {
-                loaded = try lua.evaluateAppFile(path: file)
-            } catch {
-                return .failure(error.description)
-            }
-            value = loaded!.value
-            parser = AppSpecParser.forAppFile(file, source: loaded!.source, cpuCount: cpus, envName: args.envName)
+        let owner = args.file.map(ScriptOwner.appFile)
+        if let file = args.file, let loaded {
+            value = loaded.value
+            parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: cpus, envName: args.envName)
         } else if let app = args.app, let ecosystem = args.ecosystem {
             // A PM2 file's apps, mapped by the CLI: paths are relative to the file's folder.
             value = app
@@ -353,7 +365,11 @@ extension Supervisor {
         } else {
             return .failure("start needs an app file or a command")
         }
-        let releaseAll = { loaded?.tableRefs.forEach { self.lua.release(tableRef: $0) } }
+        let release = { [unowned self] (refs: ArraySlice<Int32>) in
+            guard let owner, !refs.isEmpty else { return }
+            self.scripts.tell(owner) { side in refs.forEach(side.release(tableRef:)) }
+        }
+        let releaseAll = { release(loaded?.tableRefs[...] ?? []) }
 
         if case .array(let items) = value, args.name != nil, items.count != 1 {
             releaseAll()
@@ -399,6 +415,10 @@ extension Supervisor {
                 app = existing
                 isNew = false
                 previous = (existing.spec, existing.baseEnv)
+                if let oldFile = existing.spec.appFile, oldFile != spec.appFile {
+                    let name = spec.name
+                    scripts.tell(.appFile(oldFile)) { $0.unbind(app: name) }
+                }
                 closeListeners(app)
                 app.spec = spec
                 app.baseEnv = args.clientEnv
@@ -422,14 +442,15 @@ extension Supervisor {
                 try openListeners(app)
             } catch {
                 if isNew { remove(app) } else { restorePrevious() }
-                unusedRefs.forEach { lua.release(tableRef: $0) }
-                if let ref = loaded?.tableRefs.dropFirst(index).first { lua.release(tableRef: ref) }
+                release(loaded?.tableRefs.dropFirst(index) ?? [])
                 return .failure("cannot start \(spec.name): \(error)")
             }
-            if let refs = loaded?.tableRefs, index < refs.count {
-                lua.bind(app: spec.name, tableRef: refs[index])
-            } else {
-                lua.unbind(app: spec.name)
+            let name = spec.name
+            if let owner, let refs = loaded?.tableRefs, index < refs.count {
+                let ref = refs[index]
+                scripts.tell(owner) { $0.bind(app: name, tableRef: ref) }
+            } else if let owner {
+                scripts.tell(owner) { $0.unbind(app: name) }
             }
             var startArgs = args
             startArgs.only = spec.name
@@ -441,14 +462,14 @@ extension Supervisor {
                 try app.logs.open()
             } catch {
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                unusedRefs.forEach { lua.release(tableRef: $0) }
+                release(unusedRefs)
                 return .failure("cannot start \(spec.name): cannot open its log file: \(error)")
             }
             do {
                 try configureWatch(app)
             } catch {
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                unusedRefs.forEach { lua.release(tableRef: $0) }
+                release(unusedRefs)
                 return .failure("cannot start \(spec.name): \(error)")
             }
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
@@ -468,7 +489,7 @@ extension Supervisor {
                 // Nothing could start: leave no trace of a new app, keep an old one stopped.
                 for w in app.workers { w.status = .stopped; w.reason = first.1 }
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                unusedRefs.forEach { lua.release(tableRef: $0) }
+                release(unusedRefs)
                 return .failure("cannot start \(spec.name): \(first.1)")
             }
             for (w, why) in failures { crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: why) }
@@ -477,75 +498,5 @@ extension Supervisor {
         }
         logger.info("started \(started.joined(separator: ", "))")
         return ControlResponse(ok: true, message: "started \(started.joined(separator: ", "))", processes: rows())
-    }
-}
-
-extension Supervisor: LuaHost {
-    func luaLog(level: LuaLogLevel, source: String, message: String) {
-        switch level {
-        case .info: logger.info("[lua] \(source): \(message)")
-        case .warn: logger.warning("[lua] \(source): \(message)")
-        }
-    }
-
-    func luaApps() -> ScriptValue { .array(apps.map(appValue)) }
-
-    func luaWorkers(app: String) -> ScriptValue? {
-        apps.first { $0.spec.name == app }.map { .array($0.workers.map(\.scriptValue)) }
-    }
-
-    func luaRestart(target: String) -> String? {
-        if case .failure(let e) = select(target) { return e.message }
-        // Not from inside the hook: the restart runs on the loop's next turn.
-        loop.schedule(after: 0) { [unowned self] in self.act(.restart, targets: [target]) { _ in } }
-        return nil
-    }
-
-    func luaSpawn(argv: [String]) -> String? {
-        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer { closeFD(devNull) }
-        do {
-            // Output goes to the daemon's own log; the child is reaped like any other.
-            let pid = try spawnProcess(SpawnRequest(argv: argv, env: processEnvironment(),
-                                                    fds: [(devNull, 0), (1, 1), (2, 2)], newSession: true))
-            logger.info("pml.spawn: started \(argv.joined(separator: " ")) as pid \(pid)")
-            return nil
-        } catch {
-            return "\(error)"
-        }
-    }
-
-    func luaSend(worker id: Int, message: ScriptValue) -> String? {
-        guard let w = worker(id: id) else { return "no worker with id \(id)" }
-        guard w.pid != nil, w.ipc?.send(message) == true else { return "worker \(id) is not running" }
-        return nil
-    }
-
-    func luaBroadcast(app name: String, message: ScriptValue) -> String? {
-        guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
-        for w in app.workers where w.pid != nil { w.ipc?.send(message) }
-        return nil
-    }
-
-    func luaSchedule(afterMs: Int, repeating: Bool, callback: LuaCallback) -> Int {
-        scheduleScriptTimer(afterMs: afterMs, repeating: repeating, callback: callback)
-    }
-
-    func luaCancel(timer: Int) {
-        cancelScriptTimer(timer)
-    }
-
-    func luaMetrics(app name: String) -> ScriptValue? {
-        apps.first { $0.spec.name == name }.map(metricsValue)
-    }
-
-    func luaScale(app name: String, instances: Int) -> String? {
-        guard let app = apps.first(where: { $0.spec.name == name }) else { return "no app named \"\(name)\"" }
-        guard (1...CheckedNumber.maxInstances).contains(instances) else {
-            return "pml.scale takes 1 to \(CheckedNumber.maxInstances) workers, got \(instances)"
-        }
-        if app.reloading { return "a reload of \(name) is running" }
-        loop.schedule(after: 0) { [unowned self] in self.scale(app, to: instances) {} }
-        return nil
     }
 }

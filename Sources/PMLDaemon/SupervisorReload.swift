@@ -46,56 +46,75 @@ extension Supervisor {
             return done(.failure(TargetError(message: "\(name) has no online worker to replace; use pml restart \(name)")))
         }
 
-        // The app file is read again: a changed cmd, env or instances takes effect.
-        var newSpec = app.spec
-        var newRef: Int32?
-        if let file = app.spec.appFile {
+        // The app file is read again (on its script thread): a changed cmd, env or instances takes effect.
+        guard let file = app.spec.appFile else { return beforeReload(app, newSpec: app.spec, newRef: nil, graceful: graceful, parallel: parallel, done: done) }
+        app.reloading = true // no second reload, scale or autoscale while the file is read
+        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: { [unowned self] result in
+            app.reloading = false
             let loaded: LoadedAppFile
-            do {
-                loaded = try lua.evaluateAppFile(path: file)
-            } catch {
-                return done(.failure(TargetError(message: "\(error)")))
+            switch result {
+            case .success(let l)?: loaded = l
+            case .failure(let error)?: return done(.failure(TargetError(message: "\(error)")))
+            case nil: return done(.failure(TargetError(message: "\(file): the app file did not finish within \(self.scripts.timeouts.decisionMs) ms")))
+            }
+            let release = { [unowned self] (refs: [Int32]) in
+                if !refs.isEmpty { self.scripts.tell(.appFile(file)) { side in refs.forEach(side.release(tableRef:)) } }
             }
             // The app keeps what it was started with: --env K=V, the --env set, --name.
-            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(cpuCount), envName: app.startArgs?.envName)
+            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(self.cpuCount), envName: app.startArgs?.envName)
             let specs: [AppSpec]
             do {
                 specs = try parser.parse(app.startArgs.map { override(loaded.value, with: $0) } ?? loaded.value)
             } catch {
-                loaded.tableRefs.forEach { lua.release(tableRef: $0) }
+                release(loaded.tableRefs)
                 return done(.failure(TargetError(message: "\(error)")))
             }
             guard let index = specs.firstIndex(where: { $0.name == name }) else {
-                loaded.tableRefs.forEach { lua.release(tableRef: $0) }
+                release(loaded.tableRefs)
                 return done(.failure(TargetError(message: "\(file) no longer declares an app named \"\(name)\"")))
             }
-            for (i, ref) in loaded.tableRefs.enumerated() where i != index { lua.release(tableRef: ref) }
-            newRef = index < loaded.tableRefs.count ? loaded.tableRefs[index] : nil
-            newSpec = specs[index]
+            release(loaded.tableRefs.enumerated().filter { $0.offset != index }.map(\.element))
+            let newRef = index < loaded.tableRefs.count ? loaded.tableRefs[index] : nil
+            var newSpec = specs[index]
             newSpec.appFile = file
             if let blocker = app.spec.reloadBlocker(for: newSpec) {
-                if let newRef { lua.release(tableRef: newRef) }
+                release(newRef.map { [$0] } ?? [])
                 return done(.failure(TargetError(message: "cannot reload \(name): \(blocker)")))
             }
-        }
+            self.beforeReload(app, newSpec: newSpec, newRef: newRef, graceful: graceful, parallel: parallel, done: done)
+        })
+    }
 
-        // beforeReload comes from the running version: it knows how its workers want to be stopped.
-        var style = StopStyle(message: graceful ? .string("shutdown") : nil)
-        if let v = callHook(app, "beforeReload", [appValue(app)], worker: nil) {
-            do {
-                switch try ReloadInstruction.interpret(v, graceful: graceful) {
-                case .veto(let reason):
-                    if let newRef { lua.release(tableRef: newRef) }
-                    callHook(app, "onReload", [appValue(app), .object(["ok": .bool(false), "vetoed": .bool(true), "error": .string(reason)])], worker: nil)
-                    return done(.failure(TargetError(message: "reload of \(name) vetoed: \(reason)")))
-                case .proceed(let message, let timeout, let signal):
-                    style = StopStyle(message: message, graceMs: timeout, signal: signal)
+    /// beforeReload comes from the running version (it knows how its workers want to be stopped);
+    /// without an answer in time the default stop style applies. Then the reload starts.
+    private func beforeReload(_ app: ManagedApp, newSpec: AppSpec, newRef: Int32?, graceful: Bool, parallel: Int,
+                              done: @escaping (Result<String, TargetError>) -> Void) {
+        let name = app.spec.name
+        app.reloading = true
+        askHook(app, "beforeReload", [appValue(app)], worker: nil) { [unowned self] v in
+            app.reloading = false
+            var style = StopStyle(message: graceful ? .string("shutdown") : nil)
+            if let v {
+                do {
+                    switch try ReloadInstruction.interpret(v, graceful: graceful) {
+                    case .veto(let reason):
+                        if let newRef, let file = app.spec.appFile { self.scripts.tell(.appFile(file)) { $0.release(tableRef: newRef) } }
+                        self.callHook(app, "onReload", [self.appValue(app), .object(["ok": .bool(false), "vetoed": .bool(true), "error": .string(reason)])], worker: nil)
+                        return done(.failure(TargetError(message: "reload of \(name) vetoed: \(reason)")))
+                    case .proceed(let message, let timeout, let signal):
+                        style = StopStyle(message: message, graceMs: timeout, signal: signal)
+                    }
+                } catch {
+                    self.hookFailed(app, nil, "beforeReload", "\(error)")
                 }
-            } catch {
-                hookFailed(app, nil, "beforeReload", "\(error)")
             }
+            self.startReload(app, newSpec: newSpec, newRef: newRef, style: style, parallel: parallel, done: done)
         }
+    }
 
+    private func startReload(_ app: ManagedApp, newSpec: AppSpec, newRef: Int32?, style: StopStyle, parallel: Int,
+                             done: @escaping (Result<String, TargetError>) -> Void) {
+        let name = app.spec.name
         let op = ReloadOperation(app: app, newSpec: newSpec, newRef: newRef, style: style, parallel: max(1, parallel))
         app.reloading = true
         app.spec = newSpec
@@ -179,9 +198,9 @@ extension Supervisor {
             app.configureLogs()
             scheduleCronRestart(app)
             rewatch(app)
-            if let ref = op.newRef { lua.release(tableRef: ref) }
-        } else if let ref = op.newRef {
-            lua.bind(app: app.spec.name, tableRef: ref)
+            if let ref = op.newRef, let file = app.spec.appFile { scripts.tell(.appFile(file)) { $0.release(tableRef: ref) } }
+        } else {
+            bindReloadedTable(op)
         }
         let reason = op.failure ?? "unknown failure"
         let kept = app.workers.filter { w in !failed.contains { $0 === w } && !op.retiring.contains { $0 === w } }.count
@@ -200,7 +219,7 @@ extension Supervisor {
 
     private func finishReload(_ op: ReloadOperation, done: @escaping (Result<String, TargetError>) -> Void) {
         let app = op.app
-        if let ref = op.newRef { lua.bind(app: app.spec.name, tableRef: ref) }
+        bindReloadedTable(op)
         startAutoscale(app)
         let retiring = op.retiring
         // Done when every old worker is gone (graceful ones may take their time to drain).
@@ -217,5 +236,12 @@ extension Supervisor {
             ])], worker: nil)
             done(.success(message))
         }
+    }
+
+    /// The app's hooks come from the re-read file's table from now on.
+    private func bindReloadedTable(_ op: ReloadOperation) {
+        guard let ref = op.newRef, let file = op.app.spec.appFile else { return }
+        let name = op.app.spec.name
+        scripts.tell(.appFile(file)) { $0.bind(app: name, tableRef: ref) }
     }
 }

@@ -79,49 +79,57 @@ extension Supervisor {
         return try JSONDecoder().decode(SavedState.self, from: Data(bytes))
     }
 
-    /// Starts the apps of a saved state that are not here yet. Stopped apps stay out.
-    func restore(_ state: SavedState) -> (started: [String], failed: [String]) {
-        var started: [String] = [], failed: [String] = []
-        for saved in state.apps where saved.running && !apps.contains(where: { $0.spec.name == saved.name }) {
-            var args = saved.start
-            args.only = saved.name
-            args.instances = .int(Int64(saved.instances))
-            let r = start(args)
-            if r.ok { started.append(saved.name) } else { failed.append("\(saved.name): \(r.error ?? "failed")") }
+    /// Starts the apps of a saved state that are not here yet, one after another (an app file is
+    /// evaluated on its script thread first). Stopped apps stay out.
+    func restore(_ state: SavedState, done: @escaping (_ started: [String], _ failed: [String]) -> Void) {
+        let wanted = state.apps.filter { saved in saved.running && !apps.contains { $0.spec.name == saved.name } }
+        restoreEach(wanted[...], started: [], failed: [], done: done)
+    }
+
+    private func restoreEach(_ rest: ArraySlice<SavedApp>, started: [String], failed: [String],
+                             done: @escaping ([String], [String]) -> Void) {
+        guard let saved = rest.first else { return done(started, failed) }
+        var args = saved.start
+        args.only = saved.name
+        args.instances = .int(Int64(saved.instances))
+        start(args) { [unowned self] r in
+            self.restoreEach(rest.dropFirst(), started: started + (r.ok ? [saved.name] : []),
+                             failed: failed + (r.ok ? [] : ["\(saved.name): \(r.error ?? "failed")"]), done: done)
         }
-        return (started, failed)
     }
 
     /// `pml resurrect`: what `pml save` wrote.
-    func resurrect(from path: String) -> ControlResponse {
+    func resurrect(from path: String, respond: @escaping (ControlResponse) -> Void) {
         let state: SavedState
         do {
-            guard let s = try Self.readState(path) else { return .failure("nothing saved: \(path) does not exist (run pml save first)") }
+            guard let s = try Self.readState(path) else { return respond(.failure("nothing saved: \(path) does not exist (run pml save first)")) }
             state = s
         } catch {
-            return .failure("\(path) cannot be read: \(error)")
+            return respond(.failure("\(path) cannot be read: \(error)"))
         }
-        let (started, failed) = restore(state)
-        if !failed.isEmpty { return .failure("resurrected \(started.count) app(s); failed: \(failed.joined(separator: "; "))") }
-        return ControlResponse(ok: true, message: started.isEmpty ? "nothing to resurrect: every saved app is here" :
-                                "resurrected \(started.joined(separator: ", "))", processes: rows())
+        restore(state) { [unowned self] started, failed in
+            if !failed.isEmpty { return respond(.failure("resurrected \(started.count) app(s); failed: \(failed.joined(separator: "; "))")) }
+            respond(ControlResponse(ok: true, message: started.isEmpty ? "nothing to resurrect: every saved app is here" :
+                                    "resurrected \(started.joined(separator: ", "))", processes: self.rows()))
+        }
     }
 
     /// At start-up: kill whatever workers a dead daemon of this home left, then take up its apps.
-    /// Returns a sentence for the CLI when there was something to take up.
-    func recoverFromDeadDaemon() -> String? {
+    /// `done` gets a sentence for the CLI when there was something to take up.
+    func recoverFromDeadDaemon(done: @escaping (String?) -> Void) {
         let swept = Daemon.sweepOrphans(home: paths.home, daemonPID: nil)
         guard let state = try? Self.readState(statePath), let old = state.daemonPID, old != getpid(),
               !processIsAlive(old), state.apps.contains(where: \.running) else {
             if swept > 0 { logger.warning("killed \(swept) worker process(es) an earlier daemon left behind") }
-            return nil
+            return done(nil)
         }
-        let (started, failed) = restore(state)
-        var sentence = "the previous daemon (pid \(old)) died; took up \(started.count) app\(started.count == 1 ? "" : "s")"
-        if !started.isEmpty { sentence += " (\(started.joined(separator: ", ")))" }
-        if !failed.isEmpty { sentence += "; could not restart \(failed.joined(separator: "; "))" }
-        if swept > 0 { sentence += "; killed \(swept) leftover worker process(es)" }
-        logger.warning("\(sentence)")
-        return sentence
+        restore(state) { [unowned self] started, failed in
+            var sentence = "the previous daemon (pid \(old)) died; took up \(started.count) app\(started.count == 1 ? "" : "s")"
+            if !started.isEmpty { sentence += " (\(started.joined(separator: ", ")))" }
+            if !failed.isEmpty { sentence += "; could not restart \(failed.joined(separator: "; "))" }
+            if swept > 0 { sentence += "; killed \(swept) leftover worker process(es)" }
+            self.logger.warning("\(sentence)")
+            done(sentence)
+        }
     }
 }

@@ -28,6 +28,8 @@ final class Worker {
     /// The environment it was last spawned with (`pml env <id>`).
     var environment: [String: String]?
     var readyTimer: TimerHandle?
+    /// The crash whose restart decision the scripts are working out (answers to older ones are dropped).
+    var pendingDecision: Int?
     /// Set when the worker was stopped for not becoming ready in time.
     var failedToStart = false
     /// Set on a reload's replacement until it is ready: called with nil once ready, or with why
@@ -109,8 +111,12 @@ final class ManagedApp {
     var scaleEvents = 0
     var lastScaleAt: Int?
     var autoscaleDecision: String?
-    /// Connections dispatched to the app's workers when pml.metrics last looked, for a rate.
+    /// Connections dispatched to the app's workers at the last sample, for a rate.
     var dispatchSample: (count: Int, at: Int)?
+    /// Connections dispatched per second between the last two samples.
+    var rps = 0.0
+    /// An autoscale rule was asked and has not answered yet.
+    var autoscaleAsking = false
     /// The app's log files: its workers' output when it merges logs, and pml's notes about it.
     let logs: AppLogFiles
     /// Each instance's files when the app does not merge logs (`merge_logs = false`).

@@ -449,7 +449,8 @@ public final class LuaRuntime {
         return AppFileError(file: path, message: message)
     }
 
-    static func describe(bytes: Int) -> String {
+    /// "64 MiB" for whole mebibytes, else "N bytes".
+    public static func describe(bytes: Int) -> String {
         bytes >= 1 << 20 && bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes) bytes"
     }
 

@@ -209,3 +209,14 @@ public func makeSocketPair() throws(SystemError) -> (Int32, Int32) {
 public func setNonBlocking(_ fd: Int32, _ on: Bool = true) {
     _ = pml_set_nonblocking(fd, on ? 1 : 0)
 }
+
+/// An eventfd (CLOEXEC, non-blocking): `signalEventFD` from any thread wakes the loop that watches it.
+public func makeEventFD() throws(SystemError) -> Int32 {
+    try sys("eventfd") { pml_eventfd() }
+}
+
+/// Wakes whoever watches the eventfd; never blocks.
+public func signalEventFD(_ fd: Int32) { pml_eventfd_signal(fd) }
+
+/// Resets the eventfd's counter (call before taking the work it announced).
+public func drainEventFD(_ fd: Int32) { pml_eventfd_drain(fd) }

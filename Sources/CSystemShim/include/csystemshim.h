@@ -74,6 +74,10 @@ void pml_unblock_all_signals(void);
 
 int pml_pipe(int fds[2], int nonblocking);
 int pml_socketpair_stream(int fds[2]);
+/* A CLOEXEC|NONBLOCK eventfd: one thread signals it, the event loop of another wakes and drains it. */
+int pml_eventfd(void);
+void pml_eventfd_signal(int fd);
+void pml_eventfd_drain(int fd);
 /* accept4 with CLOEXEC; NONBLOCK only if asked (handed-over connections stay blocking, as accept() gives them). */
 int pml_accept(int fd, int nonblocking);
 int pml_set_nonblocking(int fd, int on);

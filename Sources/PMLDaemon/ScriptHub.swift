@@ -1,0 +1,218 @@
+import Glibc
+import Logging
+import PMLCore
+import PMLLua
+import PMLPosix
+
+/// Which Lua state runs a script. Each has its own thread and its own memory cap, so one script
+/// can neither stall nor starve another's.
+enum ScriptOwner: Hashable, CustomStringConvertible {
+    /// The apps an app file declares share the state their file was evaluated in.
+    case appFile(String)
+    case plugin(String)
+    /// pml's own library: the default restart policy of apps started without an app file.
+    case library
+
+    var description: String {
+        switch self {
+        case .appFile(let path): return "app file \(path)"
+        case .plugin(let path): return "plugin \(path)"
+        case .library: return "pml's Lua library"
+        }
+    }
+}
+
+/// The supervisor's side of the script threads: starts one per owner on demand, posts jobs,
+/// matches answers to waiting requests (each with a deadline after which its default applies),
+/// and replaces a thread stuck inside a C call. Lives on the supervisor's thread.
+final class ScriptHub {
+    let loop: EventLoop
+    let logger: Logger
+    let libraryPaths: [String]
+    let limits: LuaLimits
+    let timeouts: ScriptTimeouts
+    let snapshot = ScriptSnapshotBox()
+    /// Called with each command a script sends (pml.send, pml.log, a failed hook, ...).
+    var onCommand: ((ScriptCommand) -> Void)?
+    /// Called after a stuck owner got a fresh thread: its scripts need loading again.
+    var onRestarted: ((ScriptOwner) -> Void)?
+    /// Called before each job is posted: the supervisor publishes a fresh snapshot if it changed.
+    var beforePost: (() -> Void)?
+
+    private var threads: [ScriptOwner: (thread: ScriptThread, io: IOHandle)] = [:]
+    private var pending = PendingAnswers<((any Sendable)?) -> Void, ScriptOwner>()
+    private var expiryTimer: (handle: TimerHandle, at: Int)?
+    private var watchdog: TimerHandle?
+    /// Threads given up on (stuck) or stopped, until they have exited.
+    private var leaving: [ScriptThread] = []
+    /// What happened to each owner's state, for `pml describe`.
+    private var restarts: [ScriptOwner: [String]] = [:]
+    /// At most this many stuck threads may be alive: past it no new state is started (each holds
+    /// its memory until its C call returns) and scripted decisions take their defaults.
+    static let maxStuckThreads = 8
+    static let watchEveryMs = 250
+
+    init(loop: EventLoop, logger: Logger, libraryPaths: [String], limits: LuaLimits = LuaLimits()) {
+        self.loop = loop
+        self.logger = logger
+        self.libraryPaths = libraryPaths
+        self.limits = limits
+        timeouts = ScriptTimeouts(callBudgetMs: limits.timeBudgetMs)
+    }
+
+    /// Runs `job` on the owner's thread; nothing comes back (notification hooks, binding).
+    func tell(_ owner: ScriptOwner, _ job: @escaping ScriptThread.Job) {
+        guard let thread = thread(for: owner) else { return }
+        beforePost?()
+        thread.post(job)
+    }
+
+    /// Runs `job` on the owner's thread and calls `answer` with its result on the supervisor's
+    /// thread — or with nil when it did not come within `deadlineMs` (default: a decision's), or
+    /// the owner's state was lost: then the caller's default applies. Always called later, never
+    /// from inside `ask`.
+    func ask<T: Sendable>(_ owner: ScriptOwner, deadlineMs: Int? = nil, _ job: @escaping @Sendable (ScriptSide) -> T,
+                          answer: @escaping (T?) -> Void) {
+        guard let thread = thread(for: owner) else {
+            loop.schedule(after: 0) { answer(nil) }
+            return
+        }
+        let deadline = monotonicMs() + (deadlineMs ?? timeouts.decisionMs)
+        let id = pending.add(deadline: deadline, owner: owner) { answer($0 as? T) }
+        armExpiry()
+        beforePost?()
+        thread.post { side in side.answer(id, job(side)) }
+    }
+
+    /// Whether requests to `owner` wait for answers.
+    func waits(on owner: ScriptOwner) -> Bool { pending.waits(on: owner) }
+
+    /// Owners with a thread now.
+    var owners: [ScriptOwner] { Array(threads.keys) }
+
+    /// Ends the owner's thread after the jobs already queued; requests still waiting on it get nil.
+    func stop(_ owner: ScriptOwner) {
+        guard let entry = threads.removeValue(forKey: owner) else { return }
+        loop.unregister(entry.io)
+        entry.thread.post { $0.stop() }
+        leaving.append(entry.thread)
+        for answer in pending.drop(owner: owner) { answer(nil) }
+    }
+
+    /// Ends every thread, giving them up to `ms` to finish what is queued (the last notification
+    /// hooks at shutdown) and handing over what they send meanwhile. Then gives up on the rest.
+    func finish(within ms: Int) {
+        let all = threads
+        threads = [:]
+        for (_, entry) in all {
+            loop.unregister(entry.io)
+            entry.thread.post { $0.stop() }
+        }
+        let deadline = monotonicMs() + ms
+        while all.values.contains(where: { !$0.thread.currentActivity.exited }), monotonicMs() < deadline {
+            usleep(10_000)
+        }
+        for (_, entry) in all {
+            entry.thread.abandon()
+            for case .command(let c) in entry.thread.takeMessages() { onCommand?(c) }
+        }
+    }
+
+    /// One line for `pml describe`: the state's memory, and whether it was ever replaced.
+    func describe(_ owner: ScriptOwner) -> String? {
+        let history = restarts[owner] ?? []
+        var parts: [String] = []
+        if let entry = threads[owner] {
+            let a = entry.thread.currentActivity
+            let mib = (Double(a.memory) / 1048576 * 10).rounded(.up) / 10
+            parts.append("Lua state \(mib) MiB of \(LuaRuntime.describe(bytes: limits.memoryLimitBytes))")
+            if let busy = a.busy { parts.append("running \(busy.label) for \(monotonicMs() - busy.since) ms") }
+        } else {
+            parts.append("no Lua state running")
+        }
+        if let last = history.last {
+            parts.append("restarted \(history.count) time\(history.count == 1 ? "" : "s"), last at \(last)")
+        }
+        return parts.joined(separator: "; ")
+    }
+
+    // MARK: threads
+
+    private func thread(for owner: ScriptOwner) -> ScriptThread? {
+        if let entry = threads[owner] { return entry.thread }
+        leaving.removeAll { $0.currentActivity.exited }
+        let stuck = leaving.filter { $0.currentActivity.busy != nil }.count
+        if stuck >= Self.maxStuckThreads {
+            logger.error("\(owner): not started: \(stuck) script threads are stuck in C calls; scripted decisions take their defaults")
+            return nil
+        }
+        do {
+            let t = try ScriptThread.start(name: owner.description, libraryPaths: libraryPaths, limits: limits,
+                                           snapshot: snapshot)
+            let io = try loop.register(fd: t.messagesFD, events: [.readable]) { [unowned self] _ in self.received(from: t) }
+            threads[owner] = (t, io)
+        } catch {
+            logger.error("\(owner): cannot start a script thread: \(error)")
+            return nil
+        }
+        armWatchdog()
+        return threads[owner]?.thread
+    }
+
+    private func received(from thread: ScriptThread) {
+        for message in thread.takeMessages() {
+            switch message {
+            case .answer(let id, let value):
+                pending.answer(id)?(value)
+            case .command(let command):
+                onCommand?(command)
+            }
+        }
+    }
+
+    // MARK: deadlines
+
+    private func armExpiry() {
+        guard let next = pending.nextDeadline else {
+            if let t = expiryTimer { loop.cancel(t.handle) }
+            expiryTimer = nil
+            return
+        }
+        if let t = expiryTimer, t.at <= next { return }
+        if let t = expiryTimer { loop.cancel(t.handle) }
+        expiryTimer = (loop.schedule(after: next - monotonicMs()) { [unowned self] in
+            self.expiryTimer = nil
+            for answer in self.pending.expire(now: monotonicMs()) { answer(nil) }
+            self.armExpiry()
+        }, next)
+    }
+
+    /// Every `watchEveryMs` while threads run: a thread busy with one call past `stuckAfterMs` is
+    /// inside a C call no budget can stop; the owner gets a fresh thread and state.
+    private func armWatchdog() {
+        guard watchdog == nil else { return }
+        watchdog = loop.schedule(after: Self.watchEveryMs) { [unowned self] in
+            self.watchdog = nil
+            let now = monotonicMs()
+            for (owner, entry) in self.threads {
+                guard let busy = entry.thread.currentActivity.busy,
+                      self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
+                self.replace(owner, stuckIn: busy.label, forMs: now - busy.since)
+            }
+            if !self.threads.isEmpty { self.armWatchdog() }
+        }
+    }
+
+    private func replace(_ owner: ScriptOwner, stuckIn label: String, forMs ms: Int) {
+        guard let entry = threads.removeValue(forKey: owner) else { return }
+        loop.unregister(entry.io)
+        entry.thread.abandon()
+        leaving.append(entry.thread)
+        let note = "\(AppLogFiles.timestamp()): \(label) ran \(ms) ms, stuck inside a C call; its Lua state was left and a fresh one started"
+        restarts[owner, default: []].append(note)
+        logger.error("scripts of \(owner): \(label) ran \(ms) ms (budget \(timeouts.callBudgetMs) ms), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
+        // Decisions that waited on the lost state take their defaults now.
+        for answer in pending.drop(owner: owner) { answer(nil) }
+        onRestarted?(owner)
+    }
+}

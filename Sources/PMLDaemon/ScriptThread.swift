@@ -1,0 +1,207 @@
+import Glibc
+import PMLCore
+import PMLLua
+import PMLPosix
+import Synchronization
+
+/// Something a script thread tells the supervisor: `pml.*` mutations, failures to log.
+enum ScriptCommand: Sendable {
+    case log(level: LuaLogLevel, source: String, message: String)
+    /// An app's hook failed (error, budget, memory): logged, and the worker's last hook error.
+    case hookFailed(app: String, worker: Int?, hook: String, message: String)
+    /// A plugin's hook, a timer or a load failed: daemon.log, and the app's log if one is named.
+    case failed(app: String?, message: String)
+    case send(worker: Int, message: ScriptValue)
+    case broadcast(app: String, message: ScriptValue)
+    case scale(app: String, instances: Int)
+    case restart(target: String)
+    case spawn(argv: [String])
+}
+
+/// What crosses from a script thread to the supervisor.
+enum ScriptMessage: Sendable {
+    /// The answer to `ScriptHub.ask` number `id`.
+    case answer(id: Int, value: any Sendable)
+    case command(ScriptCommand)
+}
+
+/// What scripts read through `pml.apps()`, `pml.workers()` and `pml.metrics()`: an immutable copy
+/// the supervisor publishes, so a script never touches the supervisor's own state.
+struct ScriptSnapshot: Sendable {
+    var apps: [ScriptValue] = []
+    var workers: [String: [ScriptValue]] = [:]
+    var metrics: [String: ScriptValue] = [:]
+    /// Every worker id, and whether it has a process with an open IPC channel.
+    var running: [Int: Bool] = [:]
+    /// Apps being reloaded (pml.scale is refused for them).
+    var reloading: Set<String> = []
+
+    /// The error `pml.restart(target)` raises at once, as `pml restart` would answer; nil if the target exists.
+    func targetError(_ target: String) -> String? {
+        switch TargetSelection(target) {
+        case .all: return running.isEmpty ? "no apps are running" : nil
+        case .app(let name): return workers[name] == nil ? "no app named \"\(name)\"" : nil
+        case .worker(let id): return running[id] == nil ? "no worker with id \(id)" : nil
+        }
+    }
+}
+
+/// One Lua state on a thread of its own, and the only place where work crosses between that thread
+/// and the supervisor's: a queue of jobs one way and a queue of messages the other, each behind a
+/// mutex and announced on an eventfd the receiving side's event loop watches, plus what the
+/// supervisor's watchdog reads (what the thread is busy with, since when) and the snapshot scripts
+/// read. Nothing else is shared: the `LuaRuntime` lives and dies on the script thread (`ScriptSide`),
+/// the supervisor's state on its own.
+final class ScriptThread: Sendable {
+    typealias Job = @Sendable (ScriptSide) -> Void
+
+    /// What the thread is doing, for the watchdog and `pml describe`.
+    struct Activity: Sendable {
+        /// The Lua call running now and when it started (monotonic ms).
+        var busy: (since: Int, label: String)?
+        /// Bytes the Lua state holds, after its last call.
+        var memory = 0
+        /// The supervisor gave up on this thread: it ends at its next chance, answering nothing.
+        var abandoned = false
+        var exited = false
+    }
+
+    /// Names the state in logs ("app file /srv/web/app.lua", "plugin /home/u/.pml/plugins/x.lua").
+    let name: String
+    let limits: LuaLimits
+    let snapshot: ScriptSnapshotBox
+    /// Watched by the script thread's loop.
+    let jobsFD: Int32
+    /// Watched by the supervisor's loop.
+    let messagesFD: Int32
+    private let jobs = Mutex<[Job]>([])
+    private let messages = Mutex<[ScriptMessage]>([])
+    private let activity = Mutex(Activity())
+
+    private init(name: String, limits: LuaLimits, snapshot: ScriptSnapshotBox) throws(SystemError) {
+        self.name = name
+        self.limits = limits
+        self.snapshot = snapshot
+        jobsFD = try makeEventFD()
+        do {
+            messagesFD = try makeEventFD()
+        } catch {
+            closeFD(jobsFD)
+            throw error
+        }
+    }
+
+    deinit {
+        closeFD(jobsFD)
+        closeFD(messagesFD)
+    }
+
+    /// Starts a thread with a fresh Lua state (made on that thread); jobs posted before it is up wait.
+    static func start(name: String, libraryPaths: [String], limits: LuaLimits,
+                      snapshot: ScriptSnapshotBox) throws(SystemError) -> ScriptThread {
+        let thread = try ScriptThread(name: name, limits: limits, snapshot: snapshot)
+        let context = Unmanaged.passRetained(Start(thread: thread, libraryPaths: libraryPaths)).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { raw in
+            let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
+            start.thread.main(libraryPaths: start.libraryPaths)
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<Start>.fromOpaque(context).release()
+            throw SystemError("pthread_create", errno: rc)
+        }
+        pthread_detach(tid)
+        return thread
+    }
+
+    private final class Start {
+        let thread: ScriptThread
+        let libraryPaths: [String]
+        init(thread: ScriptThread, libraryPaths: [String]) {
+            self.thread = thread
+            self.libraryPaths = libraryPaths
+        }
+    }
+
+    private func main(libraryPaths: [String]) {
+        // The thread's own references end here; the last one (this or the supervisor's) closes the fds.
+        defer { activity.withLock { $0.exited = true } }
+        let side: ScriptSide
+        do {
+            side = try ScriptSide(thread: self, libraryPaths: libraryPaths)
+        } catch {
+            send(.command(.failed(app: nil, message: "\(name): cannot start a Lua state: \(error)")))
+            return
+        }
+        side.run()
+    }
+
+    // MARK: supervisor side
+
+    /// Queues a job for the script thread (FIFO: jobs run in the order they were posted).
+    func post(_ job: @escaping Job) {
+        jobs.withLock { $0.append(job) }
+        signalEventFD(jobsFD)
+    }
+
+    /// Messages the thread sent since the last call; call after `messagesFD` became readable.
+    func takeMessages() -> [ScriptMessage] {
+        drainEventFD(messagesFD)
+        return messages.withLock { queue in
+            defer { queue.removeAll() }
+            return queue
+        }
+    }
+
+    var currentActivity: Activity { activity.withLock { $0 } }
+
+    /// The supervisor no longer waits for this thread: it exits after the call it is stuck in, if
+    /// that ever returns, without running anything else.
+    func abandon() {
+        activity.withLock { $0.abandoned = true }
+        jobs.withLock { $0.removeAll() }
+        signalEventFD(jobsFD)
+    }
+
+    // MARK: script side
+
+    func takeJobs() -> [Job] {
+        drainEventFD(jobsFD)
+        return jobs.withLock { queue in
+            defer { queue.removeAll() }
+            return queue
+        }
+    }
+
+    func send(_ message: ScriptMessage) {
+        messages.withLock { $0.append(message) }
+        signalEventFD(messagesFD)
+    }
+
+    var isAbandoned: Bool { activity.withLock { $0.abandoned } }
+
+    /// Marks the start of a Lua call (for the watchdog).
+    func busy(_ label: String) {
+        let now = monotonicMs()
+        activity.withLock { $0.busy = (now, label) }
+    }
+
+    /// Marks its end; returns whether the thread should stop now (abandoned meanwhile).
+    func idle(memory: Int) -> Bool {
+        activity.withLock { a in
+            a.busy = nil
+            a.memory = memory
+            return a.abandoned
+        }
+    }
+}
+
+/// The one snapshot every script thread reads; the supervisor replaces it whole.
+final class ScriptSnapshotBox: Sendable {
+    private let value = Mutex(ScriptSnapshot())
+
+    func publish(_ snapshot: ScriptSnapshot) { value.withLock { $0 = snapshot } }
+
+    var current: ScriptSnapshot { value.withLock { $0 } }
+}

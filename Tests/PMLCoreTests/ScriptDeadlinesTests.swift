@@ -1,0 +1,42 @@
+import PMLCore
+import Testing
+
+@Suite("Script deadlines")
+struct ScriptDeadlinesTests {
+    @Test("a decision waits a little past one call's budget; a call is stuck only past that plus a margin")
+    func timeouts() {
+        let t = ScriptTimeouts(callBudgetMs: 2000)
+        #expect(t.decisionMs == 2500)
+        #expect(t.stuckAfterMs == 3000)
+        #expect(!t.isStuck(busySince: 10_000, now: 12_000), "a call at its budget is not stuck")
+        #expect(!t.isStuck(busySince: 10_000, now: 13_000))
+        #expect(t.isStuck(busySince: 10_000, now: 13_001), "only a C call can run this long")
+        #expect(ScriptTimeouts(callBudgetMs: 0).callBudgetMs == 1, "a budget is at least 1 ms")
+    }
+
+    @Test("an answer is taken once; an expired or dropped request cannot be answered any more")
+    func answers() {
+        var p = PendingAnswers<String, String>()
+        let a = p.add(deadline: 100, owner: "web", "a")
+        let b = p.add(deadline: 50, owner: "api", "b")
+        #expect(a != b)
+        #expect(p.nextDeadline == 50)
+        #expect(p.answer(a) == "a")
+        #expect(p.answer(a) == nil, "answered twice")
+        #expect(p.expire(now: 49).isEmpty)
+        #expect(p.expire(now: 50) == ["b"])
+        #expect(p.answer(b) == nil, "a late answer finds nothing: the default already applied")
+        #expect(p.nextDeadline == nil && p.count == 0)
+    }
+
+    @Test("expiry and dropping come oldest first and touch only what is due or owned")
+    func order() {
+        var p = PendingAnswers<Int, String>()
+        let ids = (0..<5).map { i in p.add(deadline: 100 - i, owner: i % 2 == 0 ? "even" : "odd", i) }
+        #expect(p.waits(on: "odd"))
+        #expect(p.drop(owner: "odd") == [1, 3], "in the order they were asked")
+        #expect(!p.waits(on: "odd"))
+        #expect(p.expire(now: 100) == [0, 2, 4], "oldest first, whatever their deadlines")
+        #expect(ids.allSatisfy { p.answer($0) == nil })
+    }
+}
