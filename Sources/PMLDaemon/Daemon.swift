@@ -169,7 +169,9 @@ public enum Daemon {
             if let notifySocket = env["NOTIFY_SOCKET"] {
                 try? UnixSocket.sendDatagram(path: notifySocket, text: "READY=1\nMAINPID=\(keeper.keeperPID)")
             }
+            supervisor.answerHeldRequests()
         }
+        supervisor.holdRequests()
         supervisor.takeOver(handover, predecessor: predecessor) { note in
             keeper.watch(loop: loop) { exit in supervisor.childrenExited(reported: [exit]) }
             guard resurrect, note == nil else { return ready(note) }

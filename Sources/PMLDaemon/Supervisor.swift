@@ -31,6 +31,8 @@ final class Supervisor {
     var pluginWaiters: [() -> Void] = []
     var appPluginFolders: [String] = []
     var nextDecisionID = 1
+    /// Control requests waiting for the start-up take-over to finish (nil: answered at once).
+    var heldRequests: [() -> Void]?
     var statePersistScheduled = false
     let startedAt = monotonicMs()
     /// The keeper that holds what must outlive this daemon (nil for `pml run`).

@@ -7,6 +7,7 @@ import PMLPosix
 extension Supervisor {
     /// Answers one control request; `respond` is called exactly once, maybe later (stop waits for exits).
     func handle(_ request: ControlRequest, respond answer: @escaping (ControlResponse) -> Void) {
+        if heldRequests != nil { return heldRequests!.append { [unowned self] in self.handle(request, respond: answer) } }
         // What a command changed is on disk before the client hears it is done: a daemon killed
         // right after `pml start` returns still leaves that app to be taken up.
         let changesApps: Set<ControlCommand> = [.start, .stop, .restart, .delete, .scale, .reload, .resurrect]
@@ -150,6 +151,18 @@ extension Supervisor {
                 self.loop.schedule(after: 0) { self.loop.stop() }
             }
         }
+    }
+
+    /// Holds control requests until `answerHeldRequests` (while a successor takes the apps over:
+    /// its first answer, `pml update`'s included, shows them all).
+    func holdRequests() {
+        if heldRequests == nil { heldRequests = [] }
+    }
+
+    func answerHeldRequests() {
+        let held = heldRequests ?? []
+        heldRequests = nil
+        held.forEach { $0() }
     }
 
     /// Reloads apps one after another; the first failure ends the command.
