@@ -300,14 +300,15 @@ final class ConnectionRouter {
 
     /// Hands waiting connections to workers that can take them, oldest first.
     func drain() {
+        guard pendingCount > 0 else { return resumeIfRoom() }
         for (id, queue) in pending where !queue.isEmpty {
             guard let listener = listeners[id] else { continue }
-            var remaining = queue[...]
-            while let first = remaining.first, handOut(first.fd, listener) {
-                remaining.removeFirst()
-                pendingCount -= 1
-            }
-            pending[id] = Array(remaining)
+            var handed = 0
+            while handed < queue.count, handOut(queue[handed].fd, listener) { handed += 1 }
+            guard handed > 0 else { continue }
+            // In place: no new array per drain (it runs after every ACK).
+            pending[id]!.removeFirst(handed)
+            pendingCount -= handed
         }
         for id in starved where dispatcher.hasFreeWorker(for: id) && pending[id, default: []].isEmpty {
             starved.remove(id)

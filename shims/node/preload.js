@@ -56,6 +56,7 @@
   let releaseTimer = null;
 
   // reuseport: this worker's slot sockets, fd 3 onwards, one per app address (in order).
+  const reusePort = env.PML_DISPATCH === 'reuseport';
   const inherited = [];
   if (env.PML_LISTEN_ADDRESSES && env.LISTEN_PID === String(process.pid)) {
     const keys = env.PML_LISTEN_ADDRESSES.split(',');
@@ -230,8 +231,10 @@
       return origListen.apply(this, args); // Node throws the right ERR_INVALID_ARG_VALUE
     }
 
-    if (cb !== null) this.once('listening', cb);
     const slot = request.path == null ? inheritedFor(request) : null;
+    // reuseport: pml holds sockets for the app's own addresses only; anything else binds for real.
+    if (!slot && reusePort) return origListen.apply(this, args);
+    if (cb !== null) this.once('listening', cb);
     const st = {
       phase: slot ? 'listening' : 'pending', key: slot ? slot.key : null, port: null, host: null, family: null,
       request, sockets: new Set(),
