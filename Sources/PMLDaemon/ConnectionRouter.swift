@@ -300,7 +300,6 @@ final class ConnectionRouter {
 
     /// Hands waiting connections to workers that can take them, oldest first.
     func drain() {
-        guard pendingCount > 0 else { return resumeIfRoom() }
         for (id, queue) in pending where !queue.isEmpty {
             guard let listener = listeners[id] else { continue }
             var handed = 0

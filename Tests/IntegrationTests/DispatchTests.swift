@@ -149,6 +149,45 @@ extension Integration {
             }
         }
 
+        @Test("reuseport: kill -9 of the daemon under load: 0 failed, the same workers serve; the successor holds the slot sockets (a worker killed next has its queue served)")
+        func reusePortDaemonDeath() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.app(box, name: "rp", port: port, instances: 2, dispatch: "reuseport",
+                                        extra: "  restart_delay = 4000,")
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitServing("rp", count: 2))
+                let daemon = try #require(box.daemonPid)
+                let load = ReloadLoad(port: port)
+                load.start(fast: 2, slow: 1)
+                await sleepMs(400)
+                #expect(kill(daemon, SIGKILL) == 0)
+                try await box.waitFor("a successor daemon", timeout: 10, every: 20) {
+                    box.daemonPid.flatMap { $0 != daemon && Proc.alive($0) ? $0 : nil }
+                }
+                let rows = try await box.waitServing("rp", count: 2)
+                #expect(Reload.pids(rows) == pids, "the same workers, adopted: \(rows)")
+                #expect(ListenQueues.sockets(port: port) == 2, "still one socket per slot (none bound twice)")
+
+                // The successor holds the slots too: a worker killed now has its queue served by the other.
+                let victim = rows[1].pid!
+                kill(victim, SIGSTOP)
+                try await box.waitFor("worker \(victim) stopped") { Proc.state(victim) == "T" ? true : nil }
+                let clients = ParallelGets(port: port, count: 12, timeout: 12)
+                try await box.waitFor("connections queued on the stopped worker's socket") { () -> Bool? in
+                    clients.finished + ListenQueues.longestQueue(port: port) >= 12 && ListenQueues.longestQueue(port: port) > 0 ? true : nil
+                }
+                kill(victim, SIGKILL)
+                let killedAt = nowMs()
+                let results = await clients.wait()
+                #expect(nowMs() - killedAt < 3500, "served before the replacement (4 s later)")
+                let samples = await load.stop()
+                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.prefix(3))")
+                #expect(samples.failed.isEmpty, "no request failed across the daemon's death and the worker's: \(samples.summary())")
+            }
+        }
+
         @Test("reuseport, a Python program: LISTEN_FDS=1 with its own SO_REUSEPORT socket (a different one per worker), both serve")
         func reusePortListenFds() async throws {
             try await withSandbox { box in
