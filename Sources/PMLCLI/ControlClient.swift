@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import PMLCore
+import PMLDaemon
 import PMLPosix
 
 /// A failure the CLI reports as one line, `pml: <message>`, with exit status 1.
@@ -43,12 +44,15 @@ struct ControlClient {
 
     /// Whether a daemon answers on the socket now.
     func daemonIsRunning() -> Bool {
+        if Daemon.homeProblem(paths) != nil { return false }
         guard let fd = try? UnixSocket.connect(path: paths.socket) else { return false }
         closeFD(fd)
         return true
     }
 
     private func connect(autostart: Bool) throws(CLIError) -> Int32 {
+        // Before the socket: one in a folder another user controls could be anybody's daemon.
+        if let problem = Daemon.homeProblem(paths) { throw CLIError(problem) }
         if let fd = try? UnixSocket.connect(path: paths.socket) { return fd }
         // A keeper is running (its daemon is starting): wait for it rather than start another.
         let deadline = monotonicMs() + 10_000

@@ -49,7 +49,7 @@ public struct PML: ParsableCommand {
 
 /// Shared by every command that talks to the daemon.
 struct DaemonOptions: ParsableArguments {
-    var paths: PMLPaths { PMLPaths.fromEnvironment(processEnvironment()) }
+    var paths: PMLPaths { Daemon.paths(environment: processEnvironment()) }
     var client: ControlClient { ControlClient(paths: paths) }
 
     /// Sends a request and prints the process table the daemon answers with.

@@ -36,6 +36,7 @@ struct SupervisorSetup {
             return h
         }
         let logger = Logger(label: "pml")
+        if let problem = Daemon.homeProblem(paths) { throw Failure(description: problem) }
         do {
             try makeDirectories(paths.home, mode: 0o700)
         } catch {
@@ -80,6 +81,19 @@ public enum Daemon {
             }
         }
         return nil
+    }
+
+    /// PML_HOME as the environment names it, else the user's home (see PMLPaths.fromEnvironment).
+    public static func paths(environment: [String: String]) -> PMLPaths {
+        PMLPaths.fromEnvironment(environment, accountHome: accountHomeDirectory())
+    }
+
+    /// Why pml must not use `paths.home` (see PMLPaths.homeProblem), or nil.
+    public static func homeProblem(_ paths: PMLPaths) -> String? {
+        var info = stat()
+        let exists = !paths.home.isEmpty && stat(paths.home, &info) == 0
+        return PMLPaths.homeProblem(paths.home, exists: exists, isDirectory: info.st_mode & S_IFMT == S_IFDIR,
+                                    owner: info.st_uid, mode: info.st_mode, user: geteuid())
     }
 
     /// Runs the daemon in this process (started by its keeper, `Keeper.run`) until `pml kill`,

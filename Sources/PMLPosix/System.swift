@@ -148,6 +148,15 @@ public func realPath(_ path: String) -> String? {
 }
 
 /// The environment of this process as a dictionary.
+/// The home folder of this process's user in the passwd database (for when HOME is unset).
+public func accountHomeDirectory() -> String? {
+    var entry = passwd()
+    var result: UnsafeMutablePointer<passwd>?
+    var buffer = [CChar](repeating: 0, count: 16384)
+    guard getpwuid_r(geteuid(), &entry, &buffer, buffer.count, &result) == 0, result != nil, let dir = entry.pw_dir else { return nil }
+    return String(cString: dir)
+}
+
 public func processEnvironment() -> [String: String] {
     var env: [String: String] = [:]
     var p = environ

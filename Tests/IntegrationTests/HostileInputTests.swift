@@ -234,6 +234,49 @@ extension Integration {
             }
         }
 
+        // MARK: PML_HOME
+
+        @Test("a PML_HOME writable by others, or another user's, is refused with one line and left untouched")
+        func unsafeHome() async throws {
+            try await withSandbox { box in
+                let open = box.work + "/open-home"
+                #expect(mkdir(open, 0o777) == 0 && chmod(open, 0o777) == 0)
+                let r = try await box.pml(["ls"], env: ["PML_HOME": open])
+                r.expectCleanFailure(mentioning: ["\(open) (PML_HOME) is writable by other users (mode 777)"])
+                #expect(!FileManager.default.fileExists(atPath: open + "/pml.sock"), "no daemon started there")
+
+                // Another user's folder: a folder given to nobody (as root), else one of root's.
+                var theirs = "/usr/share"
+                if geteuid() == 0 {
+                    theirs = box.work + "/their-home"
+                    #expect(mkdir(theirs, 0o700) == 0 && chown(theirs, 65534, 65534) == 0)
+                }
+                let other = try await box.pml(["ping"], env: ["PML_HOME": theirs])
+                other.expectCleanFailure(mentioning: ["\(theirs) (PML_HOME) belongs to another user"])
+                let run = try await box.pml(["run", "--name", "x", "--", "true"], env: ["PML_HOME": theirs])
+                run.expectCleanFailure(mentioning: ["belongs to another user"])
+                #expect(!FileManager.default.fileExists(atPath: theirs + "/pml.sock"))
+            }
+        }
+
+        @Test("with HOME unset, PML_HOME defaults to the passwd entry's home, never /tmp/.pml")
+        func homeFromPasswd() async throws {
+            let binary = try PMLBinary.require()
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = ["logs", "no-such-app-\(getpid())", "--nostream"]
+            p.environment = ProcessInfo.processInfo.environment.filter { $0.key != "HOME" && $0.key != "PML_HOME" }
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            let account = try #require(getpwuid(geteuid())?.pointee.pw_dir.map { String(cString: $0) })
+            #expect(text.contains("\(account)/.pml/logs"), "\(text)")
+            #expect(!text.contains("/tmp/.pml"), "\(text)")
+        }
+
         /// CPU use of `pid` over `ms`, in % of one core.
         static func cpuPercent(of pid: Int32, overMs ms: Int) -> Double {
             func ticks() -> Double {

@@ -49,7 +49,33 @@ import Testing
     }
 
     @Test func pathsFollowPMLHome() {
-        #expect(PMLPaths.fromEnvironment(["PML_HOME": "/x"]).socket == "/x/pml.sock")
-        #expect(PMLPaths.fromEnvironment(["HOME": "/home/u"]).errLog("web") == "/home/u/.pml/logs/web-err.log")
+        #expect(PMLPaths.fromEnvironment(["PML_HOME": "/x"], accountHome: "/a").socket == "/x/pml.sock")
+        #expect(PMLPaths.fromEnvironment(["HOME": "/home/u"], accountHome: "/a").errLog("web") == "/home/u/.pml/logs/web-err.log")
+    }
+}
+
+@Suite struct HomeTests {
+    @Test func homeComesFromPMLHomeThenHomeThenTheAccount() {
+        #expect(PMLPaths.fromEnvironment(["PML_HOME": "/x", "HOME": "/h"], accountHome: "/a").home == "/x")
+        #expect(PMLPaths.fromEnvironment(["PML_HOME": "", "HOME": "/h"], accountHome: "/a").home == "/h/.pml")
+        #expect(PMLPaths.fromEnvironment(["HOME": ""], accountHome: "/a").home == "/a/.pml")
+        // Never a shared /tmp/.pml.
+        #expect(PMLPaths.fromEnvironment([:], accountHome: "/home/u").home == "/home/u/.pml")
+        #expect(PMLPaths.fromEnvironment([:], accountHome: nil).home == "")
+    }
+
+    @Test func aHomeMustBeThisUsersPrivateFolder() {
+        func problem(exists: Bool = true, dir: Bool = true, owner: UInt32 = 1000, mode: UInt32 = 0o40700, home: String = "/h") -> String? {
+            PMLPaths.homeProblem(home, exists: exists, isDirectory: dir, owner: owner, mode: mode, user: 1000)
+        }
+        #expect(problem() == nil)
+        #expect(problem(mode: 0o40755) == nil)
+        #expect(problem(exists: false) == nil)
+        #expect(problem(home: "") == "no home folder is known for this user: set PML_HOME (or HOME)")
+        #expect(problem(dir: false) == "/h (PML_HOME) is not a folder")
+        #expect(problem(owner: 0) == "/h (PML_HOME) belongs to another user (uid 0); use a folder of your own")
+        #expect(problem(mode: 0o40770) == "/h (PML_HOME) is writable by other users (mode 770); chmod 700 it")
+        #expect(problem(mode: 0o41777) == "/h (PML_HOME) is writable by other users (mode 777); chmod 700 it")
+        #expect(problem(mode: 0o40702) != nil)
     }
 }
