@@ -254,8 +254,13 @@ extension Supervisor {
         }
     }
 
+    /// The most sockets pml binds for an app without `listen` on its workers' requests.
+    static let maxRequestedListeners = 16
+
     /// `server.listen()` in a Node worker, through pml's preload: bind the address for the app
-    /// (once) and put the worker in rotation for it.
+    /// (once) and put the worker in rotation for it. Only what the app declares in `listen`, or,
+    /// for a Node app without `listen`, TCP ports (at most maxRequestedListeners): refusals are
+    /// answered on the channel and logged.
     private func listenRequest(_ w: Worker, _ msg: ScriptValue) {
         let app = w.app
         let id = msg["id"] ?? .null
@@ -268,19 +273,37 @@ extension Supervisor {
             t["id"] = id
             w.ipc?.send(.object(t))
         }
+        func refuse(_ code: String, _ why: String) {
+            w.listenRefusals += 1
+            if [1, 10, 100].contains(w.listenRefusals) {
+                let nth = w.listenRefusals == 1 ? "" : " (\(w.listenRefusals) refusals)"
+                logger.warning("\(app.spec.name) worker \(w.id): listen refused: \(why)\(nth)")
+                app.logs.note("worker \(w.id): listen refused: \(why)\(nth)")
+            }
+            reply(["ok": .bool(false), "code": .string(code), "error": .string("\(code): \(why)")])
+        }
         var listener = app.listeners.first { $0.matches(host: host, port: port, path: path) }
-        if listener == nil && app.spec.dispatch == .reusePort {
-            // Only the app's own addresses have slot sockets; the preload binds anything else itself.
-            return reply(["ok": .bool(false), "code": .string("EADDRNOTAVAIL"),
-                          "error": .string("EADDRNOTAVAIL: not one of the app's listen addresses")])
+        if listener == nil && (app.spec.dispatch == .reusePort || !app.spec.listen.isEmpty) {
+            // An app that declares its addresses gets those (a reuseport one has slot sockets for
+            // nothing else; the preload binds anything else itself).
+            return refuse("EADDRNOTAVAIL", "not one of the app's listen addresses")
         }
         if listener == nil {
+            // An app without `listen`: a Node worker whose preload asks for a TCP port, no more.
+            // A unix path could be any file of this user's, pml's own control socket included.
             let address: ListenAddress
-            if let path { address = .unix(path: path) } else if let port, (0...65535).contains(port) {
+            if path != nil {
+                return refuse("EACCES", "pml binds a unix socket only when the app declares it in listen")
+            } else if !app.usesNodeShim {
+                return refuse("EADDRNOTAVAIL", "pml listens only on what the app declares in listen")
+            } else if let port, (0...65535).contains(port) {
                 let anyHost = host == nil || host == "::" || host == "0.0.0.0"
                 address = .tcp(host: anyHost ? nil : host, port: port)
             } else {
-                return reply(["ok": .bool(false), "code": .string("EINVAL"), "error": .string("EINVAL: listen needs a port or a path")])
+                return refuse("EINVAL", "listen needs a port")
+            }
+            if app.listeners.count >= Self.maxRequestedListeners {
+                return refuse("EMFILE", "the app already has \(Self.maxRequestedListeners) listening sockets")
             }
             do {
                 let l = try AppListener.bind(id: nextListenerID, address: address, forSharing: false)
@@ -292,7 +315,7 @@ extension Supervisor {
                 logger.info("\(app.spec.name): listening on \(l.address.description) for its workers")
             } catch {
                 let code = error.errno == EADDRINUSE ? "EADDRINUSE" : error.errno == EACCES ? "EACCES" : "EADDRNOTAVAIL"
-                return reply(["ok": .bool(false), "code": .string(code), "error": .string("\(code): \(error)")])
+                return refuse(code, "\(error)")
             }
         }
         guard let l = listener else { return }

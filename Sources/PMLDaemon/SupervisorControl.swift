@@ -359,6 +359,14 @@ extension Supervisor {
         })
     }
 
+    /// Whether `path` is in PML_HOME (through symbolic links too): no app may bind a socket there.
+    func isInsideHome(_ path: String) -> Bool {
+        guard let home = realPath(paths.home) else { return false }
+        let slash = path.lastIndex(of: "/") ?? path.startIndex
+        let folder = realPath(slash == path.startIndex ? "/" : String(path[..<slash])) ?? String(path[..<slash])
+        return folder == home || folder.hasPrefix(home + "/")
+    }
+
     /// Starts what an evaluated app file (or the command line, when `loaded` is nil) declares.
     private func start(_ args: StartArguments, loaded: LoadedAppFile?) -> ControlResponse {
         var value: ScriptValue
@@ -406,6 +414,10 @@ extension Supervisor {
             }
         }
         for spec in specs {
+            for case .unix(let path) in spec.listen where isInsideHome(path) {
+                releaseAll()
+                return .failure("cannot start \(spec.name): unix:\(path) is inside PML_HOME (\(paths.home)), which holds pml's own socket")
+            }
             do {
                 _ = try workerAccount(spec)
             } catch {

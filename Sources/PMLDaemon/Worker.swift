@@ -38,6 +38,8 @@ final class Worker {
     var metrics: [String: Double] = [:]
     /// Listeners a Node worker asked for through the preload; it serves them once ready.
     var requestedListeners: Set<Int> = []
+    /// pml:listen requests refused so far (the 1st, 10th and 100th are logged).
+    var listenRefusals = 0
     /// reuseport, through the preload: it listens on its inherited slot socket.
     var listensOnSlot = false
     /// Messages from the worker in the current one-second window (flood control).

@@ -234,6 +234,131 @@ extension Integration {
             }
         }
 
+        // MARK: pml:listen
+
+        /// A worker that sends each request of FX_REQUESTS (a JSON list) as a pml:listen line and
+        /// writes every reply it gets to FX_REPLIES, one per line.
+        static let listenClient = #"""
+            import json, os, socket, sys, time
+            ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+            requests = json.loads(os.environ["FX_REQUESTS"])
+            for i, r in enumerate(requests):
+                r.update({"type": "pml:listen", "id": i})
+                ipc.sendall((json.dumps(r) + "\n").encode())
+            buf, got = b"", 0
+            with open(os.environ["FX_REPLIES"], "a") as out:
+                while got < len(requests):
+                    chunk = ipc.recv(65536)
+                    if not chunk: break
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if b"NODE_PML_LISTEN_REPLY" in line:
+                            out.write(line.decode() + "\n"); out.flush(); got += 1
+            time.sleep(1000)
+            """#
+
+        static func replies(_ box: Sandbox, _ file: String, count: Int) async throws -> [[String: Any]] {
+            try await box.waitFor("\(count) listen replies", timeout: 10) {
+                let lines = box.lines(file)
+                return lines.count >= count ? lines.compactMap { Daemon.json($0) } : nil
+            }
+        }
+
+        @Test("pml:listen: no unix path unless declared (never PML_HOME's socket), only declared addresses, refusals answered")
+        func listenRequests() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let script = try box.write("listen.py", Self.listenClient)
+                let port = try Net.freePort(), other = try Net.freePort()
+                let requests = #"[{"path": "\#(box.socketPath)"}, {"path": "\#(box.work)/any.sock"}, {"port": \#(other)}, {"port": \#(port)}]"#
+                let file = try box.write("listen.lua", """
+                    return {
+                      { name = "bare", cmd = { "python3", \(lua(script)) },
+                        env = { FX_REQUESTS = \(lua(requests)), FX_REPLIES = \(lua(box.work + "/bare.replies")) } },
+                      { name = "declared", cmd = { "python3", \(lua(script)) }, listen = \(port),
+                        env = { FX_REQUESTS = \(lua(requests)), FX_REPLIES = \(lua(box.work + "/declared.replies")) } },
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let bare = try await Self.replies(box, box.work + "/bare.replies", count: 4)
+                #expect(bare.map { $0["code"] as? String } == ["EACCES", "EACCES", "EADDRNOTAVAIL", "EADDRNOTAVAIL"], "\(bare)")
+                let declared = try await Self.replies(box, box.work + "/declared.replies", count: 4)
+                #expect(declared.map { $0["ok"] as? Bool } == [false, false, false, true], "\(declared)")
+                // The control socket is still the daemon's, and nothing was bound elsewhere.
+                var st = stat()
+                #expect(lstat(box.socketPath, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK)
+                #expect(!FileManager.default.fileExists(atPath: box.work + "/any.sock"))
+                #expect(box.read(box.daemonLog).contains("listen refused: pml binds a unix socket only when the app declares it"))
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        @Test("an app may not declare a unix socket inside PML_HOME")
+        func declaredSocketInHome() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let file = try box.write("home.lua", "return { name = 'h', cmd = 'sleep 1000', listen = \(lua("unix:" + box.socketPath)) }")
+                let r = try await box.pml("start", file)
+                r.expectCleanFailure(mentioning: ["is inside PML_HOME"])
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        @Test("300 pml:listen requests from a Node worker hold at most 16 sockets")
+        func listenFlood() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let base = try Net.freePort()
+                let script = try box.write("flood.js", """
+                    for (let i = 0; i < 300; i++) process.send({ type: "pml:listen", id: i, port: \(base) + i });
+                    setInterval(() => {}, 1000);
+                    """)
+                let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(before.daemon)/fd").count) ?? -1 }
+                let fdsBefore = fds()
+                try await box.pmlOK("start", "--name", "flood", "--", "node", script)
+                try await box.waitFor("the refusals logged", timeout: 15) {
+                    box.read(box.daemonLog).contains("already has 16 listening sockets (100 refusals)") ? true : nil
+                }
+                // The worker's own pipes and channel, and at most 16 listening sockets.
+                #expect(fds() - fdsBefore <= 16 + 8, "the daemon holds \(fds() - fdsBefore) more fds")
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
+        // MARK: Timers of refused starts
+
+        @Test("a timer started at the top level of an app file never runs when the start is refused")
+        func timersOfRefusedStarts() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                func timer(_ mark: String) -> String {
+                    "pml.after(200, function() local f = io.open(\(lua(box.work + "/" + mark)), 'w'); f:write('ran'); f:close() end)"
+                }
+                let refused: [(name: String, text: String)] = [
+                    ("badkey", timer("badkey") + "\nreturn { name = 'badkey', cmd = 'sleep 1000', instances = -1 }"),
+                    ("raises", timer("raises") + "\nerror('refused after the timer')"),
+                    ("homesock", timer("homesock") + "\nreturn { name = 'homesock', cmd = 'sleep 1000', listen = \(lua("unix:" + box.socketPath)) }"),
+                    ("nouser", timer("nouser") + "\nreturn { name = 'nouser', cmd = 'sleep 1000', uid = 'no-such-user-pml' }"),
+                    ("taken", timer("taken") + "\nreturn { name = 'bystander', cmd = 'sleep 1000' }"),
+                ]
+                for c in refused {
+                    let start = try await box.pml("start", try box.write(c.name + ".lua", c.text))
+                    start.expectCleanFailure()
+                }
+                // The same timer in a file that starts does run: the refused ones had their chance.
+                try await box.pmlOK("start", try box.write("fine.lua", timer("fine") + "\nreturn { name = 'fine', cmd = 'sleep 1000' }"))
+                try await box.waitFor("the accepted file's timer", timeout: 10) {
+                    FileManager.default.fileExists(atPath: box.work + "/fine") ? true : nil
+                }
+                await sleepMs(300)
+                for c in refused {
+                    #expect(!FileManager.default.fileExists(atPath: box.work + "/" + c.name), "\(c.name)'s timer ran")
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
         // MARK: PML_HOME
 
         @Test("a PML_HOME writable by others, or another user's, is refused with one line and left untouched")
