@@ -141,7 +141,7 @@ extension Integration {
                     start.expectCleanFailure(mentioning: ["ms must be an integer from 1 to 86400000"])
                 }
                 let bad: [(key: String, value: String)] = [
-                    ("instances", "math.maxinteger"), ("instances", "1e300"), ("instances", "0/0"), ("instances", "-1"),
+                    ("instances", "math.maxinteger"), ("instances", "1e300"), ("instances", "0/0"), ("instances", "0"), ("instances", "-2000"),
                     ("kill_timeout", "math.huge"), ("ready_timeout", "-1"), ("min_uptime", "1e300"),
                     ("max_restarts", "math.mininteger"), ("listen", "70000"), ("listen", "-1"), ("listen", "math.maxinteger"),
                     ("autoscale", "{ max = 2, every = math.maxinteger, rule = function() end }"),
@@ -336,7 +336,7 @@ extension Integration {
                     "pml.after(200, function() local f = io.open(\(lua(box.work + "/" + mark)), 'w'); f:write('ran'); f:close() end)"
                 }
                 let refused: [(name: String, text: String)] = [
-                    ("badkey", timer("badkey") + "\nreturn { name = 'badkey', cmd = 'sleep 1000', instances = -1 }"),
+                    ("badkey", timer("badkey") + "\nreturn { name = 'badkey', cmd = 'sleep 1000', instances = 0 }"),
                     ("raises", timer("raises") + "\nerror('refused after the timer')"),
                     ("homesock", timer("homesock") + "\nreturn { name = 'homesock', cmd = 'sleep 1000', listen = \(lua("unix:" + box.socketPath)) }"),
                     ("nouser", timer("nouser") + "\nreturn { name = 'nouser', cmd = 'sleep 1000', uid = 'no-such-user-pml' }"),
