@@ -6,7 +6,7 @@ import Testing
         (ScriptValue.int(5), 5), (.double(5), 5), (.int(1), 1), (.int(10), 10),
         (.int(0), nil), (.int(11), nil), (.double(5.5), nil), (.double(.nan), nil), (.double(.infinity), nil),
         (.double(-.infinity), nil), (.double(1e300), nil), (.double(-1e300), nil), (.int(.max), nil), (.int(.min), nil),
-        (.double(9_223_372_036_854_775_807), nil), (.string("5"), nil), (.bool(true), nil), (.null, nil),
+        (.double(0x1p63), nil), (.string("5"), nil), (.bool(true), nil), (.null, nil),
         (.double(-0.0), nil), (.double(.ulpOfOne), nil),
     ] as [(ScriptValue, Int?)])
     func integerFromAScriptValue(_ value: ScriptValue, _ expected: Int?) {
