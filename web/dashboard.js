@@ -396,6 +396,7 @@ function followLogs(app) {
   source.onopen = () => box.replaceChildren(el("div", { class: "note" }, "following " + app + "'s logs"));
   source.addEventListener("out", add("out"));
   source.addEventListener("err", add("err"));
+  source.addEventListener("note", add("note"));
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) box.append(el("div", { class: "note" }, "log stream closed"));
   };

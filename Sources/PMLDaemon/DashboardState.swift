@@ -200,6 +200,16 @@ final class LogTail {
                 files[i].offset = 0
                 files[i].partial = []
             }
+            // A worker writing faster than a page can follow: skip to the newest lines rather than
+            // fall further and further behind.
+            let behind = Int(st.st_size) - files[i].offset
+            if behind > 4 * Self.maxReadPerTick {
+                files[i].offset = Int(st.st_size) - Self.maxReadPerTick
+                files[i].partial = []
+                files[i].dropFirstLine = true
+                connection.send(ServerSentEvent.frame(event: "note", data: Array("skipped \(behind / 1024) KiB of \(files[i].stream) to keep up".utf8)[...]))
+                if connection.isClosed { return }
+            }
             let available = min(Int(st.st_size) - files[i].offset, Self.maxReadPerTick)
             guard available > 0 else { continue }
             var buf = [UInt8](repeating: 0, count: available)

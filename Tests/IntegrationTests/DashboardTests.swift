@@ -151,6 +151,13 @@ extension Integration {
                     return r.status == 200 ? r : nil
                 }
                 #expect(back.body.contains("pml dashboard"))
+
+                // Only loopback: another address is refused in one line, and nothing is served.
+                try await box.pmlOK("kill")
+                try #"{"dashboard_listen": "0.0.0.0:\#(served.port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                let refused = try await box.pml("dashboard")
+                refused.expectCleanFailure(mentioning: ["must be a loopback address"])
+                #expect(Curl.request(served.base + "/healthz").status == 0, "nothing listens")
             }
         }
 
