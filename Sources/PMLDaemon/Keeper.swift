@@ -19,7 +19,7 @@ public enum Keeper {
     public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool) -> Int32 {
         let signals: SignalReceiver
         do {
-            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2])
             try makeDirectories(paths.home, mode: 0o700)
         } catch {
             return say("cannot start: \(error)", status: 1)
@@ -189,6 +189,9 @@ final class KeeperProcess {
             // Stop as the daemon stops on SIGTERM: every app, then the daemon, then the keeper.
             stopping = true
             if let d = daemon { signalProcess(d.pid, SIGTERM) } else { finish(0) }
+        case SIGUSR2:
+            // PM2's signal to reopen log files: the daemon writes them.
+            if let d = daemon { signalProcess(d.pid, SIGUSR2) }
         default:
             break // SIGHUP: nothing to reload.
         }

@@ -95,10 +95,16 @@ extension Integration {
                 #expect(rename(out, out + ".manual") == 0)
                 kill(try #require(box.daemonPid), SIGUSR2)
                 try await box.waitFor("a new file after SIGUSR2") { box.numbers(out).count > 1000 ? true : nil }
+                // The keeper (keeper.pid) passes SIGUSR2 on to the daemon, and lives on.
+                let keeper = try #require(Int32(box.read(box.home + "/keeper.pid").trimmingCharacters(in: .whitespacesAndNewlines)))
+                #expect(rename(out, out + ".keeper") == 0)
+                kill(keeper, SIGUSR2)
+                try await box.waitFor("a new file after SIGUSR2 to the keeper") { box.numbers(out).count > 1000 ? true : nil }
+                #expect(Proc.alive(keeper))
                 try await box.pmlOK("stop", "rot")
 
                 var seen = Set<Int>()
-                for f in [out + ".1", out + ".manual", out] {
+                for f in [out + ".1", out + ".manual", out + ".keeper", out] {
                     let numbers = box.numbers(f)
                     #expect(numbers.count > 1000, "\(f) holds \(numbers.count) lines")
                     seen.formUnion(numbers)
