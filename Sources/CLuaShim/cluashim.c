@@ -675,6 +675,14 @@ static int pml_trampoline(lua_State *L) {
         integer = check_instances(L, 2, "pml.scale");
         break;
     case PML_OP_METRICS: one = check_app(L, 1, "pml.metrics", &one_len); break;
+    case PML_OP_RELOAD:
+        one = check_app(L, 1, "pml.reload", &one_len);
+        if (!lua_isnoneornil(L, 2)) {
+            if (lua_type(L, 2) != LUA_TTABLE)
+                luaL_error(L, "pml.reload: opts must be a table such as { graceful = true } (got %s)", describe_arg(L, 2));
+            message = check_message_arg(L, 2, "pml.reload");
+        }
+        break;
     case PML_OP_AFTER:
     case PML_OP_EVERY: {
         const char *fn = op == PML_OP_AFTER ? "pml.after" : "pml.every";
@@ -777,10 +785,10 @@ static int setup_body(lua_State *L) {
     // Indexed by pml_op.
     static const char *const names[] = {
         "log", "warn", "apps", "workers", "restart", "spawn", "send", "broadcast", "scale",
-        "metrics", "after", "every", "cancel",
+        "metrics", "after", "every", "cancel", "reload",
     };
     enum { NAMES = sizeof names / sizeof *names };
-    _Static_assert(NAMES == PML_OP_CANCEL + 1, "one name per pml_op");
+    _Static_assert(NAMES == PML_OP_RELOAD + 1, "one name per pml_op");
     lua_createtable(L, 0, NAMES);
     for (int op = 0; op < NAMES; op++) {
         lua_pushinteger(L, op);

@@ -81,3 +81,41 @@ extension AppSpec {
         return nil
     }
 }
+
+/// The options of `pml.reload(app, opts)`: what `pml reload --graceful --parallel N` takes.
+public struct ReloadOptions: Sendable, Equatable {
+    /// Old workers get the graceful message (default "shutdown") before the kill signal.
+    public var graceful = false
+    /// Workers replaced at a time.
+    public var parallel = 1
+
+    public init(graceful: Bool = false, parallel: Int = 1) {
+        self.graceful = graceful
+        self.parallel = parallel
+    }
+
+    /// nil or a table `{ graceful = bool, parallel = n }`; anything else says what is wrong.
+    public static func parse(_ value: ScriptValue) throws(HookResultError) -> ReloadOptions {
+        var options = ReloadOptions()
+        switch value {
+        case .null: return options
+        case .object(let t):
+            for key in t.keys.sorted() where key != "graceful" && key != "parallel" {
+                throw HookResultError("pml.reload: unknown option \"\(key)\" (options are graceful and parallel)")
+            }
+            if let v = t["graceful"] {
+                guard let b = v.boolValue else { throw HookResultError("pml.reload: graceful must be true or false, got \(v.brief)") }
+                options.graceful = b
+            }
+            if let v = t["parallel"] {
+                guard let n = CheckedNumber.integer(v, in: 1...CheckedNumber.maxInstances) else {
+                    throw HookResultError("pml.reload: parallel must be a whole number from 1 to \(CheckedNumber.maxInstances), got \(v.brief)")
+                }
+                options.parallel = n
+            }
+            return options
+        default:
+            throw HookResultError("pml.reload: options must be a table such as { graceful = true, parallel = 2 }, got \(value.typeName)")
+        }
+    }
+}

@@ -173,6 +173,16 @@ final class ScriptSide: LuaHost {
         return nil
     }
 
+    func luaReload(app: String, options: ScriptValue) -> String? {
+        let snapshot = thread.snapshot.current
+        guard snapshot.workers[app] != nil else { return "no app named \"\(app)\"" }
+        let parsed: ReloadOptions
+        do { parsed = try ReloadOptions.parse(options) } catch { return error.description }
+        if snapshot.reloading.contains(app) { return "a reload of \(app) is running" }
+        report(.reload(app: app, options: parsed))
+        return nil
+    }
+
     func luaScale(app: String, instances: Int) -> String? {
         let snapshot = thread.snapshot.current
         guard snapshot.workers[app] != nil else { return "no app named \"\(app)\"" }

@@ -14,6 +14,7 @@ enum ScriptCommand: Sendable {
     case send(worker: Int, message: ScriptValue)
     case broadcast(app: String, message: ScriptValue)
     case scale(app: String, instances: Int)
+    case reload(app: String, options: ReloadOptions)
     case restart(target: String)
     case spawn(argv: [String])
 }

@@ -247,6 +247,11 @@ extension Supervisor {
             guard let app = apps.first(where: { $0.spec.name == name }) else { return }
             if app.reloading { return logger.warning("pml.scale(\(name), \(n)) ignored: a reload of \(name) is running") }
             scale(app, to: n) {}
+        case .reload(let name, let options):
+            guard let app = apps.first(where: { $0.spec.name == name }) else { return }
+            reload(app, graceful: options.graceful, parallel: options.parallel) { [unowned self] result in
+                if case .failure(let e) = result { self.logger.warning("pml.reload(\(name)): \(e.message)") }
+            }
         case .restart(let target):
             act(.restart, targets: [target]) { [unowned self] r in
                 if !r.ok { self.logger.warning("pml.restart(\(target)): \(r.error ?? "failed")") }

@@ -53,6 +53,10 @@ public protocol LuaHost: AnyObject {
     /// pml.metrics(name or app table): the `m` an autoscale rule receives; nil → Lua gets nil,
     /// "no app named …".
     func luaMetrics(app: String) -> ScriptValue?
+    /// pml.reload(name or app table, opts): a rolling reload as `pml reload` does it, started after
+    /// the calling hook returns (`onReload` reports how it went); opts is nil or a JSON-able table
+    /// (see `ReloadOptions`). Returns an error message (raised in Lua at the caller) or nil.
+    func luaReload(app: String, options: ScriptValue) -> String?
 }
 
 /// A Lua function a script handed to `pml.after` or `pml.every`, kept alive in the runtime until
@@ -383,6 +387,9 @@ public final class LuaRuntime {
         case PML_OP_SCALE:
             guard let host else { return answer(out, error: "no supervisor is attached") }
             return answer(out, error: host.luaScale(app: strings[0], instances: Int(request.integer)))
+        case PML_OP_RELOAD:
+            guard let host else { return answer(out, error: "no supervisor is attached") }
+            return answer(out, error: host.luaReload(app: strings[0], options: request.message == 0 ? .null : message(of: request)))
         case PML_OP_METRICS:
             if let metrics = host?.luaMetrics(app: strings[0]) { return answer(out, values: [metrics]) }
             return answer(out, values: [.null, .string("no app named \"\(strings[0])\"")])

@@ -212,5 +212,36 @@ extension Integration {
                 try await box.pml("start", unknown).expectCleanFailure(mentioning: ["ghost", "no user named \"no-such-user-here\""])
             }
         }
+
+        @Test("pml.reload(app, opts) from a hook replaces every worker; onReload reports; bad calls raise at the caller")
+        func luaReload() async throws {
+            try await withSandbox { box in
+                let file = try box.write("lr.lua", """
+                    return {
+                      name = "lr", instances = 2, ready = 100, cmd = { "sleep", "1000" },
+                      onStart = function(app)
+                        pml.after(300, function()
+                          local ok, err = pcall(pml.reload, "nope")
+                          pml.log("BAD1 " .. tostring(err))
+                          ok, err = pcall(pml.reload, app.name, { parallel = 0 })
+                          pml.log("BAD2 " .. tostring(err))
+                          pml.reload(app.name, { parallel = 2 })
+                        end)
+                      end,
+                      onReload = function(app, result) pml.log("RELOADED " .. app.name .. " ok=" .. tostring(result.ok)) end,
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let before = Set(try await box.waitOnline("lr", count: 2).compactMap(\.pid))
+                try await box.waitFor("onReload after pml.reload", timeout: 10) {
+                    box.read(box.daemonLog).contains("RELOADED lr ok=true") ? true : nil
+                }
+                let after = try await box.waitOnline("lr", count: 2)
+                #expect(Set(after.compactMap(\.pid)).isDisjoint(with: before), "every worker replaced: \(before) → \(after)")
+                let log = box.read(box.daemonLog)
+                #expect(log.contains("BAD1 no app named \"nope\""), "\(log.suffix(2000))")
+                #expect(log.contains("BAD2 pml.reload: parallel must be a whole number from 1 to 1024, got 0"), "\(log.suffix(2000))")
+            }
+        }
     }
 }

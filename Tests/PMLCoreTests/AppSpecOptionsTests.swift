@@ -144,3 +144,22 @@ import Testing
         #expect(!ignored("file?.txt", "file10.txt"))
     }
 }
+
+@Suite struct ReloadOptionsTests {
+    @Test func parsesAndRefuses() throws {
+        #expect(try ReloadOptions.parse(.null) == ReloadOptions())
+        #expect(try ReloadOptions.parse(.object(["graceful": .bool(true), "parallel": .int(3)])) == ReloadOptions(graceful: true, parallel: 3))
+        for (bad, why) in [(ScriptValue.object(["paralel": .int(2)]), "unknown option \"paralel\""),
+                           (.object(["parallel": .int(0)]), "parallel must be a whole number from 1 to 1024"),
+                           (.object(["parallel": .double(1.5)]), "parallel must be"),
+                           (.object(["graceful": .string("yes")]), "graceful must be true or false"),
+                           (.string("fast"), "options must be a table")] {
+            do {
+                _ = try ReloadOptions.parse(bad)
+                Issue.record("\(bad) parsed")
+            } catch {
+                #expect(error.description.contains(why), "\(error)")
+            }
+        }
+    }
+}

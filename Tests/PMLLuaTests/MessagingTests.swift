@@ -105,6 +105,31 @@ import Testing
         #expect(runtime.callHook(app: "web", hook: "caught", args: []) == .returned(.string("\(file.path):6: no such thing")))
     }
 
+    @Test func reloadReachesTheHost() throws {
+        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
+        let host = RecordingHost()
+        runtime.host = host
+        try load(runtime, folder, """
+        return {
+          name = "web",
+          onMessage = function(worker, msg)
+            pml.reload(worker.app)
+            pml.reload({ name = "api" }, { graceful = true, parallel = 2 })
+            local ok, err = pcall(pml.reload, "web", 3)
+            local ok2, err2 = pcall(pml.reload)
+            return err .. " | " .. err2
+          end,
+        }
+        """)
+        let worker: ScriptValue = .object(["id": .int(3), "app": .string("web")])
+        let answer = runtime.callHook(app: "web", hook: "onMessage", args: [worker, .string("go")])
+        #expect(host.reloaded == [.init(app: "web", options: .null),
+                                  .init(app: "api", options: .object(["graceful": .bool(true), "parallel": .int(2)]))])
+        guard case .returned(.string(let errors)) = answer else { Issue.record("\(answer)"); return }
+        #expect(errors.contains("pml.reload: opts must be a table such as { graceful = true } (got 3)"), "\(errors)")
+        #expect(errors.contains("pml.reload: app must be an app name or an app table (got no value)"), "\(errors)")
+    }
+
     @Test func badArgumentsRaiseClearErrors() throws {
         let cases: [(lua: String, error: String)] = [
             ("pml.send()", "pml.send: worker must be a worker table or a worker id (got no value)"),

@@ -127,6 +127,16 @@ class RecordingHost: LuaHost {
         scaled.append(Scale(app: app, instances: instances))
         return nil
     }
+    struct Reload: Equatable {
+        var app: String
+        var options: ScriptValue
+    }
+    var reloaded: [Reload] = []
+    func luaReload(app: String, options: ScriptValue) -> String? {
+        if let messagingError { return messagingError }
+        reloaded.append(Reload(app: app, options: options))
+        return nil
+    }
     /// Timer ids start at 100, so a test can tell them from other small integers.
     func luaSchedule(afterMs: Int, repeating: Bool, callback: LuaCallback) -> Int {
         timers.append(Timer(id: 100 + timers.count, afterMs: afterMs, repeating: repeating, callback: callback))

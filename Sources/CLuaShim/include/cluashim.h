@@ -25,7 +25,7 @@ enum {
 typedef enum pml_op {
     PML_OP_LOG = 0, PML_OP_WARN, PML_OP_APPS, PML_OP_WORKERS, PML_OP_RESTART, PML_OP_SPAWN,
     PML_OP_SEND, PML_OP_BROADCAST, PML_OP_SCALE, PML_OP_METRICS, PML_OP_AFTER, PML_OP_EVERY,
-    PML_OP_CANCEL,
+    PML_OP_CANCEL, PML_OP_RELOAD,
 } pml_op;
 
 // The longest delay of pml.after / pml.every: one day, as CheckedNumber.maxDelayMs.
@@ -51,7 +51,7 @@ typedef struct pml_request {
     // AFTER/EVERY: a registry reference to the callback, made by C. Swift owns it once the dispatch
     // succeeds (and releases it with pml_unref); when the dispatch answers an error, C drops it.
     int ref;
-    // SEND/BROADCAST: the message, checked JSON-able, at stack index `message` of `thread` (the
+    // SEND/BROADCAST: the message (RELOAD: its options table, or 0 when none), checked JSON-able, at stack index `message` of `thread` (the
     // calling coroutine, not necessarily the main thread). Swift reads it with non-raising calls.
     lua_State *thread;
     int message;
