@@ -72,6 +72,8 @@ public enum Daemon {
     /// The folder holding `lua/` and `shims/`: the checkout the binary was built in (walking up
     /// from its real path), or `<prefix>/share/pml` for an installed binary.
     static func resourceRoot() -> String? {
+        // A daemon its keeper started from the keeper's own (maybe since replaced) binary is told.
+        if let given = processEnvironment()["PML_RESOURCE_ROOT"], pathExists(given + "/lua/pml/policy.lua") { return given }
         guard let exe = realPath("/proc/self/exe") else { return nil }
         var dir = exe
         while let slash = dir.lastIndex(of: "/"), slash != dir.startIndex {

@@ -73,6 +73,8 @@ final class KeeperProcess {
     private var sentinel: (pid: Int32, pipe: Int32)?
     /// Daemons started so far.
     private var generation = 0
+    /// Where `lua/` and `shims/` were when the keeper started (for a daemon run from its own binary).
+    private let resourceRoot = Daemon.resourceRoot()
     private var stopping = false
     /// Set when the keeper is done; `run` returns it.
     private(set) var status: Int32?
@@ -87,9 +89,13 @@ final class KeeperProcess {
         self.resurrect = resurrect
     }
 
-    /// Starts `pml daemon-supervisor`; the first gets the ready pipe and --resurrect.
-    func startDaemon(predecessor: Predecessor?) {
-        guard let exe = installedExecutablePath() else { return giveUp("cannot find the pml binary to start a daemon") }
+    /// Starts `pml daemon-supervisor`; the first gets the ready pipe and --resurrect. From the
+    /// installed binary, unless `ownBinary`: then from the keeper's own (the one it runs, even if
+    /// replaced on disk since), for when a daemon from the installed binary could not start.
+    func startDaemon(predecessor: Predecessor?, ownBinary: Bool = false) {
+        guard let exe = ownBinary ? "/proc/self/exe" : installedExecutablePath() else {
+            return giveUp("cannot find the pml binary to start a daemon")
+        }
         let link: (Int32, Int32)
         do {
             link = try RecordSocket.pair()
@@ -107,6 +113,7 @@ final class KeeperProcess {
         env["PML_KEEPER_PID"] = String(getpid())
         env["PML_READY_FD"] = readyFD >= 0 ? "4" : nil
         env["PML_PREDECESSOR"] = predecessor?.encoded
+        env["PML_RESOURCE_ROOT"] = ownBinary ? resourceRoot : nil
         var fds: [(source: Int32, target: Int32)] = [(devNull, 0), (1, 1), (2, 2), (link.1, 3)]
         if readyFD >= 0 { fds.append((readyFD, 4)) }
         let argv = [exe, "daemon-supervisor"] + (resurrect && predecessor == nil ? ["--resurrect"] : [])
@@ -229,12 +236,14 @@ final class KeeperProcess {
             // A first daemon that never came up failed to start: its own last line says why.
             if !up && generation == 1 { return finish(1) }
             deaths = deaths.filter { now - $0 < Keeper.crashWindowMs } + [now]
-            Keeper.say("the daemon (pid \(d.pid)) \(how); starting a successor")
+            // One that died before it served could not even start (a broken binary installed for
+            // `pml update`?): its successor runs the keeper's own binary, which is known to work.
+            Keeper.say("the daemon (pid \(d.pid)) \(how)" + (up ? "; starting a successor" : " before it served; starting a successor from the keeper's own binary"))
             if deaths.count >= Keeper.crashLimit {
                 return giveUp("the daemon died \(deaths.count) times within \(Keeper.crashWindowMs / 1000) s")
             }
         }
-        startDaemon(predecessor: Predecessor(pid: d.pid, endedAtMs: wallClockMs(), updated: ending == .update))
+        startDaemon(predecessor: Predecessor(pid: d.pid, endedAtMs: wallClockMs(), updated: ending == .update), ownBinary: !up)
     }
 
     /// Nothing can supervise the workers any more: they are stopped (killed), and the keeper exits.

@@ -44,6 +44,24 @@ private enum Keeping {
         try JSONDecoder().decode([Row].self, from: Data(json.utf8)).filter { $0.name == app }.sorted { $0.instance < $1.instance }
     }
 
+    /// Runs `executable args…` to completion with PML_HOME (and `env`) set; its status.
+    static func run(_ box: Sandbox, _ executable: String, _ args: [String], env: [String: String]) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        var all = ProcessInfo.processInfo.environment
+        all["PML_HOME"] = box.home
+        for (k, v) in env { all[k] = v }
+        p.environment = all
+        p.currentDirectoryURL = URL(fileURLWithPath: box.work)
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
     /// True if something accepts TCP connections on 127.0.0.1:port.
     static func connects(_ port: Int) -> Bool {
         if case .failure(let f) = HTTP.get(.local(port), timeout: 1), f.description.contains("connect") { return false }
@@ -184,6 +202,34 @@ extension Integration {
                 #expect(after[1].pid == pids[1], "worker 1 kept through both hand-overs: \(after)")
                 let got = Set(samples.suffix(40).compactMap(\.pid))
                 #expect(got.isSubset(of: Set(after.compactMap(\.pid))) && !got.isEmpty, "served by the current workers at the end: \(samples.summary())")
+            }
+        }
+
+        @Test("pml update to a broken binary: the successor that cannot start is replaced by one from the keeper's own binary; the workers stay")
+        func updateToBrokenBinary() async throws {
+            try await withSandbox { box in
+                // pml runs from a copy that is then replaced by a program that fails at once.
+                let bin = box.root + "/bin"
+                try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(atPath: box.binary, toPath: bin + "/pml")
+                let env = ["PML_LUA_PATH": PMLBinary.packageRoot.appendingPathComponent("lua").path]
+                #expect(Keeping.run(box, bin + "/pml", ["start", "--name", "s", "-i", "2", "--", "sleep", "2351"], env: env) == 0)
+                let before = try await box.waitOnline("s", count: 2)
+                let daemon = try #require(box.daemonPid)
+                try "#!/bin/sh\necho broken >&2\nexit 3\n".write(toFile: bin + "/pml.new", atomically: false, encoding: .utf8)
+                chmod(bin + "/pml.new", 0o755)
+                #expect(rename(bin + "/pml.new", bin + "/pml") == 0)
+
+                let u = try await box.pml("update")
+                #expect(u.ok, "\(u)")
+                let successor = try #require(box.daemonPid)
+                #expect(successor != daemon && Proc.alive(successor), "\(u)")
+                let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(successor)/exe")) ?? ""
+                #expect(exe.hasSuffix("(deleted)"), "the successor runs the keeper's own (replaced) binary: \(exe)")
+                #expect(box.read(box.daemonLog).contains("before it served; starting a successor from the keeper's own binary"),
+                        "\(box.read(box.daemonLog).suffix(1200))")
+                let after = try await box.waitOnline("s", count: 2)
+                #expect(after.map(\.pid) == before.map(\.pid), "\(after) vs \(before)")
             }
         }
 
