@@ -230,7 +230,7 @@ final class Supervisor {
         callHook(app, "onSpawn", [w.scriptValue], worker: w)
         awaitReadiness(w)
         // A successor must know this process even if the daemon dies the next moment.
-        if keeper != nil && adoption == nil { persistStateNow() }
+        if keeper != nil { persistStateNow() }
     }
 
     /// Reads a worker's stdout/stderr into its app's logs and opens its IPC channel. `resync`:

@@ -36,7 +36,9 @@ extension Supervisor {
 
     /// Writes state.json now (after each command that changes the apps, and last before exit).
     func persistStateNow() {
-        guard !foreground else { return }
+        // While a successor adopts, the state on disk is the dead daemon's, complete: a half-restored
+        // one written now would lose apps if this daemon died too. The take-over writes it at its end.
+        guard !foreground, adoption == nil else { return }
         do {
             try Self.writeAtomically(currentState(), to: statePath)
         } catch {
