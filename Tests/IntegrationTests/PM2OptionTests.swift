@@ -218,7 +218,7 @@ extension Integration {
             try await withSandbox { box in
                 let file = try box.write("lr.lua", """
                     return {
-                      name = "lr", instances = 2, ready = 100, cmd = { "sleep", "1000" },
+                      name = "lr", instances = 2, ready = 100, cmd = { "sh", "-c", "echo $$ >> pids.txt; exec sleep 1000" },
                       onStart = function(app)
                         pml.after(300, function()
                           local ok, err = pcall(pml.reload, "nope")
@@ -232,12 +232,14 @@ extension Integration {
                     }
                     """)
                 try await box.pmlOK("start", file)
-                let before = Set(try await box.waitOnline("lr", count: 2).compactMap(\.pid))
                 try await box.waitFor("onReload after pml.reload", timeout: 10) {
                     box.read(box.daemonLog).contains("RELOADED lr ok=true") ? true : nil
                 }
-                let after = try await box.waitOnline("lr", count: 2)
-                #expect(Set(after.compactMap(\.pid)).isDisjoint(with: before), "every worker replaced: \(before) → \(after)")
+                // Each worker wrote its pid when it started: the first two, then their replacements.
+                let started = box.numbers("pids.txt").map(Int32.init)
+                #expect(started.count == 4, "two workers, then two replacements: \(started)")
+                let now = Set(try await box.waitOnline("lr", count: 2).compactMap(\.pid))
+                #expect(now == Set(started.suffix(2)) && now.isDisjoint(with: started.prefix(2)), "every worker replaced: \(started) → \(now)")
                 let log = box.read(box.daemonLog)
                 #expect(log.contains("BAD1 no app named \"nope\""), "\(log.suffix(2000))")
                 #expect(log.contains("BAD2 pml.reload: parallel must be a whole number from 1 to 1024, got 0"), "\(log.suffix(2000))")
