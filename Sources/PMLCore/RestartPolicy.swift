@@ -85,15 +85,24 @@ public enum RestartDecision: Sendable, Equatable {
         }
     }
 
-    /// The decision when the Lua default policy itself cannot run (the Lua state is broken):
-    /// the same rules as `lua/pml/policy.lua`, kept minimal.
+    /// The decision when the scripts do not answer in time (a hook of the app's state runs long or
+    /// is stuck) or the Lua default policy cannot run: the same rules as `lua/pml/policy.lua`,
+    /// backoff included, so a slow script delays nothing but its own say.
     public static func fallback(history: CrashHistory, exitCode: Int?, spec: AppSpec) -> RestartDecision {
         if !spec.autorestart { return .stop(reason: "autorestart is off") }
         if let code = exitCode, spec.stopExitCodes.contains(code) { return .stop(reason: "exit code \(code) is in stop_exit_codes") }
         if history.unstableRestarts > spec.maxRestarts {
-            return .errored(reason: "crashed \(history.unstableRestarts) times in a row before min_uptime")
+            return .errored(reason: "crashed \(history.unstableRestarts) times in a row, each within min_uptime (\(spec.minUptime)ms)")
         }
-        return .restart(delayMs: spec.restartDelayMax)
+        // PM2's exp_backoff_restart_delay: its own first delay, growing by half each time; else doubling.
+        let (first, factor) = spec.expBackoffRestartDelay.map { ($0, 1.5) } ?? (spec.restartDelay, 2.0)
+        let cap = Double(spec.restartDelayMax)
+        var delay = Double(first), step = 0
+        while step < history.backoffStep && delay < cap {
+            delay *= factor
+            step += 1
+        }
+        return .restart(delayMs: Int(min(delay, cap)))
     }
 }
 

@@ -47,6 +47,7 @@ final class ScriptHub {
     private var leaving: [ScriptThread] = []
     /// What happened to each owner's state, for `pml describe`.
     private var restarts: [ScriptOwner: [String]] = [:]
+    private var lastQueueFullNote: [ScriptOwner: Int] = [:]
     /// At most this many stuck threads may be alive: past it no new state is started (each holds
     /// its memory until its C call returns) and scripted decisions take their defaults.
     static let maxStuckThreads = 8
@@ -64,7 +65,7 @@ final class ScriptHub {
     func tell(_ owner: ScriptOwner, _ job: @escaping ScriptThread.Job) {
         guard let thread = thread(for: owner) else { return }
         beforePost?()
-        thread.post(job)
+        if !thread.post(job) { queueFull(owner) }
     }
 
     /// Runs `job` on the owner's thread and calls `answer` with its result on the supervisor's
@@ -81,7 +82,23 @@ final class ScriptHub {
         let id = pending.add(deadline: deadline, owner: owner) { answer($0 as? T) }
         armExpiry()
         beforePost?()
-        thread.post { side in side.answer(id, job(side)) }
+        // A question whose deadline passed while it waited in the queue is not worth running.
+        let posted = thread.post { side in
+            guard monotonicMs() <= deadline else { return }
+            side.answer(id, job(side))
+        }
+        if !posted {
+            queueFull(owner)
+            if let refused = pending.answer(id) { loop.schedule(after: 0) { refused(nil) } }
+        }
+    }
+
+    /// Said once per state and second: its queue is full, so hooks are dropped and decisions default.
+    private func queueFull(_ owner: ScriptOwner) {
+        let now = monotonicMs()
+        if let last = lastQueueFullNote[owner], now - last < 1000 { return }
+        lastQueueFullNote[owner] = now
+        logger.warning("scripts of \(owner): \(ScriptThread.maxQueuedJobs) hooks wait behind a long call; new ones are dropped (decisions take their defaults)")
     }
 
     /// Whether requests to `owner` wait for answers.
@@ -94,7 +111,7 @@ final class ScriptHub {
     func stop(_ owner: ScriptOwner) {
         guard let entry = threads.removeValue(forKey: owner) else { return }
         loop.unregister(entry.io)
-        entry.thread.post { $0.stop() }
+        _ = entry.thread.post(always: true) { $0.stop() }
         leaving.append(entry.thread)
         for answer in pending.drop(owner: owner) { answer(nil) }
     }
@@ -106,7 +123,7 @@ final class ScriptHub {
         threads = [:]
         for (_, entry) in all {
             loop.unregister(entry.io)
-            entry.thread.post { $0.stop() }
+            _ = entry.thread.post(always: true) { $0.stop() }
         }
         let deadline = monotonicMs() + ms
         while all.values.contains(where: { !$0.thread.currentActivity.exited }), monotonicMs() < deadline {

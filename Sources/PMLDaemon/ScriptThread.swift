@@ -140,10 +140,19 @@ final class ScriptThread: Sendable {
 
     // MARK: supervisor side
 
-    /// Queues a job for the script thread (FIFO: jobs run in the order they were posted).
-    func post(_ job: @escaping Job) {
-        jobs.withLock { $0.append(job) }
-        signalEventFD(jobsFD)
+    /// At most this many jobs wait for a thread busy with a long call; more are refused.
+    static let maxQueuedJobs = 1000
+
+    /// Queues a job for the script thread (FIFO: jobs run in the order they were posted); false
+    /// when the queue is full (the thread has been busy while hooks kept coming), unless `always`.
+    func post(always: Bool = false, _ job: @escaping Job) -> Bool {
+        let queued = jobs.withLock { queue in
+            guard always || queue.count < Self.maxQueuedJobs else { return false }
+            queue.append(job)
+            return true
+        }
+        if queued { signalEventFD(jobsFD) }
+        return queued
     }
 
     /// Messages the thread sent since the last call; call after `messagesFD` became readable.

@@ -51,6 +51,7 @@ extension Supervisor {
         app.reloading = true // no second reload, scale or autoscale while the file is read
         scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: { [unowned self] result in
             app.reloading = false
+            guard self.apps.contains(where: { $0 === app }) else { return done(.failure(TargetError(message: "\(name) was deleted during its reload"))) }
             let loaded: LoadedAppFile
             switch result {
             case .success(let l)?: loaded = l
@@ -93,6 +94,10 @@ extension Supervisor {
         app.reloading = true
         askHook(app, "beforeReload", [appValue(app)], worker: nil) { [unowned self] v in
             app.reloading = false
+            guard self.apps.contains(where: { $0 === app }) else {
+                if let newRef, let file = app.spec.appFile { self.scripts.tell(.appFile(file)) { $0.release(tableRef: newRef) } }
+                return done(.failure(TargetError(message: "\(name) was deleted during its reload")))
+            }
             var style = StopStyle(message: graceful ? .string("shutdown") : nil)
             if let v {
                 do {

@@ -126,6 +126,54 @@ extension Integration {
             }
         }
 
+        @Test("pml run: while onStart is stuck in string.find the app's crashes still restart (the default decides), then a fresh state's onCrash runs")
+        func foregroundStuckHook() async throws {
+            try await withSandbox { box in
+                try box.write("fg.lua", """
+                    return {
+                      name = "fgstuck", cmd = { "sh", "-c", "sleep 0.3; exit 1" }, restart_delay = 100, max_restarts = 100,
+                      onStart = function() string.find(string.rep("a", 2000), "^a*a*a*b") end,
+                      onCrash = function(w, e) pml.log("FG-CRASH " .. w.restarts) end,
+                    }
+                    """)
+                let output = box.root + "/fg.out"
+                _ = FileManager.default.createFile(atPath: output, contents: nil)
+                let sink = try #require(FileHandle(forWritingAtPath: output))
+                let run = Process()
+                run.executableURL = URL(fileURLWithPath: box.binary)
+                run.arguments = ["run", "fg.lua"]
+                var env = ProcessInfo.processInfo.environment
+                env["PML_HOME"] = box.home
+                env.removeValue(forKey: "NOTIFY_SOCKET")
+                run.environment = env
+                run.currentDirectoryURL = URL(fileURLWithPath: box.work)
+                run.standardInput = FileHandle.nullDevice
+                run.standardOutput = sink
+                run.standardError = sink
+                try run.run()
+                try? sink.close()
+                defer { if run.isRunning { kill(run.processIdentifier, SIGKILL) } }
+                func text() -> String { box.read(output) }
+
+                // While the state is stuck the restart decision falls back to the default: restarts go on.
+                try await box.waitFor("a fallback decision while onStart is stuck\n\(text().suffix(2000))", timeout: 15) {
+                    text().contains("restart decision failed: scripts did not answer within 2500 ms") ? true : nil
+                }
+                try await box.waitFor("the stuck state replaced\n\(text().suffix(2000))", timeout: 20) {
+                    text().contains("stuck inside a C call") ? true : nil
+                }
+                // The fresh state answers: onCrash runs again.
+                try await box.waitFor("onCrash from the fresh state\n\(text().suffix(2000))", timeout: 15) {
+                    text().contains("FG-CRASH") ? true : nil
+                }
+                #expect(text().components(separatedBy: "restarting in").count - 1 >= 2, "restarts went on:\n\(text().suffix(2000))")
+                kill(run.processIdentifier, SIGTERM)
+                let deadline = nowMs() + 15_000
+                while run.isRunning && nowMs() < deadline { await sleepMs(50) }
+                #expect(!run.isRunning, "pml run ends on SIGTERM")
+            }
+        }
+
         @Test("each app file's state has its own memory cap: one holds 45 MiB and then hits its cap, another still allocates 40 MiB")
         func memoryPerAppFile() async throws {
             try await withSandbox { box in

@@ -51,7 +51,12 @@ import Testing
         var h = CrashHistory()
         #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.autorestart = false }) == .stop(reason: "autorestart is off"))
         #expect(RestartDecision.fallback(history: h, exitCode: 78, spec: spec { $0.stopExitCodes = [78] }) == .stop(reason: "exit code 78 is in stop_exit_codes"))
-        #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec()) == .restart(delayMs: 15000))
+        #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.restartDelay = 100 }) == .restart(delayMs: 100))
+        h.backoffStep = 3
+        #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.restartDelay = 100 }) == .restart(delayMs: 800), "doubling, as policy.lua")
+        #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.expBackoffRestartDelay = 100 }) == .restart(delayMs: 337), "× 1.5 for PM2's exp backoff")
+        h.backoffStep = 1_000_000
+        #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.restartDelayMax = 15000 }) == .restart(delayMs: 15000), "capped")
         h.unstableRestarts = 16
         if case .errored = RestartDecision.fallback(history: h, exitCode: 1, spec: spec()) {} else { Issue.record("expected errored") }
     }
