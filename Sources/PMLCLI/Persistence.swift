@@ -89,6 +89,7 @@ struct StartupUnit {
 
         [Service]
         Type=notify
+        NotifyAccess=all
         Environment=PML_HOME=\(pmlHome)
         ExecStart=\(binary) daemon --resurrect
         ExecStop=\(binary) kill

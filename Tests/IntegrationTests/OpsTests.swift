@@ -448,6 +448,8 @@ extension Integration {
                 let binary = String(exec.dropFirst("ExecStart=".count).dropLast(" daemon --resurrect".count))
                 #expect(binary.hasPrefix("/") && FileManager.default.isExecutableFile(atPath: binary), "ExecStart's pml is an absolute executable: \(binary)")
                 #expect(unit.contains("Type=notify"), "\(unit)")
+                // READY=1 comes from the daemon, a child of the keeper systemd starts.
+                #expect(unit.split(separator: "\n").contains("NotifyAccess=all"), "\(unit)")
                 #expect(unit.split(separator: "\n").contains { $0 == "Environment=PML_HOME=\(box.home)" || $0 == "Environment=\"PML_HOME=\(box.home)\"" },
                         "the unit names this PML_HOME:\n\(unit)")
                 #expect(unit.contains("[Install]") && unit.contains("WantedBy="), "\(unit)")
