@@ -19,7 +19,7 @@ public enum Keeper {
     public static func run(paths: PMLPaths, readyFD: Int32, resurrect: Bool) -> Int32 {
         let signals: SignalReceiver
         do {
-            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2])
+            signals = try SignalReceiver(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
             try makeDirectories(paths.home, mode: 0o700)
         } catch {
             return say("cannot start: \(error)", status: 1)
@@ -200,7 +200,7 @@ final class KeeperProcess {
             // PM2's signal to reopen log files: the daemon writes them.
             if let d = daemon { signalProcess(d.pid, SIGUSR2) }
         default:
-            break // SIGHUP: nothing to reload.
+            break // SIGHUP, SIGUSR1: nothing to do — and the keeper must not die of a stray signal.
         }
     }
 
