@@ -390,7 +390,7 @@ final class Supervisor {
             }
             let decision = verdict?.decision ?? fallback
             self.apply(decision, to: w, what: what)
-            self.recordCrash(w, exit: exit, policy: verdict?.policy ?? fallback, decision: decision)
+            self.recordCrash(w, exit: exit, verdict: verdict, decision: decision)
             // Plugins hear of the crash once it is decided: what they read shows the outcome.
             self.notifyPlugins(w.app, "onCrash", hookArgs)
             self.checkWaiters()

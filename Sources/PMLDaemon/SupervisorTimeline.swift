@@ -19,13 +19,21 @@ extension Supervisor {
         timeline.append(TimelineEvent(t: wallClockMs(), app: app, worker: worker, kind: kind, title: title, detail: detail, ok: ok))
     }
 
-    /// A crash and what became of it: the default policy's proposal, and onCrash's answer if it changed it.
-    func recordCrash(_ w: Worker, exit: ExitInfo, policy: RestartDecision, decision: RestartDecision) {
-        var detail = "default policy: \(Self.sentence(policy))"
-        if decision != policy {
-            detail = "onCrash: \(Self.sentence(decision)) (the \(detail))"
-        } else if w.app.spec.hooks.contains("onCrash") {
-            detail += "; onCrash kept it"
+    /// A crash and what became of it: the default policy's proposal, and onCrash's answer if it
+    /// changed it (or why it could not: it failed, or the scripts did not answer in time).
+    func recordCrash(_ w: Worker, exit: ExitInfo, verdict: CrashVerdict?, decision: RestartDecision) {
+        var detail: String
+        if let verdict {
+            detail = "default policy: \(Self.sentence(verdict.policy))"
+            if let error = verdict.hookError {
+                detail += "; onCrash failed, so it stands (\(error))"
+            } else if decision != verdict.policy {
+                detail = "onCrash: \(Self.sentence(decision)) (the \(detail))"
+            } else if w.app.spec.hooks.contains("onCrash") {
+                detail += "; onCrash kept it"
+            }
+        } else {
+            detail = "the scripts did not answer in time; pml's built-in rules: \(Self.sentence(decision))"
         }
         var ok = true
         if case .errored = decision { ok = false }

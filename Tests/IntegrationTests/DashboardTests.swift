@@ -161,6 +161,35 @@ extension Integration {
             }
         }
 
+        @Test("the timeline says what the default policy proposed for a crash and what onCrash decided, or that it failed")
+        func crashDecisions() async throws {
+            try await withSandbox { box in
+                let file = try box.write("crashy.lua", """
+                    return {
+                      { name = "picky", cmd = { "sh", "-c", "sleep 0.3; exit 2" },
+                        onCrash = function(w, e) if e.code == 2 then return { delay = 700 } end end },
+                      { name = "broken", cmd = { "sh", "-c", "sleep 0.3; exit 3" },
+                        onCrash = function(w, e) error("no idea") end },
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let served = try await Self.dashboard(box)
+                struct Event: Decodable { let app: String; let kind: String; let title: String; let detail: String? }
+                struct State: Decodable { let events: [Event] }
+                let crashes = try await box.waitFor("a crash of each app on the timeline", timeout: 10) { () -> [Event]? in
+                    let body = Curl.request(served.base + "/api/state?token=" + served.token).body
+                    guard let state = try? JSONDecoder().decode(State.self, from: Data(body.utf8)) else { return nil }
+                    let crashes = state.events.filter { $0.kind == "crash" }
+                    return Set(crashes.map(\.app)) == ["picky", "broken"] ? crashes : nil
+                }
+                let picky = try #require(crashes.first { $0.app == "picky" })
+                #expect(picky.title.contains("exited with code 2"), "\(picky)")
+                #expect(picky.detail?.hasPrefix("onCrash: restart in 700 ms (the default policy: restart in") == true, "\(picky)")
+                let broken = try #require(crashes.first { $0.app == "broken" })
+                #expect(broken.detail?.contains("onCrash failed, so it stands") == true && broken.detail?.contains("no idea") == true, "\(broken)")
+            }
+        }
+
         @Test("pml dashboard --open: starts xdg-open with the URL when there is one, says so when there is none")
         func open() async throws {
             try await withSandbox { box in
