@@ -69,12 +69,18 @@ enum EcosystemFile {
             throw CLIError("\(display) is not valid YAML")
         }
         guard let node else { throw CLIError("\(display) is empty") }
-        return try value(of: node, display: display, depth: 0)
+        var budget = maxYAMLNodes
+        return try value(of: node, display: display, depth: 0, budget: &budget)
     }
 
+    /// Aliases repeat what they name: a few lines of anchors can stand for billions of nodes.
+    static let maxYAMLNodes = 1_000_000
+
     /// A YAML node as data: scalars typed by YAML's core schema, as PM2's js-yaml reads them.
-    static func value(of node: Node, display: String, depth: Int) throws(CLIError) -> ScriptValue {
+    static func value(of node: Node, display: String, depth: Int, budget: inout Int) throws(CLIError) -> ScriptValue {
         if depth > 64 { throw CLIError("\(display) nests deeper than 64 levels") }
+        budget -= 1
+        if budget < 0 { throw CLIError("\(display) holds more than \(maxYAMLNodes) values (aliases expanded)") }
         switch node {
         case .scalar(let scalar):
             switch node.tag.rawValue {
@@ -86,15 +92,27 @@ enum EcosystemFile {
             }
         case .sequence(let seq):
             var items: [ScriptValue] = []
-            for child in seq { items.append(try value(of: child, display: display, depth: depth + 1)) }
+            for child in seq { items.append(try value(of: child, display: display, depth: depth + 1, budget: &budget)) }
             return .array(items)
         case .mapping(let map):
             var fields: [String: ScriptValue] = [:]
+            var merged: [String: ScriptValue] = [:]
             for (k, v) in map {
                 guard let key = k.string else { throw CLIError("\(display): keys must be strings") }
-                fields[key] = try value(of: v, display: display, depth: depth + 1)
+                let item = try value(of: v, display: display, depth: depth + 1, budget: &budget)
+                guard key == "<<", k.tag.rawValue == Tag.Name.merge.rawValue || k.tag.rawValue == Tag.Name.str.rawValue else {
+                    fields[key] = item
+                    continue
+                }
+                // A merge key (`<<: *defaults`): the named mappings' keys, unless given here; earlier ones win.
+                let sources: [ScriptValue]
+                if case .array(let list) = item { sources = list } else { sources = [item] }
+                for source in sources {
+                    guard case .object(let more) = source else { throw CLIError("\(display): \"<<\" merges mappings only") }
+                    merged.merge(more) { first, _ in first }
+                }
             }
-            return .object(fields)
+            return .object(merged.merging(fields) { _, explicit in explicit })
         default:
             throw CLIError("\(display): YAML aliases are not supported")
         }
@@ -194,6 +212,8 @@ enum NodeEvaluator {
     """#
 
     static let timeoutMs = 30_000
+    /// An ecosystem is a few kilobytes: anything this big is a mistake, not a config.
+    static let maxExportBytes = 16 << 20
 
     static func evaluate(path: String, display: String) throws(CLIError) -> ScriptValue {
         let env = processEnvironment()
@@ -241,7 +261,17 @@ enum NodeEvaluator {
             for p in fds where p.revents != 0 {
                 let got = chunk.withUnsafeMutableBytes { Glibc.read(p.fd, $0.baseAddress, $0.count) }
                 if got > 0 {
-                    if p.fd == result.read { output += chunk[0..<got] } else if stderr.count < 1 << 20 { stderr += chunk[0..<got] }
+                    if p.fd == result.read {
+                        output += chunk[0..<got]
+                        if output.count > maxExportBytes {
+                            _ = kill(-pid, SIGKILL)
+                            var status: Int32 = 0
+                            _ = waitpid(pid, &status, 0)
+                            throw CLIError("\(display) exports more than \(maxExportBytes >> 20) MiB of data")
+                        }
+                    } else if stderr.count < 1 << 20 {
+                        stderr += chunk[0..<got]
+                    }
                 } else if got == 0 || (errno != EINTR && errno != EAGAIN) {
                     open.removeAll { $0 == p.fd }
                 }

@@ -150,7 +150,7 @@ public struct PM2Mapping {
         public var ignoredSummary: [String] {
             apps.filter { !$0.ignored.isEmpty }.map { app in
                 "\(app.name): " + app.ignored.map { "\($0.option) (\($0.hint))" }.joined(separator: "; ")
-            } + ignoredTopLevel.map { "\"\($0)\" beside apps (pml does not deploy or serve static files)" }
+            } + ignoredTopLevel.map { "\"\($0)\" beside apps (pml reads only the apps)" }
         }
     }
 

@@ -131,14 +131,17 @@ extension Integration {
                                 { "name": "j2", "script": "reporter.js" } ] }
                     """)
                 try box.write("conf/ecosystem.yaml", """
+                    defaults: &defaults
+                      script: ../reporter.js
+                      instances: 5
+                      env:
+                        FOO: yaml
+                        NODE_ENV: development
                     apps:
-                      - name: y1
-                        script: ../reporter.js
+                      - <<: *defaults
+                        name: y1
                         args: --flag 'quoted arg'
                         instances: 2
-                        env:
-                          FOO: yaml
-                          NODE_ENV: development
                         env_production:
                           NODE_ENV: production
                     """)
@@ -157,6 +160,14 @@ extension Integration {
                 // Bad files: one line, nothing started.
                 try box.write("broken.yaml", "apps: [ { name: x\n")
                 try await box.pml("start", "broken.yaml").expectCleanFailure(mentioning: ["broken.yaml"])
+                // Aliases that expand to billions of values are refused, not expanded.
+                var bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                for (i, name) in ["b", "c", "d", "e", "f", "g", "h", "i"].enumerated() {
+                    let prev = i == 0 ? "a" : ["b", "c", "d", "e", "f", "g", "h"][i - 1]
+                    bomb += "\(name): &\(name) [" + Array(repeating: "*\(prev)", count: 10).joined(separator: ", ") + "]\n"
+                }
+                try box.write("bomb.yaml", bomb + "apps: [ { script: reporter.js, args: *i } ]\n")
+                try await box.pml("start", "bomb.yaml").expectCleanFailure(mentioning: ["bomb.yaml"])
                 try box.write("empty.json", "{ \"apps\": [] }")
                 try await box.pml("start", "empty.json").expectCleanFailure(mentioning: ["empty.json"])
                 try await box.pml("start", "ecosystem.json", "--only", "nope").expectCleanFailure(mentioning: ["nope"])
