@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "pml", targets: ["pml"]),
+        // Reads YAML ecosystem files for pml (Yams brings Foundation, which pml itself does without).
+        .executable(name: "pml-yaml", targets: ["pml-yaml"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -38,13 +40,13 @@ let package = Package(
         .target(name: "PMLCLI", dependencies: [
             "PMLCore", "PMLPosix", "PMLLua", "PMLDaemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "pml", dependencies: ["PMLCLI"]),
+        .executableTarget(name: "pml-yaml", dependencies: ["PMLCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "PMLCoreTests", dependencies: ["PMLCore"]),
         .testTarget(name: "PMLLuaTests", dependencies: ["PMLLua", "PMLCore"]),
         .testTarget(name: "PMLPosixTests", dependencies: ["PMLPosix"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["pml", "PMLCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["pml", "pml-yaml", "PMLCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

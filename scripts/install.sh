@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds pml (release, static Swift stdlib) and installs it: <prefix>/bin/pml, and its Lua library,
-# Node preload, plugins and any other resource folder under <prefix>/share/pml/, where the binary
-# finds them (it walks up from its own path to <prefix>/share/pml). Default prefix: /usr/local.
+# Builds pml (release, static Swift stdlib) and installs it: <prefix>/bin/pml and pml-yaml (its YAML
+# reader), and its Lua library, Node preload, plugins and any other resource folder under
+# <prefix>/share/pml/, where the binary finds them (it walks up from its own path to
+# <prefix>/share/pml). Default prefix: /usr/local.
 #
 #   scripts/install.sh [--prefix DIR] [--binary PATH]
 #
@@ -10,7 +11,7 @@
 # PML_SCRATCH_PATH=dir uses that build folder instead of .build.
 set -euo pipefail
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 prefix=/usr/local
 binary=
@@ -58,10 +59,15 @@ fi
 
 share="$prefix/share/pml"
 mkdir -p "$prefix/bin" "$share"
+# pml-yaml (pml's YAML reader) is built beside pml and installed beside it.
+helper="$(dirname "$binary")/pml-yaml"
+[[ -x $helper ]] || { echo "install.sh: $helper is missing (build it: swift build --product pml-yaml)" >&2; exit 1; }
 # Copy then rename: a running daemon keeps its (old) binary, and no one sees a half-written file.
-cp "$binary" "$prefix/bin/.pml.new.$$"
-chmod 0755 "$prefix/bin/.pml.new.$$"
-mv -f "$prefix/bin/.pml.new.$$" "$prefix/bin/pml"
+for pair in "$binary:pml" "$helper:pml-yaml"; do
+  cp "${pair%%:*}" "$prefix/bin/.${pair#*:}.new.$$"
+  chmod 0755 "$prefix/bin/.${pair#*:}.new.$$"
+  mv -f "$prefix/bin/.${pair#*:}.new.$$" "$prefix/bin/${pair#*:}"
+done
 
 # Every resource folder the binary looks for beside itself: lua/ (required), shims/, plugins/, web/.
 for dir in lua shims plugins web; do

@@ -2,10 +2,10 @@ import FoundationEssentials
 import Glibc
 import PMLCore
 import PMLPosix
-import Yams
 
 /// PM2 ecosystem files as pml reads them: node evaluates .js/.cjs/.mjs (as PM2 does, never running
-/// them as an app), .json and .yaml/.yml are read directly; `PM2Mapping` turns the apps into pml's.
+/// them as an app), .json is read directly, .yaml/.yml by pml-yaml (Yams, kept out of this binary so
+/// the daemon does not carry Foundation); `PM2Mapping` turns the apps into pml's.
 enum EcosystemFile {
     /// PM2's rule (Common.isConfigFile): these names are configuration, not a script to run.
     static func isEcosystem(_ path: String) -> Bool {
@@ -58,64 +58,14 @@ enum EcosystemFile {
         }
     }
 
+    /// YAML through the pml-yaml helper beside this binary (it writes the data as JSON, like node).
     static func readYAML(_ path: String, display: String) throws(CLIError) -> ScriptValue {
-        guard let bytes = readFile(path) else { throw CLIError("cannot read \(display)") }
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: String(decoding: bytes, as: UTF8.self))
-        } catch let error as YamlError {
-            throw CLIError("\(display) is not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")")
-        } catch {
-            throw CLIError("\(display) is not valid YAML")
+        guard let exe = realPath("/proc/self/exe") else { throw CLIError("cannot find the pml binary") }
+        let helper = folder(of: exe) + "/pml-yaml"
+        guard access(helper, X_OK) == 0 else {
+            throw CLIError("\(display) is YAML and pml-yaml (pml's YAML reader) is missing beside \(exe): reinstall pml (scripts/install.sh), or use a .json or .js file")
         }
-        guard let node else { throw CLIError("\(display) is empty") }
-        var budget = maxYAMLNodes
-        return try value(of: node, display: display, depth: 0, budget: &budget)
-    }
-
-    /// Aliases repeat what they name: a few lines of anchors can stand for billions of nodes.
-    static let maxYAMLNodes = 1_000_000
-
-    /// A YAML node as data: scalars typed by YAML's core schema, as PM2's js-yaml reads them.
-    static func value(of node: Node, display: String, depth: Int, budget: inout Int) throws(CLIError) -> ScriptValue {
-        if depth > 64 { throw CLIError("\(display) nests deeper than 64 levels") }
-        budget -= 1
-        if budget < 0 { throw CLIError("\(display) holds more than \(maxYAMLNodes) values (aliases expanded)") }
-        switch node {
-        case .scalar(let scalar):
-            switch node.tag.rawValue {
-            case Tag.Name.null.rawValue: return .null
-            case Tag.Name.bool.rawValue: return node.bool.map { .bool($0) } ?? .string(scalar.string)
-            case Tag.Name.int.rawValue: return node.int.map { .int(Int64($0)) } ?? .string(scalar.string)
-            case Tag.Name.float.rawValue: return node.float.map { .double($0) } ?? .string(scalar.string)
-            default: return .string(scalar.string)
-            }
-        case .sequence(let seq):
-            var items: [ScriptValue] = []
-            for child in seq { items.append(try value(of: child, display: display, depth: depth + 1, budget: &budget)) }
-            return .array(items)
-        case .mapping(let map):
-            var fields: [String: ScriptValue] = [:]
-            var merged: [String: ScriptValue] = [:]
-            for (k, v) in map {
-                guard let key = k.string else { throw CLIError("\(display): keys must be strings") }
-                let item = try value(of: v, display: display, depth: depth + 1, budget: &budget)
-                guard key == "<<", k.tag.rawValue == Tag.Name.merge.rawValue || k.tag.rawValue == Tag.Name.str.rawValue else {
-                    fields[key] = item
-                    continue
-                }
-                // A merge key (`<<: *defaults`): the named mappings' keys, unless given here; earlier ones win.
-                let sources: [ScriptValue]
-                if case .array(let list) = item { sources = list } else { sources = [item] }
-                for source in sources {
-                    guard case .object(let more) = source else { throw CLIError("\(display): \"<<\" merges mappings only") }
-                    merged.merge(more) { first, _ in first }
-                }
-            }
-            return .object(merged.merging(fields) { _, explicit in explicit })
-        default:
-            throw CLIError("\(display): YAML aliases are not supported")
-        }
+        return try FileExport.run([helper, path], tool: "pml-yaml", display: display)
     }
 }
 
@@ -211,33 +161,41 @@ enum NodeEvaluator {
     }
     """#
 
+    static func evaluate(path: String, display: String) throws(CLIError) -> ScriptValue {
+        guard resolveExecutable("node", path: processEnvironment()["PATH"], cwd: nil) != nil else {
+            throw CLIError("\(display) is JavaScript and node is not on PATH: install Node.js, or export the apps as JSON")
+        }
+        return try FileExport.run(["node", "-e", script, "--", path], tool: "node", display: display)
+    }
+}
+
+/// Runs a program that writes a file's data as JSON to fd 3 (node for .js, pml-yaml for YAML), under a
+/// deadline and a size cap; a failure it explains is one marked stderr line: "pml-import-error\t<line>\t<message>".
+enum FileExport {
     static let timeoutMs = 30_000
     /// An ecosystem is a few kilobytes: anything this big is a mistake, not a config.
     static let maxExportBytes = 16 << 20
 
-    static func evaluate(path: String, display: String) throws(CLIError) -> ScriptValue {
+    static func run(_ argv: [String], tool: String, display: String) throws(CLIError) -> ScriptValue {
         let env = processEnvironment()
-        guard resolveExecutable("node", path: env["PATH"], cwd: nil) != nil else {
-            throw CLIError("\(display) is JavaScript and node is not on PATH: install Node.js, or export the apps as JSON")
-        }
         let result: (read: Int32, write: Int32)
         let errors: (read: Int32, write: Int32)
         do {
             result = try makePipe(nonblockingRead: false)
             errors = try makePipe(nonblockingRead: false)
         } catch {
-            throw CLIError("cannot run node: \(error)")
+            throw CLIError("cannot run \(tool): \(error)")
         }
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         let pid: Int32
         do {
             pid = try spawnProcess(SpawnRequest(
-                argv: ["node", "-e", script, "--", path], env: env, cwd: nil,
+                argv: argv, env: env, cwd: nil,
                 fds: [(devNull, 0), (devNull, 1), (errors.write, 2), (result.write, 3)],
                 newSession: true, parentDeathSignal: SIGKILL))
         } catch {
             for fd in [result.read, result.write, errors.read, errors.write, devNull] { closeFD(fd) }
-            throw CLIError("cannot run node: \(error.description)")
+            throw CLIError("cannot run \(tool): \(error.description)")
         }
         for fd in [result.write, errors.write, devNull] { closeFD(fd) }
         defer { closeFD(result.read); closeFD(errors.read) }
@@ -253,7 +211,7 @@ enum NodeEvaluator {
                 _ = kill(-pid, SIGKILL)
                 var status: Int32 = 0
                 _ = waitpid(pid, &status, 0)
-                throw CLIError("node took more than \(timeoutMs / 1000) s to evaluate \(display)")
+                throw CLIError("\(tool) took more than \(timeoutMs / 1000) s to read \(display)")
             }
             var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             let n = poll(&fds, nfds_t(fds.count), Int32(min(left, 1000)))
@@ -292,7 +250,7 @@ enum NodeEvaluator {
         guard exited, code == 0 else {
             let last = errText.split(separator: "\n").last { !$0.importTrimmed.isEmpty }.map { String($0.importTrimmed) }
             let how = exited ? "exit status \(code)" : "signal \(status & 0x7F)"
-            throw CLIError("node could not evaluate \(display) (\(how))\(last.map { ": " + $0 } ?? "")")
+            throw CLIError("\(tool) could not read \(display) (\(how))\(last.map { ": " + $0 } ?? "")")
         }
         do {
             return try JSONDecoder().decode(ScriptValue.self, from: Data(output))

@@ -51,6 +51,7 @@ extension Integration {
                 #expect(status == 0, "install.sh failed:\n\(out)\n\(err)")
                 let pml = prefix + "/bin/pml"
                 #expect(FileManager.default.isExecutableFile(atPath: pml))
+                #expect(FileManager.default.isExecutableFile(atPath: prefix + "/bin/pml-yaml"))
                 for resource in ["lua/pml/policy.lua", "shims/node/preload.js", "plugins/memory-limit.lua"] {
                     #expect(FileManager.default.fileExists(atPath: prefix + "/share/pml/" + resource), "\(resource) installed")
                 }
@@ -76,6 +77,11 @@ extension Integration {
                 let (ss, sout, serr) = try await Self.run(pml, ["start", "server.js", "-i", "2"], env: env, cwd: elsewhere)
                 #expect(ss == 0, "\(sout)\n\(serr)")
                 try await box.waitOnline("server", count: 2)
+                // A YAML ecosystem: read by the installed pml-yaml beside the installed pml.
+                try "apps:\n  - name: yamled\n    script: server.js\n".write(toFile: elsewhere + "/ecosystem.yml", atomically: true, encoding: .utf8)
+                let (ys, yout, yerr) = try await Self.run(pml, ["start", "ecosystem.yml"], env: env, cwd: elsewhere)
+                #expect(ys == 0, "\(yout)\n\(yerr)")
+                try await box.waitOnline("yamled")
                 let log = box.read(box.daemonLog)
                 #expect(log.contains("lua \(prefix)/share/pml/lua"), "the daemon uses the installed Lua library:\n\(log)")
                 #expect(!log.contains("preload (shims/node/preload.js) is missing"), "\(log)")
