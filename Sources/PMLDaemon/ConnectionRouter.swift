@@ -106,13 +106,18 @@ final class ConnectionRouter {
     static let maxWaitMs = 30_000
     /// Past this many waiting connections pml stops accepting; the kernel backlog holds the rest.
     static let maxPending = 4096
+    /// A handle not acknowledged within this long is dropped: pml closes its copy, and the worker
+    /// gets no other until it acknowledges (a late ACK or NACK proves it alive).
+    static let ackTimeoutMs = 10_000
 
     private let loop: EventLoop
     private let logger: Logger
     private var dispatcher = RoundRobinDispatcher()
     private var listeners: [Int: AppListener] = [:]
     private var pending: [Int: [(fd: Int32, since: Int)]] = [:]
-    private var inFlight: [Int: (fd: Int32, listener: Int)] = [:]
+    private var inFlight: [Int: (fd: Int32, listener: Int, since: Int)] = [:]
+    /// Workers whose handle timed out unacknowledged: out of the rotation's reach until they answer.
+    private var silent: Set<Int> = []
     private var pendingCount = 0
     private var acceptingPaused = false
     /// Listeners not watched because no worker serving them can take a connection now.
@@ -230,6 +235,7 @@ final class ConnectionRouter {
     /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another.
     func workerGone(worker: Int) {
         dispatcher.remove(worker: worker)
+        silent.remove(worker)
         if let f = inFlight.removeValue(forKey: worker) {
             if listeners[f.listener] != nil {
                 logger.info("worker \(worker) died before taking its connection; handing it to another")
@@ -244,15 +250,22 @@ final class ConnectionRouter {
 
     /// NODE_HANDLE_ACK: the worker owns the connection now; pml's copy is closed.
     func acknowledged(worker: Int) {
-        guard let f = inFlight.removeValue(forKey: worker) else { return }
+        guard let f = inFlight.removeValue(forKey: worker) else { return answeredLate(worker) }
         closeFD(f.fd)
+        dispatcher.acknowledged(worker: worker)
+        drain()
+    }
+
+    /// An answer from a worker whose handle timed out: it is alive, and takes connections again.
+    private func answeredLate(_ worker: Int) {
+        guard silent.remove(worker) != nil else { return }
         dispatcher.acknowledged(worker: worker)
         drain()
     }
 
     /// NODE_HANDLE_NACK: the handle did not arrive; the connection goes to the front of the line.
     func refused(worker: Int) {
-        guard let f = inFlight.removeValue(forKey: worker) else { return }
+        guard let f = inFlight.removeValue(forKey: worker) else { return answeredLate(worker) }
         pending[f.listener, default: []].insert((f.fd, monotonicMs()), at: 0)
         pendingCount += 1
         dispatcher.acknowledged(worker: worker)
@@ -287,8 +300,11 @@ final class ConnectionRouter {
     /// Gives `fd` to the next worker in rotation; false if none can take it now.
     private func handOut(_ fd: Int32, _ listener: AppListener) -> Bool {
         while let worker = dispatcher.next(for: listener.id) {
+            // A worker that left the rotation and came back (pml:unlisten, pml:listen) before
+            // acknowledging its handle is still awaiting it: it gets no other, and its record stays.
+            if inFlight[worker] != nil || silent.contains(worker) { continue }
             if sendHandle(worker, fd, listener) {
-                inFlight[worker] = (fd, listener.id)
+                inFlight[worker] = (fd, listener.id, monotonicMs())
                 onDispatched(worker)
                 return true
             }
@@ -343,8 +359,16 @@ final class ConnectionRouter {
         }
     }
 
-    /// Closes connections that waited too long for a worker (bounded wait, not refusal at once).
+    /// Closes connections that waited too long for a worker (bounded wait, not refusal at once),
+    /// and pml's copies of handles not acknowledged in time.
     private func expire() {
+        let ackCutoff = monotonicMs() - Self.ackTimeoutMs
+        for (worker, f) in inFlight where f.since < ackCutoff {
+            inFlight[worker] = nil
+            closeFD(f.fd)
+            silent.insert(worker)
+            logger.warning("worker \(worker) did not acknowledge a connection within \(Self.ackTimeoutMs) ms; pml closed its copy and sends it no more until it answers")
+        }
         let cutoff = monotonicMs() - Self.maxWaitMs
         for (id, queue) in pending {
             let (old, fresh) = (queue.filter { $0.since < cutoff }, queue.filter { $0.since >= cutoff })

@@ -326,6 +326,68 @@ extension Integration {
             }
         }
 
+        // MARK: Handles never acknowledged
+
+        /// A worker that takes each handle without ACK, then leaves and rejoins the rotation
+        /// (pml:unlisten, pml:listen); it counts the handles it got in FX_COUNT.
+        static let noAckWorker = #"""
+            import json, os, socket, time
+            ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+            port = int(os.environ["FX_PORT"])
+            ipc.sendall(b'"ready"\n')
+            got, kept = 0, []
+            while True:
+                data, fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+                if not data: break
+                kept += fds
+                handles = data.count(b"NODE_HANDLE")
+                if handles:
+                    got += handles
+                    open(os.environ["FX_COUNT"], "w").write(str(got))
+                    ipc.sendall(json.dumps({"type": "pml:unlisten", "port": port}).encode() + b"\n" +
+                                json.dumps({"type": "pml:listen", "id": got, "port": port}).encode() + b"\n")
+            """#
+
+        @Test("a worker that never ACKs and rejoins the rotation gets one handle, leaks nothing; pml drops its copy after 10 s")
+        func handleWithoutAck() async throws {
+            try await withSandbox { box in
+                let before = try await Self.baseline(box)
+                let port = try Net.freePort()
+                let script = try box.write("noack.py", Self.noAckWorker)
+                let count = box.work + "/handles"
+                let file = try box.write("noack.lua", """
+                    return { name = "noack", cmd = { "python3", \(lua(script)) }, listen = \(port), ready = "message",
+                             env = { FX_PORT = "\(port)", FX_COUNT = \(lua(count)) } }
+                    """)
+                try await box.pmlOK("start", file)
+                _ = try await box.waitOnline("noack")
+                let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(before.daemon)/fd").count) ?? -1 }
+                let fdsBefore = fds()
+                var clients: [Int32] = []
+                defer { clients.forEach { _ = close($0) } }
+                for _ in 0..<20 {
+                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                    var addr = sockaddr_in()
+                    addr.sin_family = sa_family_t(AF_INET)
+                    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+                    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+                    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                    clients.append(fd)
+                    await sleepMs(20)
+                }
+                try await box.waitFor("the first handle", timeout: 10) { box.numbers(count).first }
+                await sleepMs(500)
+                #expect(box.numbers(count).first == 1, "the worker got \(box.numbers(count)) handles")
+                // Its handle and at most one waiting connection; no fd per connection.
+                #expect(fds() - fdsBefore <= 3, "the daemon holds \(fds() - fdsBefore) more fds")
+                _ = try await box.waitFor("pml dropping the unacknowledged handle", timeout: 15) {
+                    box.read(box.daemonLog).contains("did not acknowledge a connection within 10000 ms") ? true : nil
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
         // MARK: Timers of refused starts
 
         @Test("a timer started at the top level of an app file never runs when the start is refused")
