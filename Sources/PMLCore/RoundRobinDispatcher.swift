@@ -48,18 +48,18 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
         if on { leastBusy.insert(listener) } else { leastBusy.remove(listener) }
     }
 
-    /// A worker's own count of its open connections now (clamped to 0...handed): a program's metric.
+    /// A worker's own count of its open connections now (clamped to 0...1_000_000): a program's
+    /// metric. It may hold connections pml never handed it; those count too.
     public mutating func report(worker: Int, openConnections: Int) {
         guard serving[worker] != nil else { return }
-        let h = handed[worker] ?? 0
-        closed[worker] = h - min(max(openConnections, 0), h)
+        closed[worker] = (handed[worker] ?? 0) - min(max(openConnections, 0), 1_000_000)
     }
 
     /// How many of the connections handed to it a worker has closed so far (pml's preload counts
     /// them); never goes back, never above what it was handed.
     public mutating func report(worker: Int, closedConnections: Int) {
         guard serving[worker] != nil else { return }
-        closed[worker] = min(max(closedConnections, closed[worker] ?? 0), handed[worker] ?? 0)
+        closed[worker] = max(0, min(max(closedConnections, closed[worker] ?? 0), handed[worker] ?? 0))
     }
 
     /// Connections of `worker` that are open as far as pml knows.

@@ -36,6 +36,8 @@ enum ClusterFixture {
     ///   once the file FX_READY_FILE exists), "never", "none" (say nothing), "notify"
     ///   (READY=1 + STATUS= on NOTIFY_SOCKET instead of IPC).
     /// - FX_METRIC=1: after ready, send {"type":"metric","name":"queue","value":7}.
+    /// - FX_BUSY_INSTANCE=<n>: the worker with PML_INSTANCE=n says, after ready, that it has 50
+    ///   connections open ({"type":"metric","name":"connections","value":50}: least-busy).
     /// - FX_GARBAGE_MARK=<file>: if the file does not exist, create it, wait 300 ms and write a
     ///   non-JSON line on the IPC channel (then keep running as if nothing happened).
     /// - FX_DIE_MARK=<file>, FX_DIE_INSTANCE=<n>: the worker with PML_INSTANCE=n, if the file does
@@ -92,6 +94,8 @@ enum ClusterFixture {
 
         if os.environ.get("FX_METRIC") == "1":
             send({"type": "metric", "name": "queue", "value": 7})
+        if os.environ.get("FX_BUSY_INSTANCE") == INSTANCE:
+            send({"type": "metric", "name": "connections", "value": 50})
 
         garbage = os.environ.get("FX_GARBAGE_MARK")
         if garbage and not os.path.exists(garbage):

@@ -163,7 +163,10 @@ import Testing
         d.report(worker: 1, openConnections: -4)
         #expect(d.load(of: 1) == 0)
         d.report(worker: 1, openConnections: Int.max)
-        #expect(d.load(of: 1) == 3, "no more open than handed")
+        #expect(d.load(of: 1) == 1_000_000, "a program's own count, clamped")
+        d.report(worker: 1, openConnections: 7)
+        _ = d.next(for: 0)
+        #expect(d.load(of: 1) == 8, "its count plus what was handed since")
         d.report(worker: 99, closedConnections: 3)
         #expect(d.load(of: 99) == 0)
     }
