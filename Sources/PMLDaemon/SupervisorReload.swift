@@ -127,6 +127,7 @@ extension Supervisor {
         scheduleCronRestart(app)
         rewatch(app)
         logger.info("reloading \(name)\(op.changes.isEmpty ? "" : " (changed: \(op.changes.joined(separator: ", ")))")")
+        recordReloadStart(app, style: style, changes: op.changes)
         reloadStep(op, done: done)
     }
 

@@ -1,3 +1,4 @@
+import Glibc
 import PMLCore
 import PMLPosix
 
@@ -70,6 +71,21 @@ extension Supervisor {
             }
             done(result)
         }
+    }
+
+    /// A reload under way, and how its old workers will be stopped (beforeReload's answer, when it has one).
+    func recordReloadStart(_ app: ManagedApp, style: StopStyle, changes: [String]) {
+        let signal = SignalNames.name(style.signal ?? SignalNames.number(app.spec.killSignal) ?? SIGTERM)
+        var how = style.message.map { "send \(Self.brief($0)), wait \(Self.duration(style.graceMs ?? app.spec.killTimeout)), then \(signal)" } ?? signal
+        how = "old workers: " + how
+        if app.spec.hooks.contains("beforeReload") { how = "beforeReload: " + how }
+        if !changes.isEmpty { how += "; changed: " + changes.joined(separator: ", ") }
+        record(app.spec.name, .reload, "reload started", detail: how)
+    }
+
+    private static func brief(_ v: ScriptValue) -> String {
+        if let s = v.stringValue { return "\"\(s)\"" }
+        return "a message"
     }
 
     static func sentence(_ d: RestartDecision) -> String {

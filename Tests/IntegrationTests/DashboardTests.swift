@@ -230,8 +230,8 @@ extension Integration {
                     "wait:[...document.querySelectorAll('#logs .l')].some(l => l.textContent.startsWith('hello-from-'))",
                     "eval:" + pidsInPage,
                     "click:button[data-action=\"reload\"][data-app=\"web\"]",
-                    "wait:document.querySelector('#timeline li[data-kind=\"reload\"]')",
-                    "eval:document.querySelector('#timeline li[data-kind=\"reload\"]').textContent",
+                    "wait:[...document.querySelectorAll('#timeline li[data-kind=\"reload\"]')].some(l => l.textContent.includes('reloaded:'))",
+                    "eval:[...document.querySelectorAll('#timeline li[data-kind=\"reload\"]')].map(l => l.textContent).join(' | ')",
                     "eval:document.querySelector('#timeline li[data-kind=\"action\"]').textContent",
                     "wait:!document.querySelector('article[data-app=\"web\"] tr[data-pid=\"\(before[0].pid ?? 0)\"]')",
                     "eval:" + pidsInPage,
@@ -243,7 +243,8 @@ extension Integration {
                 #expect((Int(lines[1]) ?? 0) >= 2, "a graph has points: \(lines[1])")
                 let oldPids = Set(before.compactMap(\.pid))
                 #expect(lines[2] == "\"[\(oldPids.sorted().map(String.init).joined(separator: ","))]\"", "the page shows the pids: \(lines[2])")
-                #expect(lines[3].contains("reloaded: 2 workers started"), "the reload is on the timeline: \(lines[3])")
+                #expect(lines[3].contains("reloaded: 2 workers started") && lines[3].contains("reload started"), "the reload is on the timeline: \(lines[3])")
+                #expect(lines[3].contains("old workers: SIGTERM"), "with how its old workers are stopped: \(lines[3])")
                 #expect(lines[4].contains("reload pressed on the dashboard"), "so is the button: \(lines[4])")
                 let after = try await box.rows("web")
                 let newPids = Set(after.compactMap(\.pid))
