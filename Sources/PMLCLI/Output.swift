@@ -66,7 +66,9 @@ enum Output {
         var lines: [[String]] = [
             ["name", app.name], ["status", app.status.rawValue], ["mode", app.mode],
             ["command", spec.argv.joined(separator: " ")], ["cwd", spec.cwd],
-            ["instances", String(spec.instances)], ["app file", spec.appFile ?? "-"],
+            ["instances", String(spec.instances)],
+            ["app file", spec.appFile ?? spec.ecosystemFile.map { "\($0) (PM2 ecosystem)" } ?? "-"],
+            ["namespace", spec.namespace ?? "default"],
             ["hooks", spec.hooks.isEmpty ? "-" : spec.hooks.joined(separator: ", ")],
             ["autorestart", String(spec.autorestart)],
             ["restart policy", (spec.expBackoffRestartDelay.map { "backoff \($0)ms ×1.5" } ?? "backoff \(spec.restartDelay)ms doubling") + " to \(spec.restartDelayMax)ms; errored after \(spec.maxRestarts) exits in a row within \(spec.minUptime)ms"],

@@ -38,6 +38,8 @@ public struct AppSpec: Sendable, Codable, Equatable {
     public var hooks: [String]
     /// A group of apps one command can name (`pml restart backend`); nil is PM2's "default".
     public var namespace: String?
+    /// The PM2 ecosystem file the app was declared in, if any (shown by describe; never re-read by pml).
+    public var ecosystemFile: String? = nil
 
     // PM2's operational keys, under PM2's names (parsed in AppSpecOptions.swift).
     /// Restart on file changes (`watch`, `ignore_watch`, `watch_delay`); nil: off.
@@ -75,7 +77,7 @@ public struct AppSpec: Sendable, Codable, Equatable {
         case minUptime = "min_uptime", maxRestarts = "max_restarts", restartDelay = "restart_delay"
         case restartDelayMax = "restart_delay_max", stableAfter = "stable_after"
         case stopExitCodes = "stop_exit_codes", killTimeout = "kill_timeout", killSignal = "kill_signal"
-        case timestamps, logDateFormat = "log_date_format", logFormat = "log_format", listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks, namespace
+        case timestamps, logDateFormat = "log_date_format", logFormat = "log_format", listen, dispatch, ready, readyTimeout = "ready_timeout", autoscale, appFile = "app_file", hooks, namespace, ecosystemFile = "ecosystem_file"
         case watch, outFile = "out_file", errorFile = "error_file", logFile = "log_file", pidFile = "pid_file"
         case mergeLogs = "merge_logs", user = "uid", group = "gid", maxMemoryRestart = "max_memory_restart"
         case cronRestart = "cron_restart", expBackoffRestartDelay = "exp_backoff_restart_delay"

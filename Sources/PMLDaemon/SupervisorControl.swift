@@ -237,6 +237,7 @@ extension Supervisor {
         for spec in specs {
             guard let app = apps.first(where: { $0.spec.name == spec.name }) else { continue }
             var kept = spec
+            kept.ecosystemFile = ecosystem
             // A restart keeps the worker count (pml scale changes it); a reload takes the file's.
             if request.cmd == .restart { kept.instances = app.workers.count }
             app.spec = kept
@@ -404,7 +405,10 @@ extension Supervisor {
             releaseAll()
             return .failure(error.description)
         }
-        for i in specs.indices { specs[i].appFile = args.file }
+        for i in specs.indices {
+            specs[i].appFile = args.file
+            specs[i].ecosystemFile = args.ecosystem
+        }
         if let only = args.only {
             let names = only.split(separator: ",").map(String.init)
             specs = specs.filter { names.contains($0.name) }

@@ -115,6 +115,8 @@ extension Integration {
                 let reporter = try await Self.reports(box, "reporter", count: 1)
                 #expect(reporter[0]["PORT"] as? String == "4100" && reporter[0]["NODE_ENV"] is NSNull, "\(reporter)")
 
+                let shown = try await box.pmlOK("describe", "worker").stdout
+                #expect(shown.contains("\(box.work)/ecosystem.config.js (PM2 ecosystem)") && shown.contains("namespace       backend"), "\(shown)")
                 // PM2's defaults for apps from a PM2 file.
                 let (d, _) = try await box.describe("api")
                 #expect(d.spec.killSignal == "SIGINT" && d.spec.killTimeout == 1600 && d.spec.maxRestarts == 16 && d.spec.minUptime == 1000)
