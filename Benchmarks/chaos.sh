@@ -151,8 +151,13 @@ flood_count=$(cat "$work/flood.count" 2>/dev/null || echo "?")
 read -r fds_during rss_during < <(daemon_stats)
 kill "$flood_pid" 2>/dev/null || true
 "$pml" delete stuck >/dev/null; "$pml" delete loop >/dev/null
-sleep 3
-read -r fds_after rss_after < <(daemon_stats)
+# A left-behind stuck thread keeps its fds and memory until its C call returns: wait for that (12 s at most).
+settle_end=$((SECONDS + 12))
+while :; do
+  sleep 1
+  read -r fds_after rss_after < <(daemon_stats)
+  ((fds_after <= fds_before + 3 || SECONDS >= settle_end)) && break
+done
 restarts=$("$pml" ls --json | python3 -c 'import json,sys; print(sum(r["restarts"] for r in json.load(sys.stdin) if r["name"]=="web"))')
 replaced=$(grep -c "stuck inside a C call" "$PML_HOME/daemon.log" || true)
 

@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -197,6 +198,8 @@ void pml_eventfd_drain(int fd) {
     uint64_t count;
     (void)!read(fd, &count, sizeof count);
 }
+
+int pml_nice_this_thread(int nice) { return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice); }
 
 int pml_socketpair_stream(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 

@@ -113,6 +113,7 @@ final class ScriptHub {
         loop.unregister(entry.io)
         _ = entry.thread.post(always: true) { $0.stop() }
         leaving.append(entry.thread)
+        armWatchdog()
         for answer in pending.drop(owner: owner) { answer(nil) }
     }
 
@@ -204,8 +205,8 @@ final class ScriptHub {
         }, next)
     }
 
-    /// Every `watchEveryMs` while threads run: a thread busy with one call past `stuckAfterMs` is
-    /// inside a C call no budget can stop; the owner gets a fresh thread and state.
+    /// Every `watchEveryMs` while threads run or are leaving: a thread busy with one call past
+    /// `stuckAfterMs` is inside a C call no budget can stop; the owner gets a fresh thread and state.
     private func armWatchdog() {
         guard watchdog == nil else { return }
         watchdog = loop.schedule(after: Self.watchEveryMs) { [unowned self] in
@@ -216,7 +217,9 @@ final class ScriptHub {
                       self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
                 self.replace(owner, stuckIn: busy.label, forMs: now - busy.since)
             }
-            if !self.threads.isEmpty { self.armWatchdog() }
+            // A thread that has exited lets go of its eventfds once nothing holds it any more.
+            self.leaving.removeAll { $0.currentActivity.exited }
+            if !self.threads.isEmpty || !self.leaving.isEmpty { self.armWatchdog() }
         }
     }
 

@@ -125,9 +125,13 @@ final class ScriptThread: Sendable {
         }
     }
 
+    /// Script threads yield the CPU to the supervisor and the apps when the machine is busy: a
+    /// script that burns its budget (or is stuck in a C call) slows the apps as little as possible.
+    static let nice: Int32 = 19
+
     private func main(libraryPaths: [String]) {
-        // The thread's own references end here; the last one (this or the supervisor's) closes the fds.
         defer { activity.withLock { $0.exited = true } }
+        try? setThisThreadNice(Self.nice)
         let side: ScriptSide
         do {
             side = try ScriptSide(thread: self, libraryPaths: libraryPaths)

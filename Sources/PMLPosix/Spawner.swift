@@ -220,3 +220,8 @@ public func signalEventFD(_ fd: Int32) { pml_eventfd_signal(fd) }
 
 /// Resets the eventfd's counter (call before taking the work it announced).
 public func drainEventFD(_ fd: Int32) { pml_eventfd_drain(fd) }
+
+/// Gives the calling thread the nice value `nice` (higher: less CPU when the machine is busy).
+public func setThisThreadNice(_ nice: Int32) throws(SystemError) {
+    try sys("setpriority") { pml_nice_this_thread(nice) }
+}

@@ -78,6 +78,8 @@ int pml_socketpair_stream(int fds[2]);
 int pml_eventfd(void);
 void pml_eventfd_signal(int fd);
 void pml_eventfd_drain(int fd);
+/* Sets the nice value of the calling thread only (Linux schedules threads by their own nice). */
+int pml_nice_this_thread(int nice);
 /* accept4 with CLOEXEC; NONBLOCK only if asked (handed-over connections stay blocking, as accept() gives them). */
 int pml_accept(int fd, int nonblocking);
 int pml_set_nonblocking(int fd, int on);
