@@ -6,12 +6,19 @@ import PMLPosix
 
 /// Serves the control socket: one JSON request per line, one JSON response per line.
 final class ControlServer {
+    /// More clients than this at once are answered with an error and closed.
+    static let maxConnections = 256
+    /// A client with no request under way and nothing sent or received for this long is closed
+    /// (one that waits for a long operation is not idle: its request is under way).
+    static let idleTimeoutMs = 60_000
+
     private let fd: Int32
     private let loop: EventLoop
     private let logger: Logger
     private let handler: (ControlRequest, @escaping (ControlResponse) -> Void) -> Void
     private var handle: IOHandle?
     private var connections: [ObjectIdentifier: ControlConnection] = [:]
+    private let backoff: AcceptBackoff
 
     /// Serves the listening socket `fd` (bound at `pml.sock`, 0600, non-blocking).
     init(listening fd: Int32, loop: EventLoop, logger: Logger,
@@ -20,11 +27,35 @@ final class ControlServer {
         self.loop = loop
         self.logger = logger
         self.handler = handler
+        backoff = AcceptBackoff(loop: loop, logger: logger, what: "control socket")
         handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
+        scheduleIdleSweep()
+    }
+
+    private func scheduleIdleSweep() {
+        loop.schedule(after: Self.idleTimeoutMs / 4) { [weak self] in
+            guard let self else { return }
+            let now = monotonicMs()
+            for c in self.connections.values where c.idle(since: now - Self.idleTimeoutMs) { c.closeIdle() }
+            self.scheduleIdleSweep()
+        }
     }
 
     private func acceptAll() {
-        while let client = UnixSocket.accept(fd) {
+        while true {
+            guard let client = UnixSocket.accept(fd) else {
+                backoff.pauseIfOutOfDescriptors(handle) { [weak self] in
+                    if let self, let h = self.handle { self.loop.modify(h, events: [.readable]) }
+                }
+                return
+            }
+            if connections.count >= Self.maxConnections {
+                // A best-effort answer (the socket buffer of a new connection has room), then closed.
+                let line = (try? JSONEncoder().encode(ControlResponse.failure("the daemon has \(Self.maxConnections) clients already; try again"))) ?? Data()
+                _ = (line + Data([UInt8(ascii: "\n")])).withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+                closeFD(client)
+                continue
+            }
             // The socket is 0600 already; the uid check also covers a home folder with loose permissions.
             guard UnixSocket.peerUID(client) == getuid() else {
                 logger.warning("refused a control connection from another user")
@@ -52,6 +83,7 @@ final class ControlConnection {
     private var input: [UInt8] = []
     private var output: [UInt8] = []
     private var busy = false
+    private var lastActivityMs = monotonicMs()
     private var closeWhenFlushed = false
     private var closed = false
     private let handler: (ControlRequest, @escaping (ControlResponse) -> Void) -> Void
@@ -87,9 +119,15 @@ final class ControlConnection {
             return
         case .data(let n):
             input.append(contentsOf: chunk[0..<n])
+            lastActivityMs = monotonicMs()
         }
         processInput()
     }
+
+    /// No request under way, nothing left to write, and quiet since `cutoff`.
+    func idle(since cutoff: Int) -> Bool { !busy && output.isEmpty && lastActivityMs < cutoff }
+
+    func closeIdle() { close() }
 
     private func processInput() {
         while !busy, !closeWhenFlushed, let nl = input.firstIndex(of: UInt8(ascii: "\n")) {
@@ -118,6 +156,7 @@ final class ControlConnection {
 
     private func send(_ response: ControlResponse) {
         busy = false
+        lastActivityMs = monotonicMs()
         enqueue(response)
         if !closed { processInput() }
     }

@@ -30,6 +30,9 @@ struct SupervisorSetup {
             throw Failure(description: "cannot set up signals: \(error)")
         }
         ignoreSIGPIPE()
+        // Each waiting connection, worker pipe and client holds a descriptor (the keeper did this
+        // for the daemon already; `pml run` has no keeper).
+        raiseFDLimit()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = .info

@@ -61,8 +61,7 @@ final class HTTPListener {
         // Bounded per wake-up, so a flood of connections cannot hold the loop.
         for _ in 0..<64 {
             guard let client = UnixSocket.accept(fd) else {
-                let e = errno
-                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                if UnixSocket.acceptRanOutOfDescriptors() {
                     // Out of fds: the listener stays readable; stop watching it for a moment
                     // rather than spin on it.
                     pauseAccepting()

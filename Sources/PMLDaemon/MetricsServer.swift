@@ -9,10 +9,15 @@ import PMLPosix
 /// `PML_METRICS_LISTEN`; anything but a loopback host is refused. `/healthz` and `/readyz` are
 /// answered here too (see `HealthProbe`), for orchestrators probing `pml run`.
 final class MetricsServer {
+    /// Scrapes served at once; more are closed at once (any local user can reach the port).
+    static let maxExchanges = 64
+
     private let fd: Int32
     private let loop: EventLoop
     private let render: (String) -> HTTPResponse
     private var handle: IOHandle?
+    private var exchanges = 0
+    private let backoff: AcceptBackoff
 
     /// The configured address, or nil when metrics are not served. Throws for a bad address.
     static func configuredAddress(paths: PMLPaths, environment: [String: String]) throws(SystemError) -> ListenAddress? {
@@ -24,13 +29,27 @@ final class MetricsServer {
         fd = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true).fd
         self.loop = loop
         self.render = render
+        backoff = AcceptBackoff(loop: loop, logger: Logger(label: "pml"), what: "metrics listener")
         handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
     }
 
     private func acceptAll() {
-        while let client = UnixSocket.accept(fd) {
-            MetricsExchange.start(fd: client, loop: loop, render: render)
+        while true {
+            guard let client = UnixSocket.accept(fd) else {
+                backoff.pauseIfOutOfDescriptors(handle) { [weak self] in self?.resume() }
+                return
+            }
+            guard exchanges < Self.maxExchanges else {
+                closeFD(client)
+                continue
+            }
+            exchanges += 1
+            MetricsExchange.start(fd: client, loop: loop, render: render) { [weak self] in self?.exchanges -= 1 }
         }
+    }
+
+    private func resume() {
+        if let handle { loop.modify(handle, events: [.readable]) }
     }
 }
 
@@ -43,12 +62,14 @@ private final class MetricsExchange {
     private var request: [UInt8] = []
     private var response: [UInt8] = []
     private var timer: TimerHandle?
+    private var onClose: () -> Void = {}
 
-    static func start(fd: Int32, loop: EventLoop, render: @escaping (String) -> HTTPResponse) {
+    static func start(fd: Int32, loop: EventLoop, render: @escaping (String) -> HTTPResponse, onClose: @escaping () -> Void) {
         let exchange = MetricsExchange(fd: fd, loop: loop, render: render)
+        exchange.onClose = onClose
         // The registration's closure holds the exchange until it closes itself.
         exchange.handle = try? loop.register(fd: fd, events: [.readable]) { events in exchange.ready(events) }
-        if exchange.handle == nil { closeFD(fd) }
+        if exchange.handle == nil { return exchange.close() }
         // A client that never finishes its request is dropped.
         exchange.timer = loop.schedule(after: 5000) { exchange.close() }
     }
@@ -80,6 +101,8 @@ private final class MetricsExchange {
     }
 
     private func close() {
+        onClose()
+        onClose = {}
         if let timer { loop.cancel(timer) }
         timer = nil
         if let handle { loop.unregister(handle) }

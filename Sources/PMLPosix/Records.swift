@@ -78,6 +78,13 @@ public func stopListening(_ fd: Int32) {
 }
 
 /// Raises the soft limit on open files to the hard one.
+/// The soft limit on open files.
+public func openFileLimit() -> Int {
+    var r = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &r) == 0 else { return 1024 }
+    return Int(clamping: r.rlim_cur)
+}
+
 public func raiseFDLimit() {
     pml_raise_fd_limit()
 }

@@ -69,6 +69,13 @@ public enum UnixSocket {
         return c >= 0 ? c : nil
     }
 
+    /// Whether the accept that just answered nil ran out of file descriptors (EMFILE, ENFILE, or
+    /// memory for one): the connection is still pending, so a level-triggered listener would wake
+    /// the loop again at once. Read it right after `accept`, before errno changes.
+    public static func acceptRanOutOfDescriptors() -> Bool {
+        errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM
+    }
+
     /// Sends one datagram to a unix socket (sd_notify). "@name" is an abstract-namespace address.
     public static func sendDatagram(path: String, text: String) throws(SystemError) {
         let abstract = path.hasPrefix("@")

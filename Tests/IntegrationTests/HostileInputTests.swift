@@ -98,7 +98,7 @@ extension Integration {
                 try await Self.expectUnharmed(box, before)
                 // The daemon is idle: no finalizer is spinning in it.
                 try await box.waitFor("the daemon idle (no spinning finalizer)", timeout: 10) {
-                    Self.cpuPercent(of: before.daemon, overMs: 500) < 50 ? true : nil
+                    Self.cpuPercent(of: [before.daemon], overMs: 500) < 50 ? true : nil
                 }
             }
         }
@@ -326,6 +326,57 @@ extension Integration {
             }
         }
 
+        // MARK: File descriptors
+
+        @Test("under ulimit -n 64, a flood of control and metrics connections does not make the daemon spin; it answers once they go")
+        func descriptorFlood() async throws {
+            try await withSandbox { box in
+                let metricsPort = try Net.freePort()
+                // The daemon (and its keeper) inherit the limit from the command that starts them.
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/bin/sh")
+                p.arguments = ["-c", "ulimit -n 64 && exec \"$0\" ping", try PMLBinary.require()]
+                var env = ProcessInfo.processInfo.environment
+                env["PML_HOME"] = box.home
+                env["PML_METRICS_LISTEN"] = "127.0.0.1:\(metricsPort)"
+                p.environment = env
+                p.standardInput = FileHandle.nullDevice
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+                try p.run()
+                p.waitUntilExit()
+                #expect(p.terminationStatus == 0)
+                let before = try await Self.baseline(box)
+                var clients: [RawClient] = []
+                var tcp: [Int32] = []
+                defer { tcp.forEach { _ = close($0) } }
+                for _ in 0..<80 {
+                    if let c = try? RawClient(path: box.socketPath, timeoutSeconds: 1) { clients.append(c) }
+                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                    var addr = sockaddr_in()
+                    addr.sin_family = sa_family_t(AF_INET)
+                    addr.sin_port = in_port_t(UInt16(metricsPort).bigEndian)
+                    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+                    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                    tcp.append(fd)
+                }
+                try await box.waitFor("the daemon out of descriptors", timeout: 10) {
+                    box.read(box.daemonLog).contains("out of file descriptors (limit 64)") ? true : nil
+                }
+                // The keeper and the daemon (the workers sleep).
+                let cpu = Self.cpuPercent(of: Proc.pids(withEnvironment: "PML_HOME=\(box.home)"), overMs: 1000)
+                #expect(cpu < 30, "pml used \(Int(cpu)) % CPU while out of descriptors")
+                clients.removeAll()
+                tcp.forEach { _ = close($0) }
+                tcp.removeAll()
+                try await box.waitFor("pml ls answering again", timeout: 10) {
+                    try await box.pml(["ls"], timeout: 5).ok ? true : nil
+                }
+                try await Self.expectUnharmed(box, before)
+            }
+        }
+
         // MARK: Handles never acknowledged
 
         /// A worker that takes each handle without ACK, then leaves and rejoins the rotation
@@ -464,13 +515,15 @@ extension Integration {
             #expect(!text.contains("/tmp/.pml"), "\(text)")
         }
 
-        /// CPU use of `pid` over `ms`, in % of one core.
-        static func cpuPercent(of pid: Int32, overMs ms: Int) -> Double {
+        /// CPU use of `pids` together over `ms`, in % of one core.
+        static func cpuPercent(of pids: [Int32], overMs ms: Int) -> Double {
             func ticks() -> Double {
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                      let close = stat.lastIndex(of: ")") else { return 0 }
-                let fields = stat[stat.index(after: close)...].split(separator: " ")
-                return (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) // utime, stime
+                pids.reduce(0) { sum, pid in
+                    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                          let close = stat.lastIndex(of: ")") else { return sum }
+                    let fields = stat[stat.index(after: close)...].split(separator: " ")
+                    return sum + (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) // utime, stime
+                }
             }
             let a = ticks()
             usleep(useconds_t(ms * 1000))
