@@ -172,7 +172,9 @@ final class ConnectionRouter {
     func removeSlot(_ slot: SlotSocket) {
         if listeners[slot.listener.id] != nil {
             setNonBlocking(slot.fd)
-            while let fd = UnixSocket.accept(slot.fd, nonBlocking: false) {
+            // Bounded: what the backlog holds (511), with room for what arrives meanwhile.
+            for _ in 0..<4096 {
+                guard let fd = UnixSocket.accept(slot.fd, nonBlocking: false) else { break }
                 if !handOut(fd, slot.listener) { enqueue(fd, slot.listener.id) }
             }
         }
