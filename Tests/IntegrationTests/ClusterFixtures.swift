@@ -170,6 +170,50 @@ enum ClusterFixture {
             json.dump(record, f)
         os.rename(path + ".tmp", path)
 
+        \#(pythonAcceptLoop)
+        threads = [threading.Thread(target=accept_loop, args=(fd,), daemon=True) for fd in range(3, 3 + n)]
+        for t in threads:
+            t.start()
+        print("shared worker %s (pid %d) accepting on %d fd(s)" % (INSTANCE, PID, n), flush=True)
+        threading.Event().wait()
+        """#
+
+    /// A `reuseport` worker that is not Node: accepts on its inherited slot socket (fd 3) and,
+    /// having said {"type":"pml:handoff"}, also serves connections pml hands over on PML_IPC_FD
+    /// (those queued on the socket of a worker that died). Answers "hello from <pid>".
+    static let pythonReusePort = #"""
+        import json, os, select, socket, sys, threading
+
+        PID = os.getpid()
+        ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+        lock = threading.Lock()
+
+        def send(value):
+            with lock:
+                ipc.sendall((json.dumps(value) + "\n").encode())
+
+        \#(pythonAcceptLoop)
+        threading.Thread(target=accept_loop, args=(3,), daemon=True).start()
+        send({"type": "pml:handoff"})
+        buffer, fds = b"", []
+        while True:
+            data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+            if not data:
+                sys.exit(0)
+            fds.extend(new_fds)
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                message = json.loads(line) if line.strip() else None
+                if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
+                    conn = socket.socket(fileno=fds.pop(0))
+                    send({"cmd": "NODE_HANDLE_ACK"})
+                    respond(conn)
+        """#
+
+    /// Python: `respond(conn)` answers one HTTP request with "hello from <PID>"; `accept_loop(fd)`
+    /// accepts on an inherited (non-blocking) listening socket for ever. Needs PID, select, socket.
+    static let pythonAcceptLoop = #"""
         def respond(conn):
             conn.settimeout(5)
             try:
@@ -196,11 +240,5 @@ enum ClusterFixture {
                     continue
                 conn.setblocking(True)
                 respond(conn)
-
-        threads = [threading.Thread(target=accept_loop, args=(fd,), daemon=True) for fd in range(3, 3 + n)]
-        for t in threads:
-            t.start()
-        print("shared worker %s (pid %d) accepting on %d fd(s)" % (INSTANCE, PID, n), flush=True)
-        threading.Event().wait()
         """#
 }

@@ -225,6 +225,41 @@ extension Integration {
             }
         }
 
+        @Test("reuseport, a Python program that says pml:handoff: a killed worker's queued connections are served by the other, through pml")
+        func reusePortPythonHandoff() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let worker = try box.write("rp.py", ClusterFixture.pythonReusePort)
+                let file = try box.write("rp.lua", """
+                    return { name = "rp", script = \(lua(worker)), instances = 2, dispatch = "reuseport",
+                             listen = "127.0.0.1:\(port)", restart_delay = 5000 }
+                    """)
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitServing("rp", count: 2)
+                let victim = rows[1].pid!, survivor = rows[0].pid!
+                try await box.waitFor("the survivor takes handed connections") { () -> Bool? in
+                    let workers = try await box.rawWorkers("rp")
+                    return workers.allSatisfy { (($0["serving"] as? [Any]) ?? []).count == 1 } ? true : nil
+                }
+                kill(victim, SIGSTOP)
+                try await box.waitFor("worker \(victim) stopped") { Proc.state(victim) == "T" ? true : nil }
+                let clients = ParallelGets(port: port, count: 16, timeout: 12)
+                let queued = try await box.waitFor("connections queued on the stopped worker's socket") { () -> Int? in
+                    let q = ListenQueues.longestQueue(port: port)
+                    return clients.finished + q >= 16 && q > 0 ? q : nil
+                }
+                kill(victim, SIGKILL)
+                let killedAt = nowMs()
+                let results = await clients.wait()
+                #expect(nowMs() - killedAt < 4000, "served before the replacement (5 s later)")
+                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "all answered, \(queued) of them queued on the dead worker's socket: \(failed.prefix(3))")
+                let pids = Set(results.compactMap { if case .success(let r) = $0 { return r.pid } else { return nil } })
+                #expect(pids == [survivor], "the survivor answered them all: \(pids)")
+                #expect(try await Self.dispatched(box, "rp")[survivor] ?? 0 >= queued, "handed over by pml")
+            }
+        }
+
         @Test("reuseport needs TCP addresses and a fixed port: one clear line, nothing started")
         func reusePortValidation() async throws {
             try await withSandbox { box in
