@@ -127,9 +127,12 @@ final class ConnectionRouter {
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
+    private let backoff: AcceptBackoff
+
     init(loop: EventLoop, logger: Logger) {
         self.loop = loop
         self.logger = logger
+        backoff = AcceptBackoff(loop: loop, logger: logger, what: "app listeners")
         scheduleExpiry()
     }
 
@@ -288,7 +291,16 @@ final class ConnectionRouter {
                 if let h = listener.handle { loop.modify(h, events: []) }
                 return
             }
-            guard let fd = UnixSocket.accept(socket, nonBlocking: false) else { return }
+            guard let fd = UnixSocket.accept(socket, nonBlocking: false) else {
+                let slot = listener.slots.values.first { $0.fd == socket }
+                backoff.pauseIfOutOfDescriptors(slot?.handle ?? listener.handle) { [weak self, weak listener] in
+                    // Back in the loop unless it left it meanwhile for another reason.
+                    guard let self, let listener, self.listeners[listener.id] != nil, !self.acceptingPaused else { return }
+                    if let slot { if slot.accepting, let h = slot.handle { self.loop.modify(h, events: [.readable]) } }
+                    else if !self.starved.contains(listener.id), let h = listener.handle { self.loop.modify(h, events: [.readable]) }
+                }
+                return
+            }
             if !handOut(fd, listener) { enqueue(fd, listener.id) }
         }
     }
