@@ -174,6 +174,28 @@ extension Integration {
             }
         }
 
+        @Test("beforeReload stuck in a C call: the reload goes on with the default stop style after the deadline")
+        func stuckBeforeReload() async throws {
+            try await withSandbox { box in
+                let file = try box.write("rl.lua", """
+                    return {
+                      name = "rl", cmd = { "sleep", "1000" }, instances = 1,
+                      beforeReload = function() string.find(string.rep("a", 2000), "^a*a*a*b") end,
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let before = try await box.waitOnline("rl").map(\.pid)
+                let t0 = nowMs()
+                let r = try await box.pml(["reload", "rl"], timeout: 30)
+                let took = nowMs() - t0
+                #expect(r.ok && r.stdout.contains("reloaded rl"), "\(r)")
+                #expect(took >= 2400 && took < 10_000, "the reload waited for the deadline, not for the C call: \(took) ms")
+                try await box.waitForDaemonLine("hook beforeReload failed: no answer within 2500 ms; the default applies")
+                let after = try await box.waitOnline("rl").map(\.pid)
+                #expect(after != before, "the worker was replaced: \(before) → \(after)")
+            }
+        }
+
         @Test("each app file's state has its own memory cap: one holds 45 MiB and then hits its cap, another still allocates 40 MiB")
         func memoryPerAppFile() async throws {
             try await withSandbox { box in
