@@ -94,7 +94,8 @@ final class KeeperProcess {
     /// replaced on disk since), for when a daemon from the installed binary could not start.
     func startDaemon(predecessor: Predecessor?, ownBinary: Bool = false) {
         guard let exe = ownBinary ? "/proc/self/exe" : installedExecutablePath() else {
-            return giveUp("cannot find the pml binary to start a daemon")
+            // Mid-upgrade the installed binary may be missing for a moment: the keeper's own still runs.
+            return startDaemon(predecessor: predecessor, ownBinary: true)
         }
         let link: (Int32, Int32)
         do {
@@ -124,6 +125,7 @@ final class KeeperProcess {
                                                 parentDeathSignal: SIGKILL))
         } catch {
             closeFD(link.0)
+            if !ownBinary { return startDaemon(predecessor: predecessor, ownBinary: true) }
             return giveUp("cannot start a daemon: \(error)")
         }
         RecordSocket.limitSendWait(link.0, seconds: 2)
@@ -167,9 +169,9 @@ final class KeeperProcess {
         case .hello:
             guard let d = daemon else { return }
             for (tag, fd) in held { send(.held(tag: tag), fd: fd, to: d.link) }
-            send(.end, to: d.link)
             undelivered.forEach { send($0, to: d.link) }
             undelivered.removeAll()
+            send(.end, to: d.link)
             daemon?.spoke = true
         case .up:
             daemon?.up = true
@@ -250,14 +252,15 @@ final class KeeperProcess {
     private func giveUp(_ why: String) {
         Keeper.say("\(why); giving up: stopping every worker")
         if let d = daemon { signalProcess(d.pid, SIGKILL) }
-        let killed = Daemon.sweepOrphans(home: paths.home, daemonPID: getpid())
-        if killed > 0 { Keeper.say("killed \(killed) worker process(es)") }
         finish(1)
     }
 
-    /// Ends the keeper. Nothing is left to sweep by now, so the sentinel goes first: what remains
-    /// of pml after `pml kill` is nothing at all.
+    /// Ends the keeper. After a clean stop nothing is left to sweep; a daemon that died while it
+    /// stopped the apps (or handed over) may have left workers, which go now. Then the sentinel:
+    /// what remains of pml after `pml kill` is nothing at all.
     private func finish(_ code: Int32) {
+        let killed = Daemon.sweepOrphans(home: paths.home, daemonPID: getpid())
+        if killed > 0 { Keeper.say("killed \(killed) worker process(es) left by the daemon") }
         for fd in held.values { closeFD(fd) }
         held.removeAll()
         if let s = sentinel {

@@ -207,6 +207,7 @@ final class Supervisor {
         keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read)
         attachStreams(w, ipc: ipc.0, out: out.read, err: err.read, resync: false)
         w.pid = pid
+        w.adopted = false
         w.startTicks = readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) ?? 0
         w.status = .starting
         w.startedAt = monotonicMs()
@@ -299,7 +300,9 @@ final class Supervisor {
     /// Reaps exited children and decides what happens to their workers. `reported`: exits the
     /// keeper reaped (adopted workers are its children, not this daemon's).
     func childrenExited(reported: [ChildExit] = []) {
-        for exit in reapChildren() + reported {
+        // The keeper reaps orphans too: its report counts only for an adopted worker, never for this
+        // daemon's own child that happens to have the recycled pid.
+        for exit in reapChildren() + reported.filter({ workersByPID[$0.pid]?.adopted == true }) {
             guard let w = workersByPID.removeValue(forKey: exit.pid) else { continue } // pml.spawn or an adopted orphan
             keeper?.drop(KeeperTag.worker(pid: exit.pid))
             // Whatever the worker left behind in its group goes with it (no orphan keeps a port).

@@ -189,6 +189,7 @@ extension Supervisor {
         }
         attachStreams(w, ipc: ipc, out: out, err: err, resync: true)
         w.pid = pid
+        w.adopted = true
         w.startTicks = record.startTime
         w.startedAt = record.startedAtMs
         w.requestedListeners = Set(app.listeners.filter { record.listening.contains($0.tag) }.map(\.id))

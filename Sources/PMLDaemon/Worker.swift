@@ -14,6 +14,8 @@ final class Worker {
     var pid: Int32?
     /// When the process started (/proc/<pid>/stat field 22): a successor checks it before adopting.
     var startTicks: UInt64 = 0
+    /// Its process was adopted from a dead daemon: the keeper, not this daemon, reaps it.
+    var adopted = false
     var status: WorkerStatus = .stopped
     var startedAt = 0
     var history = CrashHistory()
