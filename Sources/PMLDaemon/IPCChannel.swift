@@ -17,7 +17,8 @@ final class IPCChannel {
     private struct Outgoing {
         var bytes: [UInt8]
         var offset = 0
-        /// Sent with the first byte of the line, then -1. pml keeps its own copy until the ACK.
+        /// A duplicate of the handle, sent with the first byte of the line and then closed (-1);
+        /// pml keeps its own copy until the ACK.
         var fd: Int32
     }
 
@@ -162,10 +163,17 @@ final class IPCChannel {
             }
             if offset == line.count { return true }
         }
-        output.append(Outgoing(bytes: line, offset: offset, fd: offset > 0 ? -1 : handleFD))
+        // A queued handle keeps its own duplicate: pml's copy may be closed (ACK timeout) before the
+        // line goes out, and its number reused for another socket.
+        let queuedFD = offset > 0 || handleFD < 0 ? -1 : fcntl(handleFD, F_DUPFD_CLOEXEC, 0)
+        output.append(Outgoing(bytes: line, offset: offset, fd: queuedFD))
         queuedBytes += line.count - offset
         if queuedBytes > Self.maxQueuedBytes {
-            cutOff("it left \(queuedBytes) bytes of its IPC channel unread", count: 0)
+            let why = "it left \(queuedBytes) bytes of its IPC channel unread"
+            close()
+            // Told from the loop, not from inside this send: the caller (a hand-out in the middle of
+            // the router's drain) finishes first.
+            _ = loop?.schedule(after: 0) { [weak self] in self?.onGarbage(why, 0, true) }
             return false
         }
         if wasIdle { flush() } // the socket is full: this registers for writability
@@ -191,6 +199,7 @@ final class IPCChannel {
                 }
                 return
             }
+            if output[0].fd >= 0 { closeFD(output[0].fd) }
             output[0].fd = -1
             output[0].offset += n
             queuedBytes -= n
@@ -218,6 +227,7 @@ final class IPCChannel {
         _ = shutdown(fd, Int32(SHUT_RDWR))
         closeFD(fd)
         input.removeAll()
+        for o in output where o.fd >= 0 { closeFD(o.fd) }
         output.removeAll()
     }
 
