@@ -19,6 +19,34 @@ enum ScriptCommand: Sendable {
     case spawn(argv: [String])
 }
 
+extension ScriptCommand {
+    /// Roughly what it holds, for the bound on what waits for the supervisor.
+    var approximateBytes: Int {
+        switch self {
+        case .log(_, let source, let message): return 64 + source.utf8.count + message.utf8.count
+        case .hookFailed(let app, _, let hook, let message): return 64 + app.utf8.count + hook.utf8.count + message.utf8.count
+        case .failed(let app, let message): return 64 + (app?.utf8.count ?? 0) + message.utf8.count
+        case .send(_, let message): return 64 + message.approximateBytes
+        case .broadcast(let app, let message): return 64 + app.utf8.count + message.approximateBytes
+        case .scale(let app, _), .reload(let app, _): return 64 + app.utf8.count
+        case .restart(let target): return 64 + target.utf8.count
+        case .spawn(let argv): return 64 + argv.reduce(0) { $0 + 16 + $1.utf8.count }
+        }
+    }
+}
+
+extension ScriptValue {
+    /// Roughly what it holds in memory.
+    var approximateBytes: Int {
+        switch self {
+        case .string(let s): return 16 + s.utf8.count
+        case .array(let items): return 16 + items.reduce(0) { $0 + $1.approximateBytes }
+        case .object(let fields): return 16 + fields.reduce(0) { $0 + 16 + $1.key.utf8.count + $1.value.approximateBytes }
+        default: return 16
+        }
+    }
+}
+
 /// What crosses from a script thread to the supervisor.
 enum ScriptMessage: Sendable {
     /// The answer to `ScriptHub.ask` number `id`.
@@ -76,7 +104,7 @@ final class ScriptThread: Sendable {
     /// Watched by the supervisor's loop.
     let messagesFD: Int32
     private let jobs = Mutex<[Job]>([])
-    private let messages = Mutex<[ScriptMessage]>([])
+    private let messages = Mutex<(queue: [ScriptMessage], commandBytes: Int, dropped: Bool)>(([], 0, false))
     private let activity = Mutex(Activity())
 
     private init(name: String, limits: LuaLimits, snapshot: ScriptSnapshotBox) throws(SystemError) {
@@ -162,9 +190,9 @@ final class ScriptThread: Sendable {
     /// Messages the thread sent since the last call; call after `messagesFD` became readable.
     func takeMessages() -> [ScriptMessage] {
         drainEventFD(messagesFD)
-        return messages.withLock { queue in
-            defer { queue.removeAll() }
-            return queue
+        return messages.withLock { m in
+            defer { m = ([], 0, false) }
+            return m.queue
         }
     }
 
@@ -188,8 +216,24 @@ final class ScriptThread: Sendable {
         }
     }
 
+    /// Commands waiting for the supervisor, at most: what a script copies out of Lua is not under
+    /// its state's memory cap, so a script that logs or sends in a loop loses the excess (once
+    /// said) rather than exhaust the daemon's memory. Answers always go.
+    static let maxQueuedCommands = 10_000
+    static let maxQueuedCommandBytes = 32 << 20
+
     func send(_ message: ScriptMessage) {
-        messages.withLock { $0.append(message) }
+        messages.withLock { m in
+            guard case .command(let c) = message else { return m.queue.append(message) }
+            let bytes = c.approximateBytes
+            if m.queue.count < Self.maxQueuedCommands, m.commandBytes + bytes <= Self.maxQueuedCommandBytes {
+                m.queue.append(message)
+                m.commandBytes += bytes
+            } else if !m.dropped {
+                m.dropped = true
+                m.queue.append(.command(.failed(app: nil, message: "\(name): more than \(Self.maxQueuedCommands) commands or \(Self.maxQueuedCommandBytes >> 20) MiB wait for the supervisor; the rest are dropped")))
+            }
+        }
         signalEventFD(messagesFD)
     }
 
