@@ -196,6 +196,33 @@ extension Integration {
             }
         }
 
+        @Test("a hook that logs 1 MiB lines in a loop: what waits for the supervisor is bounded, the excess dropped and said once")
+        func commandFloodIsBounded() async throws {
+            try await withSandbox { box in
+                let file = try box.write("chatty.lua", """
+                    return {
+                      name = "chatty", cmd = { "sleep", "1000" },
+                      onStart = function()
+                        local s = string.rep("x", 1 << 20)
+                        for _ = 1, 1500 do pml.log(s) end
+                        pml.log("CHATTY-DONE")
+                      end,
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                let daemon = try #require(box.daemonPid)
+                let dropped = try await box.waitForDaemonLine("the rest are dropped")
+                #expect(dropped.contains("chatty.lua"), "\(dropped)")
+                _ = try await box.waitOnline("chatty")
+                // 1.5 GiB were logged; at most 32 MiB of it ever waited in the daemon.
+                let status = (try? String(contentsOfFile: "/proc/\(daemon)/status", encoding: .utf8)) ?? ""
+                let peakKB = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+                    .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+                #expect(peakKB > 0 && peakKB < 400_000, "daemon peak RSS \(peakKB) kB")
+                #expect(box.daemonPid == daemon, "the same daemon")
+            }
+        }
+
         @Test("each app file's state has its own memory cap: one holds 45 MiB and then hits its cap, another still allocates 40 MiB")
         func memoryPerAppFile() async throws {
             try await withSandbox { box in
