@@ -24,8 +24,10 @@ public struct HTTPRequest: Sendable, Equatable {
 
     /// The outcome of parsing the bytes received so far.
     public enum ParseResult: Sendable, Equatable {
-        /// Not all of it has arrived yet.
+        /// Not all of the head has arrived yet.
         case incomplete
+        /// The head is in but not all of the body: nothing can change before this many bytes in all.
+        case needs(Int)
         case complete(HTTPRequest)
         /// Refused, with the status to answer and why.
         case invalid(status: Int, reason: String)
@@ -75,7 +77,7 @@ public struct HTTPRequest: Sendable, Equatable {
             length = n
         }
         if length > maxBody { return .invalid(status: 413, reason: "request body larger than \(maxBody) bytes") }
-        guard bytes.endIndex - bodyStart >= length else { return .incomplete }
+        guard bytes.endIndex - bodyStart >= length else { return .needs(bodyStart - bytes.startIndex + length) }
         return .complete(HTTPRequest(method: String(parts[0]), target: String(parts[1]), headers: headers,
                                      body: Array(bytes[bodyStart..<(bodyStart + length)])))
     }

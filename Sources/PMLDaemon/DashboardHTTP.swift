@@ -102,6 +102,10 @@ final class HTTPConnection {
     private var loop: EventLoop { listener.loop }
     private var handle: IOHandle?
     private var input: [UInt8] = []
+    /// The blank line that ends the head has arrived (see `ready`).
+    private var headSeen = false
+    /// Bytes in all before the request can be complete (its declared body), once the head is in.
+    private var needed = 0
     private var output: [UInt8] = []
     private var outputStart = 0
     private var timer: TimerHandle?
@@ -129,6 +133,19 @@ final class HTTPConnection {
         }
     }
 
+    /// Whether `bytes` hold the blank line that ends a head ("\n\n" or "\n\r\n").
+    private static func hasBlankLine(_ bytes: ArraySlice<UInt8>) -> Bool {
+        var i = bytes.startIndex
+        while i < bytes.endIndex {
+            if bytes[i] == UInt8(ascii: "\n") {
+                if i + 1 < bytes.endIndex, bytes[i + 1] == UInt8(ascii: "\n") { return true }
+                if i + 2 < bytes.endIndex, bytes[i + 1] == UInt8(ascii: "\r"), bytes[i + 2] == UInt8(ascii: "\n") { return true }
+            }
+            i += 1
+        }
+        return false
+    }
+
     private func ready(_ events: IOEvents) {
         if events.contains(.writable) { flush() }
         guard !isClosed, events.contains(.readable) || events.contains(.hangup) else { return }
@@ -143,11 +160,22 @@ final class HTTPConnection {
         case .data(let n):
             // After the request, whatever the client sends is ignored (bounded by the read size).
             guard !handled else { return }
+            let from = max(0, input.count - 3)
             input.append(contentsOf: chunk[0..<n])
+            // A client may trickle a request in byte by byte: parse only once what arrived can
+            // change the answer (the blank line that ends the head, then the whole declared body),
+            // not on every read.
+            if input.count < needed { return }
+            if !headSeen {
+                guard Self.hasBlankLine(input[from...]) || input.count > listener.limits.maxHead else { return }
+                headSeen = true
+            }
         }
         switch HTTPRequest.parse(input[...], maxHead: listener.limits.maxHead, maxBody: listener.limits.maxBody) {
         case .incomplete:
             return
+        case .needs(let total):
+            needed = total
         case .invalid(let status, let reason):
             handled = true
             respond(.text(status, reason))
