@@ -120,6 +120,8 @@ public final class LuaRuntime {
     /// Registry refs of the timer callbacks scripts handed over, by `LuaCallback.id`.
     private var callbacks: [Int: Int32] = [:]
     private var nextCallbackID = 1
+    /// Timers (`pml.after`, `pml.every`) one state may have pending at once.
+    public static let maxPendingTimers = 10_000
     /// The bytes of the last reply to a `pml.*` call: C reads them after the dispatch returns.
     private var reply: UnsafeMutableRawBufferPointer?
 
@@ -396,6 +398,10 @@ public final class LuaRuntime {
         case PML_OP_AFTER, PML_OP_EVERY:
             // On an error answer C drops the reference itself.
             guard let host else { return answer(out, error: "no supervisor is attached") }
+            // Each pending timer costs memory outside the state's cap: a script may hold only so many.
+            guard callbacks.count < Self.maxPendingTimers else {
+                return answer(out, error: "\(Self.maxPendingTimers) timers are pending already (pml.cancel some)")
+            }
             let callback = LuaCallback(id: nextCallbackID)
             nextCallbackID += 1
             callbacks[callback.id] = request.ref

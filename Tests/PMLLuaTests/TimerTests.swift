@@ -40,6 +40,38 @@ import Testing
         #expect(runtime.call(tick, args: []) == .returned(.int(12)))
     }
 
+    @Test func pendingTimersAreBoundedPerState() throws {
+        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
+        let host = RecordingHost()
+        runtime.host = host
+        try load(runtime, folder, """
+        return {
+          name = "web",
+          onStart = function()
+            for i = 1, \(LuaRuntime.maxPendingTimers) do pml.after(86400000, function() end) end
+            local ok, err = pcall(pml.after, 10, function() end)
+            return { ok, err }
+          end,
+        }
+        """)
+        guard case .returned(.array(let answer)) = runtime.callHook(app: "web", hook: "onStart", args: []) else {
+            Issue.record("onStart did not return a list")
+            return
+        }
+        #expect(answer.first == .bool(false))
+        #expect(answer.last?.stringValue?.contains("timers are pending already") == true, "\(answer)")
+        #expect(host.timers.count == LuaRuntime.maxPendingTimers)
+        // Once one is released, a new one is taken again.
+        runtime.release(host.timers[0].callback)
+        try load(runtime, folder, """
+        return { name = "web2", onStart = function() return pml.after(10, function() end) end }
+        """)
+        guard case .returned(.int) = runtime.callHook(app: "web2", hook: "onStart", args: []) else {
+            Issue.record("a timer after a release was refused")
+            return
+        }
+    }
+
     @Test func cancelReachesTheHost() throws {
         let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
         let host = RecordingHost()
