@@ -51,6 +51,8 @@ final class ScriptHub {
     /// At most this many stuck threads may be alive: past it no new state is started (each holds
     /// its memory until its C call returns) and scripted decisions take their defaults.
     static let maxStuckThreads = 8
+    /// ... and at most this many of one owner's (app file or plugin).
+    static let maxStuckThreadsPerOwner = 2
     static let watchEveryMs = 250
 
     init(loop: EventLoop, logger: Logger, libraryPaths: [String], limits: LuaLimits = LuaLimits()) {
@@ -159,9 +161,11 @@ final class ScriptHub {
     private func thread(for owner: ScriptOwner) -> ScriptThread? {
         if let entry = threads[owner] { return entry.thread }
         leaving.removeAll { $0.currentActivity.exited }
-        let stuck = leaving.filter { $0.currentActivity.busy != nil }.count
-        if stuck >= Self.maxStuckThreads {
-            logger.error("\(owner): not started: \(stuck) script threads are stuck in C calls; scripted decisions take their defaults")
+        let stuck = leaving.filter { $0.currentActivity.busy != nil }
+        let own = stuck.filter { $0.name == owner.description }.count
+        // Per owner first: one script that keeps getting stuck must not leave the others without states.
+        if own >= Self.maxStuckThreadsPerOwner || stuck.count >= Self.maxStuckThreads {
+            logger.error("\(owner): not started: \(own) of its script threads (\(stuck.count) in all) are stuck in C calls; scripted decisions take their defaults")
             return nil
         }
         do {
