@@ -71,6 +71,8 @@ final class KeeperProcess {
     private var undelivered: [KeeperMessage] = []
     private var deaths: [Int] = []
     private var sentinel: (pid: Int32, pipe: Int32)?
+    /// When the current sentinel started (monotonic ms): one that ends at once is not restarted in a loop.
+    private var sentinelStartedAt = 0
     /// Daemons started so far.
     private var generation = 0
     /// Where `lua/` and `shims/` were when the keeper started (for a daemon run from its own binary).
@@ -184,10 +186,13 @@ final class KeeperProcess {
         }
     }
 
-    private func send(_ message: KeeperMessage, fd: Int32? = nil, to link: Int32) {
+    @discardableResult
+    private func send(_ message: KeeperMessage, fd: Int32? = nil, to link: Int32) -> Bool {
         if !RecordSocket.send(link, message.encoded, fds: fd.map { [$0] } ?? []) {
             Keeper.say("could not tell the daemon \"\(message.encoded)\": \(String(cString: strerror(errno)))")
+            return false
         }
+        return true
     }
 
     func signal(_ signal: Int32) {
@@ -213,12 +218,22 @@ final class KeeperProcess {
         if let s = sentinel, exit.pid == s.pid {
             closeFD(s.pipe)
             sentinel = nil
-            Keeper.say("the sentinel (pid \(s.pid)) ended; starting another")
-            return startSentinel()
+            let lived = monotonicMs() - sentinelStartedAt
+            guard lived < 1000 else {
+                Keeper.say("the sentinel (pid \(s.pid)) ended; starting another")
+                return startSentinel()
+            }
+            Keeper.say("the sentinel (pid \(s.pid)) ended after \(lived) ms; starting another in 1 s")
+            loop.schedule(after: 1000) { [weak self] in
+                if let self, self.sentinel == nil { self.startSentinel() }
+            }
+            return
         }
         // An adopted worker (or an orphan): the daemon decides what its exit means.
         let report = KeeperMessage.exit(pid: exit.pid, code: exit.code, signal: exit.signal)
-        if let d = daemon, d.spoke { send(report, to: d.link) } else { undelivered.append(report) }
+        // One the daemon could not be told (its link full) waits for the next daemon rather than be lost.
+        if let d = daemon, d.spoke, send(report, to: d.link) { return }
+        undelivered.append(report)
     }
 
     private func daemonEnded(_ d: (pid: Int32, link: Int32, handle: IOHandle?, spoke: Bool, up: Bool, ending: Ending), _ exit: ChildExit) {
@@ -292,6 +307,7 @@ final class KeeperProcess {
             let pid = try spawnProcess(SpawnRequest(argv: [exe, "daemon-sentinel"], env: env, cwd: "/",
                                                     fds: [(devNull, 0), (devNull, 1), (2, 2), (pipe.read, 3)], newSession: true))
             sentinel = (pid, pipe.write)
+            sentinelStartedAt = monotonicMs()
         } catch {
             closeFD(pipe.write)
             Keeper.say("no sentinel (\(error)): if the keeper is killed, its workers may outlive it")
