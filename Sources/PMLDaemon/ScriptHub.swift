@@ -112,6 +112,8 @@ final class ScriptHub {
     /// Ends the owner's thread after the jobs already queued; requests still waiting on it get nil.
     func stop(_ owner: ScriptOwner) {
         guard let entry = threads.removeValue(forKey: owner) else { return }
+        // What it sent already is carried out; what its queued jobs send the watchdog hands over.
+        received(from: entry.thread)
         loop.unregister(entry.io)
         _ = entry.thread.post(always: true) { $0.stop() }
         leaving.append(entry.thread)
@@ -221,8 +223,13 @@ final class ScriptHub {
                       self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
                 self.replace(owner, stuckIn: busy.label, forMs: now - busy.since)
             }
-            // A thread that has exited lets go of its eventfds once nothing holds it any more.
-            self.leaving.removeAll { $0.currentActivity.exited }
+            // A stopped (not abandoned) thread still runs the jobs queued before its stop: their
+            // commands count (the last pml.log of an onStop). Then an exited one lets go of its eventfds.
+            let gone = Set(self.leaving.filter { $0.currentActivity.exited }.map(ObjectIdentifier.init))
+            for t in self.leaving where !t.currentActivity.abandoned {
+                for case .command(let c) in t.takeMessages() { self.onCommand?(c) }
+            }
+            self.leaving.removeAll { gone.contains(ObjectIdentifier($0)) }
             if !self.threads.isEmpty || !self.leaving.isEmpty { self.armWatchdog() }
         }
     }
