@@ -15,7 +15,6 @@
 # latency, and the daemon's fd count and RSS before and after. Ports below 32768, 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 WORKERS=${WORKERS:-2}
 PHASE=${PHASE:-5}
@@ -24,14 +23,8 @@ FLOOD=${FLOOD:-300}
 PORT=${PORT:-18190}
 METRICS_PORT=${METRICS_PORT:-18191}
 
-command -v wrk >/dev/null && command -v node >/dev/null && command -v python3 >/dev/null || {
-  echo "chaos.sh: needs wrk, node and python3 (scripts/setup.sh; apt-get install wrk)" >&2; exit 1; }
-if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then export PATH=/opt/swift/usr/bin:$PATH; fi
-pml=${PML:-$root/.build/release/pml}
-if [[ -z ${PML:-} ]]; then
-  echo "chaos.sh: building pml (release)"
-  swift build -c release --static-swift-stdlib >/dev/null
-fi
+source Benchmarks/tools.sh
+bench_tools chaos.sh
 
 work=$(mktemp -d /tmp/pml-chaos.XXXXXX)
 export PML_HOME=$work/home PML_METRICS_LISTEN=127.0.0.1:$METRICS_PORT

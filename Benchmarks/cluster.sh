@@ -21,7 +21,6 @@
 # (p50/p99 of the fast requests). See Benchmarks/README.md for the columns and targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 WORKERS=${WORKERS:-2}
 DURATION=${DURATION:-5}
@@ -34,23 +33,8 @@ MIX_SECONDS=${MIX_SECONDS:-8}
 IDLE_WORKERS=4              # the idle-RSS comparison is always with 4 workers
 
 # -- Tools --------------------------------------------------------------------------------------
-./scripts/setup.sh        # node, python3, build dependencies
-if ! command -v wrk >/dev/null 2>&1; then
-  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  echo "cluster.sh: installing wrk"
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
-if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
-  export PATH=/opt/swift/usr/bin:$PATH
-fi
-pml=${PML:-$root/.build/release/pml}   # PML= to benchmark another build
-if [[ -z ${PML:-} ]]; then
-  echo "cluster.sh: building pml (release)"
-  # Incremental: never benchmark a stale binary. A static stdlib keeps the daemon from paging in
-  # the unused parts of libswiftCore and libFoundationEssentials (about 3.5 MB less RSS).
-  swift build -c release --static-swift-stdlib >/dev/null
-fi
+source Benchmarks/tools.sh
+bench_tools cluster.sh
 
 # -- Scratch space, cleaned up whatever happens -------------------------------------------------
 work=$(mktemp -d /tmp/pml-bench.XXXXXX)

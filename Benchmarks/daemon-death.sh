@@ -12,7 +12,6 @@
 # See Benchmarks/README.md ("Daemon death") for what is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 
 WORKERS=${WORKERS:-4}
 SPACING=${SPACING:-2}          # seconds between events
@@ -23,23 +22,8 @@ PORT=${PORT:-18095}
 EVENTS=(kill update kill update kill)
 
 # -- Tools --------------------------------------------------------------------------------------
-if ! command -v node >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
-  ./scripts/setup.sh
-fi
-if ! command -v wrk >/dev/null 2>&1; then
-  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  echo "daemon-death.sh: installing wrk"
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
-if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
-  export PATH=/opt/swift/usr/bin:$PATH
-fi
-pml=${PML:-$root/.build/release/pml}
-if [[ -z ${PML:-} ]]; then
-  echo "daemon-death.sh: building pml (release)"
-  swift build -c release --static-swift-stdlib >/dev/null   # incremental: never a stale binary
-fi
+source Benchmarks/tools.sh
+bench_tools daemon-death.sh
 
 # -- Scratch space, cleaned up whatever happens -------------------------------------------------
 work=$(mktemp -d /tmp/pml-death.XXXXXX)

@@ -23,23 +23,8 @@ CONNECTIONS=${CONNECTIONS:-16}
 PORT=${PORT:-18090}
 
 # -- Tools --------------------------------------------------------------------------------------
-if ! command -v node >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
-  ./scripts/setup.sh
-fi
-if ! command -v wrk >/dev/null 2>&1; then
-  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  echo "reload.sh: installing wrk"
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null
-fi
-if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then
-  export PATH=/opt/swift/usr/bin:$PATH
-fi
-pml=${PML:-$root/.build/release/pml}
-if [[ -z ${PML:-} ]]; then
-  echo "reload.sh: building pml (release)"
-  swift build -c release --static-swift-stdlib >/dev/null   # incremental: never a stale binary
-fi
+source Benchmarks/tools.sh
+bench_tools reload.sh
 
 # -- Scratch space, cleaned up whatever happens -------------------------------------------------
 work=$(mktemp -d /tmp/pml-reload.XXXXXX)
