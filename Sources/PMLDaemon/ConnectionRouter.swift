@@ -104,8 +104,6 @@ final class SlotSocket {
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
-    /// Past this many waiting connections pml stops accepting; the kernel backlog holds the rest.
-    static let maxPending = 4096
     /// A handle not acknowledged within this long is dropped: pml closes its copy, and the worker
     /// gets no other until it acknowledges (a late ACK or NACK proves it alive).
     static let ackTimeoutMs = 10_000
@@ -128,10 +126,14 @@ final class ConnectionRouter {
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
     private let backoff: AcceptBackoff
+    /// Past this many waiting connections pml stops accepting; the kernel backlog holds the rest.
+    private let waitingBound: WaitingConnections
 
-    init(loop: EventLoop, logger: Logger) {
+    /// `waitingBound` defaults to what the soft limit on open files (raised at start) allows.
+    init(loop: EventLoop, logger: Logger, waitingBound: WaitingConnections = WaitingConnections(fdLimit: openFileLimit())) {
         self.loop = loop
         self.logger = logger
+        self.waitingBound = waitingBound
         backoff = AcceptBackoff(loop: loop, logger: logger, what: "app listeners")
         scheduleExpiry()
     }
@@ -175,9 +177,10 @@ final class ConnectionRouter {
     func removeSlot(_ slot: SlotSocket) {
         if listeners[slot.listener.id] != nil {
             setNonBlocking(slot.fd)
-            // Bounded: what the backlog holds (511), with room for what arrives meanwhile.
+            // Bounded: what the backlog holds (511), with room for what arrives meanwhile, and never
+            // past the bound on waiting connections (what is left is reset when the socket closes).
             for _ in 0..<4096 {
-                guard let fd = UnixSocket.accept(slot.fd, nonBlocking: false) else { break }
+                guard !waitingBound.full(pendingCount), let fd = UnixSocket.accept(slot.fd, nonBlocking: false) else { break }
                 if !handOut(fd, slot.listener) { enqueue(fd, slot.listener.id) }
             }
         }
@@ -244,8 +247,7 @@ final class ConnectionRouter {
         if let f = inFlight.removeValue(forKey: worker) {
             if listeners[f.listener] != nil {
                 logger.info("worker \(worker) died before taking its connection; handing it to another")
-                pending[f.listener, default: []].insert((f.fd, monotonicMs()), at: 0)
-                pendingCount += 1
+                requeue(f.fd, f.listener)
             } else {
                 closeFD(f.fd)
             }
@@ -271,8 +273,7 @@ final class ConnectionRouter {
     /// NODE_HANDLE_NACK: the handle did not arrive; the connection goes to the front of the line.
     func refused(worker: Int) {
         guard let f = inFlight.removeValue(forKey: worker) else { return answeredLate(worker) }
-        pending[f.listener, default: []].insert((f.fd, monotonicMs()), at: 0)
-        pendingCount += 1
+        requeue(f.fd, f.listener)
         dispatcher.acknowledged(worker: worker)
         drain()
     }
@@ -283,7 +284,8 @@ final class ConnectionRouter {
     private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         // A bounded batch per wake-up keeps other fds served under a connection storm.
         for _ in 0..<64 {
-            guard listeners[listener.id] != nil else { return }
+            // Paused (too many waiting) by the previous connection of this batch: stop here.
+            guard listeners[listener.id] != nil, !acceptingPaused else { return }
             // Nothing is accepted that no worker can take now: it waits in the backlog instead (a
             // reuseport slot socket is accepted on only when no worker serves it: it is drained).
             if socket == listener.fd, !pending[listener.id, default: []].isEmpty || !dispatcher.hasFreeWorker(for: listener.id) {
@@ -308,7 +310,14 @@ final class ConnectionRouter {
     private func enqueue(_ fd: Int32, _ listener: Int) {
         pending[listener, default: []].append((fd, monotonicMs()))
         pendingCount += 1
-        if pendingCount >= Self.maxPending { pauseAccepting() }
+        if waitingBound.full(pendingCount) { pauseAccepting() }
+    }
+
+    /// A connection given back (NACK, the worker gone before its ACK): first in line.
+    private func requeue(_ fd: Int32, _ listener: Int) {
+        pending[listener, default: []].insert((fd, monotonicMs()), at: 0)
+        pendingCount += 1
+        if waitingBound.full(pendingCount) { pauseAccepting() }
     }
 
     /// Gives `fd` to the next worker in rotation; false if none can take it now.
@@ -349,7 +358,7 @@ final class ConnectionRouter {
     private func pauseAccepting() {
         guard !acceptingPaused else { return }
         acceptingPaused = true
-        logger.warning("\(pendingCount) connections are waiting for a worker; pausing accept")
+        logger.warning("\(pendingCount) connections are waiting for a worker (at most \(waitingBound.bound) for a limit of \(openFileLimit()) open files); pausing accept")
         for l in listeners.values {
             if let h = l.handle { loop.modify(h, events: []) }
             for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: []) } }
@@ -357,7 +366,7 @@ final class ConnectionRouter {
     }
 
     private func resumeIfRoom() {
-        guard acceptingPaused, pendingCount < Self.maxPending / 2 else { return }
+        guard acceptingPaused, waitingBound.roomAgain(pendingCount) else { return }
         acceptingPaused = false
         for l in listeners.values {
             if let h = l.handle, !starved.contains(l.id) { loop.modify(h, events: [.readable]) }

@@ -77,7 +77,6 @@ public func stopListening(_ fd: Int32) {
     _ = pml_stop_listening(fd)
 }
 
-/// Raises the soft limit on open files to the hard one.
 /// The soft limit on open files.
 public func openFileLimit() -> Int {
     var r = rlimit()
@@ -85,6 +84,7 @@ public func openFileLimit() -> Int {
     return Int(clamping: r.rlim_cur)
 }
 
+/// Raises the soft limit on open files to the hard one.
 public func raiseFDLimit() {
     pml_raise_fd_limit()
 }

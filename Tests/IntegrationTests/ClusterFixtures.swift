@@ -181,6 +181,7 @@ enum ClusterFixture {
     /// A `reuseport` worker that is not Node: accepts on its inherited slot socket (fd 3) and,
     /// having said {"type":"pml:handoff"}, also serves connections pml hands over on PML_IPC_FD
     /// (those queued on the socket of a worker that died). Answers "hello from <pid>".
+    /// With FX_HOLD=1 it holds handed connections unacknowledged until it is sent "ack".
     static let pythonReusePort = #"""
         import json, os, select, socket, sys, threading
 
@@ -195,7 +196,8 @@ enum ClusterFixture {
         \#(pythonAcceptLoop)
         threading.Thread(target=accept_loop, args=(3,), daemon=True).start()
         send({"type": "pml:handoff"})
-        buffer, fds = b"", []
+        buffer, fds, held = b"", [], []
+        holding = os.environ.get("FX_HOLD") == "1"
         while True:
             data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
             if not data:
@@ -206,7 +208,11 @@ enum ClusterFixture {
                 line, buffer = buffer.split(b"\n", 1)
                 message = json.loads(line) if line.strip() else None
                 if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
-                    conn = socket.socket(fileno=fds.pop(0))
+                    held.append(socket.socket(fileno=fds.pop(0)))
+                elif message == "ack":
+                    holding = False
+                while held and not holding:
+                    conn = held.pop(0)
                     send({"cmd": "NODE_HANDLE_ACK"})
                     respond(conn)
         """#

@@ -333,33 +333,15 @@ extension Integration {
             try await withSandbox { box in
                 let metricsPort = try Net.freePort()
                 // The daemon (and its keeper) inherit the limit from the command that starts them.
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: "/bin/sh")
-                p.arguments = ["-c", "ulimit -n 64 && exec \"$0\" ping", try PMLBinary.require()]
-                var env = ProcessInfo.processInfo.environment
-                env["PML_HOME"] = box.home
-                env["PML_METRICS_LISTEN"] = "127.0.0.1:\(metricsPort)"
-                p.environment = env
-                p.standardInput = FileHandle.nullDevice
-                p.standardOutput = FileHandle.nullDevice
-                p.standardError = FileHandle.nullDevice
-                try p.run()
-                p.waitUntilExit()
-                #expect(p.terminationStatus == 0)
+                try box.startDaemon(fdLimit: 64, env: ["PML_METRICS_LISTEN": "127.0.0.1:\(metricsPort)"])
                 let before = try await Self.baseline(box)
                 var clients: [RawClient] = []
                 var tcp: [Int32] = []
                 defer { tcp.forEach { _ = close($0) } }
                 for _ in 0..<80 {
                     if let c = try? RawClient(path: box.socketPath, timeoutSeconds: 1) { clients.append(c) }
-                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                    var addr = sockaddr_in()
-                    addr.sin_family = sa_family_t(AF_INET)
-                    addr.sin_port = in_port_t(UInt16(metricsPort).bigEndian)
-                    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-                    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-                    tcp.append(fd)
+                    let fd = RawTCP.connect(port: metricsPort)
+                    if fd >= 0 { tcp.append(fd) }
                 }
                 try await box.waitFor("the daemon out of descriptors", timeout: 10) {
                     box.read(box.daemonLog).contains("out of file descriptors (limit 64)") ? true : nil
@@ -417,14 +399,7 @@ extension Integration {
                 var clients: [Int32] = []
                 defer { clients.forEach { _ = close($0) } }
                 for _ in 0..<20 {
-                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                    var addr = sockaddr_in()
-                    addr.sin_family = sa_family_t(AF_INET)
-                    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-                    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-                    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-                    clients.append(fd)
+                    clients.append(RawTCP.connect(port: port))
                     await sleepMs(20)
                 }
                 try await box.waitFor("the first handle", timeout: 10) { box.numbers(count).first }

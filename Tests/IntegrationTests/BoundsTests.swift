@@ -1,0 +1,123 @@
+// Bounds on what peers can pile up in the daemon (issue 9): connections waiting for a worker stay
+// below the fd limit (the kernel's backlog holds the rest, nothing spins), idle control clients are
+// closed, and numbers read back from state files are checked.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Sandbox {
+    /// Starts the keeper and daemon with `pml ping` under `ulimit -n fdLimit` (soft and hard: the
+    /// daemon can raise neither) and `env`; later commands talk to that daemon.
+    func startDaemon(fdLimit: Int? = nil, env extra: [String: String] = [:]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let limit = fdLimit.map { "ulimit -n \($0) && " } ?? ""
+        p.arguments = ["-c", "\(limit)exec \"$0\" ping", binary]
+        var env = ProcessInfo.processInfo.environment
+        env["PML_HOME"] = home
+        for (k, v) in extra { env[k] = v }
+        p.environment = env
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw HarnessError("pml ping (starting the daemon) exited \(p.terminationStatus)") }
+    }
+}
+
+/// Raw TCP clients on 127.0.0.1 (no thread each): connect, send one request, read the answer later.
+enum RawTCP {
+    /// A connected socket with receive and send timeouts of `timeout` seconds, or -1.
+    static func connect(port: Int, timeout: Int = 15) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if r != 0 { close(fd); return -1 }
+        return fd
+    }
+
+    static func send(_ fd: Int32, _ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        return bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
+    }
+
+    /// Everything the peer sends until it closes (or the receive timeout).
+    static func readAll(_ fd: Int32) -> String {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension Integration {
+    @Suite("Bounds on what peers pile up")
+    struct Bounds {
+        @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
+        func waitingConnectionsBelowTheFDLimit() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(fdLimit: 128)
+                let before = try await Integration.HostileInput.baseline(box)
+                let port = try Net.freePort()
+                let worker = try box.write("hold.py", ClusterFixture.pythonReusePort)
+                try await box.pmlOK("start", try box.write("hold.lua", """
+                    return { name = "hold", script = \(lua(worker)), instances = 2, dispatch = "reuseport",
+                             listen = "127.0.0.1:\(port)", restart_delay = 60000,
+                             env = { FX_HOLD = "1" } }
+                    """))
+                let rows = try await box.waitServing("hold", count: 2)
+                let victim = rows[1].pid!, survivor = rows[0].pid!
+                // Slot 1 loses its worker for a minute: pml accepts its connections for the survivor,
+                // which holds what it is handed (FX_HOLD) until it is sent "ack".
+                kill(victim, SIGKILL)
+                try await box.waitFor("worker \(victim) gone") { try await box.rows("hold")[1].status != "online" ? true : nil }
+                let fdCount = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(before.daemon)/fd").count) ?? -1 }
+                let fdsBefore = fdCount()
+
+                var clients: [Int32] = []
+                defer { clients.forEach { _ = close($0) } }
+                for _ in 0..<160 {
+                    let fd = RawTCP.connect(port: port)
+                    try #require(fd >= 0, "connect")
+                    #expect(RawTCP.send(fd, "GET / HTTP/1.0\r\n\r\n"))
+                    clients.append(fd)
+                }
+                try await box.waitFor("pml pausing accept at the bound", timeout: 10) {
+                    box.read(box.daemonLog).contains("(at most 32 for a limit of 128 open files); pausing accept") ? true : nil
+                }
+                let queued = try await box.waitFor("the rest queued in the kernel's backlog", timeout: 5) { () -> Int? in
+                    let q = ListenQueues.longestQueue(port: port)
+                    return q > 0 ? q : nil
+                }
+                let held = fdCount() - fdsBefore
+                #expect(held >= 32 && held <= 35, "the daemon holds \(held) more fds: 32 waiting and the one handed")
+                let cpu = Integration.HostileInput.cpuPercent(of: Proc.pids(withEnvironment: "PML_HOME=\(box.home)"), overMs: 1000)
+                #expect(cpu < 30, "pml used \(Int(cpu)) % CPU while paused")
+                try await Integration.HostileInput.expectUnharmed(box, before)
+
+                // The worker takes them now: pml hands out what waits and accepts the backlog again.
+                try await box.pmlOK("send", "hold", "ack")
+                let answers = clients.map(RawTCP.readAll)
+                let bad = answers.filter { !$0.contains("hello from ") }
+                #expect(bad.isEmpty, "\(bad.count) of 160 unanswered (\(queued) were in the backlog): \(bad.prefix(2))")
+                #expect(answers.allSatisfy { $0.contains("hello from \(survivor)") }, "all by the survivor")
+            }
+        }
+    }
+}
