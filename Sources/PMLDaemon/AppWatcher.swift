@@ -7,10 +7,7 @@ final class AppWatcher {
     /// Folders one app may watch (`PML_WATCH_MAX_FOLDERS` in the daemon's environment, default
     /// 4096): a tree bigger than this is refused with a clear error rather than eating the
     /// system's inotify watches.
-    static let maxDirectories: Int = {
-        guard let text = processEnvironment()["PML_WATCH_MAX_FOLDERS"], let n = Int(text), n >= 1 else { return 4096 }
-        return min(n, 1 << 20)
-    }()
+    static let maxDirectories = HomeConfig.environmentInteger("PML_WATCH_MAX_FOLDERS", in: 1...(1 << 20), default: 4096)
 
     private let watcher: FileWatcher
     private let delayMs: Int

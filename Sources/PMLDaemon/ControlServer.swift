@@ -9,8 +9,9 @@ final class ControlServer {
     /// More clients than this at once are answered with an error and closed.
     static let maxConnections = 256
     /// A client with no request under way and nothing sent or received for this long is closed
-    /// (one that waits for a long operation is not idle: its request is under way).
-    static let idleTimeoutMs = 60_000
+    /// (one that waits for a long operation is not idle: its request is under way). 60 s, or
+    /// `PML_CONTROL_IDLE_MS` in the daemon's environment (read once, at start).
+    static let idleTimeoutMs = HomeConfig.environmentInteger("PML_CONTROL_IDLE_MS", in: 100...CheckedNumber.maxDelayMs, default: 60_000)
 
     private let fd: Int32
     private let loop: EventLoop

@@ -24,6 +24,12 @@ enum HomeConfig {
         return address
     }
 
+    /// A whole number `range` holds from the variable `name` of the daemon's environment (limits
+    /// tests and unusual setups tune: `PML_WATCH_MAX_FOLDERS`, `PML_CONTROL_IDLE_MS`), else `fallback`.
+    static func environmentInteger(_ name: String, in range: ClosedRange<Int>, default fallback: Int) -> Int {
+        processEnvironment()[name].flatMap { CheckedNumber.integer(Substring($0), in: range) } ?? fallback
+    }
+
     /// config.json's keys, or nil when it is missing or not a JSON object.
     static func read(_ paths: PMLPaths) -> [String: ScriptValue]? {
         guard let bytes = readFile(path(paths), limit: 1 << 20) else { return nil }

@@ -69,6 +69,59 @@ enum RawTCP {
 extension Integration {
     @Suite("Bounds on what peers pile up")
     struct Bounds {
+        /// Whether `client`'s connection has been closed by the daemon (without waiting).
+        static func closedByDaemon(_ client: RawClient) -> Bool {
+            var p = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 0) == 1 else { return false }
+            if case .closed = client.readReply() { return true }
+            return false
+        }
+
+        @Test("with PML_CONTROL_IDLE_MS=1500: an idle control client is closed, one that keeps talking and one waiting 3 s for its stop are not; the 257th client is told to try again while 256 are served")
+        func controlClients() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_CONTROL_IDLE_MS": "1500"])
+                let stubborn = try box.write("stubborn.lua", """
+                    return { name = "stubborn", cmd = { "sh", "-c", "trap '' TERM; while true; do sleep 0.2; done" }, kill_timeout = 3000 }
+                    """)
+                try await box.pmlOK("start", stubborn)
+                _ = try await box.waitOnline("stubborn")
+                let ping = Array(#"{"v":1,"cmd":"ping"}"#.utf8) + [10]
+                let idle = try RawClient(path: box.socketPath)
+                let active = try RawClient(path: box.socketPath)
+                let waiting = try RawClient(path: box.socketPath, timeoutSeconds: 10)
+                let opened = nowMs()
+                // A request under way is not idle: this stop is answered after kill_timeout (3 s).
+                #expect(waiting.send(Array(#"{"v":1,"cmd":"stop","targets":["stubborn"]}"#.utf8) + [10]))
+                await sleepMs(500)
+                #expect(!Self.closedByDaemon(idle), "not closed before its idle time")
+                while nowMs() - opened < 3000 {
+                    #expect(active.send(ping))
+                    guard case .line(let line) = active.readReply(), line.contains(#""ok":true"#) else {
+                        Issue.record("the active client lost its connection after \(Int(nowMs() - opened)) ms")
+                        break
+                    }
+                    await sleepMs(400)
+                }
+                #expect(Self.closedByDaemon(idle), "the idle client is closed after 1.5 s")
+                let stopped = waiting.readReply()
+                guard case .line(let line) = stopped else { Issue.record("the waiting client got \(stopped)"); return }
+                #expect(line.contains(#""ok":true"#) && nowMs() - opened >= 2900, "answered after kill_timeout: \(line)")
+
+                // 256 clients at once (the two still open among them); the 257th gets one line and is closed.
+                var clients = [active, waiting]
+                while clients.count < 256 { clients.append(try RawClient(path: box.socketPath)) }
+                let extra = try RawClient(path: box.socketPath)
+                let refused = extra.readReply()
+                guard case .line(let text) = refused else { Issue.record("the 257th client got \(refused)"); return }
+                #expect(text.contains(#""ok":false"#) && text.contains("256 clients already; try again"), "\(text)")
+                #expect(extra.readReply().description == "connection closed")
+                #expect(clients[255].send(ping))
+                guard case .line(let still) = clients[255].readReply() else { Issue.record("the 256th client lost"); return }
+                #expect(still.contains(#""ok":true"#), "the 256 are served: \(still)")
+            }
+        }
+
         @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
         func waitingConnectionsBelowTheFDLimit() async throws {
             try await withSandbox { box in
