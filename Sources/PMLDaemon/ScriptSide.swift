@@ -90,7 +90,13 @@ final class ScriptSide: LuaHost {
         }
     }
 
-    func bind(app: String, tableRef: Int32) { lua.bind(app: app, tableRef: tableRef) }
+    /// A table from another state (one this state replaced: a reload straddled the replacement)
+    /// is refused, said in daemon.log; the app keeps the hooks it has here.
+    func bind(app: String, tableRef: LuaTableRef) {
+        guard lua.bind(app: app, tableRef: tableRef) else {
+            return report(.failed(app: app, message: "\(app): hooks from a Lua state pml left were not bound in its fresh state; the fresh state's stay"))
+        }
+    }
 
     /// Forgets the app's hooks and ends the timers its hooks started.
     func unbind(app: String) {
@@ -98,7 +104,8 @@ final class ScriptSide: LuaHost {
         for (id, t) in timers where t.app == app { cancel(id) }
     }
 
-    func release(tableRef: Int32) { lua.release(tableRef: tableRef) }
+    /// Another state's ref is ignored: its number may name a live value here.
+    func release(tableRef: LuaTableRef) { lua.release(tableRef: tableRef) }
 
     func callHook(app: String, hook: String, args: [ScriptValue]) -> HookOutcome {
         measured("\(hook) of \(app)", app: app) { lua.callHook(app: app, hook: hook, args: args) }

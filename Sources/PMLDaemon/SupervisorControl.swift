@@ -387,7 +387,7 @@ extension Supervisor {
         } else {
             return .failure("start needs an app file or a command")
         }
-        let release = { [unowned self] (refs: ArraySlice<Int32>) in
+        let release = { [unowned self] (refs: ArraySlice<LuaTableRef>) in
             guard let owner, !refs.isEmpty else { return }
             self.scripts.tell(owner) { side in refs.forEach(side.release(tableRef:)) }
         }

@@ -10,7 +10,7 @@ final class ReloadOperation {
     let oldSpec: AppSpec
     let newSpec: AppSpec
     /// The re-read app file's table for this app, bound once the reload succeeds.
-    let newRef: Int32?
+    let newRef: LuaTableRef?
     let style: Supervisor.StopStyle
     let parallel: Int
     let changes: [String]
@@ -21,7 +21,7 @@ final class ReloadOperation {
     var retiring: [Worker] = []
     var failure: String?
 
-    init(app: ManagedApp, newSpec: AppSpec, newRef: Int32?, style: Supervisor.StopStyle, parallel: Int) {
+    init(app: ManagedApp, newSpec: AppSpec, newRef: LuaTableRef?, style: Supervisor.StopStyle, parallel: Int) {
         self.app = app
         oldSpec = app.spec
         self.newSpec = newSpec
@@ -58,7 +58,7 @@ extension Supervisor {
             case .failure(let error)?: return done(.failure(TargetError(message: "\(error)")))
             case nil: return done(.failure(TargetError(message: "\(file): the app file did not finish within \(self.scripts.timeouts.decisionMs) ms")))
             }
-            let release = { [unowned self] (refs: [Int32]) in
+            let release = { [unowned self] (refs: [LuaTableRef]) in
                 if !refs.isEmpty { self.scripts.tell(.appFile(file)) { side in refs.forEach(side.release(tableRef:)) } }
             }
             // The app keeps what it was started with: --env K=V, the --env set, --name.
@@ -88,7 +88,7 @@ extension Supervisor {
 
     /// beforeReload comes from the running version (it knows how its workers want to be stopped);
     /// without an answer in time the default stop style applies. Then the reload starts.
-    private func beforeReload(_ app: ManagedApp, newSpec: AppSpec, newRef: Int32?, graceful: Bool, parallel: Int,
+    private func beforeReload(_ app: ManagedApp, newSpec: AppSpec, newRef: LuaTableRef?, graceful: Bool, parallel: Int,
                               done: @escaping (Result<String, TargetError>) -> Void) {
         let name = app.spec.name
         app.reloading = true
@@ -117,7 +117,7 @@ extension Supervisor {
         }
     }
 
-    private func startReload(_ app: ManagedApp, newSpec: AppSpec, newRef: Int32?, style: StopStyle, parallel: Int,
+    private func startReload(_ app: ManagedApp, newSpec: AppSpec, newRef: LuaTableRef?, style: StopStyle, parallel: Int,
                              done: @escaping (Result<String, TargetError>) -> Void) {
         let name = app.spec.name
         let op = ReloadOperation(app: app, newSpec: newSpec, newRef: newRef, style: style, parallel: max(1, parallel))

@@ -1,5 +1,6 @@
 import CLuaShim
 import PMLCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -62,9 +63,19 @@ public protocol LuaHost: AnyObject {
 /// A Lua function a script handed to `pml.after` or `pml.every`, kept alive in the runtime until
 /// `LuaRuntime.release(_:)`. Opaque: pass it back to the runtime that made it.
 public struct LuaCallback: Sendable, Hashable {
+    /// The runtime that made it: another one (a state that replaced it) ignores it.
+    let state: Int
     /// Unique for the runtime's lifetime, unlike Lua's registry references, which are reused after
     /// release: a stale callback can never reach another script's function.
     let id: Int
+}
+
+/// A reference to an app table an evaluation returned, kept alive in the runtime that evaluated it
+/// until bound or released. It carries that runtime's identity: a registry number means something
+/// else in any other state (one that replaced it, say), so every other runtime refuses it.
+public struct LuaTableRef: Sendable, Hashable {
+    let state: Int
+    let ref: Int32
 }
 
 /// A plugin file the runtime has loaded.
@@ -95,9 +106,9 @@ public struct LoadedAppFile: Sendable {
     public let source: String
     /// What the chunk returned; Lua functions appear as .function.
     public let value: ScriptValue
-    /// Registry refs to the returned app table(s), one per app in order: one if a single table was
-    /// returned, one per element for a list. Pass each to `bind` or `release`.
-    public let tableRefs: [Int32]
+    /// Refs to the returned app table(s), one per app in order: one if a single table was
+    /// returned, one per element for a list. Pass each to `bind` or `release` of the same runtime.
+    public let tableRefs: [LuaTableRef]
 }
 
 /// The runtime could not create its Lua state.
@@ -111,6 +122,9 @@ public struct LuaRuntimeError: Error, Sendable, CustomStringConvertible {
 /// call a hook); a nested call shares the budget of the call it runs in.
 public final class LuaRuntime {
     public weak var host: LuaHost?
+    /// Unique in the process: what its table refs and callbacks carry.
+    public let stateID: Int
+    private static let nextStateID = Atomic<Int>(1)
 
     private let L: OpaquePointer
     private let limits: LuaLimits
@@ -132,6 +146,7 @@ public final class LuaRuntime {
         }
         self.L = L
         self.limits = limits
+        stateID = Self.nextStateID.wrappingAdd(1, ordering: .relaxed).oldValue
         pml_set_budget(L, limits.instructionBudget, Int32(clamping: limits.timeBudgetMs))
 
         let packagePath = libraryPaths.map { "\($0)/?.lua;\($0)/?/init.lua" }.joined(separator: ";")
@@ -175,11 +190,12 @@ public final class LuaRuntime {
         if !refs.isEmpty {
             let refStatus = refs.withUnsafeMutableBufferPointer { pml_ref_values(L, -1, elements, $0.baseAddress) }
             if refStatus != LUA_OK {
-                for ref in refs where ref != LUA_NOREF { release(tableRef: ref) }
+                for ref in refs where ref != LUA_NOREF { pml_unref(L, ref) }
                 throw AppFileError(file: path, message: failure(refStatus, label: "app file", top: top))
             }
         }
-        return LoadedAppFile(path: absolute, source: String(decoding: bytes, as: UTF8.self), value: value, tableRefs: refs)
+        return LoadedAppFile(path: absolute, source: String(decoding: bytes, as: UTF8.self), value: value,
+                             tableRefs: refs.map { LuaTableRef(state: stateID, ref: $0) })
     }
 
     /// Reads the file at `path` and runs it in a fresh environment whose `require` also searches
@@ -204,18 +220,26 @@ public final class LuaRuntime {
     }
 
     /// Hooks of `app` now come from that table; the previous binding of `app` is released.
-    public func bind(app: String, tableRef: Int32) {
-        if let old = bindings[app], old != tableRef { release(tableRef: old) }
-        bindings[app] = tableRef
+    /// False, and nothing changes, when the ref is another runtime's.
+    @discardableResult
+    public func bind(app: String, tableRef: LuaTableRef) -> Bool {
+        guard tableRef.state == stateID else { return false }
+        if let old = bindings[app], old != tableRef.ref { pml_unref(L, old) }
+        bindings[app] = tableRef.ref
+        return true
     }
 
     public func unbind(app: String) {
-        if let old = bindings.removeValue(forKey: app) { release(tableRef: old) }
+        if let old = bindings.removeValue(forKey: app) { pml_unref(L, old) }
     }
 
-    /// Drops a ref from `evaluateAppFile` that was never bound.
-    public func release(tableRef: Int32) {
-        pml_unref(L, tableRef)
+    /// Drops a ref from `evaluateAppFile` that was never bound; another runtime's is ignored
+    /// (false): its number may name a live value here.
+    @discardableResult
+    public func release(tableRef: LuaTableRef) -> Bool {
+        guard tableRef.state == stateID else { return false }
+        pml_unref(L, tableRef.ref)
+        return true
     }
 
     /// Calls `table[hook](args...)` on the table bound to `app`; `hook` may be a dotted path
@@ -267,7 +291,7 @@ public final class LuaRuntime {
     /// Forgets every plugin (for `pml plugins reload`). Timers a plugin started keep running until
     /// the host cancels them.
     public func unloadPlugins() {
-        for (_, ref) in loadedPlugins { release(tableRef: ref) }
+        for (_, ref) in loadedPlugins { pml_unref(L, ref) }
         loadedPlugins.removeAll()
     }
 
@@ -315,7 +339,7 @@ public final class LuaRuntime {
     /// Calls a callback from `pml.after` / `pml.every` with `args`, under the budget as a hook is
     /// called; `.notDefined` once it has been released.
     public func call(_ callback: LuaCallback, args: [ScriptValue]) -> HookOutcome {
-        guard let ref = callbacks[callback.id] else { return .notDefined }
+        guard callback.state == stateID, let ref = callbacks[callback.id] else { return .notDefined }
         return call(label: "timer", args: args) { args, count, label, notDefined in
             pml_call_ref(L, ref, args, count, label, notDefined)
         }
@@ -324,6 +348,7 @@ public final class LuaRuntime {
     /// Lets Lua collect a callback: after a one-shot timer fired, or when a timer was cancelled.
     /// Releasing one twice does nothing.
     public func release(_ callback: LuaCallback) {
+        guard callback.state == stateID else { return }
         if let ref = callbacks.removeValue(forKey: callback.id) { pml_unref(L, ref) }
     }
 
@@ -402,7 +427,7 @@ public final class LuaRuntime {
             guard callbacks.count < Self.maxPendingTimers else {
                 return answer(out, error: "\(Self.maxPendingTimers) timers are pending already (pml.cancel some)")
             }
-            let callback = LuaCallback(id: nextCallbackID)
+            let callback = LuaCallback(state: stateID, id: nextCallbackID)
             nextCallbackID += 1
             callbacks[callback.id] = request.ref
             let timer = host.luaSchedule(afterMs: Int(request.integer), repeating: request.op == PML_OP_EVERY, callback: callback)

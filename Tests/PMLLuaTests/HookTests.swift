@@ -65,6 +65,38 @@ import Testing
         #expect(runtime.callHook(app: "web", hook: "v", args: []) == .returned(.int(2)))
     }
 
+    /// A state that replaced a stuck one gets the same registry numbers for its own tables: a ref
+    /// (or timer callback) from the old state must never bind, release or call anything there.
+    @Test func refsFromAnotherStateAreRefused() throws {
+        let old = try LuaRuntime(libraryPaths: [repoLuaPath])
+        let fresh = try LuaRuntime(libraryPaths: [repoLuaPath])
+        #expect(old.stateID != fresh.stateID)
+        func source(_ version: String) -> String { "return { name = 'web', v = function() return '\(version)' end }" }
+        let stale = try old.evaluateAppFile(path: folder.write("old.lua", source("old")))
+        let mine = try fresh.evaluateAppFile(path: folder.write("new.lua", source("new")))
+        #expect(fresh.bind(app: "web", tableRef: mine.tableRefs[0]))
+        // Same position in both registries: only the state tells them apart.
+        #expect(!fresh.bind(app: "web", tableRef: stale.tableRefs[0]))
+        #expect(!fresh.release(tableRef: stale.tableRefs[0]))
+        #expect(fresh.callHook(app: "web", hook: "v", args: []) == .returned(.string("new")))
+        // The old state's own ref still works there.
+        #expect(old.bind(app: "web", tableRef: stale.tableRefs[0]))
+        #expect(old.callHook(app: "web", hook: "v", args: []) == .returned(.string("old")))
+
+        let host = RecordingHost()
+        old.host = host
+        fresh.host = host
+        try load(old, folder, "return { name = 't', go = function() pml.after(10, function() return 'old' end) end }", as: "t1.lua")
+        try load(fresh, folder, "return { name = 't', go = function() pml.after(10, function() return 'new' end) end }", as: "t2.lua")
+        _ = old.callHook(app: "t", hook: "go", args: [])
+        _ = fresh.callHook(app: "t", hook: "go", args: [])
+        let (oldTimer, newTimer) = (host.timers[0].callback, host.timers[1].callback)
+        #expect(fresh.call(oldTimer, args: []) == .notDefined)
+        fresh.release(oldTimer)
+        #expect(fresh.call(newTimer, args: []) == .returned(.string("new")))
+        #expect(old.call(oldTimer, args: []) == .returned(.string("old")))
+    }
+
     @Test func hookErrorsCarryFileAndLine() throws {
         let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
         let file = try load(runtime, folder, """

@@ -1,0 +1,44 @@
+// A Lua state stuck in a C call is replaced by a fresh one, and a deleted app's state is retired
+// (issue 9): what belonged to the old state never acts in the new one, and nothing is left behind.
+
+import Foundation
+import Testing
+
+/// One C call the count hook cannot interrupt: cubic backtracking on 2000 characters (seconds).
+let stuckInC = #"string.find(string.rep("a", 2000), "^a*a*a*b")"#
+
+extension Integration {
+    @Suite("Lua states replaced or retired")
+    struct ScriptStates {
+        @Test("a reload straddling a state replacement: the old state's table is refused in the fresh one, whose hooks keep working")
+        func reloadAcrossReplacement() async throws {
+            try await withSandbox { box in
+                let text = """
+                    return {
+                      name = "rs", cmd = { "sleep", "1000" }, instances = 1, min_uptime = 3000,
+                      beforeReload = function() \(stuckInC) end,
+                      onReload = function(app, r) pml.log("RS-ONRELOAD " .. tostring(r.ok)) end,
+                      onScale = function(app, from, to) pml.log("RS-SCALE " .. from .. "->" .. to) end,
+                    }
+                    """
+                let file = try box.write("rs.lua", text)
+                try await box.pmlOK("start", file)
+                _ = try await box.waitOnline("rs")
+                // The reload reads the file in the state that then gets stuck in beforeReload: the
+                // table it returned is that state's. The reload goes on after the decision deadline,
+                // the state is replaced meanwhile, and the replacement is ready only after that.
+                let r = try await box.pml(["reload", "rs"], timeout: 40)
+                #expect(r.ok && r.stdout.contains("reloaded rs"), "\(r)")
+                try await box.waitForDaemonLine("stuck inside a C call", timeout: 20)
+                // onReload and onScale come from the fresh state's own table, still bound.
+                try await box.waitForDaemonLine("RS-ONRELOAD true")
+                try await box.pmlOK("scale", "rs", "2")
+                try await box.waitForDaemonLine("RS-SCALE 1->2")
+                try await box.waitForDaemonLine("rs: hooks from a Lua state pml left were not bound in its fresh state")
+                let (_, raw) = try await box.describe("rs")
+                let scripts = raw["scripts"] as? String ?? ""
+                #expect(scripts.contains("restarted 1 time") && scripts.contains("beforeReload of rs"), "describe: \(scripts)")
+            }
+        }
+    }
+}
