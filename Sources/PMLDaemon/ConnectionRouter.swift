@@ -240,12 +240,17 @@ final class ConnectionRouter {
         dispatcher.remove(worker: worker)
     }
 
-    /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another.
-    func workerGone(worker: Int) {
+    /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another,
+    /// unless it `keepsHandle` (sent to a worker still alive: it may have taken it) — then pml's
+    /// copy is closed and the connection is the worker's.
+    func workerGone(worker: Int, keepsHandle: Bool = false) {
         dispatcher.remove(worker: worker)
         silent.remove(worker)
         if let f = inFlight.removeValue(forKey: worker) {
-            if listeners[f.listener] != nil {
+            if keepsHandle {
+                logger.info("worker \(worker) was cut off with a connection handed to it and not acknowledged; it stays with that worker")
+                closeFD(f.fd)
+            } else if listeners[f.listener] != nil {
                 logger.info("worker \(worker) died before taking its connection; handing it to another")
                 requeue(f.fd, f.listener)
             } else {

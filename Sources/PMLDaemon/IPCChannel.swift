@@ -36,6 +36,9 @@ final class IPCChannel {
     private let onGarbage: (_ why: String, _ count: Int, _ cutOff: Bool) -> Void
     private var garbage = EventWindow(limit: IPCChannel.maxGarbageLines, windowMs: 10_000)
     private(set) var isOpen = true
+    /// Whether a handle was still queued, not sent, when the channel closed: a handle sent before
+    /// sits in the worker's socket buffer, and the worker may take it even after the close.
+    private(set) var closedWithUnsentHandle = false
     /// Adopted from a daemon that died: it may have read part of the first line; an unreadable
     /// first line is that line's tail and is skipped rather than taken for garbage.
     private var resync: Bool
@@ -227,6 +230,7 @@ final class IPCChannel {
         _ = shutdown(fd, Int32(SHUT_RDWR))
         closeFD(fd)
         input.removeAll()
+        closedWithUnsentHandle = output.contains { $0.fd >= 0 }
         for o in output where o.fd >= 0 { closeFD(o.fd) }
         output.removeAll()
     }

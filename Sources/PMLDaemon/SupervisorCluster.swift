@@ -353,7 +353,9 @@ extension Supervisor {
         logger.warning("\(w.app.spec.name) worker \(w.id): \(why); pml closed the channel and kills the worker")
         w.app.logs.note("worker \(w.id): \(why); pml closed the channel and kills the worker")
         w.ipc?.close()
-        router.workerGone(worker: w.id)
+        // The worker lives on for a moment (or drains, being stopped): a handle that left pml is
+        // in its socket buffer and may be taken; handing pml's copy to another would serve it twice.
+        router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false)
         if let pid = w.pid, w.intent == nil { signalGroup(pid, SIGKILL) }
     }
 

@@ -122,6 +122,80 @@ extension Integration {
             }
         }
 
+        /// An rr worker (ready by message) that logs each handle it gets to FX_LOG. The first to
+        /// get one (FX_MARK) answers it without an ACK and then floods its channel with lines
+        /// that are not JSON; the others acknowledge and answer.
+        static let floodAfterHandle = #"""
+            import os, select, socket, sys
+            PID = os.getpid()
+            ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+            \#(ClusterFixture.pythonAcceptLoop)
+            ipc.sendall(b'"ready"\n')
+            buffer, fds = b"", []
+            while True:
+                data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+                if not data:
+                    select.select([], [], [], 30)
+                    sys.exit(0)
+                fds.extend(new_fds)
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if b"NODE_HANDLE" not in line:
+                        continue
+                    conn = socket.socket(fileno=fds.pop(0))
+                    with open(os.environ["FX_LOG"], "a") as f:
+                        f.write("%d\n" % PID)
+                    try:
+                        os.close(os.open(os.environ["FX_MARK"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                        flooder = True
+                    except FileExistsError:
+                        flooder = False
+                        ipc.sendall(b'{"cmd":"NODE_HANDLE_ACK"}\n')
+                    respond(conn)
+                    if flooder:
+                        ipc.sendall(b"this is not json\n" * 200)
+            """#
+
+        @Test("a worker cut off for flooding its channel after it took a handle (no ACK) keeps that connection: it is not handed to another worker too")
+        func cutOffKeepsItsHandle() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let worker = try box.write("flood.py", Self.floodAfterHandle)
+                let log = box.work + "/handles", mark = box.work + "/flooder"
+                try await box.pmlOK("start", try box.write("flood.lua", """
+                    return { name = "flood", cmd = { "python3", \(lua(worker)) }, instances = 2, listen = \(port),
+                             ready = "message", restart_delay = 60000, env = { FX_LOG = \(lua(log)), FX_MARK = \(lua(mark)) } }
+                    """))
+                let rows = try await box.waitOnline("flood", count: 2)
+                let fd = RawTCP.connect(port: port)
+                try #require(fd >= 0)
+                defer { close(fd) }
+                #expect(RawTCP.send(fd, "GET / HTTP/1.0\r\n\r\n"))
+                let answer = RawTCP.readAll(fd)
+                #expect(answer.contains("hello from "), "answered: \(answer)")
+                try await box.waitFor("pml cutting the flooder off", timeout: 10) {
+                    box.read(box.daemonLog).contains("pml closed the channel and kills the worker") ? true : nil
+                }
+                // Its sibling is idle in the rotation: a re-queued handle would have reached it by now.
+                let sibling = try await box.waitFor("the flooder gone, its sibling online", timeout: 10) { () -> Row? in
+                    let now = try await box.rows("flood")
+                    let alive = now.filter { $0.status == "online" }
+                    return alive.count == 1 && rows.contains(where: { $0.pid == alive[0].pid }) ? alive[0] : nil
+                }
+                #expect(answer.contains("hello from \(box.numbers(log).first ?? -1)"))
+                try await box.waitFor("the sibling serving", timeout: 5) { () -> Bool? in
+                    let c = RawTCP.connect(port: port)
+                    defer { close(c) }
+                    return RawTCP.send(c, "GET / HTTP/1.0\r\n\r\n") && RawTCP.readAll(c).contains("hello from \(sibling.pid!)") ? true : nil
+                }
+                let handed = box.numbers(log)
+                #expect(handed.count == 2 && handed[1] == Int(sibling.pid!),
+                        "one handle to the flooder, then the next connection to its sibling, none twice: \(handed)")
+                #expect(box.read(box.daemonLog).contains("was cut off with a connection handed to it and not acknowledged; it stays with that worker"))
+            }
+        }
+
         @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
         func waitingConnectionsBelowTheFDLimit() async throws {
             try await withSandbox { box in
