@@ -50,13 +50,26 @@ public struct PendingAnswers<Payload, Owner: Hashable> {
 
     /// Removes and returns every request `owner` was to answer, oldest first (its state is gone).
     public mutating func drop(owner: Owner) -> [Payload] {
-        take { $0.owner == owner }
+        drop { $0 == owner }
+    }
+
+    /// Removes and returns the requests whose owner matches, oldest first (what they were for is gone).
+    public mutating func drop(where matches: (Owner) -> Bool) -> [Payload] {
+        take { matches($0.owner) }
     }
 
     /// Whether `owner` has requests waiting.
     public func waits(on owner: Owner) -> Bool {
-        entries.values.contains { $0.owner == owner }
+        waits { $0 == owner }
     }
+
+    /// Whether a request whose owner matches is waiting.
+    public func waits(where matches: (Owner) -> Bool) -> Bool {
+        entries.values.contains { matches($0.owner) }
+    }
+
+    /// The owner of request `id`, if it still waits.
+    public func owner(of id: Int) -> Owner? { entries[id]?.owner }
 
     /// The earliest deadline, if any request waits.
     public var nextDeadline: Int? { entries.values.map(\.deadline).min() }

@@ -38,9 +38,18 @@ final class ScriptHub {
     var onRestarted: ((ScriptOwner) -> Void)?
     /// Called before each job is posted: the supervisor publishes a fresh snapshot if it changed.
     var beforePost: (() -> Void)?
+    /// Called when an owner's last waiting question was answered (or expired): a state kept for it
+    /// may be retired now.
+    var onSettled: ((ScriptOwner) -> Void)?
 
     private var threads: [ScriptOwner: (thread: ScriptThread, io: IOHandle)] = [:]
-    private var pending = PendingAnswers<((any Sendable)?) -> Void, ScriptOwner>()
+    /// Who waits: the state that answers, and the app the question is about (nil: the state's own
+    /// work, such as evaluating its file), so a deleted app's questions can go with it.
+    private struct Asker: Hashable {
+        let owner: ScriptOwner
+        let app: String?
+    }
+    private var pending = PendingAnswers<((any Sendable)?) -> Void, Asker>()
     private var expiryTimer: (handle: TimerHandle, at: Int)?
     private var watchdog: TimerHandle?
     /// Threads given up on (stuck) or stopped, until they have exited.
@@ -74,14 +83,14 @@ final class ScriptHub {
     /// thread — or with nil when it did not come within `deadlineMs` (default: a decision's), or
     /// the owner's state was lost: then the caller's default applies. Always called later, never
     /// from inside `ask`.
-    func ask<T: Sendable>(_ owner: ScriptOwner, deadlineMs: Int? = nil, _ job: @escaping @Sendable (ScriptSide) -> T,
-                          answer: @escaping (T?) -> Void) {
+    func ask<T: Sendable>(_ owner: ScriptOwner, about app: String? = nil, deadlineMs: Int? = nil,
+                          _ job: @escaping @Sendable (ScriptSide) -> T, answer: @escaping (T?) -> Void) {
         guard let thread = thread(for: owner) else {
             loop.schedule(after: 0) { answer(nil) }
             return
         }
         let deadline = monotonicMs() + (deadlineMs ?? timeouts.decisionMs)
-        let id = pending.add(deadline: deadline, owner: owner) { answer($0 as? T) }
+        let id = pending.add(deadline: deadline, owner: Asker(owner: owner, app: app)) { answer($0 as? T) }
         armExpiry()
         beforePost?()
         // A question whose deadline passed while it waited in the queue is not worth running.
@@ -104,7 +113,14 @@ final class ScriptHub {
     }
 
     /// Whether requests to `owner` wait for answers.
-    func waits(on owner: ScriptOwner) -> Bool { pending.waits(on: owner) }
+    func waits(on owner: ScriptOwner) -> Bool { pending.waits { $0.owner == owner } }
+
+    /// `app` was deleted: the questions asked about it get nil now (what they decide is moot), so
+    /// they no longer hold its state, which the caller may then retire.
+    func forget(app: String, of owner: ScriptOwner) {
+        for answer in pending.drop(where: { $0 == Asker(owner: owner, app: app) }) { answer(nil) }
+        armExpiry()
+    }
 
     /// Owners with a thread now.
     var owners: [ScriptOwner] { Array(threads.keys) }
@@ -118,7 +134,7 @@ final class ScriptHub {
         _ = entry.thread.post(always: true) { $0.stop() }
         leaving.append(entry.thread)
         armWatchdog()
-        for answer in pending.drop(owner: owner) { answer(nil) }
+        for answer in pending.drop(where: { $0.owner == owner }) { answer(nil) }
     }
 
     /// Ends every thread, giving them up to `ms` to finish what is queued (the last notification
@@ -187,11 +203,17 @@ final class ScriptHub {
         for message in thread.takeMessages() {
             switch message {
             case .answer(let id, let value):
+                let asker = pending.owner(of: id)
                 pending.answer(id)?(value)
+                if let asker { settled(asker.owner) }
             case .command(let command):
                 onCommand?(command)
             }
         }
+    }
+
+    private func settled(_ owner: ScriptOwner) {
+        if threads[owner] != nil, !waits(on: owner) { onSettled?(owner) }
     }
 
     // MARK: deadlines
@@ -206,8 +228,10 @@ final class ScriptHub {
         if let t = expiryTimer { loop.cancel(t.handle) }
         expiryTimer = (loop.schedule(after: next - monotonicMs()) { [unowned self] in
             self.expiryTimer = nil
+            let owners = Set(self.threads.keys)
             for answer in self.pending.expire(now: monotonicMs()) { answer(nil) }
             self.armExpiry()
+            owners.forEach(self.settled)
         }, next)
     }
 
@@ -222,6 +246,13 @@ final class ScriptHub {
                 guard let busy = entry.thread.currentActivity.busy,
                       self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
                 self.replace(owner, stuckIn: busy.label, forMs: now - busy.since)
+            }
+            // A retired state stuck in C is left too: what it still had queued (hooks of deleted
+            // apps) must not run whenever the call returns.
+            for t in self.leaving where !t.currentActivity.abandoned {
+                guard let busy = t.currentActivity.busy, self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
+                t.abandon()
+                self.logger.warning("\(t.name): a retired Lua state is stuck inside a C call (\(busy.label), \(now - busy.since) ms): left; it exits if the call returns")
             }
             // A stopped (not abandoned) thread still runs the jobs queued before its stop: their
             // commands count (the last pml.log of an onStop). Then an exited one lets go of its eventfds.
@@ -243,7 +274,7 @@ final class ScriptHub {
         restarts[owner, default: []].append(note)
         logger.error("scripts of \(owner): \(label) ran \(ms) ms (budget \(timeouts.callBudgetMs) ms), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
         // Decisions that waited on the lost state take their defaults now.
-        for answer in pending.drop(owner: owner) { answer(nil) }
+        for answer in pending.drop(where: { $0.owner == owner }) { answer(nil) }
         onRestarted?(owner)
     }
 }

@@ -75,6 +75,7 @@ final class Supervisor {
         }
         scripts.onCommand = { [unowned self] command in self.scriptCommand(command) }
         scripts.onRestarted = { [unowned self] owner in self.scriptsRestarted(owner) }
+        scripts.onSettled = { [unowned self] owner in self.retireIfUnused(owner) }
         scripts.beforePost = { [unowned self] in self.publishSnapshot() }
         router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
@@ -379,7 +380,7 @@ final class Supervisor {
         let hookArgs = [w.scriptValue, exit.scriptValue]
         let spec = app.spec
         let onCrash = app.spec.hooks.contains("onCrash") && app.spec.appFile != nil
-        scripts.ask(scriptOwner(app), { side in
+        scripts.ask(scriptOwner(app), about: name, { side in
             CrashVerdict.decide(side: side, app: name, spec: spec, policyArgs: args, hookArgs: onCrash ? hookArgs : nil,
                                 fallback: fallback)
         }, answer: { [weak self, weak w] verdict in
@@ -518,6 +519,8 @@ final class Supervisor {
         apps.removeAll { $0 === app }
         let name = app.spec.name
         if let file = app.spec.appFile { scripts.tell(.appFile(file)) { $0.unbind(app: name) } }
+        // Its questions (a decision its hook is stuck in, say) no longer hold the state.
+        scripts.forget(app: name, of: scriptOwner(app))
         retireUnusedScriptStates()
     }
 
@@ -545,8 +548,10 @@ final class Supervisor {
         notifyPlugins(app, hook, args)
         guard app.spec.hooks.contains(hook), let file = app.spec.appFile else { return answer(nil) }
         let name = app.spec.name
-        scripts.ask(.appFile(file), { side in side.callHook(app: name, hook: hook, args: args) }, answer: { [weak self, weak app, weak worker] outcome in
+        scripts.ask(.appFile(file), about: name, { side in side.callHook(app: name, hook: hook, args: args) }, answer: { [weak self, weak app, weak worker] outcome in
             guard let self, let app else { return }
+            // A deleted app's question is dropped with it: nothing failed, the caller only learns.
+            guard self.apps.contains(where: { $0 === app }) else { return answer(nil) }
             switch outcome {
             case .returned(let v)?: return answer(v)
             case .failed(let message)?: self.hookFailed(app, worker, hook, message)

@@ -170,11 +170,15 @@ extension Supervisor {
 
     /// Ends the state of every app file no app comes from any more (its timers end with it).
     func retireUnusedScriptStates() {
-        for owner in scripts.owners {
-            guard case .appFile(let path) = owner, !apps.contains(where: { $0.spec.appFile == path }),
-                  !scripts.waits(on: owner) else { continue }
-            scripts.stop(owner)
-        }
+        scripts.owners.forEach(retireIfUnused)
+    }
+
+    /// Ends an app file's state if no app comes from it and nothing waits on it (an evaluation for
+    /// a start keeps it; it is looked at again when the answer comes).
+    func retireIfUnused(_ owner: ScriptOwner) {
+        guard case .appFile(let path) = owner, !apps.contains(where: { $0.spec.appFile == path }),
+              !scripts.waits(on: owner) else { return }
+        scripts.stop(owner)
     }
 
     /// A stuck state was replaced by a fresh one: load its scripts again. No app is restarted.
@@ -337,7 +341,7 @@ extension Supervisor {
         let m = metricsValue(app)
         let name = app.spec.name
         app.autoscaleAsking = true
-        scripts.ask(.appFile(file), { side in side.callHook(app: name, hook: "autoscale.rule", args: [m]) }, answer: { [weak self, weak app] outcome in
+        scripts.ask(.appFile(file), about: name, { side in side.callHook(app: name, hook: "autoscale.rule", args: [m]) }, answer: { [weak self, weak app] outcome in
             guard let self, let app else { return }
             app.autoscaleAsking = false
             guard self.apps.contains(where: { $0 === app }), let spec = app.spec.autoscale else { return }

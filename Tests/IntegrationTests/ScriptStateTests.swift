@@ -40,5 +40,57 @@ extension Integration {
                 #expect(scripts.contains("restarted 1 time") && scripts.contains("beforeReload of rs"), "describe: \(scripts)")
             }
         }
+
+        @Test("pml delete of an app whose decision hook is blocked retires its state: the file starts again at once in a fresh one, and the threads go")
+        func deleteRetiresBlockedState() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("ls")
+                let daemon = try #require(box.daemonPid)
+                func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon)/task").count) ?? -1 }
+                let baseline = threads()
+                func scripts(_ app: String) async throws -> String { try await box.describe(app).1["scripts"] as? String ?? "" }
+
+                // onCrash stuck in one C call (about 3 s of CPU), and another onCrash looping at its budget.
+                let file = try box.write("gone.lua", """
+                    return {
+                      name = "gone", cmd = { "sh", "-c", "sleep 0.3; exit 1" },
+                      onCrash = function() string.find(string.rep("a", 1600), "^a*a*a*b") end,
+                    }
+                    """)
+                let busy = try box.write("busy.lua", """
+                    return {
+                      name = "busy", cmd = { "sh", "-c", "sleep 0.3; exit 1" },
+                      onCrash = function() while true do end end,
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                try await box.pmlOK("start", busy)
+                for app in ["gone", "busy"] {
+                    try await box.waitFor("\(app)'s onCrash running", timeout: 10) {
+                        try await scripts(app).contains("running onCrash of \(app)") ? true : nil
+                    }
+                }
+                try await box.pmlOK("delete", "gone")
+                try await box.pmlOK("delete", "busy")
+
+                // The same file again: a fresh state answers at once, not the one still stuck.
+                try box.write("gone.lua", """
+                    return { name = "gone", cmd = { "sleep", "1000" }, onStart = function() pml.log("GONE-AGAIN") end }
+                    """)
+                let t0 = nowMs()
+                let again = try await box.pml(["start", file], timeout: 20)
+                #expect(again.ok, "\(again)")
+                #expect(nowMs() - t0 < 2000, "the start did not wait for the stuck state: \(nowMs() - t0) ms")
+                try await box.waitForDaemonLine("GONE-AGAIN")
+                try await box.pmlOK("delete", "gone")
+
+                // Each retired state's thread exits once its call ends: the budget stops the loop at
+                // once, the C call in seconds. None is kept for an app that is gone.
+                try await box.waitFor("the daemon back to \(baseline) threads (now \(threads()))", timeout: 60) {
+                    threads() == baseline ? true : nil
+                }
+                #expect(box.daemonPid == daemon, "the same daemon")
+            }
+        }
     }
 }

@@ -39,4 +39,19 @@ struct ScriptDeadlinesTests {
         #expect(p.expire(now: 100) == [0, 2, 4], "oldest first, whatever their deadlines")
         #expect(ids.allSatisfy { p.answer($0) == nil })
     }
+
+    @Test("a deleted app's requests can be dropped alone: the other app of the same state keeps waiting")
+    func dropWhere() {
+        struct Asker: Hashable { let state: String; let app: String? }
+        var p = PendingAnswers<Int, Asker>()
+        let web = p.add(deadline: 10, owner: Asker(state: "f.lua", app: "web"), 1)
+        _ = p.add(deadline: 10, owner: Asker(state: "f.lua", app: "api"), 2)
+        _ = p.add(deadline: 10, owner: Asker(state: "f.lua", app: nil), 3)
+        #expect(p.owner(of: web)?.app == "web")
+        #expect(p.drop { $0.app == "web" } == [1])
+        #expect(p.owner(of: web) == nil)
+        #expect(!p.waits { $0.app == "web" } && p.waits { $0.state == "f.lua" })
+        #expect(p.drop { $0.state == "f.lua" } == [2, 3])
+        #expect(p.count == 0)
+    }
 }
