@@ -98,7 +98,8 @@ public enum RestartDecision: Sendable, Equatable {
         let (first, factor) = spec.expBackoffRestartDelay.map { ($0, 1.5) } ?? (spec.restartDelay, 2.0)
         let cap = Double(spec.restartDelayMax)
         var delay = Double(first), step = 0
-        while step < history.backoffStep && delay < cap {
+        // A zero delay never grows: no loop of backoffStep turns.
+        while step < history.backoffStep && delay < cap && delay > 0 {
             delay *= factor
             step += 1
         }

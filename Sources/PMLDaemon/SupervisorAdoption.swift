@@ -89,7 +89,7 @@ extension Supervisor {
     /// sentence for the user, if there is one (app files are evaluated on their script threads
     /// first, so this finishes inside the loop).
     func takeOver(_ handover: KeeperLink.Handover, predecessor: Predecessor?, done: @escaping (String?) -> Void) {
-        guard let keeper, let state = try? Self.readState(statePath), state.keeperPID == keeper.keeperPID,
+        guard let keeper, let state = try? readState(statePath), state.keeperPID == keeper.keeperPID,
               let old = state.daemonPID, old != getpid() else {
             release(handover)
             childrenExited(reported: handover.exits)

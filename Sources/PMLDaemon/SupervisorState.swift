@@ -76,9 +76,13 @@ extension Supervisor {
         }
     }
 
-    static func readState(_ path: String) throws -> SavedState? {
+    /// state.json or dump.json, every number checked (`SavedState.checked`): what a tampered or
+    /// corrupt file gets wrong is clamped or its record left out, one line each in daemon.log.
+    func readState(_ path: String) throws -> SavedState? {
         guard let bytes = readFile(path) else { return nil }
-        return try JSONDecoder().decode(SavedState.self, from: Data(bytes))
+        let (state, problems) = try JSONDecoder().decode(SavedState.self, from: Data(bytes)).checked(nowMs: monotonicMs())
+        for p in problems { logger.warning("\(path): \(p)") }
+        return state
     }
 
     /// Starts the apps of a saved state that are not here yet, one after another (an app file is
@@ -104,7 +108,7 @@ extension Supervisor {
     func resurrect(from path: String, respond: @escaping (ControlResponse) -> Void) {
         let state: SavedState
         do {
-            guard let s = try Self.readState(path) else { return respond(.failure("nothing saved: \(path) does not exist (run pml save first)")) }
+            guard let s = try readState(path) else { return respond(.failure("nothing saved: \(path) does not exist (run pml save first)")) }
             state = s
         } catch {
             return respond(.failure("\(path) cannot be read: \(error)"))
@@ -120,7 +124,7 @@ extension Supervisor {
     /// `done` gets a sentence for the CLI when there was something to take up.
     func recoverFromDeadDaemon(done: @escaping (String?) -> Void) {
         let swept = Daemon.sweepOrphans(home: paths.home, daemonPID: nil)
-        guard let state = try? Self.readState(statePath), let old = state.daemonPID, old != getpid(),
+        guard let state = try? readState(statePath), let old = state.daemonPID, old != getpid(),
               !processIsAlive(old), state.apps.contains(where: \.running) else {
             if swept > 0 { logger.warning("killed \(swept) worker process(es) an earlier daemon left behind") }
             return done(nil)

@@ -196,6 +196,49 @@ extension Integration {
             }
         }
 
+        @Test("a tampered state.json (a worker id of Int.max, counters at Int.max, a start at Int.min) does not trap the successor: it comes up, says once what it refused or clamped, and every instance runs")
+        func tamperedStateFile() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("start", "--name", "t", "-i", "2", "--", "sleep", "3000")
+                let before = try await box.waitOnline("t", count: 2)
+                let daemon = try #require(box.daemonPid)
+                // Stopped, the daemon cannot write state.json again before it dies.
+                kill(daemon, SIGSTOP)
+                let path = box.home + "/state.json"
+                var state = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+                var apps = try #require(state["apps"] as? [[String: Any]])
+                var workers = try #require(apps.first?["workers"] as? [[String: Any]])
+                let refused = try #require(workers.first { $0["instance"] as? Int == 0 })["pid"] as? Int
+                for i in workers.indices {
+                    if workers[i]["instance"] as? Int == 0 { workers[i]["id"] = Int.max }
+                    else { workers[i]["restarts"] = Int.max; workers[i]["backoff_step"] = Int.max; workers[i]["started_at_ms"] = Int.min }
+                }
+                apps[0]["workers"] = workers
+                state["apps"] = apps
+                try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+                kill(daemon, SIGKILL)
+                let successor = try await box.waitFor("a successor", timeout: 10, every: 20) {
+                    box.daemonPid.flatMap { $0 != daemon && Proc.alive($0) ? $0 : nil }
+                }
+                let rows = try await box.waitOnline("t", count: 2)
+                let log = box.read(box.daemonLog)
+                #expect(log.contains("t: worker id \(Int.max) is outside 0...\(Int32.max); record refused"), "\(log.suffix(1500))")
+                #expect(log.contains("t: worker 1: started_at_ms \(Int.min), restarts \(Int.max), backoff_step \(Int.max) out of range; clamped"))
+                #expect(rows[0].pid != before[0].pid && rows[0].pid != refused.map(Int32.init) && rows[0].id == 2,
+                        "instance 0 started afresh with the next id: \(rows)")
+                #expect(rows[1].pid == before[1].pid && rows[1].restarts == 1 << 40, "instance 1 adopted, its count clamped: \(rows)")
+                #expect((rows[1].uptimeMs ?? -1) >= 0)
+                // Its next crash counts on from there, in the same successor.
+                kill(before[1].pid!, SIGKILL)
+                let after = try await box.waitFor("instance 1 restarted", timeout: 10) { () -> [Row]? in
+                    let r = try await box.rows("t")
+                    return r.count == 2 && r[1].pid != before[1].pid && r[1].status == "online" ? r : nil
+                }
+                #expect(after[1].restarts == (1 << 40) + 1)
+                #expect(box.daemonPid == successor && Proc.alive(successor))
+            }
+        }
+
         @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
         func waitingConnectionsBelowTheFDLimit() async throws {
             try await withSandbox { box in

@@ -52,6 +52,10 @@ import Testing
         #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.autorestart = false }) == .stop(reason: "autorestart is off"))
         #expect(RestartDecision.fallback(history: h, exitCode: 78, spec: spec { $0.stopExitCodes = [78] }) == .stop(reason: "exit code 78 is in stop_exit_codes"))
         #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.restartDelay = 100 }) == .restart(delayMs: 100))
+        // No delay to grow: a huge backoff step (a tampered state.json) answers at once, no loop.
+        var huge = h
+        huge.backoffStep = Int.max
+        #expect(RestartDecision.fallback(history: huge, exitCode: 1, spec: spec { $0.restartDelay = 0 }) == .restart(delayMs: 0))
         h.backoffStep = 3
         #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.restartDelay = 100 }) == .restart(delayMs: 800), "doubling, as policy.lua")
         #expect(RestartDecision.fallback(history: h, exitCode: 1, spec: spec { $0.expBackoffRestartDelay = 100 }) == .restart(delayMs: 337), "× 1.5 for PM2's exp backoff")
