@@ -93,9 +93,13 @@ public enum KeeperTag {
     public static func ipc(pid: Int32) -> String { worker(pid: pid) + "ipc" }
     public static func out(pid: Int32) -> String { worker(pid: pid) + "out" }
     public static func err(pid: Int32) -> String { worker(pid: pid) + "err" }
-    /// A listening socket; unique across daemons (the daemon's pid and its listener id). Ends in
-    /// a dot, so that dropping it as a prefix drops its reuseport slots and no other listener.
-    public static func listener(daemon: Int32, id: Int) -> String { "l.\(daemon).\(id)." }
+    /// A listening socket; unique across daemons: `generation` is the daemon's own random token
+    /// (a daemon's pid can be recycled by a later one while listeners tagged under it are still
+    /// held, adopted from daemon to daemon), `id` its listener id. Ends in a dot, so that dropping
+    /// it as a prefix drops its reuseport slots and no other listener.
+    public static func listener(generation: String, id: Int) -> String { "l.\(generation).\(id)." }
+    /// A daemon's generation token: 64 random bits, in hex.
+    public static func generation(_ bits: UInt64) -> String { String(bits, radix: 16) }
     /// The SO_REUSEPORT socket of `slot` of a reuseport listener.
     public static func slot(listener: String, slot: Int) -> String { "\(listener)s\(slot)." }
 }

@@ -34,10 +34,13 @@ extension Supervisor {
         keeper.hold(KeeperTag.err(pid: pid), err)
     }
 
+    /// This daemon's token in the tags of the listeners it binds (never its pid: see KeeperTag.listener).
+    static let listenerGeneration = KeeperTag.generation(UInt64.random(in: .min ... .max))
+
     /// Hands the keeper a copy of a new listening socket.
     func keeperHold(listener l: AppListener) {
         guard let keeper else { return }
-        l.tag = KeeperTag.listener(daemon: getpid(), id: l.id)
+        l.tag = KeeperTag.listener(generation: Self.listenerGeneration, id: l.id)
         // A reuseport group has no socket of its own: its slots' sockets are held as they are bound.
         if l.fd >= 0 { keeper.hold(l.tag, l.fd) }
     }

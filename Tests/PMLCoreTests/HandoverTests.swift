@@ -35,7 +35,14 @@ import Testing
         let prefix = KeeperTag.worker(pid: 12)
         #expect([KeeperTag.ipc(pid: 12), KeeperTag.out(pid: 12), KeeperTag.err(pid: 12)].allSatisfy { $0.hasPrefix(prefix) })
         #expect(!KeeperTag.ipc(pid: 123).hasPrefix(prefix), "pid 12's prefix does not catch pid 123")
-        #expect(KeeperTag.listener(daemon: 5, id: 1) != KeeperTag.listener(daemon: 6, id: 1))
+        let (a, b) = (KeeperTag.generation(0xdead_beef_0000_0001), KeeperTag.generation(.max))
+        #expect(a == "deadbeef00000001" && b == "ffffffffffffffff")
+        #expect(KeeperTag.listener(generation: a, id: 1) == "l.deadbeef00000001.1.")
+        #expect(KeeperTag.listener(generation: a, id: 1) != KeeperTag.listener(generation: b, id: 1))
+        #expect(!KeeperTag.listener(generation: a, id: 10).hasPrefix(KeeperTag.listener(generation: a, id: 1)),
+                "dropping listener 1 leaves listener 10")
+        #expect(KeeperMessage.parse(ArraySlice(KeeperMessage.hold(tag: KeeperTag.slot(listener: KeeperTag.listener(generation: b, id: Int.max), slot: 1023)).encoded.utf8))
+                != nil, "the longest tag fits a record")
     }
 
     @Test func predecessorRoundTrips() {
