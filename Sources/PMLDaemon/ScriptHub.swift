@@ -36,7 +36,7 @@ final class ScriptHub {
     var onCommand: ((ScriptCommand) -> Void)?
     /// Called after a stuck owner got a fresh thread: its scripts need loading again.
     var onRestarted: ((ScriptOwner) -> Void)?
-    /// Called before each job is posted: the supervisor publishes a fresh snapshot if it changed.
+    /// Called once before the jobs of a turn are posted: the supervisor publishes its snapshot.
     var beforePost: (() -> Void)?
     /// Called when an owner's last waiting question was answered (or expired): a state kept for it
     /// may be retired now.
@@ -57,6 +57,9 @@ final class ScriptHub {
     /// What happened to each owner's state, for `pml describe`.
     private var restarts: [ScriptOwner: [String]] = [:]
     private var lastQueueFullNote: [ScriptOwner: Int] = [:]
+    /// Jobs posted during this turn of the loop, sent after it behind one snapshot: building it
+    /// (every app, worker and metric) once per turn, not once per hook.
+    private var outbox = TurnBatch<(thread: ScriptThread, owner: ScriptOwner, job: ScriptThread.Job, refused: (() -> Void)?)>()
     /// At most this many stuck threads may be alive: past it no new state is started (each holds
     /// its memory until its C call returns) and scripted decisions take their defaults.
     static let maxStuckThreads = 8
@@ -75,8 +78,7 @@ final class ScriptHub {
     /// Runs `job` on the owner's thread; nothing comes back (notification hooks, binding).
     func tell(_ owner: ScriptOwner, _ job: @escaping ScriptThread.Job) {
         guard let thread = thread(for: owner) else { return }
-        beforePost?()
-        if !thread.post(job) { queueFull(owner) }
+        enqueue(thread, owner, job, refused: nil)
     }
 
     /// Runs `job` on the owner's thread and calls `answer` with its result on the supervisor's
@@ -92,15 +94,29 @@ final class ScriptHub {
         let deadline = monotonicMs() + (deadlineMs ?? timeouts.decisionMs)
         let id = pending.add(deadline: deadline, owner: Asker(owner: owner, app: app)) { answer($0 as? T) }
         armExpiry()
-        beforePost?()
         // A question whose deadline passed while it waited in the queue is not worth running.
-        let posted = thread.post { side in
+        enqueue(thread, owner, { side in
             guard monotonicMs() <= deadline else { return }
             side.answer(id, job(side))
-        }
-        if !posted {
-            queueFull(owner)
-            if let refused = pending.answer(id) { loop.schedule(after: 0) { refused(nil) } }
+        }, refused: { [unowned self] in
+            if let refused = self.pending.answer(id) { self.loop.schedule(after: 0) { refused(nil) } }
+        })
+    }
+
+    private func enqueue(_ thread: ScriptThread, _ owner: ScriptOwner, _ job: @escaping ScriptThread.Job, refused: (() -> Void)?) {
+        if outbox.add((thread, owner, job, refused)) { loop.schedule(after: 0) { [unowned self] in self.flush() } }
+    }
+
+    /// Posts the turn's jobs, in order, after publishing one snapshot. A replaced thread's jobs are
+    /// dropped (its questions were answered with nil then).
+    private func flush() {
+        guard !outbox.isEmpty else { return }
+        beforePost?()
+        for item in outbox.take() where !item.thread.isAbandoned {
+            if !item.thread.post(item.job) {
+                queueFull(item.owner)
+                item.refused?()
+            }
         }
     }
 
@@ -128,6 +144,7 @@ final class ScriptHub {
     /// Ends the owner's thread after the jobs already queued; requests still waiting on it get nil.
     func stop(_ owner: ScriptOwner) {
         guard let entry = threads.removeValue(forKey: owner) else { return }
+        flush() // what was posted before the stop runs before it
         // What it sent already is carried out; what its queued jobs send the watchdog hands over.
         received(from: entry.thread)
         loop.unregister(entry.io)
@@ -140,6 +157,7 @@ final class ScriptHub {
     /// Ends every thread, giving them up to `ms` to finish what is queued (the last notification
     /// hooks at shutdown) and handing over what they send meanwhile. Then gives up on the rest.
     func finish(within ms: Int) {
+        flush()
         let all = threads
         threads = [:]
         for (_, entry) in all {
