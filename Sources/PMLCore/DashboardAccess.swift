@@ -42,10 +42,19 @@ public struct DashboardAccess: Sendable {
         path == "/healthz" || path == "/readyz" || path.hasPrefix("/readyz/")
     }
 
-    public func check(_ request: HTTPRequest) -> Verdict {
-        guard let host = request.headers["host"]?.lowercased(), Self.isLoopback(authority: host) else {
+    /// The check every request to a loopback listener passes first (the dashboard's and the
+    /// metrics listener): its Host header names a loopback address, so a page from a rebound DNS
+    /// name, whose requests carry that name, is refused.
+    public static func checkHost(_ request: HTTPRequest) -> Verdict {
+        guard let host = request.headers["host"], isLoopback(authority: host) else {
             return .forbidden("the Host header must name a loopback address (127.0.0.1, localhost, [::1])")
         }
+        return .allowed
+    }
+
+    public func check(_ request: HTTPRequest) -> Verdict {
+        if case .forbidden(let why) = Self.checkHost(request) { return .forbidden(why) }
+        let host = request.headers["host", default: ""].lowercased()
         if Self.isHealthPath(request.path) { return .allowed }
         let mutating = !["GET", "HEAD"].contains(request.method)
         // Changes need the header: a cross-origin page cannot add it without a CORS preflight we never answer.

@@ -1,11 +1,13 @@
 import Glibc
+import Logging
 import PMLCore
 import PMLPosix
 
-/// A small HTTP/1.1 server on the daemon's event loop, for the dashboard: non-blocking sockets,
-/// one request per connection (`Connection: close`), and bounds on everything a client controls —
-/// connections, streams, request size, time to send a request, and output a slow reader leaves
-/// unread (the connection is dropped rather than buffered for).
+/// A small HTTP/1.1 server on the daemon's event loop, for the dashboard and the metrics listener:
+/// non-blocking sockets, one request per connection (`Connection: close`), and bounds on
+/// everything a client controls — connections, streams, request size, time to send a request,
+/// and output a slow reader leaves unread (the connection is dropped rather than buffered for).
+/// Out of descriptors, the listener leaves the loop for a moment (`AcceptBackoff`).
 final class HTTPListener {
     /// What clients cannot exceed.
     struct Limits {
@@ -30,18 +32,20 @@ final class HTTPListener {
     let loop: EventLoop
     private var handle: IOHandle?
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
-    private var resumeTimer: TimerHandle?
+    private let backoff: AcceptBackoff
     var handler: (HTTPRequest, HTTPConnection) -> Void = { _, c in c.respond(.text(404, "not found")) }
 
     var streamCount: Int { connections.values.filter(\.isStreaming).count }
 
-    init(host: String, port: Int, loop: EventLoop, limits: Limits = Limits()) throws(SystemError) {
+    /// Binds `host:port` (0: any free port); `what` names it in daemon.log.
+    init(host: String, port: Int, loop: EventLoop, limits: Limits = Limits(), logger: Logger, what: String) throws(SystemError) {
         let bound = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true)
         fd = bound.fd
         self.host = host
         self.port = bound.port
         self.loop = loop
         self.limits = limits
+        backoff = AcceptBackoff(loop: loop, logger: logger, what: what)
         do {
             handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
         } catch {
@@ -52,7 +56,7 @@ final class HTTPListener {
 
     deinit {
         if let handle { loop.unregister(handle) }
-        if let resumeTimer { loop.cancel(resumeTimer) }
+        handle = nil
         for c in connections.values { c.close() }
         closeFD(fd)
     }
@@ -61,10 +65,8 @@ final class HTTPListener {
         // Bounded per wake-up, so a flood of connections cannot hold the loop.
         for _ in 0..<64 {
             guard let client = UnixSocket.accept(fd) else {
-                if UnixSocket.acceptRanOutOfDescriptors() {
-                    // Out of fds: the listener stays readable; stop watching it for a moment
-                    // rather than spin on it.
-                    pauseAccepting()
+                backoff.pauseIfOutOfDescriptors(handle) { [weak self] in
+                    if let self, let h = self.handle { self.loop.modify(h, events: [.readable]) }
                 }
                 return
             }
@@ -76,15 +78,6 @@ final class HTTPListener {
             }
             guard let c = HTTPConnection(fd: client, listener: self) else { closeFD(client); continue }
             connections[ObjectIdentifier(c)] = c
-        }
-    }
-
-    private func pauseAccepting() {
-        guard resumeTimer == nil, let handle else { return }
-        loop.modify(handle, events: [])
-        resumeTimer = loop.schedule(after: 250) { [unowned self] in
-            self.resumeTimer = nil
-            if let h = self.handle { self.loop.modify(h, events: [.readable]) }
         }
     }
 

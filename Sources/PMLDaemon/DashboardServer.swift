@@ -53,7 +53,7 @@ final class Dashboard {
             var host = "127.0.0.1", port = 0
             if case .tcp(let h?, let p)? = configured { (host, port) = (h, p) }
             let token = try HomeConfig.token(paths)
-            let l = try HTTPListener(host: host, port: port, loop: supervisor.loop)
+            let l = try HTTPListener(host: host, port: port, loop: supervisor.loop, logger: supervisor.logger, what: "dashboard listener")
             if configured == nil {
                 do {
                     try HomeConfig.set("dashboard_listen", to: .string("127.0.0.1:\(l.port)"), paths: paths)

@@ -109,18 +109,29 @@ extension Supervisor {
         HealthProbe.answer(path: path, apps: healthApps())
     }
 
-    /// The metrics listener: health probes, else the Prometheus text.
-    func metricsAnswer(path: String) -> HTTPResponse {
-        healthAnswer(path: path)
+    /// The metrics listener: the Host check (it listens on loopback only), then health probes,
+    /// else the Prometheus text.
+    func metricsAnswer(_ request: HTTPRequest) -> HTTPResponse {
+        if case .forbidden(let why) = DashboardAccess.checkHost(request) { return .text(403, "forbidden: \(why)") }
+        guard request.method == "GET" else { return .text(405, "only GET is served here") }
+        return healthAnswer(path: request.path)
             ?? HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: prometheusText())
     }
 
-    /// Serves the metrics listener when config.json or PML_METRICS_LISTEN names one (the daemon and `pml run`).
-    func serveMetrics(environment: [String: String]) -> MetricsServer? {
+    /// Scrapes served at once (any local user can reach the port), each a small GET in 5 s.
+    static let metricsLimits = HTTPListener.Limits(maxConnections: 64, maxStreams: 0, requestTimeoutMs: 5000,
+                                                   maxHead: 8 * 1024, maxBody: 0)
+
+    /// Serves the metrics listener when config.json (`metrics_listen`) or PML_METRICS_LISTEN names
+    /// a loopback address (anything else is refused), in the daemon and under `pml run`.
+    func serveMetrics(environment: [String: String]) -> HTTPListener? {
         do {
-            guard let address = try MetricsServer.configuredAddress(paths: paths, environment: environment) else { return nil }
-            let server = try MetricsServer(address: address, loop: loop) { [unowned self] path in self.metricsAnswer(path: path) }
-            logger.info("serving metrics on http://\(address.description)/metrics (and /healthz, /readyz)")
+            guard case .tcp(let host?, let port)? = try HomeConfig.loopbackAddress(
+                "metrics_listen", environmentName: "PML_METRICS_LISTEN", paths: paths, environment: environment) else { return nil }
+            let server = try HTTPListener(host: host, port: port, loop: loop, limits: Self.metricsLimits, logger: logger,
+                                          what: "metrics listener")
+            server.handler = { [unowned self] request, connection in connection.respond(self.metricsAnswer(request)) }
+            logger.info("serving metrics on http://\(ListenAddress.tcp(host: host, port: port).description)/metrics (and /healthz, /readyz)")
             return server
         } catch {
             logger.error("metrics are not served: \(error)")

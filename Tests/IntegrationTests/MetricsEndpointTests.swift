@@ -2,6 +2,9 @@
 
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Integration {
     @Suite("Metrics endpoint")
@@ -45,6 +48,37 @@ extension Integration {
                 try await box.pmlOK("ping")
                 let log = box.read(box.daemonLog)
                 #expect(log.contains("must be a loopback address"), "a public address is refused:\n\(log.suffix(400))")
+            }
+        }
+
+        /// One raw HTTP/1.1 request with `host` as its Host header; the whole answer.
+        static func get(port: Int, _ path: String, host: String, method: String = "GET") -> String {
+            let fd = RawTCP.connect(port: port, timeout: 5)
+            guard fd >= 0 else { return "" }
+            defer { close(fd) }
+            _ = RawTCP.send(fd, "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n")
+            return RawTCP.readAll(fd)
+        }
+
+        @Test("the metrics listener answers only requests whose Host names loopback (DNS rebinding), on every path; GET only")
+        func hostCheck() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try box.startDaemon(env: ["PML_METRICS_LISTEN": "127.0.0.1:\(port)"])
+                try await box.pmlOK("start", "--name", "m", "--", "sleep", "1000")
+                _ = try await box.waitOnline("m")
+                let ok = try await box.waitFor("the metrics endpoint") { () -> String? in
+                    let a = Self.get(port: port, "/metrics", host: "127.0.0.1:\(port)")
+                    return a.contains("pml_worker_up") ? a : nil
+                }
+                #expect(ok.hasPrefix("HTTP/1.1 200"))
+                #expect(Self.get(port: port, "/metrics", host: "localhost:\(port)").contains("pml_worker_up"))
+                #expect(Self.get(port: port, "/healthz", host: "[::1]:\(port)").hasPrefix("HTTP/1.1 200"))
+                for path in ["/metrics", "/healthz", "/readyz"] {
+                    let answer = Self.get(port: port, path, host: "rebound.example:\(port)")
+                    #expect(answer.hasPrefix("HTTP/1.1 403") && !answer.contains("pml_worker_up"), "\(path): \(answer.prefix(200))")
+                }
+                #expect(Self.get(port: port, "/metrics", host: "127.0.0.1", method: "POST").hasPrefix("HTTP/1.1 405"))
             }
         }
     }

@@ -72,6 +72,19 @@ import Testing
         }
     }
 
+    @Test func theHostCheckAloneAsTheMetricsListenerUsesIt() {
+        // No token: only the Host must name loopback, for every path (metrics and probes alike).
+        for host in ["127.0.0.1:9615", "localhost", "[::1]:1", "LocalHost:80"] {
+            #expect(DashboardAccess.checkHost(request("/metrics", ["host": host])) == .allowed, "\(host)")
+        }
+        for headers in [["host": "rebound.example:9615"], ["host": "127.0.0.1.nip.io"], [:]] {
+            for path in ["/metrics", "/healthz", "/readyz"] {
+                #expect(DashboardAccess.checkHost(request(path, headers))
+                        == .forbidden("the Host header must name a loopback address (127.0.0.1, localhost, [::1])"), "\(path) \(headers)")
+            }
+        }
+    }
+
     @Test func tokenIsNeededExceptForProbes() {
         if case .allowed = access.check(request("/api/state", ["host": "127.0.0.1:9615"])) { Issue.record("no token allowed") }
         if case .allowed = access.check(request("/?token=secreT", ["host": "127.0.0.1:9615"])) { Issue.record("wrong token allowed") }
