@@ -298,12 +298,30 @@ static int close_failed(lua_State *L, int fd, const char *name) {
     return luaL_fileresult(L, 0, name);
 }
 
+int pml_open_regular(const char *name, int flags) {
+    int fd = open(name, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0666);
+    if (fd < 0 && errno == ENXIO) return PML_NOT_REGULAR; // a FIFO without a reader, a socket
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return PML_NOT_REGULAR;
+    }
+    return fd;
+}
+
 // native.open(name [, mode]): io.open for scripts, with the same modes and results (a file
 // handle, or nil, message, errno), for regular files only. open(2) of a FIFO waits for the other
 // end, and a read from a FIFO, socket or device can wait forever, inside C where no budget
-// reaches: O_NONBLOCK makes the open itself return at once, and fstat then refuses anything but a
-// regular file (whose reads and writes never wait). "w" truncates only once the file is known to
-// be regular.
+// reaches: pml_open_regular returns at once and refuses anything but a regular file (whose reads
+// and writes never wait). "w" truncates only once the file is known to be regular.
 static int native_open(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     const char *mode = luaL_optstring(L, 2, "r");
@@ -322,15 +340,9 @@ static int native_open(lua_State *L) {
     if (strspn(rest, "b") != strlen(rest)) return luaL_argerror(L, 2, "invalid mode");
     // The handle exists before the descriptor, so that a memory error cannot leak it.
     luaL_Stream *p = push_closed_stream(L);
-    int fd = open(name, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0666);
-    if (fd < 0 && errno == ENXIO) return not_regular(L, name); // a FIFO without a reader, a socket
+    int fd = pml_open_regular(name, flags);
+    if (fd == PML_NOT_REGULAR) return not_regular(L, name);
     if (fd < 0) return luaL_fileresult(L, 0, name);
-    struct stat st;
-    if (fstat(fd, &st) != 0) return close_failed(L, fd, name);
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return not_regular(L, name);
-    }
     if (mode[0] == 'w' && ftruncate(fd, 0) != 0) return close_failed(L, fd, name);
     p->f = fdopen(fd, mode);
     if (p->f == NULL) return close_failed(L, fd, name);

@@ -143,19 +143,11 @@ final class KeeperProcess {
     /// Reads every record waiting on the link (records a dead daemon sent before it died included).
     private func linkReadable() {
         guard let d = daemon else { return }
-        while true {
-            switch RecordSocket.receive(d.link, limit: KeeperMessage.maxBytes, dontWait: true) {
-            case .wouldBlock:
-                return
-            case .closed:
-                // The daemon is going; its exit (SIGCHLD) decides what follows.
-                if let h = d.handle { loop.unregister(h) }
-                daemon?.handle = nil
-                return
-            case .record(let bytes, let fds):
-                handle(KeeperMessage.parse(bytes[...]), fds: fds)
-            }
-        }
+        KeeperWire.readWaiting(d.link, closed: {
+            // The daemon is going; its exit (SIGCHLD) decides what follows.
+            if let h = d.handle { loop.unregister(h) }
+            daemon?.handle = nil
+        }) { message, fds in handle(message, fds: fds) }
     }
 
     private func handle(_ message: KeeperMessage?, fds: [Int32]) {
@@ -188,7 +180,7 @@ final class KeeperProcess {
 
     @discardableResult
     private func send(_ message: KeeperMessage, fd: Int32? = nil, to link: Int32) -> Bool {
-        if !RecordSocket.send(link, message.encoded, fds: fd.map { [$0] } ?? []) {
+        if !KeeperWire.send(message, fd: fd, on: link) {
             Keeper.say("could not tell the daemon \"\(message.encoded)\": \(String(cString: strerror(errno)))")
             return false
         }

@@ -3,6 +3,27 @@ import Logging
 import PMLCore
 import PMLPosix
 
+/// How both ends of the keeper link (the keeper, `KeeperLink`) write and read its records.
+enum KeeperWire {
+    /// Sends `message` on `link`, with `fd` for `hold` and `held`; false (errno set) if it could not.
+    static func send(_ message: KeeperMessage, fd: Int32? = nil, on link: Int32) -> Bool {
+        RecordSocket.send(link, message.encoded, fds: fd.map { [$0] } ?? [])
+    }
+
+    /// Reads every record waiting on the non-blocking `link`: each goes to `record` parsed (nil
+    /// if malformed) with the fds it carried (the receiver's to keep or close); `closed` is called
+    /// when the other end has gone.
+    static func readWaiting(_ link: Int32, closed: () -> Void, record: (KeeperMessage?, [Int32]) -> Void) {
+        while true {
+            switch RecordSocket.receive(link, limit: KeeperMessage.maxBytes, dontWait: true) {
+            case .wouldBlock: return
+            case .closed: return closed()
+            case .record(let bytes, let fds): record(KeeperMessage.parse(bytes[...]), fds)
+            }
+        }
+    }
+}
+
 /// The daemon's end of the link to its keeper (see `Keeper`): what must outlive this daemon is
 /// handed to the keeper as it appears (`hold`) and let go when it goes (`drop`); at start the
 /// daemon asks for everything the keeper holds (`handover`), and it hears of the exits of
@@ -36,7 +57,7 @@ final class KeeperLink {
     }
 
     func send(_ message: KeeperMessage, fd descriptor: Int32? = nil) {
-        if !RecordSocket.send(fd, message.encoded, fds: descriptor.map { [$0] } ?? []) {
+        if !KeeperWire.send(message, fd: descriptor, on: fd) {
             logger.warning("cannot tell the keeper \"\(message.encoded)\": \(String(cString: strerror(errno)))")
         }
     }
@@ -77,21 +98,13 @@ final class KeeperLink {
     /// Watches the link in the loop: each reported exit goes to `onExit`.
     func watch(loop: EventLoop, onExit: @escaping (ChildExit) -> Void) {
         handle = try? loop.register(fd: fd, events: [.readable]) { [unowned self, unowned loop] _ in
-            while true {
-                switch RecordSocket.receive(self.fd, limit: KeeperMessage.maxBytes, dontWait: true) {
-                case .wouldBlock:
-                    return
-                case .closed:
-                    // The keeper is gone: PDEATHSIG ends this daemon too; stop listening meanwhile.
-                    if let h = self.handle { loop.unregister(h) }
-                    self.handle = nil
-                    return
-                case .record(let bytes, let fds):
-                    fds.forEach(closeFD)
-                    if case .exit(let pid, let code, let signal)? = KeeperMessage.parse(bytes[...]) {
-                        onExit(ChildExit(pid: pid, code: code, signal: signal))
-                    }
-                }
+            KeeperWire.readWaiting(self.fd, closed: {
+                // The keeper is gone: PDEATHSIG ends this daemon too; stop listening meanwhile.
+                if let h = self.handle { loop.unregister(h) }
+                self.handle = nil
+            }) { message, fds in
+                fds.forEach(closeFD)
+                if case .exit(let pid, let code, let signal)? = message { onExit(ChildExit(pid: pid, code: code, signal: signal)) }
             }
         }
     }

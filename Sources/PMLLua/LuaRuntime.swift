@@ -502,19 +502,14 @@ public final class LuaRuntime {
         let description: String
     }
 
-    /// Regular files only, opened without blocking: a FIFO (or a device) given as an app file or
-    /// plugin would otherwise stall the daemon in open(2) or read(2).
+    /// Regular files only, opened without blocking (`pml_open_regular`, as scripts' io.open): a
+    /// FIFO (or a device) given as an app file or plugin would otherwise stall the daemon in
+    /// open(2) or read(2).
     private static func readFile(_ path: String) -> Result<[UInt8], ReadFailure> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        let fd = pml_open_regular(path, O_RDONLY)
+        if fd == PML_NOT_REGULAR && errno != EISDIR { return .failure(ReadFailure(description: "not a regular file")) }
         if fd < 0 { return .failure(ReadFailure(description: String(cString: strerror(errno)))) }
         defer { close(fd) }
-        var info = stat()
-        if fstat(fd, &info) != 0 { return .failure(ReadFailure(description: String(cString: strerror(errno)))) }
-        switch info.st_mode & S_IFMT {
-        case S_IFREG: break
-        case S_IFDIR: return .failure(ReadFailure(description: String(cString: strerror(EISDIR))))
-        default: return .failure(ReadFailure(description: "not a regular file"))
-        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {

@@ -92,6 +92,14 @@ void pml_set_budget(lua_State *L, long instructions, int time_ms);
 int pml_setup(lua_State *L, const char *prelude, size_t prelude_len, const char *package_path,
               pml_dispatch_fn dispatch, void *ctx);
 
+// Opens `name` with `flags` (O_RDONLY, O_WRONLY|O_CREAT, ...; mode 0666) for Lua code to read:
+// app files, plugins, `require`, and io.open in scripts. Regular files only, and never waiting
+// in open(2) (O_NONBLOCK: a FIFO waits for its other end) nor in later reads and writes (only a
+// regular file's never wait). Returns the fd (close-on-exec), -1 with errno when open or fstat
+// fails, or PML_NOT_REGULAR when the file is not a regular one (errno EISDIR for a directory).
+#define PML_NOT_REGULAR (-2)
+int pml_open_regular(const char *name, int flags);
+
 // Loads `source` (text only) as chunk `chunkname`, in a new environment whose `require` also
 // searches `dir`, and calls it. Leaves the chunk's first return value.
 int pml_eval(lua_State *L, const char *source, size_t source_len, const char *chunkname,
