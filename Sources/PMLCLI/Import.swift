@@ -59,9 +59,11 @@ struct Import: ParsableCommand {
         let lua = LuaWriter.appFile(eco.apps, source: baseName(input), output: baseName(outPath))
 
         // The generated apps must be what `pml check` accepts: validate them as the parser will.
-        let parser = AppSpecParser(file: outPath, source: nil, baseDirectory: outFolder, cpuCount: 1)
         let tables = eco.apps.map { ScriptValue.object($0.table) }
-        do { _ = try parser.parse(tables.count == 1 ? tables[0] : .array(tables)) } catch {
+        do {
+            _ = try AppSpecParser.appFile(outPath, value: tables.count == 1 ? tables[0] : .array(tables), source: nil,
+                                          cpuCount: 1, startedWith: nil)
+        } catch {
             throw CLIError("internal error: the imported app file would not be valid (\(error.message))")
         }
 

@@ -202,9 +202,14 @@ struct Check: ParsableCommand {
         do { runtime = try LuaRuntime(libraryPaths: [luaPath]) } catch { throw CLIError("cannot start Lua: \(error)") }
         let loaded: LoadedAppFile
         do { loaded = try runtime.evaluateAppFile(path: path) } catch { throw CLIError(error.description) }
-        let parser = AppSpecParser.forAppFile(path, source: loaded.source, cpuCount: Int(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         let specs: [AppSpec]
-        do { specs = try parser.parse(loaded.value) } catch { throw CLIError(error.description) }
+        do {
+            // Validated as `pml start` will (without command-line overrides).
+            specs = try AppSpecParser.appFile(path, value: loaded.value, source: loaded.source,
+                                              cpuCount: Int(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))), startedWith: nil)
+        } catch {
+            throw CLIError(error.description)
+        }
         Output.print("\(file): ok, \(specs.count) app\(specs.count == 1 ? "" : "s")\n")
         for s in specs {
             let hooks = s.hooks.isEmpty ? "" : "; hooks: " + s.hooks.joined(separator: ", ")

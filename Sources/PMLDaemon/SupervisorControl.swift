@@ -228,7 +228,7 @@ extension Supervisor {
         guard let ecosystem = args.ecosystem else { return "only an ecosystem file's apps can be redefined" }
         let parser = AppSpecParser.forAppFile(ecosystem, source: nil, cpuCount: Int(cpuCount))
         let specs: [AppSpec]
-        do { specs = try parser.parse(override(value, with: args)) } catch { return error.description }
+        do { specs = try parser.parse(value, startedWith: args) } catch { return error.description }
         for spec in specs {
             guard let app = apps.first(where: { $0.spec.name == spec.name }) else { continue }
             if app.spec.appFile != nil { return "\(spec.name) was started from \(app.spec.appFile!), not from \(ecosystem)" }
@@ -260,25 +260,6 @@ extension Supervisor {
             app.startArgs?.clientEnv = env
         }
         return nil
-    }
-
-    /// Command-line overrides (`--name`, `-i`, `--env K=V`) applied to app tables, so the parser validates them too.
-    func override(_ value: ScriptValue, with args: StartArguments) -> ScriptValue {
-        func one(_ v: ScriptValue) -> ScriptValue {
-            guard case .object(var t) = v else { return v }
-            if let name = args.name { t["name"] = .string(name) }
-            if let n = args.instances { t["instances"] = n }
-            if args.watch == true, t["watch"] == nil { t["watch"] = .bool(true) }
-            if !args.env.isEmpty {
-                var env: [String: ScriptValue] = [:]
-                if case .object(let e)? = t["env"] { env = e }
-                for (k, v) in args.env { env[k] = .string(v) }
-                t["env"] = .object(env)
-            }
-            return .object(t)
-        }
-        if case .array(let items) = value { return .array(items.map(one)) }
-        return one(value)
     }
 
     func act(_ cmd: ControlCommand, targets: [String], respond: @escaping (ControlResponse) -> Void) {
@@ -370,44 +351,35 @@ extension Supervisor {
 
     /// Starts what an evaluated app file (or the command line, when `loaded` is nil) declares.
     private func start(_ args: StartArguments, loaded: LoadedAppFile?) -> ControlResponse {
-        var value: ScriptValue
-        var parser: AppSpecParser
         let cpus = Int(cpuCount)
         let owner = args.file.map(ScriptOwner.appFile)
-        if let file = args.file, let loaded {
-            value = loaded.value
-            parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: cpus, envName: args.envName)
-        } else if let app = args.app, let ecosystem = args.ecosystem {
-            // A PM2 file's apps, mapped by the CLI: paths are relative to the file's folder.
-            value = app
-            parser = AppSpecParser.forAppFile(ecosystem, source: nil, cpuCount: cpus)
-        } else if let app = args.app {
-            value = app
-            parser = AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
-        } else {
-            return .failure("start needs an app file or a command")
-        }
         let release = { [unowned self] (refs: ArraySlice<LuaTableRef>) in
             guard let owner, !refs.isEmpty else { return }
             self.scripts.tell(owner) { side in refs.forEach(side.release(tableRef:)) }
         }
         let releaseAll = { release(loaded?.tableRefs[...] ?? []) }
 
-        if case .array(let items) = value, args.name != nil, items.count != 1 {
+        if case .array(let items)? = loaded?.value ?? args.app, args.name != nil, items.count != 1 {
             releaseAll()
             return .failure("--name needs an app file that declares one app, not \(items.count)")
         }
-        value = override(value, with: args)
         var specs: [AppSpec]
         do {
-            specs = try parser.parse(value)
+            if let file = args.file, let loaded {
+                specs = try AppSpecParser.appFile(file, value: loaded.value, source: loaded.source, cpuCount: cpus, startedWith: args)
+            } else if let app = args.app, let ecosystem = args.ecosystem {
+                // A PM2 file's apps, mapped by the CLI: paths are relative to the file's folder.
+                specs = try AppSpecParser.forAppFile(ecosystem, source: nil, cpuCount: cpus).parse(app, startedWith: args)
+                for i in specs.indices { specs[i].ecosystemFile = ecosystem }
+            } else if let app = args.app {
+                specs = try AppSpecParser(file: "command line", source: nil, baseDirectory: args.clientCwd, cpuCount: cpus)
+                    .parse(app, startedWith: args)
+            } else {
+                return .failure("start needs an app file or a command")
+            }
         } catch {
             releaseAll()
             return .failure(error.description)
-        }
-        for i in specs.indices {
-            specs[i].appFile = args.file
-            specs[i].ecosystemFile = args.ecosystem
         }
         if let only = args.only {
             let names = only.split(separator: ",").map(String.init)

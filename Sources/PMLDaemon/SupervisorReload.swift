@@ -61,29 +61,37 @@ extension Supervisor {
             let release = { [unowned self] (refs: [LuaTableRef]) in
                 if !refs.isEmpty { self.scripts.tell(.appFile(file)) { side in refs.forEach(side.release(tableRef:)) } }
             }
-            // The app keeps what it was started with: --env K=V, the --env set, --name.
-            let parser = AppSpecParser.forAppFile(file, source: loaded.source, cpuCount: Int(self.cpuCount), envName: app.startArgs?.envName)
-            let specs: [AppSpec]
-            do {
-                specs = try parser.parse(app.startArgs.map { override(loaded.value, with: $0) } ?? loaded.value)
-            } catch {
+            let newSpec: AppSpec, index: Int
+            switch self.declaration(of: app, in: loaded, file: file) {
+            case .success(let found): (newSpec, index) = found
+            case .failure(let error):
                 release(loaded.tableRefs)
-                return done(.failure(TargetError(message: "\(error)")))
-            }
-            guard let index = specs.firstIndex(where: { $0.name == name }) else {
-                release(loaded.tableRefs)
-                return done(.failure(TargetError(message: "\(file) no longer declares an app named \"\(name)\"")))
+                return done(.failure(error))
             }
             release(loaded.tableRefs.enumerated().filter { $0.offset != index }.map(\.element))
             let newRef = index < loaded.tableRefs.count ? loaded.tableRefs[index] : nil
-            var newSpec = specs[index]
-            newSpec.appFile = file
             if let blocker = app.spec.reloadBlocker(for: newSpec) {
                 release(newRef.map { [$0] } ?? [])
                 return done(.failure(TargetError(message: "cannot reload \(name): \(blocker)")))
             }
             self.beforeReload(app, newSpec: newSpec, newRef: newRef, graceful: graceful, parallel: parallel, done: done)
         })
+    }
+
+    /// Where `app` stands in a fresh evaluation of its app file, read as its start read it (what it
+    /// was started with stays: --env K=V, the --env set, --name): its spec and its table's index.
+    func declaration(of app: ManagedApp, in loaded: LoadedAppFile, file: String) -> Result<(AppSpec, Int), TargetError> {
+        let specs: [AppSpec]
+        do {
+            specs = try AppSpecParser.appFile(file, value: loaded.value, source: loaded.source, cpuCount: Int(cpuCount),
+                                              startedWith: app.startArgs)
+        } catch {
+            return .failure(TargetError(message: "\(error)"))
+        }
+        guard let index = specs.firstIndex(where: { $0.name == app.spec.name }) else {
+            return .failure(TargetError(message: "\(file) no longer declares an app named \"\(app.spec.name)\""))
+        }
+        return .success((specs[index], index))
     }
 
     /// beforeReload comes from the running version (it knows how its workers want to be stopped);

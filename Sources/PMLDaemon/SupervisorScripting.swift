@@ -212,10 +212,10 @@ extension Supervisor {
         var bound = Set<Int>()
         for app in apps where app.spec.appFile == path {
             let name = app.spec.name
-            let parser = AppSpecParser.forAppFile(path, source: loaded.source, cpuCount: Int(cpuCount), envName: app.startArgs?.envName)
-            guard let specs = try? parser.parse(app.startArgs.map { override(loaded.value, with: $0) } ?? loaded.value),
-                  let index = specs.firstIndex(where: { $0.name == name }), index < loaded.tableRefs.count, !bound.contains(index) else {
-                logger.error("\(name): \(path) no longer declares it; it runs without hooks until reloaded")
+            let found = declaration(of: app, in: loaded, file: path)
+            guard case .success(let (_, index)) = found, index < loaded.tableRefs.count, !bound.contains(index) else {
+                let why = if case .failure(let e) = found { e.message } else { "another app took its table" }
+                logger.error("\(name): cannot bind its hooks again from \(path): \(why); it runs without hooks until reloaded")
                 continue
             }
             bound.insert(index)
