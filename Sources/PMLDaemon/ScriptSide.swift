@@ -13,6 +13,12 @@ final class ScriptSide: LuaHost {
     private(set) var plugin: LoadedPlugin?
     /// The app whose hook runs now: timers started by it are its own and end when it is unbound.
     private var currentApp: String?
+    /// The evaluation of the app file whose top level (or timer started there) runs now: timers
+    /// started by it end with that evaluation (see `Evaluations`).
+    private var currentEvaluation: Int?
+    private var evaluations = Evaluations<LuaTableRef>()
+    /// The table each app's hooks come from, to tell `evaluations` what is bound.
+    private var bound: [String: LuaTableRef] = [:]
     private var timers: [Int: Timer] = [:]
     private var nextTimerID = 1
     private var stopping = false
@@ -24,6 +30,7 @@ final class ScriptSide: LuaHost {
         let repeating: Bool
         let ms: Int
         let app: String?
+        let evaluation: Int?
     }
 
     init(thread: ScriptThread, libraryPaths: [String]) throws {
@@ -59,12 +66,12 @@ final class ScriptSide: LuaHost {
     func report(_ command: ScriptCommand) { thread.send(.command(command)) }
 
     /// Runs one Lua call, marked busy for the watchdog under `label`.
-    private func measured<T>(_ label: String, app: String?, _ body: () -> T) -> T {
-        let previous = currentApp
-        currentApp = app
+    private func measured<T>(_ label: String, app: String?, evaluation: Int? = nil, _ body: () -> T) -> T {
+        let previous = (currentApp, currentEvaluation)
+        (currentApp, currentEvaluation) = (app, evaluation)
         thread.busy(label)
         defer {
-            currentApp = previous
+            (currentApp, currentEvaluation) = previous
             if thread.idle(memory: lua.memoryInUse) { loop.stop() }
         }
         return body()
@@ -73,9 +80,22 @@ final class ScriptSide: LuaHost {
     // MARK: what jobs call
 
     func evaluate(path: String) -> Result<LoadedAppFile, AppFileError> {
-        measured("evaluating \(path)", app: nil) {
+        let id = evaluations.begin()
+        let result = measured("evaluating \(path)", app: nil, evaluation: id) { () -> Result<LoadedAppFile, AppFileError> in
             do throws(AppFileError) { return .success(try lua.evaluateAppFile(path: path)) } catch { return .failure(error) }
         }
+        let tables = (try? result.get())?.tableRefs ?? []
+        if evaluations.finished(id, tables: tables) { endTimers { $0 == id } }
+        return result
+    }
+
+    /// Ends the timers whose evaluation matches.
+    private func endTimers(of evaluation: (Int) -> Bool) {
+        for (id, t) in timers where t.evaluation.map(evaluation) == true { cancel(id) }
+    }
+
+    private func dropped(_ ref: LuaTableRef) {
+        if let ended = evaluations.dropped(ref) { endTimers { $0 == ended } }
     }
 
     func loadPlugin(path: String) -> Result<LoadedPlugin, AppFileError> {
@@ -96,16 +116,22 @@ final class ScriptSide: LuaHost {
         guard lua.bind(app: app, tableRef: tableRef) else {
             return report(.failed(app: app, message: "\(app): hooks from a Lua state pml left were not bound in its fresh state; the fresh state's stay"))
         }
+        if let old = bound.updateValue(tableRef, forKey: app), old != tableRef { dropped(old) }
+        // A newer evaluation in use: the top-level timers of the older ones end (no double ticks after a reload).
+        if let newest = evaluations.bound(tableRef) { endTimers { $0 < newest } }
     }
 
     /// Forgets the app's hooks and ends the timers its hooks started.
     func unbind(app: String) {
         lua.unbind(app: app)
+        if let old = bound.removeValue(forKey: app) { dropped(old) }
         for (id, t) in timers where t.app == app { cancel(id) }
     }
 
     /// Another state's ref is ignored: its number may name a live value here.
-    func release(tableRef: LuaTableRef) { lua.release(tableRef: tableRef) }
+    func release(tableRef: LuaTableRef) {
+        if lua.release(tableRef: tableRef) { dropped(tableRef) }
+    }
 
     func callHook(app: String, hook: String, args: [ScriptValue]) -> HookOutcome {
         measured("\(hook) of \(app)", app: app) { lua.callHook(app: app, hook: hook, args: args) }
@@ -127,7 +153,7 @@ final class ScriptSide: LuaHost {
         guard let t = timers[id] else { return }
         timers[id]?.handle = loop.schedule(after: t.ms) { [unowned self] in
             guard let t = self.timers[id] else { return }
-            let outcome = self.measured("timer \(id)", app: t.app) { self.lua.call(t.callback, args: []) }
+            let outcome = self.measured("timer \(id)", app: t.app, evaluation: t.evaluation) { self.lua.call(t.callback, args: []) }
             if case .failed(let message) = outcome {
                 self.report(.failed(app: t.app, message: "timer \(id) failed: \(message)"))
             }
@@ -205,7 +231,7 @@ final class ScriptSide: LuaHost {
         let id = nextTimerID
         nextTimerID += 1
         timers[id] = Timer(handle: nil, callback: callback, repeating: repeating,
-                           ms: afterMs, app: currentApp)
+                           ms: afterMs, app: currentApp, evaluation: currentApp == nil ? currentEvaluation : nil)
         arm(id)
         return id
     }

@@ -92,5 +92,78 @@ extension Integration {
                 #expect(box.daemonPid == daemon, "the same daemon")
             }
         }
+
+        @Test("a timer of a state that gets replaced: the old state's never fires again, the fresh state's alone ticks; describe says when")
+        func timerAcrossReplacement() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("ls")
+                let daemon = try #require(box.daemonPid)
+                func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon)/task").count) ?? -1 }
+                let baseline = threads()
+                // Each evaluation's timer logs its own mark (a table address: distinct while both states live).
+                let file = try box.write("tk.lua", """
+                    local mark = tostring({})
+                    pml.every(200, function() pml.log("TICK " .. mark) end)
+                    return {
+                      name = "tk", cmd = { "sleep", "1000" },
+                      onStart = function() pml.after(1000, function() \(stuckInC) end) end,
+                    }
+                    """)
+                try await box.pmlOK("start", file)
+                func marks() -> [String] { box.daemonLines("TICK ").compactMap { $0.components(separatedBy: "TICK ").last } }
+                let old = try await box.waitFor("the first state ticks", timeout: 10) { marks().first }
+                try await box.waitForDaemonLine("stuck inside a C call", timeout: 20)
+                // The old thread ends once its C call returns: only the fresh state's is left.
+                try await box.waitFor("the stuck thread gone (\(threads()) threads, \(baseline) before the app)", timeout: 60) {
+                    threads() == baseline + 1 ? true : nil
+                }
+                let seen = marks().count
+                try await box.waitFor("five more ticks", timeout: 10) { marks().count >= seen + 5 ? true : nil }
+                let after = Set(marks().dropFirst(seen))
+                #expect(after.count == 1 && !after.contains(old), "one timer ticks, the fresh state's: \(after), old \(old)")
+                let (_, raw) = try await box.describe("tk")
+                let scripts = raw["scripts"] as? String ?? ""
+                #expect(scripts.contains("restarted 1 time, last at ") && scripts.contains("timer 2 ran"), "describe: \(scripts)")
+                let text = try await box.pmlOK("describe", "tk").stdout
+                #expect(text.contains("stuck inside a C call"), "\(text)")
+            }
+        }
+
+        @Test("top-level timers of an app file: a reload's evaluation replaces the previous one's, a refused reload's never lasts")
+        func topLevelTimersAcrossReloads() async throws {
+            try await withSandbox { box in
+                func text(_ extra: String = "") -> String {
+                    """
+                    local mark = tostring({})
+                    pml.every(200, function() pml.log("EV " .. mark) end)
+                    return { name = "ev", cmd = { "sleep", "1000" }, min_uptime = 300\(extra) }
+                    """
+                }
+                let file = try box.write("ev.lua", text())
+                func marks() -> [String] { box.daemonLines("EV ").compactMap { $0.components(separatedBy: "EV ").last } }
+                /// The marks of the ticks that come next (after two that may have been on their way).
+                func nextMarks() async throws -> Set<String> {
+                    let seen = marks().count
+                    try await box.waitFor("six more ticks", timeout: 10) { marks().count >= seen + 6 ? true : nil }
+                    return Set(marks().dropFirst(seen + 2))
+                }
+                try await box.pmlOK("start", file)
+                var previous = try await nextMarks()
+                #expect(previous.count == 1, "\(previous)")
+                for round in 1...2 {
+                    let r = try await box.pml(["reload", "ev"], timeout: 30)
+                    #expect(r.ok, "\(r)")
+                    let now = try await nextMarks()
+                    #expect(now.count == 1 && now.isDisjoint(with: previous), "reload \(round): one timer, the new evaluation's: \(now), before \(previous)")
+                    previous = now
+                }
+                // A file that no longer parses: the reload is refused, the timer its top level started ends.
+                try box.write("ev.lua", text(", instanse = 2"))
+                let refused = try await box.pml(["reload", "ev"], timeout: 30)
+                #expect(!refused.ok && refused.stderr.contains("instanse"), "\(refused)")
+                let after = try await nextMarks()
+                #expect(after == previous, "the running evaluation's timer alone: \(after), before \(previous)")
+            }
+        }
     }
 }
