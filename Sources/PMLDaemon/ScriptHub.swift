@@ -145,6 +145,9 @@ final class ScriptHub {
     func stop(_ owner: ScriptOwner) {
         guard let entry = threads.removeValue(forKey: owner) else { return }
         flush() // what was posted before the stop runs before it
+        // Its history goes with it: a later app from the same file starts with a clean `describe`.
+        restarts[owner] = nil
+        lastQueueFullNote[owner] = nil
         // What it sent already is carried out; what its queued jobs send the watchdog hands over.
         received(from: entry.thread)
         loop.unregister(entry.io)

@@ -7,6 +7,19 @@ import Testing
 /// One C call the count hook cannot interrupt: cubic backtracking on 2000 characters (seconds).
 let stuckInC = #"string.find(string.rep("a", 2000), "^a*a*a*b")"#
 
+extension Sandbox {
+    /// Starts the daemon; its pid and how many threads it has with no script state yet.
+    func daemonThreadsAtStart() async throws -> (pid: Int32, threads: Int) {
+        try await pmlOK("ls")
+        let pid = try #require(daemonPid)
+        return (pid, threads(of: pid))
+    }
+
+    func threads(of pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").count) ?? -1
+    }
+}
+
 extension Integration {
     @Suite("Lua states replaced or retired")
     struct ScriptStates {
@@ -44,10 +57,8 @@ extension Integration {
         @Test("pml delete of an app whose decision hook is blocked retires its state: the file starts again at once in a fresh one, and the threads go")
         func deleteRetiresBlockedState() async throws {
             try await withSandbox { box in
-                try await box.pmlOK("ls")
-                let daemon = try #require(box.daemonPid)
-                func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon)/task").count) ?? -1 }
-                let baseline = threads()
+                let (daemon, baseline) = try await box.daemonThreadsAtStart()
+                func threads() -> Int { box.threads(of: daemon) }
                 func scripts(_ app: String) async throws -> String { try await box.describe(app).1["scripts"] as? String ?? "" }
 
                 // onCrash stuck in one C call (about 3 s of CPU), and another onCrash looping at its budget.
@@ -96,10 +107,8 @@ extension Integration {
         @Test("a timer of a state that gets replaced: the old state's never fires again, the fresh state's alone ticks; describe says when")
         func timerAcrossReplacement() async throws {
             try await withSandbox { box in
-                try await box.pmlOK("ls")
-                let daemon = try #require(box.daemonPid)
-                func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon)/task").count) ?? -1 }
-                let baseline = threads()
+                let (daemon, baseline) = try await box.daemonThreadsAtStart()
+                func threads() -> Int { box.threads(of: daemon) }
                 // Each evaluation's timer logs its own mark (a table address: distinct while both states live).
                 let file = try box.write("tk.lua", """
                     local mark = tostring({})
@@ -126,6 +135,11 @@ extension Integration {
                 #expect(scripts.contains("restarted 1 time, last at ") && scripts.contains("timer 2 ran"), "describe: \(scripts)")
                 let text = try await box.pmlOK("describe", "tk").stdout
                 #expect(text.contains("stuck inside a C call"), "\(text)")
+                // Deleted and started again from the same file: a fresh state, and a clean history.
+                try await box.pmlOK("delete", "tk")
+                try await box.pmlOK("start", file)
+                let again = try await box.describe("tk").1["scripts"] as? String ?? ""
+                #expect(again.contains("Lua state") && !again.contains("restarted"), "describe: \(again)")
             }
         }
 
