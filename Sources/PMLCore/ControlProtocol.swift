@@ -335,16 +335,19 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
     public var serving: [String]
     /// Connections pml handed to this worker (all its processes).
     public var dispatched: Int
+    /// How pml hands it connections: `credits W, F fds/message` on its native handoff channel,
+    /// `NODE_HANDLE` on its IPC channel; nil when pml hands it none.
+    public var handoff: String?
 
     enum CodingKeys: String, CodingKey {
         case row = "process", lastExit = "last_exit", reason, restartDelayMs = "restart_delay_ms"
         case unstableRestarts = "unstable_restarts", lastHookError = "last_hook_error", metrics
-        case statusText = "status_text", serving, dispatched
+        case statusText = "status_text", serving, dispatched, handoff
     }
 
     public init(row: ProcessRow, lastExit: ExitInfo?, reason: String?, restartDelayMs: Int?, unstableRestarts: Int,
                 lastHookError: String?, metrics: [String: Double] = [:], statusText: String? = nil, serving: [String] = [],
-                dispatched: Int = 0) {
+                dispatched: Int = 0, handoff: String? = nil) {
         self.row = row
         self.lastExit = lastExit
         self.reason = reason
@@ -355,6 +358,7 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
         self.statusText = statusText
         self.serving = serving
         self.dispatched = dispatched
+        self.handoff = handoff
     }
 }
 

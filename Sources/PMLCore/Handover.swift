@@ -91,6 +91,8 @@ public enum KeeperTag {
     /// A worker process's fds: pml's end of its IPC channel, the read ends of its stdout/stderr.
     public static func worker(pid: Int32) -> String { "w.\(pid)." }
     public static func ipc(pid: Int32) -> String { worker(pid: pid) + "ipc" }
+    /// pml's end of the worker's native handoff channel (rr, least-busy).
+    public static func handoff(pid: Int32) -> String { worker(pid: pid) + "hof" }
     public static func out(pid: Int32) -> String { worker(pid: pid) + "out" }
     public static func err(pid: Int32) -> String { worker(pid: pid) + "err" }
     /// A listening socket; unique across daemons: `generation` is the daemon's own random token
@@ -145,15 +147,18 @@ public struct SavedWorker: Codable, Sendable, Equatable {
     public var dispatched: Int
     /// Why pml was stopping it ("stop", "restart", "delete"), if it was.
     public var intent: String?
+    /// It opted in on its native handoff channel: [max fds per message, window].
+    public var handoff: [Int]?
 
     enum CodingKeys: String, CodingKey {
-        case id, instance, pid, status, restarts, listening, dispatched, intent
+        case id, instance, pid, status, restarts, listening, dispatched, intent, handoff
         case startTime = "start_time", startedAtMs = "started_at_ms", unstableRestarts = "unstable_restarts"
         case backoffStep = "backoff_step"
     }
 
     public init(id: Int, instance: Int, pid: Int32, startTime: UInt64, startedAtMs: Int, status: WorkerStatus,
-                restarts: Int, unstableRestarts: Int, backoffStep: Int, listening: [String], dispatched: Int, intent: String? = nil) {
+                restarts: Int, unstableRestarts: Int, backoffStep: Int, listening: [String], dispatched: Int, intent: String? = nil,
+                handoff: [Int]? = nil) {
         self.id = id
         self.instance = instance
         self.pid = pid
@@ -166,6 +171,7 @@ public struct SavedWorker: Codable, Sendable, Equatable {
         self.listening = listening
         self.dispatched = dispatched
         self.intent = intent
+        self.handoff = handoff
     }
 }
 

@@ -1,6 +1,7 @@
 /// Chooses the worker for each accepted connection, per listener, over the workers serving it,
 /// skipping any worker that has not yet acknowledged its last handle (Node's discipline: one
-/// handle in flight per worker): strict round-robin, or (least-busy listeners) the worker with
+/// handle in flight per worker) or, on pml's native handoff channel, that has no credit left
+/// (several in flight, up to the window it granted): strict round-robin, or (least-busy listeners) the worker with
 /// the fewest open connections, ties in round-robin order. Pure bookkeeping; the daemon holds the fds.
 public struct RoundRobinDispatcher: Sendable, Equatable {
     /// Workers in the order they joined the rotation.
@@ -14,6 +15,10 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// lags behind (the new one still counts); it never makes a busy worker look idle.
     private var handed: [Int: Int] = [:]
     private var closed: [Int: Int] = [:]
+    /// Native handoff: per worker, the window it granted and the credits left (window − in flight).
+    /// Kept apart from the rotation: a worker that leaves and rejoins keeps its channel.
+    private var window: [Int: Int] = [:]
+    private var credits: [Int: Int] = [:]
 
     public init() {}
 
@@ -75,14 +80,14 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
         for step in 0..<rotation.count {
             let index = (start + step) % rotation.count
             let worker = rotation[index]
-            guard serving[worker]?.contains(listener) == true, !awaitingAck.contains(worker) else { continue }
+            guard serving[worker]?.contains(listener) == true, isFree(worker) else { continue }
             let l = byLoad ? load(of: worker) : 0
             if best == nil || l < best!.load { best = (index, l) }
             if !byLoad || l == 0 { break } // round-robin takes the first; nobody is less busy than idle
         }
         guard let best else { return nil }
         let worker = rotation[best.index]
-        awaitingAck.insert(worker)
+        if let c = credits[worker] { credits[worker] = c - 1 } else { awaitingAck.insert(worker) }
         if byLoad { handed[worker, default: 0] += 1 }
         cursor[listener] = (best.index + 1) % rotation.count
         return worker
@@ -90,7 +95,54 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
 
     /// Whether some worker serving `listener` could take a connection now.
     public func hasFreeWorker(for listener: Int) -> Bool {
-        rotation.contains { serving[$0]?.contains(listener) == true && !awaitingAck.contains($0) }
+        rotation.contains { serving[$0]?.contains(listener) == true && isFree($0) }
+    }
+
+    private func isFree(_ worker: Int) -> Bool {
+        if let c = credits[worker] { return c > 0 }
+        return !awaitingAck.contains(worker)
+    }
+
+    // MARK: native handoff credits
+
+    /// The worker takes connections on its handoff channel, at most `window` in flight; `outstanding`
+    /// of them are already (a grant again: the window changes, what is in flight stays counted).
+    public mutating func grant(worker: Int, window w: Int, outstanding: Int) {
+        window[worker] = w
+        credits[worker] = max(0, w - outstanding)
+    }
+
+    /// The worker is on the handoff channel (credits), not on NODE_HANDLE ACKs.
+    public func usesCredits(_ worker: Int) -> Bool { credits[worker] != nil }
+
+    /// Credits left: connections pml may still send the worker before it credits some back.
+    public func credits(of worker: Int) -> Int { credits[worker] ?? 0 }
+
+    /// One more connection of `listener` for a worker that was just chosen by `next` (a batch of
+    /// several fds in one message); false if it has no credit left.
+    public mutating func take(worker: Int, listener: Int) -> Bool {
+        guard let c = credits[worker], c > 0 else { return false }
+        credits[worker] = c - 1
+        if leastBusy.contains(listener) { handed[worker, default: 0] += 1 }
+        return true
+    }
+
+    /// The worker credited back `n` connections (never above its window: returns beyond what is in
+    /// flight, as after a daemon's take-over, are ignored).
+    public mutating func returned(worker: Int, _ n: Int) {
+        guard let c = credits[worker], let w = window[worker] else { return }
+        credits[worker] = min(w, c + max(0, n))
+    }
+
+    /// Sending failed (its channel is full): nothing more until it credits some back.
+    public mutating func exhaust(worker: Int) {
+        if credits[worker] != nil { credits[worker] = 0 }
+    }
+
+    /// The worker's handoff channel is gone: back to NODE_HANDLE (one in flight, ACKed).
+    public mutating func forgetCredits(worker: Int) {
+        window[worker] = nil
+        credits[worker] = nil
     }
 
     /// The worker acknowledged (or refused) its handle: it can take another.

@@ -17,6 +17,8 @@ final class AppListener {
     /// The NODE_HANDLE line (with its newline) that carries each of its connections: the same
     /// every time, so encoded once.
     let handleLine: [UInt8]
+    /// The line that carries its connections on a native handoff channel: `<address>\n`.
+    let handoffLine: [UInt8]
     /// reuseport: pml's copy of each slot's socket for this address, by slot (`fd` is -1 then).
     var slots: [Int: SlotSocket] = [:]
 
@@ -35,6 +37,7 @@ final class AppListener {
             ]),
         ])
         handleLine = (try? JSONEncoder().encode(msg)).map { Array($0) + [UInt8(ascii: "\n")] } ?? []
+        handoffLine = Array((address.description + "\n").utf8)
     }
 
     /// A reuseport address: no socket of its own; its slot sockets are bound one by one (`bindSlot`).
@@ -96,9 +99,11 @@ final class SlotSocket {
 }
 
 /// Accepts connections on `rr` and `least-busy` listeners (and on reuseport slot sockets no
-/// worker serves) and hands each to a ready worker, as the `RoundRobinDispatcher` decides. Holds
-/// pml's copy of every handed fd until the worker acknowledges it, so a worker that dies first
-/// does not take the connection with it.
+/// worker serves) and hands each to a ready worker, as the `RoundRobinDispatcher` decides: as a
+/// NODE_HANDLE line on its IPC channel (one in flight, ACKed), or on its native handoff channel
+/// (several in flight, up to the credits it granted; several fds per message if it takes them).
+/// Holds pml's copy of every handed fd until the worker acknowledges or credits it, so a worker
+/// that dies first does not take the connection with it.
 /// Accepts only what a worker can take now: while none can, the listener leaves the loop and
 /// connections wait in the kernel's backlog, which outlives the daemon (the keeper holds a copy).
 final class ConnectionRouter {
@@ -122,6 +127,14 @@ final class ConnectionRouter {
     private var starved: Set<Int> = []
     /// Writes the handle line for `listener`'s connection `fd` to `worker`; false if it cannot.
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
+    /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel.
+    var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
+    /// Native handoff: pml's copies of what each worker has not credited back yet, and how many
+    /// fds it takes per message.
+    private var held: [Int: HeldHandles] = [:]
+    private var maxFDs: [Int: Int] = [:]
+    /// One message's fds, gathered before its sendmsg (fixed storage: nothing allocated per connection).
+    private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
@@ -137,6 +150,8 @@ final class ConnectionRouter {
         backoff = AcceptBackoff(loop: loop, logger: logger, what: "app listeners")
         scheduleExpiry()
     }
+
+    deinit { batch.deallocate() }
 
     var waitingConnections: Int { pendingCount }
 
@@ -242,10 +257,18 @@ final class ConnectionRouter {
 
     /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another,
     /// unless it `keepsHandle` (sent to a worker still alive: it may have taken it) — then pml's
-    /// copy is closed and the connection is the worker's.
-    func workerGone(worker: Int, keepsHandle: Bool = false) {
+    /// copy is closed and the connection is the worker's. Connections sent on its handoff channel
+    /// and not credited go to others too, unless it `keepsSent` (cut off while alive).
+    func workerGone(worker: Int, keepsHandle: Bool = false, keepsSent: Bool = false) {
         dispatcher.remove(worker: worker)
         silent.remove(worker)
+        if keepsSent {
+            // Cut off, alive for a moment: what its handoff channel holds may still be taken.
+            while let e = held[worker]?.pop() { closeFD(e.fd) }
+        }
+        requeueHeld(worker: worker)
+        dispatcher.forgetCredits(worker: worker)
+        maxFDs[worker] = nil
         if let f = inFlight.removeValue(forKey: worker) {
             if keepsHandle {
                 logger.info("worker \(worker) was cut off with a connection handed to it and not acknowledged; it stays with that worker")
@@ -258,6 +281,50 @@ final class ConnectionRouter {
             }
         }
         drain()
+    }
+
+    /// The worker opted in on its handoff channel (or granted again): from now on it gets up to
+    /// `window` connections in flight there, `maxFDs` per message.
+    func grant(worker: Int, maxFDs m: Int, window: Int) {
+        if held[worker] == nil { held[worker] = HeldHandles(capacity: HandoffRecord.maxWindow) }
+        maxFDs[worker] = m
+        dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.count ?? 0)
+        drain()
+    }
+
+    /// The worker credited back `n` connections: it owns them; pml's oldest copies are closed.
+    func credited(worker: Int, _ n: Int) {
+        for _ in 0..<n {
+            guard let e = held[worker]?.pop() else { break }
+            closeFD(e.fd)
+        }
+        dispatcher.returned(worker: worker, n)
+        drain()
+    }
+
+    /// The worker's handoff channel closed (it closed its end, or was cut off): what it was not
+    /// credited for goes to others, and it is back on NODE_HANDLE.
+    func handoffClosed(worker: Int) {
+        requeueHeld(worker: worker)
+        dispatcher.forgetCredits(worker: worker)
+        maxFDs[worker] = nil
+        drain()
+    }
+
+    /// Connections sent on a worker's handoff channel and never credited back go to the front of
+    /// the line: the worker died or closed the channel before taking them.
+    private func requeueHeld(worker: Int) {
+        guard var ring = held.removeValue(forKey: worker), ring.count > 0 else { return }
+        var back: [Int: [(fd: Int32, since: Int)]] = [:]
+        while let e = ring.pop() {
+            if listeners[e.listener] != nil { back[e.listener, default: []].append((e.fd, monotonicMs())) } else { closeFD(e.fd) }
+        }
+        for (id, fds) in back {
+            logger.info("worker \(worker) left \(fds.count) connection(s) it had not credited back; handing them to others")
+            pending[id, default: []].insert(contentsOf: fds, at: 0)
+            pendingCount += fds.count
+        }
+        if waitingBound.full(pendingCount) { pauseAccepting() }
     }
 
     /// NODE_HANDLE_ACK: the worker owns the connection now; pml's copy is closed.
@@ -283,8 +350,8 @@ final class ConnectionRouter {
         drain()
     }
 
-    /// Whether the worker still has a handle it has not acknowledged.
-    func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil }
+    /// Whether the worker still has a handle it has not acknowledged (or credited back).
+    func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.count ?? 0) > 0 }
 
     private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         // A bounded batch per wake-up keeps other fds served under a connection storm.
@@ -308,7 +375,7 @@ final class ConnectionRouter {
                 }
                 return
             }
-            if !handOut(fd, listener) { enqueue(fd, listener.id) }
+            if !handOut(fd, listener, from: socket) { enqueue(fd, listener.id) }
         }
     }
 
@@ -325,9 +392,15 @@ final class ConnectionRouter {
         if waitingBound.full(pendingCount) { pauseAccepting() }
     }
 
-    /// Gives `fd` to the next worker in rotation; false if none can take it now.
-    private func handOut(_ fd: Int32, _ listener: AppListener) -> Bool {
+    /// Gives `fd` to the next worker in rotation; false if none can take it now. `socket`: the
+    /// listening socket it came from, for a worker that takes several fds per message (more are
+    /// accepted for the same message while it has credits; -1: none).
+    private func handOut(_ fd: Int32, _ listener: AppListener, from socket: Int32 = -1) -> Bool {
         while let worker = dispatcher.next(for: listener.id) {
+            if dispatcher.usesCredits(worker) {
+                if pass(fd, listener, to: worker, from: socket) { return true }
+                continue
+            }
             // A worker that left the rotation and came back (pml:unlisten, pml:listen) before
             // acknowledging its handle is still awaiting it: it gets no other, and its record stays.
             if inFlight[worker] != nil || silent.contains(worker) { continue }
@@ -339,6 +412,40 @@ final class ConnectionRouter {
             // Its channel is gone: out of rotation; its exit will follow.
             dispatcher.remove(worker: worker)
         }
+        return false
+    }
+
+    /// Sends `fd` (and, for a worker taking several per message, more accepted on `socket` while it
+    /// has credits) on `worker`'s handoff channel; pml keeps its copies until credited.
+    private func pass(_ fd: Int32, _ listener: AppListener, to worker: Int, from socket: Int32) -> Bool {
+        batch[0] = fd
+        var n = 1
+        let most = min(maxFDs[worker] ?? 1, batch.count)
+        while n < most, socket >= 0, dispatcher.credits(of: worker) > 0,
+              let more = UnixSocket.accept(socket, nonBlocking: false) {
+            _ = dispatcher.take(worker: worker, listener: listener.id)
+            batch[n] = more
+            n += 1
+        }
+        switch passConnections(worker, UnsafeBufferPointer(rebasing: batch[0..<n]), listener) {
+        case .sent:
+            let now = monotonicMs()
+            for i in 0..<n {
+                // Never more than the window (the dispatcher counts credits); past it, as after a
+                // take-over, pml's copy is closed at once.
+                if held[worker]?.push(batch[i], listener: listener.id, atMs: now) != true { closeFD(batch[i]) }
+                onDispatched(worker)
+            }
+            return true
+        case .full:
+            // Its socket is full: no more for it until it credits some back.
+            dispatcher.exhaust(worker: worker)
+        case .closed:
+            // Its handoff channel is gone; handoffClosed follows from the loop.
+            dispatcher.exhaust(worker: worker)
+        }
+        // The extra ones accepted for this message wait for another worker.
+        for i in 1..<n { enqueue(batch[i], listener.id) }
         return false
     }
 
@@ -391,6 +498,15 @@ final class ConnectionRouter {
     /// and pml's copies of handles not acknowledged in time.
     private func expire() {
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
+        for (worker, ring) in held where (ring.oldestMs ?? .max) < ackCutoff {
+            // The worker has them (in its socket) or never will; its credits stay spent, so it gets
+            // nothing more until it credits some back.
+            var r = ring
+            var closed = 0
+            while let e = r.pop() { closeFD(e.fd); closed += 1 }
+            held[worker] = r
+            logger.warning("worker \(worker) did not credit back \(closed) connection(s) within \(Self.ackTimeoutMs) ms; pml closed its copies")
+        }
         for (worker, f) in inFlight where f.since < ackCutoff {
             inFlight[worker] = nil
             closeFD(f.fd)

@@ -78,6 +78,9 @@ final class Supervisor {
         scripts.onSettled = { [unowned self] owner in self.retireIfUnused(owner) }
         scripts.beforePost = { [unowned self] in self.publishSnapshot() }
         router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
+        router.passConnections = { [unowned self] worker, fds, listener in
+            self.runningWorkers[worker]?.handoff?.send(listener.handoffLine, fds: fds) ?? .closed
+        }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
         if let notify {
             _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }
@@ -168,6 +171,10 @@ final class Supervisor {
         env["PML_IPC_FD"] = String(ipcTarget)
         env["NODE_CHANNEL_FD"] = String(ipcTarget)
         env["NODE_CHANNEL_SERIALIZATION_MODE"] = "json"
+        // rr, least-busy: pml's native handoff channel, next to the IPC channel (used once the
+        // worker opts in on it; docs/PROTOCOL.md).
+        let handoffTarget: Int32? = app.spec.dispatch.passesConnections ? ipcTarget + 1 : nil
+        env["PML_HANDOFF_FD"] = handoffTarget.map { String($0) }
         if app.usesNodeShim, let nodeShim {
             let preload = "--require \(nodeShim)"
             env["NODE_OPTIONS"] = [env["NODE_OPTIONS"], preload].compactMap { $0 }.joined(separator: " ")
@@ -180,10 +187,16 @@ final class Supervisor {
         var opened: [Int32] = []
         func closeAll() { opened.forEach(closeFD) }
         let out: (read: Int32, write: Int32), err: (read: Int32, write: Int32), ipc: (Int32, Int32)
+        var handoff: (Int32, Int32)?
         do {
             out = try makePipe(nonblockingRead: true); opened += [out.read, out.write]
             err = try makePipe(nonblockingRead: true); opened += [err.read, err.write]
             ipc = try makeSocketPair(); opened += [ipc.0, ipc.1]
+            if handoffTarget != nil {
+                let pair = try makeSocketPair()
+                handoff = pair
+                opened += [pair.0, pair.1]
+            }
         } catch {
             closeAll()
             throw SpawnError("cannot create pipes: \(error)")
@@ -194,7 +207,8 @@ final class Supervisor {
         do {
             pid = try spawnProcess(SpawnRequest(
                 argv: app.spec.argv, env: env, cwd: app.spec.cwd,
-                fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds,
+                fds: [(devNull, 0), (out.write, 1), (err.write, 2), (ipc.1, ipcTarget)] + fds
+                    + (handoff.flatMap { h in handoffTarget.map { (h.1, $0) } }.map { [$0] } ?? []),
                 // Under a keeper, workers outlive the daemon (a successor adopts them); in `pml run`
                 // they die with it, even by SIGKILL.
                 newSession: true, parentDeathSignal: keeper == nil ? SIGKILL : 0, setListenPID: shared, account: account))
@@ -205,8 +219,9 @@ final class Supervisor {
         closeFD(out.write)
         closeFD(err.write)
         closeFD(ipc.1)
-        keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read)
-        attachStreams(w, ipc: ipc.0, out: out.read, err: err.read, resync: false)
+        if let handoff { closeFD(handoff.1) }
+        keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read, handoff: handoff?.0)
+        attachStreams(w, ipc: ipc.0, out: out.read, err: err.read, handoff: handoff?.0, resync: false)
         w.pid = pid
         w.adopted = false
         w.startTicks = readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) ?? 0
@@ -237,7 +252,7 @@ final class Supervisor {
 
     /// Reads a worker's stdout/stderr into its app's logs and opens its IPC channel. `resync`:
     /// the channel was read by a daemon before (adopted): a partial first line is skipped.
-    func attachStreams(_ w: Worker, ipc: Int32, out: Int32, err: Int32, resync: Bool) {
+    func attachStreams(_ w: Worker, ipc: Int32, out: Int32, err: Int32, handoff: Int32?, resync: Bool) {
         // Each pipe keeps itself registered until EOF (see OutputPipe).
         let files = w.app.logFiles(instance: w.instance)
         if (try? OutputPipe(fd: out, stream: .out, files: files, worker: w.id, loop: loop, scratch: readBuffer)) == nil { closeFD(out) }
@@ -254,6 +269,26 @@ final class Supervisor {
             })
         } catch {
             closeFD(ipc)
+        }
+        guard let handoff else { return }
+        do {
+            w.handoff = try HandoffChannel(fd: handoff, loop: loop, scratch: readBuffer, resync: resync, onHello: { [unowned self, weak w] maxFDs, window in
+                guard let w else { return }
+                self.router.grant(worker: w.id, maxFDs: maxFDs, window: window)
+                // A successor must know it opted in (it will not say so again).
+                if self.keeper != nil { self.persistStateNow() }
+            }, onCredit: { [unowned self, weak w] n in
+                guard let w else { return }
+                self.router.credited(worker: w.id, n)
+            }, onClosed: { [unowned self, weak w] in
+                guard let w, w.pid != nil else { return }
+                self.router.handoffClosed(worker: w.id)
+            }, onGarbage: { [unowned self, weak w] why in
+                guard let w else { return }
+                self.ipcGarbage(w, why, count: 0, cutOff: true)
+            })
+        } catch {
+            closeFD(handoff)
         }
     }
 
@@ -316,6 +351,8 @@ final class Supervisor {
             removePidFile(w, pid: exit.pid)
             w.ipc?.close()
             w.ipc = nil
+            w.handoff?.close()
+            w.handoff = nil
             router.workerGone(worker: w.id)
             w.app.slots.exited(worker: w.id)
             updateSlots(w.app)

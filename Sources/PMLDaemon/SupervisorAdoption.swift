@@ -27,9 +27,10 @@ extension Supervisor {
     // MARK: what the keeper holds
 
     /// Hands the keeper copies of a new worker's channel and log pipes.
-    func keeperHold(worker pid: Int32, ipc: Int32, out: Int32, err: Int32) {
+    func keeperHold(worker pid: Int32, ipc: Int32, out: Int32, err: Int32, handoff: Int32?) {
         guard let keeper else { return }
         keeper.hold(KeeperTag.ipc(pid: pid), ipc)
+        if let handoff { keeper.hold(KeeperTag.handoff(pid: pid), handoff) }
         keeper.hold(KeeperTag.out(pid: pid), out)
         keeper.hold(KeeperTag.err(pid: pid), err)
     }
@@ -74,7 +75,8 @@ extension Supervisor {
                                status: w.status, restarts: w.history.restarts, unstableRestarts: w.history.unstableRestarts,
                                backoffStep: w.history.backoffStep,
                                listening: app.listeners.filter { w.requestedListeners.contains($0.id) }.map(\.tag),
-                               dispatched: w.dispatched, intent: w.intent.map { "\($0)" })
+                               dispatched: w.dispatched, intent: w.intent.map { "\($0)" },
+                               handoff: w.handoff?.hello.map { [$0.maxFDs, $0.window] })
         }
     }
 
@@ -176,13 +178,14 @@ extension Supervisor {
         let ipc = adoption.handover.take(KeeperTag.ipc(pid: pid))
         let out = adoption.handover.take(KeeperTag.out(pid: pid))
         let err = adoption.handover.take(KeeperTag.err(pid: pid))
+        let handoff = adoption.handover.take(KeeperTag.handoff(pid: pid))
         w.history.restarts = record.restarts
         w.history.unstableRestarts = record.unstableRestarts
         w.history.backoffStep = record.backoffStep
         w.dispatched = record.dispatched
         let alive = processIsAlive(pid) && readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) == record.startTime
         guard alive, let ipc, let out, let err else {
-            [ipc, out, err].compactMap { $0 }.forEach(closeFD)
+            [ipc, out, err, handoff].compactMap { $0 }.forEach(closeFD)
             keeper?.drop(KeeperTag.worker(pid: pid))
             adoption.lost += 1
             // It ended unseen: counted as a restart, and started again now.
@@ -190,7 +193,14 @@ extension Supervisor {
             app.logs.note("worker \(w.id) (pid \(pid)) ended while no daemon watched; starting it again")
             return false
         }
-        attachStreams(w, ipc: ipc, out: out, err: err, resync: true)
+        attachStreams(w, ipc: ipc, out: out, err: err, handoff: handoff, resync: true)
+        if let h = record.handoff, h.count == 2, let channel = w.handoff {
+            // It opted in under the daemon before and will not say so again. Whatever that daemon
+            // sent and the worker has not credited yet counts as free here (at most one window more).
+            let maxFDs = min(max(h[0], 1), HandoffRecord.maxFDsPerMessage), window = min(max(h[1], 1), HandoffRecord.maxWindow)
+            channel.assume(maxFDs: maxFDs, window: window)
+            router.grant(worker: w.id, maxFDs: maxFDs, window: window)
+        }
         w.pid = pid
         w.adopted = true
         w.startTicks = record.startTime

@@ -355,7 +355,9 @@ extension Supervisor {
         w.ipc?.close()
         // The worker lives on for a moment (or drains, being stopped): a handle that left pml is
         // in its socket buffer and may be taken; handing pml's copy to another would serve it twice.
-        router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false)
+        // The same holds for what was sent on its handoff channel.
+        w.handoff?.close()
+        router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false, keepsSent: true)
         if let pid = w.pid, w.intent == nil { signalGroup(pid, SIGKILL) }
     }
 

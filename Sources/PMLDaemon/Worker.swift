@@ -20,6 +20,8 @@ final class Worker {
     var startedAt = 0
     var history = CrashHistory()
     var ipc: IPCChannel?
+    /// pml's end of its native handoff channel (rr, least-busy), used once the worker opts in.
+    var handoff: HandoffChannel?
     var killTimer: TimerHandle?
     var restartTimer: TimerHandle?
     var intent: StopIntent?
@@ -83,10 +85,19 @@ final class Worker {
     }
 
     func description(serving: [String]) -> WorkerDescription {
-        WorkerDescription(row: row, lastExit: lastExit, reason: reason,
-                          restartDelayMs: status == .waiting ? restartDelayMs : nil,
-                          unstableRestarts: history.unstableRestarts, lastHookError: lastHookError,
-                          metrics: metrics, statusText: statusText, serving: serving, dispatched: dispatched)
+        var mode: String?
+        if pid != nil, app.spec.dispatch.passesConnections || !serving.isEmpty {
+            if let h = handoff?.hello, handoff?.isOpen == true {
+                mode = "credits \(h.window), \(h.maxFDs) fd\(h.maxFDs == 1 ? "" : "s")/message"
+            } else if app.spec.dispatch != .reusePort || !serving.isEmpty {
+                mode = "NODE_HANDLE"
+            }
+        }
+        return WorkerDescription(row: row, lastExit: lastExit, reason: reason,
+                                 restartDelayMs: status == .waiting ? restartDelayMs : nil,
+                                 unstableRestarts: history.unstableRestarts, lastHookError: lastHookError,
+                                 metrics: metrics, statusText: statusText, serving: serving, dispatched: dispatched,
+                                 handoff: mode)
     }
 }
 

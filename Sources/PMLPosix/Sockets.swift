@@ -32,6 +32,15 @@ public enum ListeningSocket {
         if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
         throw SystemError("sendmsg", errno: errno)
     }
+
+    /// Sends `bytes` with `fds` (at most 8) attached in one message, without blocking. Returns bytes
+    /// sent, 0 if the socket is full (try later), or throws.
+    public static func send(_ socket: Int32, _ bytes: UnsafeRawBufferPointer, attaching fds: UnsafeBufferPointer<Int32>) throws(SystemError) -> Int {
+        let n = pml_send_record(socket, bytes.baseAddress, bytes.count, fds.baseAddress, Int32(fds.count), 1)
+        if n >= 0 { return n }
+        if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+        throw SystemError("sendmsg", errno: errno)
+    }
 }
 
 /// The NOTIFY_SOCKET pml gives workers: sd_notify datagrams, with the sender's pid.

@@ -20,6 +20,10 @@
 //   pml -> worker  {cmd:"NODE_PML_LISTEN_REPLY", id, ok, port, address | error, code}
 //                  {cmd:"NODE_HANDLE", type:"net.Socket", msg:{type:"pml:connection", port, address}} + fd
 //                  "shutdown"
+// rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
+// stream socket): the shim opts in with "H 1 <window>\n" and then gets each connection as
+// "<address>\n" + one fd per message, and credits them back ("C <n>\n") once per event-loop turn
+// instead of a JSON message and an ACK per connection.
 // Plain CommonJS, no dependencies, Node 18+. Inert unless started by pml (PML_APP and an IPC channel).
 
 (function pmlShim() {
@@ -82,6 +86,58 @@
     });
   }
 
+  // -- The native handoff channel ------------------------------------------------------------
+
+  // Node's own IPC pipe (process.binding('pipe_wrap'), IPC mode) reads one message per callback
+  // and exposes its fd as pendingHandle: one fd per message, as the hello says. Anything missing
+  // (another Node) leaves it unused, and pml keeps using NODE_HANDLE.
+  const handoffWindow = 16;
+  let handoff = null;
+  let credits = 0;
+  let creditQueued = false;
+  const handoffFD = Number(env.PML_HANDOFF_FD);
+  delete env.PML_HANDOFF_FD;
+  function openHandoff() {
+    if (handoff || !(handoffFD > 2)) return;
+    try {
+      const { Pipe, constants } = process.binding('pipe_wrap');
+      const { streamBaseState, kReadBytesOrError, WriteWrap } = process.binding('stream_wrap');
+      const pipe = new Pipe(constants.IPC);
+      if (pipe.open(handoffFD) !== 0) return;
+      const write = (text) => {
+        const req = new WriteWrap();
+        req.handle = pipe;
+        req.oncomplete = () => {};
+        req.async = false;
+        pipe.writeLatin1String(req, text);
+      };
+      pipe.onread = (buf) => {
+        const nread = streamBaseState[kReadBytesOrError];
+        const h = pipe.pendingHandle;
+        pipe.pendingHandle = null;
+        if (nread < 0) { pipe.readStop(); pipe.close(); handoff = null; return; }
+        if (!h) return;
+        const key = Buffer.from(buf, 0, nread).latin1Slice(0, nread).trimEnd();
+        const socket = new net.Socket({ handle: h, readable: true, writable: true });
+        const server = routeFor({ address: key });
+        if (server) deliver(server, socket); else socket.destroy();
+        credits++;
+        if (creditQueued) return;
+        creditQueued = true;
+        setImmediate(() => {
+          creditQueued = false;
+          if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
+        });
+      };
+      pipe.readStart();
+      pipe.unref(); // the IPC channel keeps the process alive while servers listen
+      handoff = { pipe, write };
+      write('H 1 ' + handoffWindow + '\n');
+    } catch (_) {
+      handoff = null;
+    }
+  }
+
   // -- The IPC channel ----------------------------------------------------------------------
 
   // Node queues 'message' events (connections included) while the process has no 'message'
@@ -101,6 +157,7 @@
     if (releaseTimer) { clearTimeout(releaseTimer); releaseTimer = null; }
     if (channelHeld) return;
     channelHeld = true;
+    openHandoff();
     process.on('message', onChannelMessage);
     process.on('disconnect', onChannelDisconnect);
   }

@@ -1,0 +1,94 @@
+/// What a worker writes on pml's native handoff channel (`PML_HANDOFF_FD`): one ASCII line per
+/// record, parsed here without a JSON parser (docs/PROTOCOL.md, "Native handoff").
+public enum HandoffRecord: Equatable, Sendable {
+    /// `H <max fds per message> <window>`: the worker takes connections on this channel from now
+    /// on, at most `window` not yet credited back, at most `maxFDs` per message.
+    case hello(maxFDs: Int, window: Int)
+    /// `C <n>`: the worker took `n` more connections; pml may send `n` more.
+    case credit(Int)
+
+    /// The most fds pml sends in one message (what one sendmsg carries in pml's C shim).
+    public static let maxFDsPerMessage = 8
+    /// The most connections a worker may have in flight: what it loses at worst if it dies.
+    public static let maxWindow = 64
+    /// A longer line is garbage.
+    public static let maxLineBytes = 32
+
+    /// Parses one line (without its newline); nil if it is not a record. Absurd numbers are
+    /// clamped (window 1...maxWindow, fds 1...maxFDsPerMessage, credits 0...maxWindow), not refused.
+    public static func parse(_ line: some Collection<UInt8>) -> HandoffRecord? {
+        guard line.count <= maxLineBytes, let kind = line.first else { return nil }
+        // At most two numbers, kept in locals: this runs once per credit batch.
+        var numbers = (0, 0)
+        var found = 0
+        var current: Int?
+        func finish() -> Bool {
+            guard let c = current else { return true }
+            current = nil
+            found += 1
+            if found == 1 { numbers.0 = c } else if found == 2 { numbers.1 = c } else { return false }
+            return true
+        }
+        for b in line.dropFirst() {
+            if b == UInt8(ascii: " ") {
+                guard finish() else { return nil }
+                continue
+            }
+            guard b >= UInt8(ascii: "0"), b <= UInt8(ascii: "9") else { return nil }
+            // Saturates: a 30-digit credit is absurd, not an overflow.
+            current = min((current ?? 0) * 10 + Int(b - UInt8(ascii: "0")), 1_000_000_000)
+        }
+        guard finish() else { return nil }
+        switch (kind, found) {
+        case (UInt8(ascii: "H"), 2):
+            return .hello(maxFDs: min(max(numbers.0, 1), maxFDsPerMessage), window: min(max(numbers.1, 1), maxWindow))
+        case (UInt8(ascii: "C"), 1):
+            return .credit(min(numbers.0, maxWindow))
+        default:
+            return nil
+        }
+    }
+}
+
+/// pml's copies of the connections sent to one worker on its handoff channel and not yet
+/// credited back, oldest first, in fixed storage (no allocation per connection). A credit closes
+/// the oldest; if the worker dies, what is left goes to another worker.
+public struct HeldHandles: Sendable {
+    /// One held connection: pml's fd, the listener it came from, when it was sent.
+    public struct Entry: Sendable, Equatable {
+        public var fd: Int32
+        public var listener: Int
+        public var sinceMs: Int
+    }
+
+    private var entries: [Entry]
+    private var head = 0
+    public private(set) var count = 0
+
+    public init(capacity: Int) {
+        entries = Array(repeating: Entry(fd: -1, listener: -1, sinceMs: 0), count: max(capacity, 1))
+    }
+
+    public var capacity: Int { entries.count }
+
+    /// Keeps `fd` of `listener` (sent at `ms`); false when full.
+    public mutating func push(_ fd: Int32, listener: Int, atMs ms: Int) -> Bool {
+        guard count < entries.count else { return false }
+        entries[(head + count) % entries.count] = Entry(fd: fd, listener: listener, sinceMs: ms)
+        count += 1
+        return true
+    }
+
+    /// The oldest, removed; nil when empty.
+    public mutating func pop() -> Entry? {
+        guard count > 0 else { return nil }
+        let e = entries[head]
+        entries[head].fd = -1
+        head = (head + 1) % entries.count
+        count -= 1
+        return e
+    }
+
+    /// When the oldest was sent; nil when empty.
+    public var oldestMs: Int? { count > 0 ? entries[head].sinceMs : nil }
+}

@@ -1,0 +1,134 @@
+import Glibc
+import PMLCore
+import PMLPosix
+
+/// pml's end of a worker's native handoff channel (`PML_HANDOFF_FD`, a unix stream socket): the
+/// worker opts in and credits connections back with short ASCII lines (`HandoffRecord`); pml sends
+/// connections as `<address>\n` with 1…maxFDs fds (SCM_RIGHTS) per message, never more than the
+/// worker's credits. No ACK per connection: credits come back in batches.
+final class HandoffChannel {
+    /// More lines than this in one second is a flood (a worker crediting in a loop): cut off.
+    static let maxLinesPerSecond = 100_000
+
+    /// What a send did.
+    enum SendResult { case sent, full, closed }
+
+    private let fd: Int32
+    private weak var loop: EventLoop?
+    private var handle: IOHandle?
+    private var input: [UInt8] = []
+    private let scratch: ReadBuffer
+    private var lineWindow = (start: 0, count: 0)
+    /// Adopted: a daemon before read this channel and may have read the head of a line.
+    private var resync: Bool
+    private(set) var isOpen = true
+    /// What the worker said in its hello (nil: it has not opted in).
+    private(set) var hello: (maxFDs: Int, window: Int)?
+    private let onHello: (_ maxFDs: Int, _ window: Int) -> Void
+    private let onCredit: (Int) -> Void
+    private let onClosed: () -> Void
+    private let onGarbage: (_ why: String) -> Void
+
+    init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, resync: Bool, onHello: @escaping (Int, Int) -> Void,
+         onCredit: @escaping (Int) -> Void, onClosed: @escaping () -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
+        self.fd = fd
+        self.loop = loop
+        self.scratch = scratch
+        self.resync = resync
+        self.onHello = onHello
+        self.onCredit = onCredit
+        self.onClosed = onClosed
+        self.onGarbage = onGarbage
+        setNonBlocking(fd)
+        input.reserveCapacity(64)
+        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.readable() }
+    }
+
+    /// A successor's view of a worker that opted in under the daemon before (state.json says so).
+    func assume(maxFDs: Int, window: Int) { hello = (maxFDs, window) }
+
+    /// One chunk per wake-up, so a flooding worker shares the loop with everyone else.
+    private func readable() {
+        switch scratch.read(fd) {
+        case .wouldBlock: return
+        case .eof: return closeAndTell()
+        case .data(let n): input.append(contentsOf: scratch.bytes.prefix(n))
+        }
+        let now = monotonicMs()
+        if now - lineWindow.start >= 1000 { lineWindow = (now, 0) }
+        var start = 0
+        while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = input[start..<nl]
+            start = nl + 1
+            let wasResyncing = resync
+            resync = false
+            lineWindow.count += 1
+            if lineWindow.count > Self.maxLinesPerSecond {
+                return cutOff("it wrote over \(Self.maxLinesPerSecond) lines a second on its handoff channel")
+            }
+            switch HandoffRecord.parse(line) {
+            case .hello(let maxFDs, let window)?:
+                hello = (maxFDs, window)
+                onHello(maxFDs, window)
+            case .credit(let n)?:
+                onCredit(n)
+            case nil:
+                if wasResyncing { continue } // the tail of a line the daemon before read the head of
+                return cutOff("its handoff channel sent a line that is not a record: \(IPCChannel.sample(line))")
+            }
+            if !isOpen { return }
+        }
+        input.removeFirst(start)
+        if input.count > HandoffRecord.maxLineBytes { cutOff("its handoff channel sent a line over \(HandoffRecord.maxLineBytes) bytes") }
+    }
+
+    /// Sends `line` with `fds` (1…8) in one message, without blocking. Partial sends cannot be
+    /// resumed (the fds went with the first byte), so the line is tiny and goes whole or not at all.
+    func send(_ line: [UInt8], fds: UnsafeBufferPointer<Int32>) -> SendResult {
+        guard isOpen else { return .closed }
+        let n: Int
+        do {
+            n = try line.withUnsafeBytes { b throws(SystemError) in try ListeningSocket.send(fd, b, attaching: fds) }
+        } catch {
+            closeAndTell()
+            return .closed
+        }
+        if n == line.count { return .sent }
+        if n == 0 { return .full }
+        // Part of a line went out: the stream is out of step; the worker sees EOF, pml re-queues.
+        return cutOffLater("pml could write only part of a handoff message")
+    }
+
+    private func cutOff(_ why: String) {
+        close()
+        onGarbage(why)
+    }
+
+    private func cutOffLater(_ why: String) -> SendResult {
+        close()
+        // Told from the loop, not from inside a send the router is in the middle of.
+        let tell = onGarbage
+        _ = loop?.schedule(after: 0) { tell(why) }
+        return .closed
+    }
+
+    private func closeAndTell() {
+        guard isOpen else { return }
+        close()
+        let tell = onClosed
+        _ = loop?.schedule(after: 0) { tell() }
+    }
+
+    /// Stops reading and closes pml's end (shut down first: the keeper may hold a copy).
+    func close() {
+        guard isOpen else { return }
+        isOpen = false
+        if let handle { loop?.unregister(handle) }
+        handle = nil
+        _ = shutdown(fd, Int32(SHUT_RDWR))
+        closeFD(fd)
+        input.removeAll()
+    }
+
+    deinit { close() }
+}

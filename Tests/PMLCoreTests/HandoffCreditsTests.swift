@@ -1,0 +1,98 @@
+import Testing
+@testable import PMLCore
+
+@Suite struct HandoffCreditsTests {
+    func parse(_ s: String) -> HandoffRecord? { HandoffRecord.parse(Array(s.utf8)) }
+
+    @Test func recordsParse() {
+        #expect(parse("H 1 8") == .hello(maxFDs: 1, window: 8))
+        #expect(parse("H 4 16") == .hello(maxFDs: 4, window: 16))
+        #expect(parse("C 3") == .credit(3))
+        #expect(parse("C 0") == .credit(0))
+    }
+
+    @Test func absurdNumbersAreClamped() {
+        #expect(parse("H 1000 99999999999999999999") == .hello(maxFDs: HandoffRecord.maxFDsPerMessage, window: HandoffRecord.maxWindow))
+        #expect(parse("H 0 0") == .hello(maxFDs: 1, window: 1))
+        #expect(parse("C 123456789012345") == .credit(HandoffRecord.maxWindow))
+    }
+
+    @Test func garbageIsRefused() {
+        for bad in ["", "H", "H 1", "H 1 2 3", "C", "C -1", "C 1 2", "X 1", "C 1x", "{\"cmd\":\"NODE_HANDLE_ACK\"}",
+                    "C " + String(repeating: "1", count: 40)] {
+            #expect(parse(bad) == nil, "\(bad)")
+        }
+    }
+
+    @Test func heldHandlesAreFirstInFirstOut() {
+        var h = HeldHandles(capacity: 3)
+        #expect(h.push(10, listener: 1, atMs: 1) && h.push(11, listener: 2, atMs: 2) && h.push(12, listener: 1, atMs: 3))
+        #expect(!h.push(13, listener: 1, atMs: 4), "full")
+        #expect(h.oldestMs == 1)
+        #expect(h.pop() == .init(fd: 10, listener: 1, sinceMs: 1))
+        #expect(h.push(13, listener: 3, atMs: 5), "wraps around")
+        #expect([h.pop(), h.pop(), h.pop()].map { $0?.fd } == [11, 12, 13])
+        #expect(h.pop() == nil && h.oldestMs == nil && h.count == 0)
+    }
+
+    @Test func creditsAllowSeveralInFlight() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 0)
+        d.grant(worker: 1, window: 3, outstanding: 0)
+        // Worker 1 takes up to 3 before crediting back; worker 2 (NODE_HANDLE) one at a time.
+        var order: [Int] = []
+        while let w = d.next(for: 0) { order.append(w) }
+        #expect(order == [1, 2, 1, 1])
+        #expect(!d.hasFreeWorker(for: 0))
+        d.returned(worker: 1, 2)
+        #expect(d.credits(of: 1) == 2)
+        #expect(d.hasFreeWorker(for: 0))
+    }
+
+    @Test func returnsNeverExceedTheWindow() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 4, outstanding: 1)
+        #expect(d.credits(of: 1) == 3)
+        d.returned(worker: 1, 1000)
+        #expect(d.credits(of: 1) == 4)
+        d.returned(worker: 1, -5)
+        #expect(d.credits(of: 1) == 4)
+    }
+
+    @Test func aBatchTakesCreditsAndCountsLoad() {
+        var d = RoundRobinDispatcher()
+        d.setLeastBusy(true, listener: 0)
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 2, outstanding: 0)
+        #expect(d.next(for: 0) == 1)
+        #expect(d.take(worker: 1, listener: 0))
+        #expect(!d.take(worker: 1, listener: 0), "no credit left")
+        #expect(d.load(of: 1) == 2)
+    }
+
+    @Test func aWorkerWithoutCreditsGetsNothingOthersServe() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 0)
+        d.grant(worker: 1, window: 2, outstanding: 0)
+        d.grant(worker: 2, window: 2, outstanding: 0)
+        d.exhaust(worker: 1)
+        var order: [Int] = []
+        while let w = d.next(for: 0) { order.append(w) }
+        #expect(order == [2, 2])
+    }
+
+    @Test func forgettingCreditsFallsBackToAcks() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 5, outstanding: 0)
+        d.forgetCredits(worker: 1)
+        #expect(!d.usesCredits(1))
+        #expect(d.next(for: 0) == 1)
+        #expect(d.next(for: 0) == nil, "one in flight until its ACK")
+        d.acknowledged(worker: 1)
+        #expect(d.next(for: 0) == 1)
+    }
+}
