@@ -26,13 +26,18 @@ import Testing
 
     @Test func heldHandlesAreFirstInFirstOut() {
         var h = HeldHandles(capacity: 3)
-        #expect(h.push(10, listener: 1, atMs: 1) && h.push(11, listener: 2, atMs: 2) && h.push(12, listener: 1, atMs: 3))
-        #expect(!h.push(13, listener: 1, atMs: 4), "full")
+        let pushed = [h.push(10, listener: 1, atMs: 1), h.push(11, listener: 2, atMs: 2), h.push(12, listener: 1, atMs: 3),
+                      h.push(13, listener: 1, atMs: 4)]
+        #expect(pushed == [true, true, true, false], "the 4th does not fit")
         #expect(h.oldestMs == 1)
-        #expect(h.pop() == .init(fd: 10, listener: 1, sinceMs: 1))
-        #expect(h.push(13, listener: 3, atMs: 5), "wraps around")
-        #expect([h.pop(), h.pop(), h.pop()].map { $0?.fd } == [11, 12, 13])
-        #expect(h.pop() == nil && h.oldestMs == nil && h.count == 0)
+        let first = h.pop()
+        #expect(first == .init(fd: 10, listener: 1, sinceMs: 1))
+        let wrapped = h.push(13, listener: 3, atMs: 5)
+        #expect(wrapped, "wraps around")
+        let rest = [h.pop(), h.pop(), h.pop()].map { $0?.fd }
+        #expect(rest == [11, 12, 13])
+        let empty = h.pop()
+        #expect(empty == nil && h.oldestMs == nil && h.count == 0)
     }
 
     @Test func creditsAllowSeveralInFlight() {
@@ -67,8 +72,8 @@ import Testing
         d.add(worker: 1, listener: 0)
         d.grant(worker: 1, window: 2, outstanding: 0)
         #expect(d.next(for: 0) == 1)
-        #expect(d.take(worker: 1, listener: 0))
-        #expect(!d.take(worker: 1, listener: 0), "no credit left")
+        let took = [d.take(worker: 1, listener: 0), d.take(worker: 1, listener: 0)]
+        #expect(took == [true, false], "one more, then no credit left")
         #expect(d.load(of: 1) == 2)
     }
 

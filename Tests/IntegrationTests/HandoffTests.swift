@@ -1,0 +1,288 @@
+// pml's native handoff channel (PML_HANDOFF_FD, docs/PROTOCOL.md): rr and least-busy workers that
+// opt in get connections several in flight, several per message, credited back in batches. Real
+// daemons, the real Node preload and the real Python example worker, real HTTP.
+
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Python worker on the handoff channel with knobs for hostile behaviour (the example worker,
+/// examples/python-native-handoff/worker.py, is the well-behaved one):
+/// - FX_HELLO: the hello line it writes (default "H 8 4").
+/// - FX_SILENT_INSTANCE=n: that instance opts in but never reads its handoff channel (never credits).
+/// - FX_GARBAGE_INSTANCE=n, FX_GARBAGE_MARK=<file>: that instance, if the file does not exist,
+///   creates it and writes a line that is not a record on the handoff channel after its hello.
+/// NODE_HANDLE lines on the IPC channel are served too (what pml sends before it reads the hello).
+private let hostileHandoffWorker = #"""
+    import array, json, os, selectors, socket, sys, time
+    PID = os.getpid()
+    INSTANCE = os.environ.get("PML_INSTANCE")
+    ipc = socket.socket(fileno=int(os.environ["PML_IPC_FD"]))
+    handoff = socket.socket(fileno=int(os.environ["PML_HANDOFF_FD"]))
+    body = ("hello from %d\n" % PID).encode()
+    response = b"HTTP/1.0 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def serve(fd):
+        conn = socket.socket(fileno=fd)
+        conn.settimeout(5)
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                request += chunk
+            conn.sendall(response)
+        except OSError:
+            pass
+        conn.close()
+
+    handoff.sendall((os.environ.get("FX_HELLO", "H 8 4") + "\n").encode())
+    mark = os.environ.get("FX_GARBAGE_MARK")
+    if os.environ.get("FX_GARBAGE_INSTANCE") == INSTANCE and mark and not os.path.exists(mark):
+        open(mark, "w").write(str(PID))
+        handoff.sendall(b"this is not a record\n")
+    ipc.sendall(b'"ready"\n')
+    silent = os.environ.get("FX_SILENT_INSTANCE") == INSTANCE
+    sel = selectors.DefaultSelector()
+    sel.register(ipc, selectors.EVENT_READ, "ipc")
+    if not silent:
+        sel.register(handoff, selectors.EVENT_READ, "handoff")
+    buffer, pending = b"", []
+    while True:
+        for key, _ in sel.select():
+            if key.data == "handoff":
+                data, anc, _, _ = handoff.recvmsg(256, socket.CMSG_SPACE(8 * 4))
+                if not data:
+                    sys.exit(0)
+                fds = array.array("i")
+                for level, kind, payload in anc:
+                    fds.frombytes(payload[:len(payload) - len(payload) % 4])
+                handoff.sendall(b"C %d\n" % len(fds))
+                for fd in fds:
+                    serve(fd)
+            else:
+                data, fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+                if not data:
+                    sys.exit(0)
+                pending.extend(fds)
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    message = json.loads(line)
+                    if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
+                        ipc.sendall(b'{"cmd":"NODE_HANDLE_ACK"}\n')
+                        serve(pending.pop(0))
+                    elif message == "shutdown":
+                        sys.exit(0)
+    """#
+
+extension Integration {
+    @Suite("Native handoff")
+    struct Handoff {
+        /// How pml hands each worker of `app` its connections (`handoff` in describe --json), by pid.
+        static func modes(_ box: Sandbox, _ app: String) async throws -> [Int32: String] {
+            var out: [Int32: String] = [:]
+            for w in try await box.rawWorkers(app) {
+                guard let p = w["process"] as? [String: Any], let pid = p["pid"] as? Int else { continue }
+                out[Int32(pid)] = w["handoff"] as? String ?? "-"
+            }
+            return out
+        }
+
+        /// Waits until every one of `count` workers of `app` is on the handoff channel as `mode`.
+        @discardableResult
+        static func waitMode(_ box: Sandbox, _ app: String, count: Int, _ mode: String) async throws -> [Int32: String] {
+            try await box.waitFor("\(count) worker(s) of \(app) with handoff \(mode)") {
+                let m = try await modes(box, app)
+                return m.count == count && m.values.allSatisfy { $0 == mode } ? m : nil
+            }
+        }
+
+        /// The example worker (examples/python-native-handoff/worker.py) as an app on `port`.
+        static func exampleApp(_ box: Sandbox, name: String, port: Int, instances: Int, dispatch: String = "rr") throws -> String {
+            let worker = PMLBinary.packageRoot.appendingPathComponent("examples/python-native-handoff/worker.py").path
+            return try box.write("\(name).lua", """
+                return {
+                  name = \(lua(name)), script = \(lua(worker)), instances = \(instances), listen = \(port),
+                  dispatch = \(lua(dispatch)), ready = "message", restart_delay = 100,
+                }
+                """)
+        }
+
+        static func hostileApp(_ box: Sandbox, name: String, port: Int, instances: Int, env: [String: String]) throws -> String {
+            let worker = try box.write("hostile.py", hostileHandoffWorker)
+            let envLua = env.sorted { $0.key < $1.key }.map { "\($0.key) = \(lua($0.value))" }.joined(separator: ", ")
+            return try box.write("\(name).lua", """
+                return {
+                  name = \(lua(name)), script = \(lua(worker)), instances = \(instances), listen = \(port),
+                  ready = "message", restart_delay = 100, env = { \(envLua) },
+                }
+                """)
+        }
+
+        @Test("Node rr workers take their connections on the handoff channel (credits, 1 fd per message); every request is answered by both")
+        func nodeUsesHandoff() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr")
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitServing("web", count: 2))
+                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                let replies = try box.answers(port: port, count: 60)
+                #expect(Set(replies.compactMap(\.pid)) == pids, "both workers answered")
+                let handed = try await Dispatch.dispatched(box, "web")
+                #expect(handed.values.reduce(0, +) >= 60, "pml handed every connection: \(handed)")
+            }
+        }
+
+        @Test("the Python example (least-busy): 8 fds per message, window 32; 200 concurrent requests all answered, by both workers")
+        func pythonExampleServes() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.exampleApp(box, name: "py", port: port, instances: 2, dispatch: "least-busy")
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitOnline("py", count: 2))
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                let gets = ParallelGets(port: port, count: 200, timeout: 10)
+                let results = await gets.wait()
+                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                let served = Set(results.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } })
+                #expect(served == pids, "both workers answered: \(served) vs \(pids)")
+            }
+        }
+
+        @Test("kill -9 of a Python handoff worker under load: no more failures than the load had in flight; the rest served")
+        func killUnderLoad() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("py", count: 2)
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                let load = ReloadLoad(port: port)
+                load.start(fast: 3, slow: 0)
+                await sleepMs(500)
+                kill(rows[0].pid!, SIGKILL)
+                let killedAt = nowMs()
+                try await box.waitOnline("py", count: 2, timeout: 15)
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                await sleepMs(500)
+                let samples = await load.stop()
+                // 3 sequential clients: at most 3 requests were with the worker when it died.
+                #expect(samples.failed.count <= 3, "\(samples.summary())")
+                #expect(samples.filter { $0.start > killedAt + 200 && $0.failure == nil }.count > 10, "the load went on: \(samples.summary())")
+            }
+        }
+
+        @Test("3 graceful reloads of Node rr workers on the handoff channel under load: 0 failed")
+        func reloadsUnderLoad() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr")
+                try await box.pmlOK("start", file)
+                var pids = Reload.pids(try await box.waitServing("web", count: 2))
+                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                let load = ReloadLoad(port: port)
+                load.start(fast: 3, slow: 1)
+                await sleepMs(400)
+                for round in 1...3 {
+                    let r = try await box.pml(["reload", "web", "--graceful"], timeout: 40)
+                    #expect(r.ok, "reload \(round):\n\(r)")
+                    let now = Reload.pids(try await box.waitServing("web", count: 2))
+                    #expect(now.isDisjoint(with: pids), "reload \(round) replaced every worker")
+                    pids = now
+                    await sleepMs(300)
+                }
+                let samples = await load.stop()
+                #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
+                #expect(samples.count > 30, "\(samples.summary())")
+                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+            }
+        }
+
+        @Test("kill -9 of the daemon under load: the successor keeps the Python workers on their handoff channels, 0 failed")
+        func daemonDeath() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitOnline("py", count: 2))
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                let load = ReloadLoad(port: port)
+                load.start(fast: 3, slow: 0)
+                await sleepMs(400)
+                let old = box.daemonPid!
+                kill(old, SIGKILL)
+                try await box.waitFor("a successor daemon") { box.daemonPid.flatMap { $0 != old && Proc.alive($0) ? $0 : nil } }
+                let modes = try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                #expect(Set(modes.keys) == pids, "the same workers, adopted")
+                await sleepMs(800)
+                let samples = await load.stop()
+                #expect(samples.failed.isEmpty, "\(samples.summary())")
+                let replies = try box.answers(port: port, count: 40)
+                #expect(Set(replies.compactMap(\.pid)) == pids, "both still serve")
+            }
+        }
+
+        @Test("hostile: an absurd grant is clamped to 64 in flight, 8 fds per message")
+        func absurdGrantClamped() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 1, env: ["FX_HELLO": "H 100000 999999999999999999999"])
+                try await box.pmlOK("start", file)
+                try await box.waitOnline("h", count: 1)
+                try await Self.waitMode(box, "h", count: 1, "credits 64, 8 fds/message")
+                #expect(try box.answers(port: port, count: 20).count == 20)
+            }
+        }
+
+        @Test("hostile: garbage on the handoff channel cuts the worker off (killed, restarted, said in its log); the other serves meanwhile")
+        func garbageCutsOff() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let mark = box.work + "/garbage"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 2,
+                                               env: ["FX_GARBAGE_INSTANCE": "1", "FX_GARBAGE_MARK": mark])
+                try await box.pmlOK("start", file)
+                try await box.waitFor("the garbage was written") { FileManager.default.fileExists(atPath: mark) ? true : nil }
+                let rows = try await box.waitFor("worker 1 restarted after the cut-off") { () -> [Row]? in
+                    let rows = try await box.rows("h")
+                    return rows.count == 2 && rows.allSatisfy { $0.status == "online" } && rows[1].restarts >= 1 ? rows : nil
+                }
+                #expect(box.read(box.logsDir + "/h-err.log").contains("not a record"),
+                        "the cut-off is said in the app's log")
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
+                let replies = try box.answers(port: port, count: 30)
+                #expect(Set(replies.compactMap(\.pid)) == Reload.pids(rows))
+                #expect(await box.pingOK(), "the daemon answers")
+            }
+        }
+
+        @Test("hostile: a worker that never credits back gets its window (4) and no more; the other serves everything else")
+        func silentWorkerRunsOutOfCredits() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 2, env: ["FX_SILENT_INSTANCE": "0"])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 2)
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
+                let silent = rows[0].pid!, good = rows[1].pid!
+                // 40 requests one after another, 1 s timeout each: the first few sent to the silent worker time out.
+                var answered = 0, timedOut = 0
+                for _ in 0..<40 {
+                    switch ReloadHTTP.get(port: port, path: "/", timeout: 1) {
+                    case .success(let r): answered += 1; #expect(r.pid == good)
+                    case .failure: timedOut += 1
+                    }
+                }
+                let handed = try await Dispatch.dispatched(box, "h")
+                #expect((handed[silent] ?? 0) <= 4, "the silent worker got no more than its window: \(handed)")
+                #expect(timedOut <= 4 && answered >= 36, "answered \(answered), timed out \(timedOut)")
+            }
+        }
+    }
+}
