@@ -353,11 +353,11 @@ extension Supervisor {
     private func start(_ args: StartArguments, loaded: LoadedAppFile?) -> ControlResponse {
         let cpus = Int(cpuCount)
         let owner = args.file.map(ScriptOwner.appFile)
-        let release = { [unowned self] (refs: ArraySlice<LuaTableRef>) in
+        let release = { [unowned self] (refs: [LuaTableRef]) in
             guard let owner, !refs.isEmpty else { return }
             self.scripts.tell(owner) { side in refs.forEach(side.release(tableRef:)) }
         }
-        let releaseAll = { release(loaded?.tableRefs[...] ?? []) }
+        let releaseAll = { release(loaded?.tableRefs ?? []) }
 
         if case .array(let items)? = loaded?.value ?? args.app, args.name != nil, items.count != 1 {
             releaseAll()
@@ -381,34 +381,41 @@ extension Supervisor {
             releaseAll()
             return .failure(error.description)
         }
+        // Each app with its own table (one per app, in the file's order), before --only picks some.
+        let refs = loaded?.tableRefs ?? []
+        var declared = specs.enumerated().map { (spec: $0.element, ref: $0.offset < refs.count ? refs[$0.offset] : nil) }
         if let only = args.only {
             let names = only.split(separator: ",").map(String.init)
-            specs = specs.filter { names.contains($0.name) }
-            if specs.isEmpty {
+            let picked = declared.filter { names.contains($0.spec.name) }
+            if picked.isEmpty {
                 releaseAll()
                 return .failure("\(args.file ?? "the command line") declares no app named \"\(only)\"")
             }
+            release(declared.filter { !names.contains($0.spec.name) }.compactMap(\.ref))
+            declared = picked
         }
+        specs = declared.map(\.spec)
+        let releaseDeclared = { (from: Int) in release(declared.dropFirst(from).compactMap(\.ref)) }
         for spec in specs {
             for case .unix(let path) in spec.listen where isInsideHome(path) {
-                releaseAll()
+                releaseDeclared(0)
                 return .failure("cannot start \(spec.name): unix:\(path) is inside PML_HOME (\(paths.home)), which holds pml's own socket")
             }
             do {
                 _ = try workerAccount(spec)
             } catch {
-                releaseAll()
+                releaseDeclared(0)
                 return .failure("cannot start \(spec.name): \(error)")
             }
             if let existing = apps.first(where: { $0.spec.name == spec.name }),
                existing.workers.contains(where: { $0.status != .stopped && $0.status != .errored }) {
-                releaseAll()
+                releaseDeclared(0)
                 return .failure("app \"\(spec.name)\" is already running (use \"pml restart \(spec.name)\")")
             }
         }
 
         var started: [String] = []
-        for (index, spec) in specs.enumerated() {
+        for (index, (spec, ref)) in declared.enumerated() {
             let app: ManagedApp
             let isNew: Bool
             let previous: (spec: AppSpec, env: [String: String])?
@@ -438,17 +445,15 @@ extension Supervisor {
                 app.configureLogs()
                 resize(app, to: previous.spec.instances)
             }
-            let unusedRefs = (loaded?.tableRefs ?? []).dropFirst(index + 1)
             do {
                 try openListeners(app)
             } catch {
                 if isNew { remove(app) } else { restorePrevious() }
-                release(loaded?.tableRefs.dropFirst(index) ?? [])
+                releaseDeclared(index)
                 return .failure("cannot start \(spec.name): \(error)")
             }
             let name = spec.name
-            if let owner, let refs = loaded?.tableRefs, index < refs.count {
-                let ref = refs[index]
+            if let owner, let ref {
                 scripts.tell(owner) { $0.bind(app: name, tableRef: ref) }
             } else if let owner {
                 scripts.tell(owner) { $0.unbind(app: name) }
@@ -463,14 +468,14 @@ extension Supervisor {
                 try app.logs.open()
             } catch {
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                release(unusedRefs)
+                releaseDeclared(index + 1)
                 return .failure("cannot start \(spec.name): cannot open its log file: \(error)")
             }
             do {
                 try configureWatch(app)
             } catch {
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                release(unusedRefs)
+                releaseDeclared(index + 1)
                 return .failure("cannot start \(spec.name): \(error)")
             }
             for w in app.workers { w.history = CrashHistory(); w.reason = nil; w.lastExit = nil; w.lastHookError = nil }
@@ -490,7 +495,7 @@ extension Supervisor {
                 // Nothing could start: leave no trace of a new app, keep an old one stopped.
                 for w in app.workers { w.status = .stopped; w.reason = first.1 }
                 if isNew { remove(app) } else { closeListeners(app); restorePrevious() }
-                release(unusedRefs)
+                releaseDeclared(index + 1)
                 return .failure("cannot start \(spec.name): \(first.1)")
             }
             for (w, why) in failures { crashed(w, exit: ExitInfo(code: 127, signal: nil, uptimeMs: 0), spawnError: why) }

@@ -179,5 +179,30 @@ extension Integration {
                 #expect(after == previous, "the running evaluation's timer alone: \(after), before \(previous)")
             }
         }
+
+        @Test("each app of a multi-app file gets its own table: started with --only, and after save, kill and resurrect")
+        func eachAppItsOwnTable() async throws {
+            try await withSandbox { box in
+                let file = try box.write("two.lua", """
+                    local function app(name, tag)
+                      return { name = name, cmd = { "sleep", "1000" },
+                               onStart = function(a) pml.log("ONSTART-" .. tag .. " " .. a.name) end }
+                    end
+                    return { app("first", "A"), app("second", "B") }
+                    """)
+                try await box.pmlOK("start", file, "--only", "second")
+                try await box.waitForDaemonLine("ONSTART-B second")
+                try await box.pmlOK("start", file, "--only", "first")
+                try await box.waitForDaemonLine("ONSTART-A first")
+                try await box.pmlOK("save")
+                try await box.pmlOK("kill")
+                try await box.pmlOK("resurrect")
+                try await box.waitFor("both started again by resurrect", timeout: 15) {
+                    box.daemonLines("ONSTART-B second").count == 2 && box.daemonLines("ONSTART-A first").count == 2 ? true : nil
+                }
+                #expect(box.daemonLines("ONSTART-A second").isEmpty && box.daemonLines("ONSTART-B first").isEmpty,
+                        "no app ran another's hooks:\n\(box.daemonLines("ONSTART-").joined(separator: "\n"))")
+            }
+        }
     }
 }
