@@ -55,7 +55,7 @@ final class ScriptHub {
     /// Threads given up on (stuck) or stopped, until they have exited.
     private var leaving: [ScriptThread] = []
     /// What happened to each owner's state, for `pml describe`.
-    private var restarts: [ScriptOwner: [String]] = [:]
+    private var restarts: [ScriptOwner: (count: Int, last: String)] = [:]
     private var lastQueueFullNote: [ScriptOwner: Int] = [:]
     /// Jobs posted during this turn of the loop, sent after it behind one snapshot: building it
     /// (every app, worker and metric) once per turn, not once per hook.
@@ -179,7 +179,6 @@ final class ScriptHub {
 
     /// One line for `pml describe`: the state's memory, and whether it was ever replaced.
     func describe(_ owner: ScriptOwner) -> String? {
-        let history = restarts[owner] ?? []
         var parts: [String] = []
         if let entry = threads[owner] {
             let a = entry.thread.currentActivity
@@ -189,8 +188,8 @@ final class ScriptHub {
         } else {
             parts.append("no Lua state running")
         }
-        if let last = history.last {
-            parts.append("restarted \(history.count) time\(history.count == 1 ? "" : "s"), last at \(last)")
+        if let (count, last) = restarts[owner] {
+            parts.append("restarted \(count) time\(count == 1 ? "" : "s"), last at \(last)")
         }
         return parts.joined(separator: "; ")
     }
@@ -292,7 +291,8 @@ final class ScriptHub {
         entry.thread.abandon()
         leaving.append(entry.thread)
         let note = "\(AppLogFiles.timestamp()): \(label) ran \(ms) ms, stuck inside a C call; its Lua state was left and a fresh one started"
-        restarts[owner, default: []].append(note)
+        // A count and the last note: a script that keeps getting stuck does not grow a list.
+        restarts[owner] = ((restarts[owner]?.count ?? 0) + 1, note)
         logger.error("scripts of \(owner): \(label) ran \(ms) ms (budget \(timeouts.callBudgetMs) ms), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
         // Decisions that waited on the lost state take their defaults now.
         for answer in pending.drop(where: { $0.owner == owner }) { answer(nil) }
