@@ -12,7 +12,9 @@
 #   chaos    + the stuck hook again, a worker kill -9'd every second, FLOOD idle metrics connections
 # Meanwhile `list` requests go to the control socket every 20 ms (the daemon's answer time).
 # Prints requests served / failed / refused, the rr app's p99 per phase, the worst and p99 `pml ls`
-# latency, and the daemon's fd count and RSS before and after. Ports below 32768, 127.0.0.1 only.
+# latency, and the daemon's fd count and RSS before and after; then whether the hooks phase kept
+# the rr p99 of the calm one (within 1.2x or 2 ms) and `pml ls` under 100 ms, with the load average.
+# Ports below 32768, 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,6 +119,7 @@ probe() { python3 "$work/lsprobe.py" "$PML_HOME/pml.sock" "$work/$1.ls" & bg+=($
 stop_probe() { kill "$probe_pid" 2>/dev/null; wait "$probe_pid" 2>/dev/null || true; }
 
 echo "chaos.sh: $WORKERS Node workers (rr) on 127.0.0.1:$PORT, $CONNECTIONS connections, ${PHASE}s per phase"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 "$pml" start "$work/web.lua" >/dev/null
 wait_up
 sleep 1
@@ -151,6 +154,9 @@ while :; do
   read -r fds_after rss_after < <(daemon_stats)
   ((fds_after <= fds_before + 3 || SECONDS >= settle_end)) && break
 done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+placement=$(grep -o "script threads .*yield the CPU.*" "$PML_HOME/daemon.log" | head -1 || true)
+yielded=$(grep -c "burns CPU" "$PML_HOME/daemon.log" || true)
 restarts=$("$pml" ls --json | python3 -c 'import json,sys; print(sum(r["restarts"] for r in json.load(sys.stdin) if r["name"]=="web"))')
 replaced=$(grep -c "stuck inside a C call" "$PML_HOME/daemon.log" || true)
 
@@ -172,4 +178,11 @@ print()
 print("daemon fds  before $fds_before, with $flood_count idle metrics connections $fds_during, after $fds_after")
 print("daemon RSS  before $((rss_before / 1024)) MiB, during $((rss_during / 1024)) MiB, after $((rss_after / 1024)) MiB")
 print("web restarts after the kill -9s: $restarts; stuck Lua states replaced: $replaced")
+print("${placement:-script threads: (placement not logged by this build)}; threads that yielded: $yielded")
+print("load average before $load_before, after $load_after")
+calm, hooks = (float(open(f"{w}/{p}.wrk").read().split()[3]) for p in ("calm", "hooks"))
+held = hooks <= calm * 1.2 or hooks <= calm + 2
+print("rr p99 while hooks burn: calm %.1f ms, hooks %.1f ms (%.2fx): %s" % (calm, hooks, hooks / calm, "met" if held else "NOT met") + " (within 1.2x or 2 ms)")
+lmax = ls("hooks")[3]
+print("pml ls while hooks burn: max %.1f ms: %s (under 100 ms)" % (lmax, "met" if lmax < 100 else "NOT met"))
 EOF

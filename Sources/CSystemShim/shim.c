@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
@@ -200,6 +201,15 @@ void pml_eventfd_drain(int fd) {
 }
 
 int pml_nice_this_thread(int nice) { return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice); }
+
+int pml_this_thread_id(void) { return (int)syscall(SYS_gettid); }
+
+int pml_idle_thread(int tid) {
+    struct sched_param param = { .sched_priority = 0 };
+    return sched_setscheduler((pid_t)tid, SCHED_IDLE, &param); /* a tid: that thread only */
+}
+
+int pml_name_this_thread(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 int pml_socketpair_stream(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 

@@ -60,6 +60,10 @@ final class ScriptHub {
     /// Jobs posted during this turn of the loop, sent after it behind one snapshot: building it
     /// (every app, worker and metric) once per turn, not once per hook.
     private var outbox = TurnBatch<(thread: ScriptThread, owner: ScriptOwner, job: ScriptThread.Job, refused: (() -> Void)?)>()
+    /// daemon.log says once where script threads take their CPU from.
+    private var placementLogged = false
+    /// The CPU each script thread used lately, by thread id (until it yields).
+    private var cpuWindows: [Int32: CPUBurnWindow] = [:]
     /// At most this many stuck threads may be alive: past it no new state is started (each holds
     /// its memory until its C call returns) and scripted decisions take their defaults.
     static let maxStuckThreads = 8
@@ -185,6 +189,7 @@ final class ScriptHub {
             let mib = (Double(a.memory) / 1048576 * 10).rounded(.up) / 10
             parts.append("Lua state \(mib) MiB of \(LuaRuntime.describe(bytes: limits.memoryLimitBytes))")
             if let busy = a.busy { parts.append("running \(busy.label) for \(monotonicMs() - busy.since) ms") }
+            if a.yielding { parts.append(ScriptCPU.placement.short) }
         } else {
             parts.append("no Lua state running")
         }
@@ -205,6 +210,10 @@ final class ScriptHub {
         if own >= Self.maxStuckThreadsPerOwner || stuck.count >= Self.maxStuckThreads {
             logger.error("\(owner): not started: \(own) of its script threads (\(stuck.count) in all) are stuck in C calls; scripted decisions take their defaults")
             return nil
+        }
+        if !placementLogged {
+            placementLogged = true
+            logger.info("\(ScriptCPU.placement.sentence)")
         }
         do {
             let t = try ScriptThread.start(name: owner.description, libraryPaths: libraryPaths, limits: limits,
@@ -255,13 +264,14 @@ final class ScriptHub {
         }, next)
     }
 
-    /// Every `watchEveryMs` while threads run or are leaving: a thread busy with one call past
+    /// Every `watchEveryMs` while threads run or are leaving: a thread that burns CPU yields it; one busy with one call past
     /// `stuckAfterMs` is inside a C call no budget can stop; the owner gets a fresh thread and state.
     private func armWatchdog() {
         guard watchdog == nil else { return }
         watchdog = loop.schedule(after: Self.watchEveryMs) { [unowned self] in
             self.watchdog = nil
             let now = monotonicMs()
+            self.yieldBurningThreads(now: now)
             for (owner, entry) in self.threads {
                 guard let busy = entry.thread.currentActivity.busy,
                       self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
@@ -283,6 +293,29 @@ final class ScriptHub {
             self.leaving.removeAll { gone.contains(ObjectIdentifier($0)) }
             if !self.threads.isEmpty || !self.leaving.isEmpty { self.armWatchdog() }
         }
+    }
+
+    /// A thread that burnt `ScriptCPU.burning`'s threshold of CPU within its window (a loop at its
+    /// budget again and again, a C call stuck computing) yields the CPU to the apps from now on.
+    private func yieldBurningThreads(now: Int) {
+        var seen: Set<Int32> = []
+        for (thread, owner) in threads.map({ ($0.value.thread, Optional($0.key)) }) + leaving.map({ ($0, nil) }) {
+            let a = thread.currentActivity
+            guard a.tid > 0, !a.exited, !a.yielding, let cpu = threadCPUNanoseconds(a.tid) else { continue }
+            seen.insert(a.tid)
+            var window = cpuWindows[a.tid] ?? ScriptCPU.burning
+            let burns = window.add(at: now, cpuNs: cpu)
+            cpuWindows[a.tid] = window
+            guard burns, thread.markYielding() else { continue }
+            let who = owner.map { "\($0)" } ?? "\(thread.name) (left behind)"
+            let what = a.busy.map { "\($0.label) " } ?? ""
+            if let problem = ScriptCPU.yield(tid: a.tid) {
+                logger.warning("scripts of \(who): \(what)burns CPU: \(problem)")
+            } else {
+                logger.info("scripts of \(who): \(what)burns CPU: the thread yields the CPU to the apps from now on")
+            }
+        }
+        cpuWindows = cpuWindows.filter { seen.contains($0.key) }
     }
 
     private func replace(_ owner: ScriptOwner, stuckIn label: String, forMs ms: Int) {

@@ -88,6 +88,10 @@ final class ScriptThread: Sendable {
     struct Activity: Sendable {
         /// The Lua call running now and when it started (monotonic ms).
         var busy: (since: Int, label: String)?
+        /// The kernel's id of the thread, once it runs (0 before).
+        var tid: Int32 = 0
+        /// It burnt CPU (`ScriptCPU.burning`): it yields the CPU to the apps, for good.
+        var yielding = false
         /// Bytes the Lua state holds, after its last call.
         var memory = 0
         /// The supervisor gave up on this thread: it ends at its next chance, answering nothing.
@@ -155,10 +159,16 @@ final class ScriptThread: Sendable {
 
     /// Script threads yield the CPU to the supervisor and the apps when the machine is busy: a
     /// script that burns its budget (or is stuck in a C call) slows the apps as little as possible.
+    /// Nice ranks them among the daemon's threads; `ScriptCPU` moves one that burns against other processes.
     static let nice: Int32 = 19
+    /// What `ps -L`, top and /proc/<pid>/task/<tid>/comm call a script thread.
+    static let threadName = "pml-lua"
 
     private func main(libraryPaths: [String]) {
         defer { activity.withLock { $0.exited = true } }
+        let tid = thisThreadID()
+        activity.withLock { $0.tid = tid }
+        setThisThreadName(Self.threadName)
         try? setThisThreadNice(Self.nice)
         let side: ScriptSide
         do {
@@ -243,6 +253,14 @@ final class ScriptThread: Sendable {
     func busy(_ label: String) {
         let now = monotonicMs()
         activity.withLock { $0.busy = (now, label) }
+    }
+
+    /// Marks the thread as yielding (the supervisor moved it); false if it already was.
+    func markYielding() -> Bool {
+        activity.withLock { a in
+            defer { a.yielding = true }
+            return !a.yielding
+        }
     }
 
     /// Marks its end; returns whether the thread should stop now (abandoned meanwhile).

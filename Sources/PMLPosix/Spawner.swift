@@ -225,3 +225,23 @@ public func drainEventFD(_ fd: Int32) { pml_eventfd_drain(fd) }
 public func setThisThreadNice(_ nice: Int32) throws(SystemError) {
     try sys("setpriority") { pml_nice_this_thread(nice) }
 }
+
+/// The calling thread's kernel id: what `/proc/<pid>/task` and a cgroup's `tasks` file name.
+public func thisThreadID() -> Int32 { pml_this_thread_id() }
+
+/// Makes thread `tid` of this process SCHED_IDLE: it runs only when nothing else in its CPU group wants to.
+public func setThreadIdle(_ tid: Int32) throws(SystemError) {
+    try sys("sched_setscheduler") { pml_idle_thread(tid) }
+}
+
+/// CPU time thread `tid` of this process has used, in nanoseconds; nil once it has exited.
+public func threadCPUNanoseconds(_ tid: Int32) -> UInt64? {
+    guard let bytes = readFile("/proc/self/task/\(tid)/schedstat", limit: 256),
+          let first = bytes.split(separator: UInt8(ascii: " ")).first else { return nil }
+    return UInt64(String(decoding: first, as: UTF8.self))
+}
+
+/// Names the calling thread (the first 15 bytes), as `ps -L`, top and `/proc/<pid>/task/<tid>/comm` show it.
+public func setThisThreadName(_ name: String) {
+    _ = pml_name_this_thread(name)
+}

@@ -116,6 +116,14 @@ public func makeDirectories(_ path: String, mode: mode_t) throws(SystemError) {
     }
 }
 
+/// Writes `text` to a file that must exist, in one write (kernel control files: cgroup `tasks`,
+/// `cpu.idle`, which take a value per write and say no through the write's error).
+public func writeControlFile(_ path: String, _ text: String) throws(SystemError) {
+    let fd = try sys("open \(path)") { Glibc.open(path, O_WRONLY | O_CLOEXEC) }
+    defer { closeFD(fd) }
+    try writeAll(fd, text)
+}
+
 /// Whether a path exists (any kind of file).
 public func pathExists(_ path: String) -> Bool {
     access(path, F_OK) == 0

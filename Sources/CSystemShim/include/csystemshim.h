@@ -80,6 +80,12 @@ void pml_eventfd_signal(int fd);
 void pml_eventfd_drain(int fd);
 /* Sets the nice value of the calling thread only (Linux schedules threads by their own nice). */
 int pml_nice_this_thread(int nice);
+/* The calling thread's kernel id (gettid): what /proc/<pid>/task and cgroup `tasks` files name. */
+int pml_this_thread_id(void);
+/* Makes thread `tid` of this process SCHED_IDLE: it runs only when nothing else of its CPU group wants to. */
+int pml_idle_thread(int tid);
+/* Names the calling thread (15 bytes kept): /proc/<pid>/task/<tid>/comm, ps and top show it. */
+int pml_name_this_thread(const char *name);
 /* accept4 with CLOEXEC; NONBLOCK only if asked (handed-over connections stay blocking, as accept() gives them). */
 int pml_accept(int fd, int nonblocking);
 int pml_set_nonblocking(int fd, int on);
