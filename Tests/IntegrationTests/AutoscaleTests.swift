@@ -216,7 +216,7 @@ extension Integration {
                 try await box.waitServing("hot", count: 3)
 
                 // Idle again under a sequential client: 3 → 2 → 1 with no failed request.
-                let client = LoadClient(.local(port), pauseMs: 5)
+                let client = LoadGenerator(.local(port), pauseMs: 5)
                 client.start()
                 await sleepMs(300)
                 try FileManager.default.removeItem(atPath: burn)
@@ -231,7 +231,7 @@ extension Integration {
                 let downSeconds = (nowMs() - t1) / 1000
                 await sleepMs(500)
                 let samples = await client.stop()
-                #expect(samples.failures.isEmpty, "no connection fails during the scale-down: \(samples.summary())")
+                #expect(samples.failed.isEmpty, "no connection fails during the scale-down: \(samples.summary())")
                 #expect(samples.count >= 20, "the client kept going through the scale-down: \(samples.summary())")
                 let retired = Set(atMax.compactMap(\.pid)).subtracting(atMin.compactMap(\.pid))
                 #expect(retired.count == 2, "two of the three workers were retired: max \(atMax), min \(atMin)")

@@ -29,43 +29,6 @@ extension Sandbox {
     }
 }
 
-/// Raw TCP clients on 127.0.0.1 (no thread each): connect, send one request, read the answer later.
-enum RawTCP {
-    /// A connected socket with receive and send timeouts of `timeout` seconds, or -1.
-    static func connect(port: Int, timeout: Int = 15) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var tv = timeval(tv_sec: timeout, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        if r != 0 { close(fd); return -1 }
-        return fd
-    }
-
-    static func send(_ fd: Int32, _ text: String) -> Bool {
-        let bytes = Array(text.utf8)
-        return bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
-    }
-
-    /// Everything the peer sends until it closes (or the receive timeout).
-    static func readAll(_ fd: Int32) -> String {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-}
-
 extension Integration {
     @Suite("Bounds on what peers pile up")
     struct Bounds {
@@ -168,11 +131,9 @@ extension Integration {
                              ready = "message", restart_delay = 60000, env = { FX_LOG = \(lua(log)), FX_MARK = \(lua(mark)) } }
                     """))
                 let rows = try await box.waitOnline("flood", count: 2)
-                let fd = RawTCP.connect(port: port)
-                try #require(fd >= 0)
-                defer { close(fd) }
-                #expect(RawTCP.send(fd, "GET / HTTP/1.0\r\n\r\n"))
-                let answer = RawTCP.readAll(fd)
+                let conn = try RawConnection(.local(port))
+                #expect(conn.send("GET / HTTP/1.0\r\n\r\n"))
+                let answer = conn.readAll()
                 #expect(answer.contains("hello from "), "answered: \(answer)")
                 try await box.waitFor("pml cutting the flooder off", timeout: 10) {
                     box.read(box.daemonLog).contains("pml closed the channel and kills the worker") ? true : nil
@@ -185,9 +146,8 @@ extension Integration {
                 }
                 #expect(answer.contains("hello from \(box.numbers(log).first ?? -1)"))
                 try await box.waitFor("the sibling serving", timeout: 5) { () -> Bool? in
-                    let c = RawTCP.connect(port: port)
-                    defer { close(c) }
-                    return RawTCP.send(c, "GET / HTTP/1.0\r\n\r\n") && RawTCP.readAll(c).contains("hello from \(sibling.pid!)") ? true : nil
+                    guard let c = try? RawConnection(.local(port)) else { return nil }
+                    return c.send("GET / HTTP/1.0\r\n\r\n") && c.readAll().contains("hello from \(sibling.pid!)") ? true : nil
                 }
                 let handed = box.numbers(log)
                 #expect(handed.count == 2 && handed[1] == Int(sibling.pid!),
@@ -260,13 +220,11 @@ extension Integration {
                 let fdCount = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(before.daemon)/fd").count) ?? -1 }
                 let fdsBefore = fdCount()
 
-                var clients: [Int32] = []
-                defer { clients.forEach { _ = close($0) } }
+                var clients: [RawConnection] = []
                 for _ in 0..<160 {
-                    let fd = RawTCP.connect(port: port)
-                    try #require(fd >= 0, "connect")
-                    #expect(RawTCP.send(fd, "GET / HTTP/1.0\r\n\r\n"))
-                    clients.append(fd)
+                    let c = try RawConnection(.local(port))
+                    #expect(c.send("GET / HTTP/1.0\r\n\r\n"))
+                    clients.append(c)
                 }
                 try await box.waitFor("pml pausing accept at the bound", timeout: 10) {
                     box.read(box.daemonLog).contains("(at most 32 for a limit of 128 open files); pausing accept") ? true : nil
@@ -283,7 +241,7 @@ extension Integration {
 
                 // The worker takes them now: pml hands out what waits and accepts the backlog again.
                 try await box.pmlOK("send", "hold", "ack")
-                let answers = clients.map(RawTCP.readAll)
+                let answers = clients.map { $0.readAll() }
                 let bad = answers.filter { !$0.contains("hello from ") }
                 #expect(bad.isEmpty, "\(bad.count) of 160 unanswered (\(queued) were in the backlog): \(bad.prefix(2))")
                 #expect(answers.allSatisfy { $0.contains("hello from \(survivor)") }, "all by the survivor")

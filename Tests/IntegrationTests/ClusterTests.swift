@@ -153,7 +153,7 @@ extension Integration {
                 let before = try await box.waitServing("app", count: 4)
                 let oldPids = Self.pids(before)
 
-                let client = LoadClient(.local(port), pauseMs: 2)
+                let client = LoadGenerator(.local(port), pauseMs: 2)
                 client.start()
                 await sleepMs(800)
                 // The worker that answered last: no request of this sequential client is in its hands.
@@ -176,7 +176,7 @@ extension Integration {
                 let samples = await client.stop()
                 let after = samples.filter { $0.start > killedAt }
 
-                #expect(samples.failures.isEmpty, "no request fails: \(samples.summary())")
+                #expect(samples.failed.isEmpty, "no request fails: \(samples.summary())")
                 #expect(samples.count > 50, "the load was steady: \(samples.summary())")
                 for pid in oldPids where pid != victim {
                     #expect(after.contains { $0.pid == pid }, "survivor \(pid) keeps serving after the kill: \(after.summary())")
@@ -196,7 +196,7 @@ extension Integration {
                 try await box.pmlOK("start", "app.js", "--name", "web", "-i", "4")
                 try await box.waitServing("web", count: 4)
 
-                let client = LoadClient(.local(port), pauseMs: 2)
+                let client = LoadGenerator(.local(port), pauseMs: 2)
                 client.start()
                 await sleepMs(300)
 
@@ -214,7 +214,7 @@ extension Integration {
                 let samples = await client.stop()
 
                 #expect(six.count == 6 && two.count == 2)
-                #expect(samples.failures.isEmpty, "no failed request while scaling: \(samples.summary())")
+                #expect(samples.failed.isEmpty, "no failed request while scaling: \(samples.summary())")
                 let sixPids = Self.pids(six)
                 let seenWhileSix = Set(samples.compactMap(\.pid)).intersection(sixPids)
                 #expect(seenWhileSix.count == 6, "all 6 workers answered at some point: \(samples.summary())")
@@ -399,7 +399,7 @@ extension Integration {
                 let pid = try #require(row.pid)
                 #expect(row.status == "starting", "not ready yet: \(row)")
 
-                let client = LoadClient(.local(port), pauseMs: 0, timeout: 15)
+                let client = LoadGenerator(.local(port), pauseMs: 0, timeout: 15)
                 client.start()
                 await sleepMs(1200)
                 #expect(client.samples.isEmpty, "the request waits while no worker is ready: \(client.samples.summary())")
@@ -416,7 +416,7 @@ extension Integration {
                 #expect(first.failure == nil, "the waiting request is served, not refused: \(samples.summary())")
                 #expect(first.pid == pid, "by the worker that became ready: \(first.result)")
                 #expect(first.end >= readyAt, "answered only after the worker was ready")
-                #expect(samples.failures.isEmpty, "\(samples.summary())")
+                #expect(samples.failed.isEmpty, "\(samples.summary())")
 
                 let online = try await box.waitOnline("rdy")
                 #expect(online[0].pid == pid)
@@ -438,7 +438,7 @@ extension Integration {
                     try await box.rows("dl").first.flatMap { $0.pid.map(Proc.alive) == true ? $0 : nil }
                 }
                 #expect(row.status == "starting", "\(row)")
-                let client = LoadClient(.local(port), pauseMs: 0, timeout: 10)
+                let client = LoadGenerator(.local(port), pauseMs: 0, timeout: 10)
                 client.start()
                 let online = try await box.waitOnline("dl", timeout: 10)
                 let onlineAt = nowMs()
@@ -447,7 +447,7 @@ extension Integration {
                 #expect(onlineAt - startedAt >= 1400, "online after ~1500 ms, took \(Int(onlineAt - startedAt)) ms")
                 #expect(first.failure == nil && first.pid == online[0].pid, "\(samples.summary())")
                 #expect(first.end - startedAt >= 1400, "the early request waited for readiness")
-                #expect(samples.failures.isEmpty, "\(samples.summary())")
+                #expect(samples.failed.isEmpty, "\(samples.summary())")
             }
         }
 

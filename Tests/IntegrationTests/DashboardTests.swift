@@ -1,4 +1,4 @@
-// The web dashboard (`pml dashboard`) and the health endpoints: curl for the HTTP contract,
+// The web dashboard (`pml dashboard`) and the health endpoints: HTTP.request for the HTTP contract,
 // headless Chromium (scripts/browser.py, the DevTools protocol over a pipe) for the page itself.
 
 import Foundation
@@ -6,34 +6,6 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// One HTTP exchange made with curl: status and body.
-struct CurlReply: CustomStringConvertible {
-    let status: Int
-    let body: String
-    var description: String { "\(status) \(body.prefix(300))" }
-}
-
-enum Curl {
-    static func request(_ url: String, method: String = "GET", headers: [String: String] = [:], body: String? = nil) -> CurlReply {
-        var args = ["curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", "-X", method]
-        for (k, v) in headers.sorted(by: { $0.key < $1.key }) { args += ["-H", "\(k): \(v)"] }
-        if let body { args += ["--data-binary", body] }
-        args.append(url)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = FileHandle.nullDevice
-        guard (try? p.run()) != nil else { return CurlReply(status: 0, body: "curl did not start") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard let nl = text.lastIndex(of: "\n") else { return CurlReply(status: 0, body: text) }
-        return CurlReply(status: Int(text[text.index(after: nl)...]) ?? 0, body: String(text[..<nl]))
-    }
-}
 
 /// scripts/browser.py: headless Chromium driven step by step.
 enum Browser {
@@ -94,51 +66,51 @@ extension Integration {
                 #expect(mode == 0o600, "the token file is 0600, not \(String(mode ?? 0, radix: 8))")
 
                 let base = served.base, token = served.token
-                #expect(Curl.request(base + "/").status == 403, "no token")
-                #expect(Curl.request(base + "/?token=" + String(repeating: "0", count: 64)).status == 403, "wrong token")
-                let page = Curl.request(served.url)
+                #expect(HTTP.request(base + "/").status == 403, "no token")
+                #expect(HTTP.request(base + "/?token=" + String(repeating: "0", count: 64)).status == 403, "wrong token")
+                let page = HTTP.request(served.url)
                 #expect(page.status == 200 && page.body.contains("<title>pml dashboard</title>") && page.body.contains("<script nonce="), "\(page)")
-                let rebound = Curl.request(served.url, headers: ["Host": "attacker.example:\(served.port)"])
+                let rebound = HTTP.request(served.url, headers: ["Host": "attacker.example:\(served.port)"])
                 #expect(rebound.status == 403, "DNS rebinding: a foreign Host is refused: \(rebound)")
-                #expect(Curl.request(served.url, headers: ["Host": "127.0.0.1:2222"]).status == 200, "an SSH tunnel's local port is fine")
-                let state = Curl.request(base + "/api/state?token=" + token)
+                #expect(HTTP.request(served.url, headers: ["Host": "127.0.0.1:2222"]).status == 200, "an SSH tunnel's local port is fine")
+                let state = HTTP.request(base + "/api/state?token=" + token)
                 #expect(state.status == 200 && state.body.contains("\"name\":\"d\""), "\(state)")
 
                 let action = #"{"cmd":"scale","target":"d","count":"+1"}"#
-                let crossOrigin = Curl.request(base + "/api/action", method: "POST",
+                let crossOrigin = HTTP.request(base + "/api/action", method: "POST",
                                                headers: ["X-PML-Token": token, "Origin": "http://attacker.example"], body: action)
                 #expect(crossOrigin.status == 403, "\(crossOrigin)")
-                let crossSite = Curl.request(base + "/api/action", method: "POST",
+                let crossSite = HTTP.request(base + "/api/action", method: "POST",
                                              headers: ["X-PML-Token": token, "Sec-Fetch-Site": "cross-site"], body: action)
                 #expect(crossSite.status == 403, "\(crossSite)")
-                let queryToken = Curl.request(base + "/api/action?token=" + token, method: "POST", body: action)
+                let queryToken = HTTP.request(base + "/api/action?token=" + token, method: "POST", body: action)
                 #expect(queryToken.status == 403, "a change needs the token in a header: \(queryToken)")
                 #expect(try await box.rows("d").count == 2, "refused actions changed nothing")
-                let scaled = Curl.request(base + "/api/action", method: "POST",
+                let scaled = HTTP.request(base + "/api/action", method: "POST",
                                           headers: ["X-PML-Token": token, "Origin": base, "Sec-Fetch-Site": "same-origin"], body: action)
                 #expect(scaled.status == 200 && scaled.body.contains("scaled d from 2 to 3"), "\(scaled)")
                 #expect(try await box.rows("d").count == 3)
-                let unknown = Curl.request(base + "/api/action", method: "POST", headers: ["X-PML-Token": token],
+                let unknown = HTTP.request(base + "/api/action", method: "POST", headers: ["X-PML-Token": token],
                                            body: #"{"cmd":"scale","target":"d","count":"+100"}"#)
                 #expect(unknown.status == 400, "\(unknown)")
 
                 _ = try await box.waitOnline("d", count: 3)
                 for b in [base, "http://127.0.0.1:\(metrics)"] {
-                    #expect(Curl.request(b + "/healthz").status == 200)
-                    let ready = Curl.request(b + "/readyz")
+                    #expect(HTTP.request(b + "/healthz").status == 200)
+                    let ready = HTTP.request(b + "/readyz")
                     #expect(ready.status == 200 && ready.body.hasPrefix("ready"), "\(b): \(ready)")
-                    #expect(Curl.request(b + "/readyz/d").status == 200)
-                    #expect(Curl.request(b + "/readyz/nope").status == 404)
+                    #expect(HTTP.request(b + "/readyz/d").status == 200)
+                    #expect(HTTP.request(b + "/readyz/nope").status == 404)
                 }
-                #expect(Curl.request("http://127.0.0.1:\(metrics)/metrics").body.contains("pml_worker_up"), "metrics still served")
+                #expect(HTTP.request("http://127.0.0.1:\(metrics)/metrics").body.contains("pml_worker_up"), "metrics still served")
                 try await box.pmlOK("stop", "d")
                 for b in [base, "http://127.0.0.1:\(metrics)"] {
-                    let ready = Curl.request(b + "/readyz")
+                    let ready = HTTP.request(b + "/readyz")
                     #expect(ready.status == 503 && ready.body.contains("not ready: d: 0/3 online (3 stopped)"), "\(b): \(ready)")
-                    #expect(Curl.request(b + "/readyz/d").status == 503)
-                    #expect(Curl.request(b + "/healthz").status == 200)
+                    #expect(HTTP.request(b + "/readyz/d").status == 503)
+                    #expect(HTTP.request(b + "/healthz").status == 200)
                 }
-                let events = Curl.request(base + "/api/state?token=" + token).body
+                let events = HTTP.request(base + "/api/state?token=" + token).body
                 for kind in ["\"kind\":\"action\"", "\"kind\":\"scale\"", "\"kind\":\"stop\""] {
                     #expect(events.contains(kind), "the timeline has \(kind): \(events.suffix(800))")
                 }
@@ -146,8 +118,8 @@ extension Integration {
                 // A new daemon serves the remembered address at once, with the same token.
                 try await box.pmlOK("kill")
                 try await box.pmlOK("ping")
-                let back = try await box.waitFor("the dashboard served by the next daemon") { () -> CurlReply? in
-                    let r = Curl.request(served.url)
+                let back = try await box.waitFor("the dashboard served by the next daemon") { () -> HTTPReply? in
+                    let r = HTTP.request(served.url)
                     return r.status == 200 ? r : nil
                 }
                 #expect(back.body.contains("pml dashboard"))
@@ -157,7 +129,7 @@ extension Integration {
                 try #"{"dashboard_listen": "0.0.0.0:\#(served.port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
                 let refused = try await box.pml("dashboard")
                 refused.expectCleanFailure(mentioning: ["must be a loopback address"])
-                #expect(Curl.request(served.base + "/healthz").status == 0, "nothing listens")
+                #expect(HTTP.request(served.base + "/healthz").status == 0, "nothing listens")
             }
         }
 
@@ -177,7 +149,7 @@ extension Integration {
                 struct Event: Decodable { let app: String; let kind: String; let title: String; let detail: String? }
                 struct State: Decodable { let events: [Event] }
                 let crashes = try await box.waitFor("a crash of each app on the timeline", timeout: 10) { () -> [Event]? in
-                    let body = Curl.request(served.base + "/api/state?token=" + served.token).body
+                    let body = HTTP.request(served.base + "/api/state?token=" + served.token).body
                     guard let state = try? JSONDecoder().decode(State.self, from: Data(body.utf8)) else { return nil }
                     let crashes = state.events.filter { $0.kind == "crash" }
                     return Set(crashes.map(\.app)) == ["picky", "broken"] ? crashes : nil
@@ -265,28 +237,28 @@ extension Integration {
                 let host = "Host: 127.0.0.1:\(served.port)\r\n"
 
                 // A reader that never reads: the daemon drops it once its output piles up.
-                let reader = try StallingClient(port: served.port, receiveBuffer: 4096)
+                let reader = try RawConnection(.local(served.port), receiveBuffer: 4096)
                 reader.send("GET /api/logs?app=chatty&token=\(served.token) HTTP/1.1\r\n\(host)\r\n")
 
-                let big = try StallingClient(port: served.port)
+                let big = try RawConnection(.local(served.port))
                 big.send("GET / HTTP/1.1\r\n\(host)X-Big: \(String(repeating: "x", count: 20_000))\r\n\r\n")
-                #expect(big.readAll(timeout: 3).text.hasPrefix("HTTP/1.1 431"), "a 20 KB head is refused")
+                #expect(big.read(idle: 3).text.hasPrefix("HTTP/1.1 431"), "a 20 KB head is refused")
 
-                var idle: [StallingClient] = []
-                for _ in 0..<40 { idle.append(try StallingClient(port: served.port)) }
+                var idle: [RawConnection] = []
+                for _ in 0..<40 { idle.append(try RawConnection(.local(served.port))) }
                 await sleepMs(300)
-                let refused = idle.filter { $0.readAll(timeout: 0.05).text.contains("503") }.count
+                let refused = idle.filter { $0.read(idle: 0.05).text.contains("503") }.count
                 #expect(refused >= 40 - 32 && refused < 40, "beyond 32 connections, 503 (\(refused) of 40 refused)")
 
-                let silent = idle.first { !$0.readAll(timeout: 0.1).eof }
-                let timedOut = silent?.readAll(timeout: 7)
+                let silent = idle.first { !$0.read(idle: 0.1).eof }
+                let timedOut = silent?.read(idle: 7)
                 #expect(timedOut?.text.hasPrefix("HTTP/1.1 408") == true && timedOut?.eof == true, "a client that sends nothing is answered 408 and closed: \(timedOut?.text.prefix(80) ?? "none")")
 
-                let dropped = reader.readAll(timeout: 10)
+                let dropped = reader.read(idle: 10, limit: 4096)
                 #expect(dropped.eof, "the stalled log reader was dropped (read \(dropped.bytes) bytes, no EOF)")
                 #expect(dropped.text.hasPrefix("HTTP/1.1 200") && dropped.text.contains("event: out"), "\(dropped.text.prefix(200))")
 
-                #expect(Curl.request(served.base + "/healthz").status == 200, "the daemon still answers")
+                #expect(HTTP.request(served.base + "/healthz").status == 200, "the daemon still answers")
                 try await box.pmlOK("ls")
             }
         }
@@ -316,66 +288,24 @@ extension Integration {
                     if p.isRunning { kill(p.processIdentifier, SIGKILL) }
                 }
                 let base = "http://127.0.0.1:\(port)"
-                let first = try await box.waitFor("pml run's health listener", timeout: 5, every: 50) { () -> CurlReply? in
-                    let r = Curl.request(base + "/readyz")
+                let first = try await box.waitFor("pml run's health listener", timeout: 5, every: 50) { () -> HTTPReply? in
+                    let r = HTTP.request(base + "/readyz")
                     return r.status == 0 ? nil : r
                 }
                 #expect(first.status == 503 && first.body.contains("not ready: probe: 0/2 online (2 starting)"), "workers not ready yet: \(first)")
-                #expect(Curl.request(base + "/healthz").status == 200)
-                let ready = try await box.waitFor("/readyz 200", timeout: 10) { () -> CurlReply? in
-                    let r = Curl.request(base + "/readyz")
+                #expect(HTTP.request(base + "/healthz").status == 200)
+                let ready = try await box.waitFor("/readyz 200", timeout: 10) { () -> HTTPReply? in
+                    let r = HTTP.request(base + "/readyz")
                     return r.status == 200 ? r : nil
                 }
                 #expect(ready.body == "ready: 1 app online\n", "\(ready)")
-                #expect(Curl.request(base + "/readyz/probe").status == 200)
-                #expect(Curl.request(base + "/readyz/other").status == 404)
-                #expect(Curl.request(base + "/metrics").body.contains("pml_worker_up{app=\"probe\""))
+                #expect(HTTP.request(base + "/readyz/probe").status == 200)
+                #expect(HTTP.request(base + "/readyz/other").status == 404)
+                #expect(HTTP.request(base + "/metrics").body.contains("pml_worker_up{app=\"probe\""))
                 kill(p.processIdentifier, SIGTERM)
                 try await box.waitFor("pml run to exit", timeout: 10) { p.isRunning ? nil : true }
                 #expect(p.terminationStatus == 0)
             }
-        }
-    }
-}
-
-/// A raw TCP client for the bounds tests: it sends what it is told and reads only when asked.
-final class StallingClient {
-    let fd: Int32
-
-    init(port: Int, receiveBuffer: Int32? = nil) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError("socket: errno \(errno)") }
-        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard r == 0 else {
-            close(fd)
-            throw HarnessError("connect 127.0.0.1:\(port): errno \(errno)")
-        }
-    }
-
-    deinit { close(fd) }
-
-    func send(_ text: String) {
-        let bytes = Array(text.utf8)
-        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-    }
-
-    /// Reads until EOF or until nothing arrives for `timeout` seconds.
-    func readAll(timeout: Double) -> (text: String, bytes: Int, eof: Bool) {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, Int32(timeout * 1000)) == 1 else { return (String(decoding: out.prefix(4096), as: UTF8.self), out.count, false) }
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { return (String(decoding: out.prefix(4096), as: UTF8.self), out.count, true) }
-            if out.count < 1 << 20 { out.append(contentsOf: buf[0..<n]) }
         }
     }
 }

@@ -58,7 +58,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let rows = try await box.waitServing("rp", count: 3)
                 let victim = rows[1].pid!
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 0)
                 await sleepMs(300)
 
@@ -105,7 +105,7 @@ extension Integration {
                 let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
                 try await box.pmlOK("start", file)
                 var pids = Reload.pids(try await box.waitServing("rp", count: 3))
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 2)
                 await sleepMs(500)
                 for round in 1...3 {
@@ -131,7 +131,7 @@ extension Integration {
                 let file = try Self.app(box, name: "rp", port: port, instances: 2, dispatch: "reuseport")
                 try await box.pmlOK("start", file)
                 try await box.waitServing("rp", count: 2)
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 1)
                 await sleepMs(300)
 
@@ -160,7 +160,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let pids = Reload.pids(try await box.waitServing("rp", count: 2))
                 let daemon = try #require(box.daemonPid)
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 1)
                 await sleepMs(400)
                 #expect(kill(daemon, SIGKILL) == 0)
@@ -307,7 +307,7 @@ extension Integration {
                 }
                 let idle = pids.subtracting([busy])
                 // New connections a little apart, as clients come: each worker's report of a closed one has arrived.
-                var replies: [ReloadHTTP.Reply] = []
+                var replies: [HTTPReply] = []
                 for _ in 0..<12 {
                     replies += try box.answers(port: port, count: 1)
                     usleep(10_000)
@@ -364,29 +364,6 @@ enum ListenQueues {
     static func sockets(port: Int) -> Int { listeners(port: port).count }
     /// The longest accept queue among them.
     static func longestQueue(port: Int) -> Int { listeners(port: port).max() ?? 0 }
-}
-
-/// `count` GETs started at once, each on its own thread; `wait()` returns them in order.
-final class ParallelGets: @unchecked Sendable {
-    private let lock = NSLock()
-    private var results: [Result<ReloadHTTP.Reply, RequestFailure>?]
-
-    init(port: Int, count: Int, timeout: Double, path: String = "/") {
-        results = Array(repeating: nil, count: count)
-        for i in 0..<count {
-            Thread { [self] in
-                let r = ReloadHTTP.get(port: port, path: path, timeout: timeout)
-                lock.withLock { results[i] = r }
-            }.start()
-        }
-    }
-
-    var finished: Int { lock.withLock { results.filter { $0 != nil }.count } }
-
-    func wait() async -> [Result<ReloadHTTP.Reply, RequestFailure>] {
-        while finished < lock.withLock({ results.count }) { await sleepMs(20) }
-        return lock.withLock { results.map { $0! } }
-    }
 }
 
 extension Proc {

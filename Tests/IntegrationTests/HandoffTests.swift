@@ -163,7 +163,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let rows = try await box.waitOnline("py", count: 2)
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 0)
                 await sleepMs(500)
                 kill(rows[0].pid!, SIGKILL)
@@ -186,7 +186,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 var pids = Reload.pids(try await box.waitServing("web", count: 2))
                 try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 1)
                 await sleepMs(400)
                 for round in 1...3 {
@@ -212,7 +212,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let pids = Reload.pids(try await box.waitOnline("py", count: 2))
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 0)
                 await sleepMs(400)
                 let old = box.daemonPid!
@@ -274,7 +274,7 @@ extension Integration {
                 // 40 requests one after another, 1 s timeout each: the first few sent to the silent worker time out.
                 var answered = 0, timedOut = 0
                 for _ in 0..<40 {
-                    switch ReloadHTTP.get(port: port, path: "/", timeout: 1) {
+                    switch HTTP.get(.local(port), path: "/", timeout: 1) {
                     case .success(let r): answered += 1; #expect(r.pid == good)
                     case .failure: timedOut += 1
                     }

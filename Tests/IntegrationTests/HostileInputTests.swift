@@ -336,12 +336,10 @@ extension Integration {
                 try box.startDaemon(fdLimit: 64, env: ["PML_METRICS_LISTEN": "127.0.0.1:\(metricsPort)"])
                 let before = try await Self.baseline(box)
                 var clients: [RawClient] = []
-                var tcp: [Int32] = []
-                defer { tcp.forEach { _ = close($0) } }
+                var tcp: [RawConnection] = []
                 for _ in 0..<80 {
                     if let c = try? RawClient(path: box.socketPath, timeoutSeconds: 1) { clients.append(c) }
-                    let fd = RawTCP.connect(port: metricsPort)
-                    if fd >= 0 { tcp.append(fd) }
+                    if let c = try? RawConnection(.local(metricsPort)) { tcp.append(c) }
                 }
                 try await box.waitFor("the daemon out of descriptors", timeout: 10) {
                     box.read(box.daemonLog).contains("out of file descriptors (limit 64)") ? true : nil
@@ -350,7 +348,6 @@ extension Integration {
                 let cpu = Self.cpuPercent(of: Proc.pids(withEnvironment: "PML_HOME=\(box.home)"), overMs: 1000)
                 #expect(cpu < 30, "pml used \(Int(cpu)) % CPU while out of descriptors")
                 clients.removeAll()
-                tcp.forEach { _ = close($0) }
                 tcp.removeAll()
                 try await box.waitFor("pml ls answering again", timeout: 10) {
                     try await box.pml(["ls"], timeout: 5).ok ? true : nil
@@ -396,10 +393,9 @@ extension Integration {
                 _ = try await box.waitOnline("noack")
                 let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(before.daemon)/fd").count) ?? -1 }
                 let fdsBefore = fds()
-                var clients: [Int32] = []
-                defer { clients.forEach { _ = close($0) } }
+                var clients: [RawConnection] = []
                 for _ in 0..<20 {
-                    clients.append(RawTCP.connect(port: port))
+                    clients.append(try RawConnection(.local(port)))
                     await sleepMs(20)
                 }
                 try await box.waitFor("the first handle", timeout: 10) { box.numbers(count).first }

@@ -92,7 +92,7 @@ extension Integration {
                 let daemon = try #require(box.daemonPid)
                 let keeper = try #require(box.keeperPid)
 
-                let client = LoadClient(.local(port), pauseMs: 2, timeout: 10)
+                let client = LoadGenerator(.local(port), pauseMs: 2, timeout: 10)
                 client.start()
                 await sleepMs(500)
                 let killedAt = nowMs()
@@ -103,7 +103,7 @@ extension Integration {
                 }
                 await sleepMs(1000)
                 let samples = await client.stop()
-                #expect(samples.failures.isEmpty, "not one request fails or is refused: \(samples.summary())")
+                #expect(samples.failed.isEmpty, "not one request fails or is refused: \(samples.summary())")
                 let afterKill = samples.filter { $0.start > killedAt }
                 #expect(afterKill.count >= 20, "requests kept being served after the kill: \(samples.summary())")
                 #expect(Set(afterKill.compactMap(\.pid)) == Set(pids), "by the same two workers \(pids): \(samples.summary())")
@@ -150,7 +150,7 @@ extension Integration {
                 let before = try await Self.startServing(box, port: port)
                 let daemon = try #require(box.daemonPid)
                 let keeper = try #require(box.keeperPid)
-                let client = LoadClient(.local(port), pauseMs: 2, timeout: 10)
+                let client = LoadGenerator(.local(port), pauseMs: 2, timeout: 10)
                 client.start()
                 await sleepMs(400)
                 let u = try await box.pml("update")
@@ -160,7 +160,7 @@ extension Integration {
                 #expect(u.stdout.contains("daemon pid \(daemon) → \(successor)") && u.stdout.contains("2 workers kept running"), "\(u)")
                 await sleepMs(800)
                 let samples = await client.stop()
-                #expect(samples.failures.isEmpty, "\(samples.summary())")
+                #expect(samples.failed.isEmpty, "\(samples.summary())")
                 #expect(Set(samples.compactMap(\.pid)) == Set(before.compactMap(\.pid)), "\(samples.summary())")
                 let ls = try await box.pml("ls", "--json")
                 #expect(ls.ok && ls.stderr.isEmpty, "an update is not news to the next command:\n\(ls)")
@@ -181,7 +181,7 @@ extension Integration {
                 try await box.pmlOK("start", try Keeping.app(box, port: port, instances: 2, dispatch: "reuseport"))
                 let before = try await box.waitServing("srv", count: 2)
                 let pids = before.compactMap(\.pid)
-                let client = LoadClient(.local(port), pauseMs: 2, timeout: 10)
+                let client = LoadGenerator(.local(port), pauseMs: 2, timeout: 10)
                 client.start()
                 await sleepMs(300)
                 let daemon = try #require(box.daemonPid)
@@ -198,7 +198,7 @@ extension Integration {
                 }
                 await sleepMs(500)
                 let samples = await client.stop()
-                #expect(samples.failures.isEmpty, "\(samples.summary())")
+                #expect(samples.failed.isEmpty, "\(samples.summary())")
                 #expect(after[1].pid == pids[1], "worker 1 kept through both hand-overs: \(after)")
                 let got = Set(samples.suffix(40).compactMap(\.pid))
                 #expect(got.isSubset(of: Set(after.compactMap(\.pid))) && !got.isEmpty, "served by the current workers at the end: \(samples.summary())")

@@ -17,23 +17,16 @@ extension Integration {
                 try #"{"metrics_listen": "127.0.0.1:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
                 try await box.pmlOK("start", "--name", "m", "-i", "2", "--", "sleep", "1000")
                 let rows = try await box.waitOnline("m", count: 2)
-                let curl = try await box.waitFor("the metrics endpoint") { () -> String? in
-                    let p = Process()
-                    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                    p.arguments = ["curl", "-s", "-m", "2", "http://127.0.0.1:\(port)/metrics"]
-                    let pipe = Pipe()
-                    p.standardOutput = pipe
-                    try? p.run()
-                    p.waitUntilExit()
-                    let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                let scraped = try await box.waitFor("the metrics endpoint") { () -> String? in
+                    let text = HTTP.request("http://127.0.0.1:\(port)/metrics", timeout: 2).body
                     return text.contains("pml_worker_up") ? text : nil
                 }
                 for r in rows {
-                    #expect(curl.contains("pml_worker_up{app=\"m\",id=\"\(r.id)\",instance=\"\(r.instance)\"} 1"), "\(curl)")
+                    #expect(scraped.contains("pml_worker_up{app=\"m\",id=\"\(r.id)\",instance=\"\(r.instance)\"} 1"), "\(scraped)")
                 }
-                #expect(curl.contains("# TYPE pml_worker_restarts_total counter"))
-                #expect(curl.contains("pml_worker_connections_dispatched_total{app=\"m\",id=\"\(rows[0].id)\""), "\(curl)")
-                #expect(curl.contains("pml_app_reloads_total{app=\"m\"} 0") && curl.contains("pml_app_scale_events_total{app=\"m\"} 0"), "\(curl)")
+                #expect(scraped.contains("# TYPE pml_worker_restarts_total counter"))
+                #expect(scraped.contains("pml_worker_connections_dispatched_total{app=\"m\",id=\"\(rows[0].id)\""), "\(scraped)")
+                #expect(scraped.contains("pml_app_reloads_total{app=\"m\"} 0") && scraped.contains("pml_app_scale_events_total{app=\"m\"} 0"), "\(scraped)")
                 try await box.pmlOK("scale", "m", "3")
                 try await box.pmlOK("reload", "m", "--parallel", "3")
                 let counted = try await box.pmlOK("metrics")
@@ -41,7 +34,7 @@ extension Integration {
                 #expect(counted.stdout.contains("pml_app_reloads_total{app=\"m\"} 1"), "\(counted)")
                 let cli = try await box.pmlOK("metrics")
                 let families = { (text: String) in Set(text.split(separator: "\n").filter { $0.hasPrefix("# TYPE") }) }
-                #expect(families(cli.stdout) == families(curl), "the endpoint and pml metrics expose the same families")
+                #expect(families(cli.stdout) == families(scraped), "the endpoint and pml metrics expose the same families")
 
                 try await box.pmlOK("kill")
                 try #"{"metrics_listen": "0.0.0.0:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
@@ -51,13 +44,9 @@ extension Integration {
             }
         }
 
-        /// One raw HTTP/1.1 request with `host` as its Host header; the whole answer.
+        /// One HTTP/1.1 request with `host` as its Host header; the whole answer ("" if none).
         static func get(port: Int, _ path: String, host: String, method: String = "GET") -> String {
-            let fd = RawTCP.connect(port: port, timeout: 5)
-            guard fd >= 0 else { return "" }
-            defer { close(fd) }
-            _ = RawTCP.send(fd, "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n")
-            return RawTCP.readAll(fd)
+            (try? HTTP.exchange(.local(port), method: method, path: path, headers: ["Host": host]).get().text) ?? ""
         }
 
         @Test("the metrics listener answers only requests whose Host names loopback (DNS rebinding), on every path; GET only")

@@ -52,7 +52,7 @@ extension Integration {
                 var pids = Reload.pids(try await box.waitServing("web", count: 4))
                 #expect(pids.count == 4)
 
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 2)   // 2 threads on /, 2 keeping a /slow (300 ms) in flight
                 await sleepMs(700)
                 var windows: [(Double, Double)] = []
@@ -251,7 +251,7 @@ extension Integration {
                 // The next version listens but never says ready.
                 try box.edit(file, replacing: "FX_READY_DELAY = \"200\"", with: "FX_READY_DELAY = \"0\"")
 
-                let load = ReloadLoad(port: port)
+                let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 2)
                 await sleepMs(300)
                 let r = try await box.pml(["reload", "rt", "--graceful"], timeout: 30)
