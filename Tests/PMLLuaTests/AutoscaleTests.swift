@@ -117,18 +117,7 @@ import Testing
             ("pml.autoscale.step{ metric = 'cpu', up = 70, down = 20, by = 1.5 }", "pml.autoscale.step: by must be an integer >= 1"),
             ("pml.autoscale.step{ metric = 'cpu', up = 70, down = 20, by = '2' }", "pml.autoscale.step: by must be an integer >= 1"),
         ]
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        // Case i is on line i + 1.
-        let file = try load(runtime, folder, """
-        local bad = {
-        \(cases.map { "  function() \($0.lua) end," }.joined(separator: "\n"))
-        }
-        return { name = "web", bad = function(i) bad[i]() end }
-        """)
-        for (i, bad) in cases.enumerated() {
-            #expect(runtime.callHook(app: "web", hook: "bad", args: [.int(Int64(i + 1))]) ==
-                .failed("\(file.path):\(i + 2): \(bad.error)"), "\(bad.lua)")
-        }
+        try expectEachFails(try LuaRuntime(libraryPaths: [repoLuaPath]), folder, cases)
     }
 
     @Test func pmlAutoscaleIsRequireAndPerEnvironment() throws {

@@ -6,9 +6,7 @@ import Testing
     let folder = FixtureFolder()
 
     @Test func logWarnAndPrintReachTheHostWithTheirSource() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         let file = try load(runtime, folder, """
         pml.log("loading")
         return {
@@ -33,9 +31,8 @@ import Testing
     }
 
     @Test func appsAndWorkers() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
+        defer { withExtendedLifetime(host) {} } // the runtime holds it weakly
         try load(runtime, folder, """
         return {
           name = "web",
@@ -53,9 +50,7 @@ import Testing
     }
 
     @Test func restartAndSpawn() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         let file = try load(runtime, folder, """
         return {
           name = "web",

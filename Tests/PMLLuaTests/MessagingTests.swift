@@ -7,9 +7,7 @@ import Testing
     let folder = FixtureFolder()
 
     @Test func sendBroadcastAndScaleReachTheHost() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         return {
           name = "web",
@@ -39,9 +37,7 @@ import Testing
     }
 
     @Test func messagesArriveAsHookReturnValuesDo() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         local function nest(n) local t = {} for _ = 2, n do t = { x = t } end return t end
         local shared = { "s" }
@@ -86,9 +82,7 @@ import Testing
     }
 
     @Test func hostErrorsRaiseAtTheCaller() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         let file = try load(runtime, folder, """
         return {
           name = "web",
@@ -106,9 +100,7 @@ import Testing
     }
 
     @Test func reloadReachesTheHost() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         return {
           name = "web",
@@ -160,28 +152,14 @@ import Testing
             ("pml.scale('web', '2')", "pml.scale: instances must be an integer >= 0 (got string)"),
             ("pml.scale(42, 1)", "pml.scale: app must be an app name or an app table (got 42)"),
         ]
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
-        // Case i is on line i + 2.
-        let file = try load(runtime, folder, """
-        local function nest(n) local t = {} for _ = 2, n do t = { x = t } end return t end
-        local bad = {
-        \(cases.map { "  function() \($0.lua) end," }.joined(separator: "\n"))
-        }
-        return { name = "web", bad = function(i) bad[i]() end }
-        """)
-        for (i, bad) in cases.enumerated() {
-            #expect(runtime.callHook(app: "web", hook: "bad", args: [.int(Int64(i + 1))]) ==
-                .failed("\(file.path):\(i + 3): \(bad.error)"), "\(bad.lua)")
-        }
+        let (runtime, host) = try hostedRuntime()
+        try expectEachFails(runtime, folder, cases,
+                            after: "local function nest(n) local t = {} for _ = 2, n do t = { x = t } end return t end")
         #expect(host.sent.isEmpty && host.broadcasts.isEmpty && host.scaled.isEmpty)
     }
 
     @Test func sendFromACoroutineReadsTheCoroutinesStack() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         return {
           name = "web",
@@ -211,9 +189,7 @@ import Testing
     }
 
     @Test func aLoopOfSendsStaysWithinTheBudget() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath], limits: LuaLimits(instructionBudget: 100_000))
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime(limits: LuaLimits(instructionBudget: 100_000))
         try load(runtime, folder, """
         return { name = "web", onMessage = function(worker, msg) while true do pml.send(worker, msg) end end }
         """)

@@ -1,5 +1,6 @@
 import PMLCore
 import PMLLua
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -147,6 +148,33 @@ class RecordingHost: LuaHost {
     }
     func luaMetrics(app: String) -> ScriptValue? {
         app == "web" ? metrics : nil
+    }
+}
+
+/// A runtime on the repo's `lua/` folder with a `RecordingHost` attached; the runtime holds its
+/// host weakly, so the caller keeps both.
+func hostedRuntime(limits: LuaLimits = LuaLimits()) throws -> (LuaRuntime, RecordingHost) {
+    let runtime = try LuaRuntime(libraryPaths: [repoLuaPath], limits: limits)
+    let host = RecordingHost()
+    runtime.host = host
+    return (runtime, host)
+}
+
+/// Loads an app "web" (`prelude`, then one line per case) whose hook `bad(i)` runs case i's Lua,
+/// and expects each call to fail with `<file>:<its line>: <error>`.
+func expectEachFails(_ runtime: LuaRuntime, _ folder: FixtureFolder, _ cases: [(lua: String, error: String)],
+                     after prelude: String = "", sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let preludeLines = prelude.isEmpty ? 0 : prelude.split(separator: "\n", omittingEmptySubsequences: false).count
+    let file = try load(runtime, folder, (prelude.isEmpty ? "" : prelude + "\n") + """
+        local bad = {
+        \(cases.map { "  function() \($0.lua) end," }.joined(separator: "\n"))
+        }
+        return { name = "web", bad = function(i) bad[i]() end }
+        """)
+    for (i, bad) in cases.enumerated() {
+        // "local bad = {" follows the prelude; case i (from 0) is on the line after it plus i.
+        #expect(runtime.callHook(app: "web", hook: "bad", args: [.int(Int64(i + 1))]) ==
+            .failed("\(file.path):\(preludeLines + 2 + i): \(bad.error)"), "\(bad.lua)", sourceLocation: sourceLocation)
     }
 }
 

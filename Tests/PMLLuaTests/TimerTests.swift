@@ -7,9 +7,7 @@ import Testing
     let folder = FixtureFolder()
 
     @Test func afterAndEveryReachTheHostAndTheCallbacksRun() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         let file = try load(runtime, folder, """
         local ticks = 0
         return {
@@ -41,9 +39,7 @@ import Testing
     }
 
     @Test func pendingTimersAreBoundedPerState() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         return {
           name = "web",
@@ -73,9 +69,7 @@ import Testing
     }
 
     @Test func cancelReachesTheHost() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         return {
           name = "web",
@@ -91,10 +85,7 @@ import Testing
     }
 
     @Test func callbackErrorsCarryFileAndLine() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath],
-                                     limits: LuaLimits(instructionBudget: 1_000_000, memoryLimitBytes: 16 << 20))
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime(limits: LuaLimits(instructionBudget: 1_000_000, memoryLimitBytes: 16 << 20))
         let file = try load(runtime, folder, """
         return {
           name = "web",
@@ -141,21 +132,8 @@ import Testing
             ("pml.cancel('1')", "pml.cancel: id must be a timer id (got string)"),
             ("pml.cancel(1.5)", "pml.cancel: id must be a timer id (got 1.5)"),
         ]
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
-        // Case i is on line i + 2.
-        let file = try load(runtime, folder, """
-        local function f() end
-        local bad = {
-        \(cases.map { "  function() \($0.lua) end," }.joined(separator: "\n"))
-        }
-        return { name = "web", bad = function(i) bad[i]() end }
-        """)
-        for (i, bad) in cases.enumerated() {
-            #expect(runtime.callHook(app: "web", hook: "bad", args: [.int(Int64(i + 1))]) ==
-                .failed("\(file.path):\(i + 3): \(bad.error)"), "\(bad.lua)")
-        }
+        let (runtime, host) = try hostedRuntime()
+        try expectEachFails(runtime, folder, cases, after: "local function f() end")
         #expect(host.timers.isEmpty && host.cancelled.isEmpty)
     }
 
@@ -181,9 +159,7 @@ import Testing
     }
 
     @Test func aReleasedCallbackCanBeCollected() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         try load(runtime, folder, """
         local kept = setmetatable({}, { __mode = "k" })
         return {
@@ -199,9 +175,7 @@ import Testing
     }
 
     @Test func metrics() throws {
-        let runtime = try LuaRuntime(libraryPaths: [repoLuaPath])
-        let host = RecordingHost()
-        runtime.host = host
+        let (runtime, host) = try hostedRuntime()
         let file = try load(runtime, folder, """
         return {
           name = "web",
