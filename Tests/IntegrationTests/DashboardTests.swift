@@ -271,22 +271,8 @@ extension Integration {
                     return { name = "probe", instances = 2, ready = "message",
                              cmd = { "sh", "-c", "sleep 1.2; echo '\\"ready\\"' >&$PML_IPC_FD; exec sleep 1000" } }
                     """)
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: box.binary)
-                p.arguments = ["run", "probe.lua"]
-                var env = ProcessInfo.processInfo.environment
-                env["PML_HOME"] = box.home
-                env["PML_METRICS_LISTEN"] = "127.0.0.1:\(port)"
-                env.removeValue(forKey: "NOTIFY_SOCKET")
-                p.environment = env
-                p.currentDirectoryURL = URL(fileURLWithPath: box.work)
-                p.standardInput = FileHandle.nullDevice
-                p.standardOutput = FileHandle.nullDevice
-                p.standardError = FileHandle.nullDevice
-                try p.run()
-                defer {
-                    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-                }
+                let run = try ChildProcess(box, box.binary, ["run", "probe.lua"], env: ["PML_METRICS_LISTEN": "127.0.0.1:\(port)"])
+                defer { if run.isRunning { kill(run.pid, SIGKILL) } }
                 let base = "http://127.0.0.1:\(port)"
                 let first = try await box.waitFor("pml run's health listener", timeout: 5, every: 50) { () -> HTTPReply? in
                     let r = HTTP.request(base + "/readyz")
@@ -302,9 +288,9 @@ extension Integration {
                 #expect(HTTP.request(base + "/readyz/probe").status == 200)
                 #expect(HTTP.request(base + "/readyz/other").status == 404)
                 #expect(HTTP.request(base + "/metrics").body.contains("pml_worker_up{app=\"probe\""))
-                kill(p.processIdentifier, SIGTERM)
-                try await box.waitFor("pml run to exit", timeout: 10) { p.isRunning ? nil : true }
-                #expect(p.terminationStatus == 0)
+                kill(run.pid, SIGTERM)
+                try await box.waitFor("pml run to exit", timeout: 10) { run.isRunning ? nil : true }
+                #expect(run.process.terminationStatus == 0)
             }
         }
     }

@@ -259,7 +259,6 @@ final class Sandbox: @unchecked Sendable {
     /// Where tests write app files, worker scripts and the files workers leave behind.
     let work: String
     let binary: String
-    private var counter = 0
 
     init() throws {
         binary = try PMLBinary.require()
@@ -287,47 +286,11 @@ final class Sandbox: @unchecked Sendable {
 
     // MARK: running pml
 
-    /// Runs `pml args...` with PML_HOME set, stdout/stderr captured in files (a daemon that
-    /// inherits them can't make us wait for EOF), stdin from /dev/null, and a timeout.
+    /// Runs `pml args...` (see `ChildProcess`) and waits for it, killing it after `timeout` s.
     @discardableResult
     func pml(_ args: [String], env extra: [String: String] = [:], cwd: String? = nil,
              timeout: Double = 20) async throws -> RunResult {
-        counter += 1
-        let outPath = "\(root)/.run\(counter).out"
-        let errPath = "\(root)/.run\(counter).err"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: outPath), let err = FileHandle(forWritingAtPath: errPath) else {
-            throw HarnessError("cannot create capture files in \(root)")
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["PML_HOME"] = home
-        for (k, v) in extra { env[k] = v }
-        p.environment = env
-        p.currentDirectoryURL = URL(fileURLWithPath: cwd ?? work)
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let deadline = nowMs() + timeout * 1000
-        var timedOut = false
-        while p.isRunning {
-            if nowMs() > deadline {
-                timedOut = true
-                kill(p.processIdentifier, SIGKILL)
-                break
-            }
-            await sleepMs(10)
-        }
-        p.waitUntilExit()
-        try? out.close()
-        try? err.close()
-        let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        return RunResult(args: args, status: p.terminationStatus, stdout: stdout, stderr: stderr, timedOut: timedOut)
+        try await ChildProcess(self, binary, args, env: extra, cwd: cwd).finish(timeout: timeout)
     }
 
     @discardableResult
@@ -496,4 +459,65 @@ func tokens(_ text: String) -> Set<String> {
     }
     if !current.isEmpty { words.insert(current) }
     return words
+}
+
+/// A program started without waiting, in the sandbox: PML_HOME set (NOTIFY_SOCKET unset unless
+/// `env` sets it), stdin from /dev/null, stdout and stderr captured in files (a daemon that
+/// inherits them can't make a reader wait for EOF).
+final class ChildProcess: @unchecked Sendable {
+    /// What `RunResult` shows: the arguments of pml, or the whole command line of another program.
+    let args: [String]
+    let process = Process()
+    let outPath: String
+    let errPath: String
+
+    init(_ box: Sandbox, _ executable: String, _ args: [String], env extra: [String: String] = [:], cwd: String? = nil) throws {
+        self.args = executable == box.binary ? args : [executable] + args
+        let tag = String(UInt64.random(in: 0..<UInt64(1) << 40), radix: 36)
+        outPath = "\(box.root)/.run-\(tag).out"
+        errPath = "\(box.root)/.run-\(tag).err"
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        guard let out = FileHandle(forWritingAtPath: outPath), let err = FileHandle(forWritingAtPath: errPath) else {
+            throw HarnessError("cannot create capture files in \(box.root)")
+        }
+        defer {
+            try? out.close()
+            try? err.close()
+        }
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        env["PML_HOME"] = box.home
+        env.removeValue(forKey: "NOTIFY_SOCKET")
+        for (k, v) in extra { env[k] = v }
+        process.environment = env
+        process.currentDirectoryURL = URL(fileURLWithPath: cwd ?? box.work)
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
+
+    /// Waits for exit (SIGKILL after `timeout` s). `status` is the exit code, or 128+signal.
+    func finish(timeout: Double = 30) async -> RunResult {
+        let deadline = nowMs() + timeout * 1000
+        var timedOut = false
+        while process.isRunning {
+            if nowMs() > deadline {
+                timedOut = true
+                kill(process.processIdentifier, SIGKILL)
+                break
+            }
+            await sleepMs(10)
+        }
+        process.waitUntilExit()
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return RunResult(args: args, status: status, stdout: stdout, stderr: stderr, timedOut: timedOut)
+    }
 }

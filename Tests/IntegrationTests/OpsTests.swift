@@ -11,61 +11,6 @@ import Glibc
 
 // MARK: - Helpers (private to this file)
 
-/// Any program started without waiting (timeout, unshare, pml run), output captured in files.
-private final class OpsChild: @unchecked Sendable {
-    let args: [String]
-    let process = Process()
-    let outPath: String
-    let errPath: String
-
-    init(_ box: Sandbox, _ executable: String, _ args: [String], env extra: [String: String] = [:]) throws {
-        self.args = [executable] + args
-        let tag = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
-        outPath = "\(box.root)/.ops-\(tag).out"
-        errPath = "\(box.root)/.ops-\(tag).err"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: outPath), let err = FileHandle(forWritingAtPath: errPath) else {
-            throw HarnessError("cannot create capture files in \(box.root)")
-        }
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["PML_HOME"] = box.home
-        env.removeValue(forKey: "NOTIFY_SOCKET")
-        for (k, v) in extra { env[k] = v }
-        process.environment = env
-        process.currentDirectoryURL = URL(fileURLWithPath: box.work)
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        try? out.close()
-        try? err.close()
-    }
-
-    var pid: Int32 { process.processIdentifier }
-    var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
-    var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
-
-    /// Waits for exit (SIGKILL after `timeout` s). `status` is the exit code, or 128+signal.
-    func finish(timeout: Double) async -> RunResult {
-        let deadline = nowMs() + timeout * 1000
-        var timedOut = false
-        while process.isRunning {
-            if nowMs() > deadline {
-                timedOut = true
-                kill(process.processIdentifier, SIGKILL)
-                break
-            }
-            await sleepMs(10)
-        }
-        process.waitUntilExit()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return RunResult(args: args, status: status, stdout: stdout, stderr: stderr, timedOut: timedOut)
-    }
-}
-
 private enum Ops {
     /// A bound unix datagram socket (the test's own NOTIFY_SOCKET). Returns the fd.
     static func bindDatagram(_ path: String) throws -> Int32 {
@@ -233,7 +178,7 @@ extension Integration {
                 let notify = box.work + "/d.sock"
                 let fd = try Ops.bindDatagram(notify)
                 defer { close(fd) }
-                let daemon = try OpsChild(box, box.binary, ["daemon", "--resurrect"], env: ["NOTIFY_SOCKET": notify])
+                let daemon = try ChildProcess(box, box.binary, ["daemon", "--resurrect"], env: ["NOTIFY_SOCKET": notify])
                 let rows = try await box.waitOnline("gamma", count: 2)
                 #expect(rows.count == 2)
                 var messages: [String] = []
@@ -262,7 +207,7 @@ extension Integration {
                 try box.write("run.lua", """
                     return { name = "runner", instances = 2, cmd = { "sh", "-c", \(lua(script)) } }
                     """)
-                let child = try OpsChild(box, timeout, ["--preserve-status", "-s", "TERM", "2", box.binary, "run", "run.lua"])
+                let child = try ChildProcess(box, timeout, ["--preserve-status", "-s", "TERM", "2", box.binary, "run", "run.lua"])
                 var workers: [Int32] = []
                 try await box.waitFor("both workers running", timeout: 5) {
                     workers = Proc.pids(withCommandLine: marker)
@@ -304,7 +249,7 @@ extension Integration {
                       { name = "good", cmd = { "sh", "-c", \(lua(": \(marker); sleep 1000; :")) } },
                     }
                     """)
-                let child = try OpsChild(box, box.binary, ["run", "mixed.lua"])
+                let child = try ChildProcess(box, box.binary, ["run", "mixed.lua"])
                 try await box.waitFor("good running", timeout: 5) { Proc.pids(withCommandLine: marker).isEmpty ? nil : true }
                 await sleepMs(700)
                 #expect(child.process.isRunning, "pml run keeps supervising the good app:\n\(child.stderr)")
@@ -322,7 +267,7 @@ extension Integration {
                 try box.write("fg.lua", """
                     return { name = "fg", cmd = { "sh", "-c", \(lua(": \(marker); while :; do sleep 0.1; done")) } }
                     """)
-                let child = try OpsChild(box, box.binary, ["run", "fg.lua"])
+                let child = try ChildProcess(box, box.binary, ["run", "fg.lua"])
                 let worker = try await box.waitFor("pml run's worker", timeout: 5) { Proc.pids(withCommandLine: marker).first }
                 let ls = try await box.pml("ls")   // starts a daemon in the same home
                 #expect(ls.ok, "\(ls)")
@@ -353,7 +298,7 @@ extension Integration {
                 try box.write("rdy.lua", """
                     return { name = "rdy", instances = 2, ready = "message", cmd = { "sh", "-c", \(lua(script)) } }
                     """)
-                let child = try OpsChild(box, box.binary, ["run", "rdy.lua"], env: ["NOTIFY_SOCKET": notify])
+                let child = try ChildProcess(box, box.binary, ["run", "rdy.lua"], env: ["NOTIFY_SOCKET": notify])
                 var messages: [String] = []
                 var markersAtReady: [Bool] = []
                 try await box.waitFor("READY=1 on the test's NOTIFY_SOCKET", timeout: 10, every: 20) {
@@ -397,7 +342,7 @@ extension Integration {
                 try box.write("pid1.lua", """
                     return { name = "p1", cmd = { "sh", "-c", \(lua(script)) } }
                     """)
-                let child = try OpsChild(box, unshare, ["--fork", "--pid", "--mount-proc", box.binary, "run", "pid1.lua"])
+                let child = try ChildProcess(box, unshare, ["--fork", "--pid", "--mount-proc", box.binary, "run", "pid1.lua"])
                 try await box.waitFor("the worker's second process listing", timeout: 10) {
                     Ops.prefixed("p1", child.stdout).contains("PSEND") ? true : nil
                 }

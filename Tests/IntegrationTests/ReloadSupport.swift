@@ -1,6 +1,6 @@
 // Helpers for the reload tests (ReloadTests.swift): the worker programs they run (`/` and a
-// 300 ms `/slow`) and a `pml` run in the background (for "a second reload while the first runs").
-// Requests and load: HTTPClient.swift and LoadGenerator.swift.
+// 300 ms `/slow`). Requests and load: HTTPClient.swift and LoadGenerator.swift; a `pml` in the
+// background: ChildProcess (Harness.swift).
 
 import Foundation
 import Testing
@@ -90,61 +90,6 @@ enum ReloadFixture {
             time.sleep(1)
 
         """#
-}
-
-// MARK: - pml in the background
-
-/// `pml args...` started without waiting, for a command that must still be running while the
-/// test does something else. Owns its capture files (the sandbox's own counter is not shared).
-final class BackgroundPML: @unchecked Sendable {
-    let args: [String]
-    private let process = Process()
-    private let outPath: String
-    private let errPath: String
-
-    init(_ box: Sandbox, _ args: [String]) throws {
-        self.args = args
-        let tag = String(UInt32.random(in: 0..<UInt32.max), radix: 36)
-        outPath = "\(box.root)/.bg-\(tag).out"
-        errPath = "\(box.root)/.bg-\(tag).err"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: outPath), let err = FileHandle(forWritingAtPath: errPath) else {
-            throw HarnessError("cannot create capture files in \(box.root)")
-        }
-        process.executableURL = URL(fileURLWithPath: box.binary)
-        process.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["PML_HOME"] = box.home
-        process.environment = env
-        process.currentDirectoryURL = URL(fileURLWithPath: box.work)
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        try? out.close()
-        try? err.close()
-    }
-
-    var isRunning: Bool { process.isRunning }
-
-    /// Waits for the command (killing it after `timeout` s) and returns what it did.
-    func finish(timeout: Double = 30) async -> RunResult {
-        let deadline = nowMs() + timeout * 1000
-        var timedOut = false
-        while process.isRunning {
-            if nowMs() > deadline {
-                timedOut = true
-                kill(process.processIdentifier, SIGKILL)
-                break
-            }
-            await sleepMs(10)
-        }
-        process.waitUntilExit()
-        let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        return RunResult(args: args, status: process.terminationStatus, stdout: stdout, stderr: stderr, timedOut: timedOut)
-    }
 }
 
 // MARK: - Sandbox helpers for reloads

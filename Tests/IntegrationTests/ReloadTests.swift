@@ -370,7 +370,7 @@ extension Integration {
                 _ = try box.answers(port: port, count: 4)
 
                 let t0 = nowMs()
-                let bg = try BackgroundPML(box, ["reload", "par", "--graceful", "--parallel", "2"])
+                let bg = try ChildProcess(box, box.binary, ["reload", "par", "--graceful", "--parallel", "2"])
                 // Watch the table while it runs; ask for a second reload once replacements are starting.
                 var maxStarting = 0
                 var maxRows = 0

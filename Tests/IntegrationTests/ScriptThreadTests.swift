@@ -136,24 +136,9 @@ extension Integration {
                       onCrash = function(w, e) pml.log("FG-CRASH " .. w.restarts) end,
                     }
                     """)
-                let output = box.root + "/fg.out"
-                _ = FileManager.default.createFile(atPath: output, contents: nil)
-                let sink = try #require(FileHandle(forWritingAtPath: output))
-                let run = Process()
-                run.executableURL = URL(fileURLWithPath: box.binary)
-                run.arguments = ["run", "fg.lua"]
-                var env = ProcessInfo.processInfo.environment
-                env["PML_HOME"] = box.home
-                env.removeValue(forKey: "NOTIFY_SOCKET")
-                run.environment = env
-                run.currentDirectoryURL = URL(fileURLWithPath: box.work)
-                run.standardInput = FileHandle.nullDevice
-                run.standardOutput = sink
-                run.standardError = sink
-                try run.run()
-                try? sink.close()
-                defer { if run.isRunning { kill(run.processIdentifier, SIGKILL) } }
-                func text() -> String { box.read(output) }
+                let run = try ChildProcess(box, box.binary, ["run", "fg.lua"])
+                defer { if run.isRunning { kill(run.pid, SIGKILL) } }
+                func text() -> String { run.stdout + run.stderr }
 
                 // While the state is stuck the restart decision falls back to the default: restarts go on.
                 try await box.waitFor("a fallback decision while onStart is stuck\n\(text().suffix(2000))", timeout: 15) {
@@ -167,7 +152,7 @@ extension Integration {
                     text().contains("FG-CRASH") ? true : nil
                 }
                 #expect(text().components(separatedBy: "restarting in").count - 1 >= 2, "restarts went on:\n\(text().suffix(2000))")
-                kill(run.processIdentifier, SIGTERM)
+                kill(run.pid, SIGTERM)
                 let deadline = nowMs() + 15_000
                 while run.isRunning && nowMs() < deadline { await sleepMs(50) }
                 #expect(!run.isRunning, "pml run ends on SIGTERM")
