@@ -47,24 +47,7 @@ extension Integration {
             def send(value):
                 ipc.sendall((json.dumps(value) + "\n").encode())
 
-            def serve(conn):
-                conn.settimeout(5)
-                try:
-                    request = b""
-                    while b"\r\n\r\n" not in request and len(request) < 65536:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        request += chunk
-                    if SERVE_MS:
-                        time.sleep(SERVE_MS / 1000.0)
-                    body = ("hello from %d\n" % PID).encode()
-                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                except OSError as e:
-                    print("serve failed: %r" % e, file=sys.stderr, flush=True)
-                finally:
-                    conn.close()
+            \#(ClusterFixture.pythonRespond)
 
             if os.environ.get("FX_PIDS"):
                 with open(os.environ["FX_PIDS"], "a") as f:
@@ -102,7 +85,7 @@ extension Integration {
                                 continue
                             conn = socket.socket(fileno=fds.pop(0))
                             send({"cmd": "NODE_HANDLE_ACK"})
-                            serve(conn)
+                            respond(conn, SERVE_MS)
                         elif message == "shutdown" or (isinstance(message, dict) and message.get("type") == "shutdown"):
                             stopping = True
                 elif stopping:

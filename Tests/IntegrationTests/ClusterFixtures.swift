@@ -53,22 +53,7 @@ enum ClusterFixture {
         def send(value):
             ipc.sendall((json.dumps(value) + "\n").encode())
 
-        def serve(conn):
-            conn.settimeout(5)
-            try:
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                body = ("hello from %d\n" % PID).encode()
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            except OSError as e:
-                print("serve failed: %r" % e, file=sys.stderr, flush=True)
-            finally:
-                conn.close()
+        \#(pythonRespond)
 
         if os.environ.get("FX_PIDS"):
             with open(os.environ["FX_PIDS"], "a") as f:
@@ -124,7 +109,7 @@ enum ClusterFixture {
                         os._exit(1)          # holding the connection, never ACKed
                     conn = socket.socket(fileno=fds.pop(0))
                     send({"cmd": "NODE_HANDLE_ACK"})
-                    serve(conn)
+                    respond(conn)
                 elif message == "shutdown" or (isinstance(message, dict) and message.get("type") == "shutdown"):
                     sys.exit(0)
                 else:
@@ -217,10 +202,12 @@ enum ClusterFixture {
                     respond(conn)
         """#
 
-    /// Python: `respond(conn)` answers one HTTP request with "hello from <PID>"; `accept_loop(fd)`
-    /// accepts on an inherited (non-blocking) listening socket for ever. Needs PID, select, socket.
-    static let pythonAcceptLoop = #"""
-        def respond(conn):
+    /// Python, at top level: `respond(conn, delay_ms=0)` reads one HTTP request head and answers
+    /// "hello from <PID>" (after `delay_ms`), then closes. Needs PID.
+    static let pythonRespond = #"""
+        import sys, time
+
+        def respond(conn, delay_ms=0):
             conn.settimeout(5)
             try:
                 request = b""
@@ -229,12 +216,21 @@ enum ClusterFixture {
                     if not chunk:
                         break
                     request += chunk
+                if delay_ms:
+                    time.sleep(delay_ms / 1000.0)
                 body = ("hello from %d\n" % PID).encode()
-                conn.sendall(b"HTTP/1.0 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            except OSError:
-                pass
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            except OSError as e:
+                print("respond failed: %r" % e, file=sys.stderr, flush=True)
             finally:
                 conn.close()
+        """#
+
+    /// Python, at top level: `respond` (above), and `accept_loop(fd)`, which accepts on an inherited
+    /// (non-blocking) listening socket for ever and answers each connection. Needs PID, select, socket.
+    static let pythonAcceptLoop = #"""
+        \#(pythonRespond)
 
         def accept_loop(fd):
             sock = socket.socket(fileno=fd)

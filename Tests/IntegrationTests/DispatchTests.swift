@@ -104,18 +104,11 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
                 try await box.pmlOK("start", file)
-                var pids = Reload.pids(try await box.waitServing("rp", count: 3))
+                let first = Reload.pids(try await box.waitServing("rp", count: 3))
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 2)
                 await sleepMs(500)
-                for round in 1...3 {
-                    let r = try await box.pml(["reload", "rp", "--graceful"], timeout: 40)
-                    #expect(r.ok, "reload \(round):\n\(r)")
-                    let now = Reload.pids(try await box.waitServing("rp", count: 3))
-                    #expect(now.isDisjoint(with: pids), "reload \(round) replaced every worker")
-                    pids = now
-                    await sleepMs(400)
-                }
+                let pids = try await box.gracefulReloads("rp", count: 3, replacing: first, pauseMs: 400)
                 let samples = await load.stop()
                 #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
                 #expect(samples.count > 60, "the load ran: \(samples.summary())")

@@ -184,19 +184,12 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr")
                 try await box.pmlOK("start", file)
-                var pids = Reload.pids(try await box.waitServing("web", count: 2))
+                let pids = Reload.pids(try await box.waitServing("web", count: 2))
                 try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 1)
                 await sleepMs(400)
-                for round in 1...3 {
-                    let r = try await box.pml(["reload", "web", "--graceful"], timeout: 40)
-                    #expect(r.ok, "reload \(round):\n\(r)")
-                    let now = Reload.pids(try await box.waitServing("web", count: 2))
-                    #expect(now.isDisjoint(with: pids), "reload \(round) replaced every worker")
-                    pids = now
-                    await sleepMs(300)
-                }
+                try await box.gracefulReloads("web", count: 2, replacing: pids, pauseMs: 300)
                 let samples = await load.stop()
                 #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
                 #expect(samples.count > 30, "\(samples.summary())")

@@ -100,6 +100,23 @@ extension Sandbox {
         Set(try await rows(app).compactMap(\.pid))
     }
 
+    /// `rounds` graceful reloads of `app`, `pauseMs` apart: each must succeed and replace every one
+    /// of its `count` workers (`pids` before the first), which serve again. The pids after the last.
+    @discardableResult
+    func gracefulReloads(_ app: String, count: Int, replacing pids: Set<Int32>, rounds: Int = 3, pauseMs: Int,
+                         sourceLocation: SourceLocation = #_sourceLocation) async throws -> Set<Int32> {
+        var pids = pids
+        for round in 1...rounds {
+            let r = try await pml(["reload", app, "--graceful"], timeout: 40)
+            #expect(r.ok, "reload \(round):\n\(r)", sourceLocation: sourceLocation)
+            let now = Set(try await waitServing(app, count: count).compactMap(\.pid))
+            #expect(now.isDisjoint(with: pids), "reload \(round) replaced every worker", sourceLocation: sourceLocation)
+            pids = now
+            await sleepMs(pauseMs)
+        }
+        return pids
+    }
+
     /// Replaces `old` with `new` in the file at `path` (which must contain it).
     func edit(_ path: String, replacing old: String, with new: String) throws {
         let text = read(path)
