@@ -10,13 +10,25 @@ import Glibc
 extension Integration {
     @Suite("App files and hooks")
     struct AppFiles {
+        /// A Lua `cmd` that appends a line to <work>/ran when it starts, then sleeps.
+        static func marksRan(_ box: Sandbox) -> String {
+            #"{ "sh", "-c", "echo started >> \#(box.work)/ran; exec sleep 1000" }"#
+        }
+
+        /// Nothing in `pml ls`, and no `marksRan` worker ran (given 300 ms to show).
+        static func expectNothingRan(_ box: Sandbox, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+            #expect(try await box.ls().isEmpty, "nothing was started", sourceLocation: sourceLocation)
+            await sleepMs(300)
+            #expect(box.read("ran").isEmpty, "no worker ran", sourceLocation: sourceLocation)
+        }
+
         @Test("a syntax error: non-zero exit, file:line in the message, nothing started")
         func syntaxError() async throws {
             try await withSandbox { box in
                 let text = """
                     return {
                       name = "broken",
-                      cmd = { "sh", "-c", "echo started >> \(box.work)/ran; exec sleep 1000" }
+                      cmd = \(Self.marksRan(box))
                       instances = 2,
                     }
                     """
@@ -32,9 +44,7 @@ extension Integration {
                 let rel = try await box.pml("start", "broken.lua")
                 rel.expectCleanFailure(mentioning: ["broken.lua:4"])
 
-                #expect(try await box.ls().isEmpty, "nothing was started")
-                await sleepMs(300)
-                #expect(box.read("ran").isEmpty, "no worker ran")
+                try await Self.expectNothingRan(box)
             }
         }
 
@@ -44,7 +54,7 @@ extension Integration {
                 let typo = try box.write("typo.lua", """
                     return {
                       name = "typo",
-                      cmd = { "sh", "-c", "echo started >> \(box.work)/ran; exec sleep 1000" },
+                      cmd = \(Self.marksRan(box)),
                       instanse = 2,
                     }
                     """)
@@ -63,15 +73,13 @@ extension Integration {
                 // A bad value type is an error too, and an ecosystem with one bad app starts none.
                 let eco = try box.write("eco.lua", """
                     return {
-                      { name = "good", cmd = { "sh", "-c", "echo started >> \(box.work)/ran; exec sleep 1000" } },
+                      { name = "good", cmd = \(Self.marksRan(box)) },
                       { name = "bad", cmd = { "sleep", "1000" }, instances = "lots" },
                     }
                     """)
                 try await box.pml("start", eco).expectCleanFailure(mentioning: ["eco.lua"])
 
-                #expect(try await box.ls().isEmpty, "nothing was started")
-                await sleepMs(300)
-                #expect(box.read("ran").isEmpty, "no worker ran")
+                try await Self.expectNothingRan(box)
             }
         }
 
@@ -80,16 +88,14 @@ extension Integration {
             try await withSandbox { box in
                 let file = try box.write("ok.lua", """
                     return {
-                      { name = "alpha", cmd = { "sh", "-c", "echo started >> \(box.work)/ran; exec sleep 1000" } },
+                      { name = "alpha", cmd = \(Self.marksRan(box)) },
                       { name = "beta", cmd = "sleep 1000", instances = 2, onCrash = function() return false end },
                     }
                     """)
                 let r = try await box.pml("check", file)
                 #expect(r.ok, "\(r)")
                 #expect(r.stdout.contains("alpha") && r.stdout.contains("beta"), "\(r)")
-                await sleepMs(300)
-                #expect(box.read("ran").isEmpty, "check starts nothing")
-                #expect(try await box.ls().isEmpty, "check starts nothing")
+                try await Self.expectNothingRan(box)
             }
         }
 

@@ -52,8 +52,7 @@ extension Integration {
         func httpContract() async throws {
             try await withSandbox { box in
                 let metrics = try Net.freePort()
-                try FileManager.default.createDirectory(atPath: box.home, withIntermediateDirectories: true)
-                try #"{"metrics_listen": "127.0.0.1:\#(metrics)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try box.writeConfig(#"{"metrics_listen": "127.0.0.1:\#(metrics)"}"#)
                 try await box.pmlOK("start", "--name", "d", "-i", "2", "--", "sleep", "1000")
                 _ = try await box.waitOnline("d", count: 2)
                 let served = try await Self.dashboard(box)
@@ -126,7 +125,7 @@ extension Integration {
 
                 // Only loopback: another address is refused in one line, and nothing is served.
                 try await box.pmlOK("kill")
-                try #"{"dashboard_listen": "0.0.0.0:\#(served.port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try box.writeConfig(#"{"dashboard_listen": "0.0.0.0:\#(served.port)"}"#)
                 let refused = try await box.pml("dashboard")
                 refused.expectCleanFailure(mentioning: ["must be a loopback address"])
                 #expect(HTTP.request(served.base + "/healthz").status == 0, "nothing listens")

@@ -128,7 +128,15 @@ final class RawConnection: @unchecked Sendable {
         var whole = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &whole, socklen_t(MemoryLayout<timeval>.size))
         if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
-        var rc: Int32 = -1
+        // The address in a sockaddr_storage, for one connect call whatever the family.
+        var address = sockaddr_storage()
+        func store<Address>(_ a: Address) -> socklen_t {
+            withUnsafeMutableBytes(of: &address) { dst in
+                withUnsafeBytes(of: a) { dst.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            }
+            return socklen_t(MemoryLayout<Address>.size)
+        }
+        let length: socklen_t
         switch endpoint {
         case .tcp(let host, let port) where family == AF_INET6:
             var a = sockaddr_in6()
@@ -137,9 +145,7 @@ final class RawConnection: @unchecked Sendable {
             guard inet_pton(AF_INET6, host, &a.sin6_addr) == 1 else {
                 close(fd); throw RequestFailure(description: "bad IPv6 literal \(host)")
             }
-            rc = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
+            length = store(a)
         case .tcp(let host, let port):
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
@@ -147,9 +153,7 @@ final class RawConnection: @unchecked Sendable {
             guard inet_pton(AF_INET, host, &a.sin_addr) == 1 else {
                 close(fd); throw RequestFailure(description: "bad IPv4 literal \(host)")
             }
-            rc = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            length = store(a)
         case .unix(let path):
             var a = sockaddr_un()
             a.sun_family = sa_family_t(AF_UNIX)
@@ -160,9 +164,10 @@ final class RawConnection: @unchecked Sendable {
             withUnsafeMutableBytes(of: &a.sun_path) { raw in
                 for (i, b) in bytes.enumerated() { raw[i] = b }
             }
-            rc = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
+            length = store(a)
+        }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
         }
         if rc != 0 {
             let e = errnoText()

@@ -391,6 +391,12 @@ final class Sandbox: @unchecked Sendable {
         return path
     }
 
+    /// Writes `json` as PML_HOME/config.json (creating PML_HOME if need be), read by the next daemon.
+    func writeConfig(_ json: String) throws {
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        try json.write(toFile: home + "/config.json", atomically: true, encoding: .utf8)
+    }
+
     func read(_ path: String) -> String {
         (try? String(contentsOfFile: path.hasPrefix("/") ? path : work + "/" + path, encoding: .utf8)) ?? ""
     }

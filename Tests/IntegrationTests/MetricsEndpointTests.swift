@@ -13,8 +13,7 @@ extension Integration {
         func servesOnLoopback() async throws {
             try await withSandbox { box in
                 let port = try Net.freePort()
-                try FileManager.default.createDirectory(atPath: box.home, withIntermediateDirectories: true)
-                try #"{"metrics_listen": "127.0.0.1:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try box.writeConfig(#"{"metrics_listen": "127.0.0.1:\#(port)"}"#)
                 try await box.pmlOK("start", "--name", "m", "-i", "2", "--", "sleep", "1000")
                 let rows = try await box.waitOnline("m", count: 2)
                 let scraped = try await box.waitFor("the metrics endpoint") { () -> String? in
@@ -37,7 +36,7 @@ extension Integration {
                 #expect(families(cli.stdout) == families(scraped), "the endpoint and pml metrics expose the same families")
 
                 try await box.pmlOK("kill")
-                try #"{"metrics_listen": "0.0.0.0:\#(port)"}"#.write(toFile: box.home + "/config.json", atomically: true, encoding: .utf8)
+                try box.writeConfig(#"{"metrics_listen": "0.0.0.0:\#(port)"}"#)
                 try await box.pmlOK("ping")
                 let log = box.read(box.daemonLog)
                 #expect(log.contains("must be a loopback address"), "a public address is refused:\n\(log.suffix(400))")
