@@ -39,8 +39,8 @@ enum ScriptCPU {
 
     static let groupName = "pml-scripts"
     /// The scripts cgroup's weight (a sibling process group weighs 1024). On 2 saturated cores here
-    /// cpu.idle (weight 3) delayed a 0.1 ms wake-up of a thread in it by 300 ms (p99), 64 by 10 ms,
-    /// and a burning script at 64 left the apps' latency as it was (Benchmarks/README.md, chaos).
+    /// cpu.idle (weight 3) delayed a 0.1 ms wake-up of a thread in it by 300 ms (p99), 64 by 10 ms;
+    /// at 64 a looping script got a sixteenth of a CPU it shared with a spinning worker.
     static let shares = 64
     /// A thread that used 300 ms of CPU within about a second burns: far above ordinary hooks
     /// (microseconds) and above one heavy hook (1.5 GiB of pml.log in 1 MiB lines: 190 ms in a debug
