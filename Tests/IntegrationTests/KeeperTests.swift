@@ -44,23 +44,6 @@ private enum Keeping {
         try JSONDecoder().decode([Row].self, from: Data(json.utf8)).filter { $0.name == app }.sorted { $0.instance < $1.instance }
     }
 
-    /// Runs `executable args…` to completion with PML_HOME (and `env`) set; its status.
-    static func run(_ box: Sandbox, _ executable: String, _ args: [String], env: [String: String]) -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        var all = ProcessInfo.processInfo.environment
-        all["PML_HOME"] = box.home
-        for (k, v) in env { all[k] = v }
-        p.environment = all
-        p.currentDirectoryURL = URL(fileURLWithPath: box.work)
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        do { try p.run() } catch { return -1 }
-        p.waitUntilExit()
-        return p.terminationStatus
-    }
 
     /// True if something accepts TCP connections on 127.0.0.1:port.
     static func connects(_ port: Int) -> Bool {
@@ -213,7 +196,9 @@ extension Integration {
                 try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
                 try FileManager.default.copyItem(atPath: box.binary, toPath: bin + "/pml")
                 let env = ["PML_LUA_PATH": PMLBinary.packageRoot.appendingPathComponent("lua").path]
-                #expect(Keeping.run(box, bin + "/pml", ["start", "--name", "s", "-i", "2", "--", "sleep", "2351"], env: env) == 0)
+                let started = try await ChildProcess(box, bin + "/pml", ["start", "--name", "s", "-i", "2", "--", "sleep", "2351"], env: env)
+                    .finish(timeout: 20)
+                #expect(started.ok, "\(started)")
                 let before = try await box.waitOnline("s", count: 2)
                 let daemon = try #require(box.daemonPid)
                 try "#!/bin/sh\necho broken >&2\nexit 3\n".write(toFile: bin + "/pml.new", atomically: false, encoding: .utf8)

@@ -161,31 +161,19 @@ extension Integration {
                 #expect(everything.stdout.contains("out-line-20"), "pml logs without a name shows every app:\n\(everything)")
 
                 // pml logs streams by default (as pm2 logs): start it, then make the worker print a new line.
-                let followOut = box.root + "/follow.out"
-                _ = FileManager.default.createFile(atPath: followOut, contents: nil)
-                let follower = Process()
-                follower.executableURL = URL(fileURLWithPath: box.binary)
-                follower.arguments = ["logs", "talk"]
-                var env = ProcessInfo.processInfo.environment
-                env["PML_HOME"] = box.home
-                follower.environment = env
-                follower.standardInput = FileHandle.nullDevice
-                let fh = try #require(FileHandle(forWritingAtPath: followOut))
-                follower.standardOutput = fh
-                follower.standardError = fh
-                try follower.run()
+                let follower = try ChildProcess(box, box.binary, ["logs", "talk"])
                 defer {
-                    if follower.isRunning { kill(follower.processIdentifier, SIGKILL) }
-                    follower.waitUntilExit()
-                    try? fh.close()
+                    if follower.isRunning { kill(follower.pid, SIGKILL) }
+                    follower.process.waitUntilExit()
                 }
+                func followed() -> String { follower.stdout + follower.stderr }
                 try await box.waitFor("pml logs to print the existing tail") {
-                    box.read(followOut).contains("out-line-20") ? true : nil
+                    followed().contains("out-line-20") ? true : nil
                 }
-                #expect(follower.isRunning, "pml logs keeps running:\n\(box.read(followOut))")
+                #expect(follower.isRunning, "pml logs keeps running:\n\(followed())")
                 try box.write("trigger", "go")
                 try await box.waitFor("pml logs to print a line written later") {
-                    box.read(followOut).contains("late-line-after-trigger") ? true : nil
+                    followed().contains("late-line-after-trigger") ? true : nil
                 }
 
                 try await box.pmlOK("flush", "talk")
