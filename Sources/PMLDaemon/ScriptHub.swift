@@ -34,7 +34,8 @@ final class ScriptHub {
     let snapshot = ScriptSnapshotBox()
     /// Called with each command a script sends (pml.send, pml.log, a failed hook, ...).
     var onCommand: ((ScriptCommand) -> Void)?
-    /// Called after a stuck owner got a fresh thread: its scripts need loading again.
+    /// Called after a stuck owner lost its state, and again when a fresh thread could be started
+    /// only later (the stuck-thread caps): its scripts need loading again.
     var onRestarted: ((ScriptOwner) -> Void)?
     /// Called once before the jobs of a turn are posted: the supervisor publishes its snapshot.
     var beforePost: (() -> Void)?
@@ -56,6 +57,9 @@ final class ScriptHub {
     private var leaving: [ScriptThread] = []
     /// What happened to each owner's state, for `pml describe`.
     private var restarts: [ScriptOwner: (count: Int, last: String)] = [:]
+    /// Owners whose state was replaced and not loaded again yet (no thread could start then): the
+    /// next thread started for one loads its scripts first, or its apps would run without hooks.
+    private var toLoad = StatesToLoad<ScriptOwner>()
     private var lastQueueFullNote: [ScriptOwner: Int] = [:]
     /// Jobs posted during this turn of the loop, sent after it behind one snapshot: building it
     /// (every app, worker and metric) once per turn, not once per hook.
@@ -147,6 +151,7 @@ final class ScriptHub {
 
     /// Ends the owner's thread after the jobs already queued; requests still waiting on it get nil.
     func stop(_ owner: ScriptOwner) {
+        toLoad.forget(owner) // nobody needs its scripts any more
         guard let entry = threads.removeValue(forKey: owner) else { return }
         flush() // what was posted before the stop runs before it
         // Its history goes with it: a later app from the same file starts with a clean `describe`.
@@ -225,6 +230,10 @@ final class ScriptHub {
             return nil
         }
         armWatchdog()
+        if toLoad.started(owner) {
+            logger.info("scripts of \(owner): a script thread could start again; loading its scripts")
+            onRestarted?(owner) // its evaluation is queued ahead of what asked for the thread
+        }
         return threads[owner]?.thread
     }
 
@@ -329,6 +338,8 @@ final class ScriptHub {
         logger.error("scripts of \(owner): \(label) ran \(ms) ms (budget \(timeouts.callBudgetMs) ms), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
         // Decisions that waited on the lost state take their defaults now.
         for answer in pending.drop(where: { $0.owner == owner }) { answer(nil) }
-        onRestarted?(owner)
+        toLoad.lose(owner)
+        onRestarted?(owner) // starts the fresh thread unless a cap refuses it
+        toLoad.loaded(owner)
     }
 }
