@@ -1,7 +1,7 @@
 // Dispatch modes beyond rr (issue 12): `reuseport` (one SO_REUSEPORT socket per worker slot, held
 // by pml, which accepts on a slot itself while it has no worker) and `least-busy` (rr to the
 // worker with the fewest open connections). Real daemons, real Node and Python workers, real
-// sockets; the load and request helpers come from ClusterSupport.swift and ReloadSupport.swift.
+// sockets; requests and load come from HTTPClient.swift and LoadGenerator.swift.
 
 import Foundation
 import Testing
