@@ -97,6 +97,11 @@
   let creditQueued = false;
   const handoffFD = Number(env.PML_HANDOFF_FD);
   delete env.PML_HANDOFF_FD;
+  function flushCredits() {
+    if (creditQueued && creditQueued !== 'turn') clearTimeout(creditQueued);
+    creditQueued = false;
+    if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
+  }
   function openHandoff() {
     if (handoff || !(handoffFD > 2)) return;
     try {
@@ -121,13 +126,15 @@
         const socket = new net.Socket({ handle: h, readable: true, writable: true });
         const server = routeFor({ address: key });
         if (server) deliver(server, socket); else socket.destroy();
+        // Credited 4 at a time (pml reads credits only once half its window is used), and the
+        // rest after 10 ms: one write per few connections, not one per connection.
         credits++;
-        if (creditQueued) return;
-        creditQueued = true;
-        setImmediate(() => {
-          creditQueued = false;
-          if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
-        });
+        if (credits >= 4) {
+          if (creditQueued !== 'turn') { if (creditQueued) clearTimeout(creditQueued); creditQueued = 'turn'; setImmediate(flushCredits); }
+        } else if (!creditQueued) {
+          creditQueued = setTimeout(flushCredits, 10);
+          creditQueued.unref();
+        }
       };
       pipe.readStart();
       pipe.unref(); // the IPC channel keeps the process alive while servers listen
