@@ -118,9 +118,6 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// Credits left: connections pml may still send the worker before it credits some back.
     public func credits(of worker: Int) -> Int { credits[worker] ?? 0 }
 
-    /// The window the worker granted (0: none).
-    public func window(of worker: Int) -> Int { window[worker] ?? 0 }
-
     /// One more connection of `listener` for a worker that was just chosen by `next` (a batch of
     /// several fds in one message); false if it has no credit left.
     public mutating func take(worker: Int, listener: Int) -> Bool {

@@ -129,10 +129,6 @@ final class ConnectionRouter {
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
     /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel.
     var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
-    /// Whether the loop reads `worker`'s credits (true once they ran out; see HandoffChannel.watch).
-    var watchCredits: (_ worker: Int, _ on: Bool) -> Void = { _, _ in }
-    /// Reads the credits `worker` wrote so far, without waiting (HandoffChannel.takeCredits).
-    var takeCredits: (_ worker: Int) -> Int = { _ in 0 }
     /// Native handoff: pml's copies of what each worker has not credited back yet, and how many
     /// fds it takes per message.
     private var held: [Int: HeldHandles] = [:]
@@ -293,35 +289,17 @@ final class ConnectionRouter {
         if held[worker] == nil { held[worker] = HeldHandles(capacity: HandoffRecord.maxWindow) }
         maxFDs[worker] = m
         dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.count ?? 0)
-        watchCredits(worker, dispatcher.credits(of: worker) == 0)
         drain()
     }
 
     /// The worker credited back `n` connections: it owns them; pml's oldest copies are closed.
     func credited(worker: Int, _ n: Int) {
-        release(worker: worker, n)
-        watchCredits(worker, dispatcher.credits(of: worker) == 0)
-        drain()
-    }
-
-    /// Closes pml's `n` oldest copies of what `worker` credited, and gives the credits back.
-    private func release(worker: Int, _ n: Int) {
         for _ in 0..<n {
             guard let e = held[worker]?.pop() else { break }
             closeFD(e.fd)
         }
         dispatcher.returned(worker: worker, n)
-    }
-
-    /// Credits are taken in passing when half the window is left and when none is (one read gets
-    /// every credit line written meanwhile); only a worker left without credits is watched by the
-    /// loop, so the daemon is not woken per credit line.
-    private func takeCreditsIfLow(_ worker: Int) {
-        let left = dispatcher.credits(of: worker)
-        guard left == 0 || left == dispatcher.window(of: worker) / 2 else { return }
-        let n = takeCredits(worker)
-        if n > 0 { release(worker: worker, n) }
-        if dispatcher.credits(of: worker) == 0 { watchCredits(worker, true) }
+        drain()
     }
 
     /// The worker's handoff channel closed (it closed its end, or was cut off): what it was not
@@ -458,7 +436,6 @@ final class ConnectionRouter {
                 if held[worker]?.push(batch[i], listener: listener.id, atMs: now) != true { closeFD(batch[i]) }
                 onDispatched(worker)
             }
-            takeCreditsIfLow(worker)
             return true
         case .full:
             // Its socket is full: no more for it until it credits some back.
@@ -521,8 +498,6 @@ final class ConnectionRouter {
     /// and pml's copies of handles not acknowledged in time.
     private func expire() {
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
-        // Credits are not read while plenty are left: a connection held over a second gets them read.
-        for (worker, ring) in held where (ring.oldestMs ?? .max) < monotonicMs() - 1000 { watchCredits(worker, true) }
         for (worker, ring) in held where (ring.oldestMs ?? .max) < ackCutoff {
             // The worker has them (in its socket) or never will; its credits stay spent, so it gets
             // nothing more until it credits some back.

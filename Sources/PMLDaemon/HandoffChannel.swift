@@ -44,62 +44,16 @@ final class HandoffChannel {
         handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.readable() }
     }
 
-    /// Whether the loop wakes pml for what the worker writes. After its hello, only once its
-    /// credits ran out: a credit line per batch would otherwise wake the daemon about once per
-    /// connection. Meanwhile the router takes credits in passing (`takeCredits`) as they run low.
-    private var watching = true
-
-    /// Watches the channel (credits are needed) or leaves it unread for now (the worker has
-    /// plenty). A worker's death is seen by its exit, not by this channel's EOF.
-    func watch(_ on: Bool) {
-        guard on != watching, isOpen, let handle else { return }
-        watching = on
-        loop?.modify(handle, events: on ? [.readable] : [])
-    }
-
-    /// One non-blocking read, for the router in the middle of handing out: the credits of the
-    /// leading `C <n>` lines. Anything else (a hello, garbage, EOF) is left for the loop, which is
-    /// asked to watch the channel and handles it in order.
-    func takeCredits() -> Int {
-        guard isOpen else { return 0 }
-        switch scratch.read(fd) {
-        case .wouldBlock: return 0
-        case .eof:
-            watch(true)
-            return 0
-        case .data(let n): input.append(contentsOf: scratch.bytes.prefix(n))
-        }
-        var total = 0, start = 0
-        while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")),
-              case .credit(let n)? = HandoffRecord.parse(input[start..<nl]) {
-            total += n
-            start = nl + 1
-            resync = false
-            lineWindow.count += 1
-        }
-        input.removeFirst(start)
-        // The flood bound and any other record are the loop's business.
-        if input.contains(UInt8(ascii: "\n")) || input.count > HandoffRecord.maxLineBytes
-            || lineWindow.count > Self.maxLinesPerSecond { watch(true) }
-        return total
-    }
-
     /// A successor's view of a worker that opted in under the daemon before (state.json says so).
     func assume(maxFDs: Int, window: Int) { hello = (maxFDs, window) }
 
     /// One chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
-        // What takeCredits left unparsed first; a wake-up with nothing new to read parses only that.
-        if input.contains(UInt8(ascii: "\n")) { return process() }
         switch scratch.read(fd) {
         case .wouldBlock: return
         case .eof: return closeAndTell()
         case .data(let n): input.append(contentsOf: scratch.bytes.prefix(n))
         }
-        process()
-    }
-
-    private func process() {
         let now = monotonicMs()
         if now - lineWindow.start >= 1000 { lineWindow = (now, 0) }
         var start = 0

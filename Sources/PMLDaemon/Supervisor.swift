@@ -81,8 +81,6 @@ final class Supervisor {
         router.passConnections = { [unowned self] worker, fds, listener in
             self.runningWorkers[worker]?.handoff?.send(listener.handoffLine, fds: fds) ?? .closed
         }
-        router.watchCredits = { [unowned self] worker, on in self.runningWorkers[worker]?.handoff?.watch(on) }
-        router.takeCredits = { [unowned self] worker in self.runningWorkers[worker]?.handoff?.takeCredits() ?? 0 }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
         if let notify {
             _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }

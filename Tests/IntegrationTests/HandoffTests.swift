@@ -174,7 +174,8 @@ extension Integration {
                 let samples = await load.stop()
                 // 3 sequential clients: at most 3 requests were with the worker when it died.
                 #expect(samples.failed.count <= 3, "\(samples.summary())")
-                #expect(samples.filter { $0.start > killedAt + 200 && $0.failure == nil }.count > 10, "the load went on: \(samples.summary())")
+                #expect(samples.filter { $0.start > killedAt + 200 && $0.failure == nil }.count > 10,
+                        "the load went on: \(samples.summary()); \(samples.filter { $0.start > killedAt }.count) after the kill, last at +\(Int((samples.map(\.start).max() ?? 0) - killedAt)) ms")
             }
         }
 
