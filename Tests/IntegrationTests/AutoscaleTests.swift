@@ -55,7 +55,7 @@ extension Integration {
             print("autoscale worker %s up, pid %d" % (INSTANCE, PID), flush=True)
             send("ready")
 
-            buffer, fds = b"", []
+            \#(ClusterFixture.pythonReceive)
             next_metric = 0.0
             while True:
                 now = time.monotonic()
@@ -69,16 +69,7 @@ extension Integration {
                 burning = bool(BURN) and not stopping and os.path.exists(BURN)
                 readable, _, _ = select.select([ipc], [], [], 0 if burning else 0.05)
                 if readable:
-                    data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
-                    if not data:
-                        sys.exit(0)
-                    fds.extend(new_fds)
-                    buffer += data
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        message = json.loads(line)
+                    for message in receive(ipc):
                         if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
                             if not fds:
                                 send({"cmd": "NODE_HANDLE_NACK"})

@@ -91,18 +91,9 @@ enum ClusterFixture {
         die_mark = os.environ.get("FX_DIE_MARK")
         die_here = bool(die_mark) and os.environ.get("FX_DIE_INSTANCE") == INSTANCE and not os.path.exists(die_mark)
 
-        buffer, fds = b"", []
+        \#(pythonReceive)
         while True:
-            data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
-            if not data:
-                sys.exit(0)
-            fds.extend(new_fds)
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                message = json.loads(line)
+            for message in receive(ipc):
                 if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
                     if die_here:
                         open(die_mark, "w").write(str(PID))
@@ -181,17 +172,11 @@ enum ClusterFixture {
         \#(pythonAcceptLoop)
         threading.Thread(target=accept_loop, args=(3,), daemon=True).start()
         send({"type": "pml:handoff"})
-        buffer, fds, held = b"", [], []
+        \#(pythonReceive)
+        held = []
         holding = os.environ.get("FX_HOLD") == "1"
         while True:
-            data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
-            if not data:
-                sys.exit(0)
-            fds.extend(new_fds)
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                message = json.loads(line) if line.strip() else None
+            for message in receive(ipc):
                 if isinstance(message, dict) and message.get("cmd") == "NODE_HANDLE":
                     held.append(socket.socket(fileno=fds.pop(0)))
                 elif message == "ack":
@@ -200,6 +185,25 @@ enum ClusterFixture {
                     conn = held.pop(0)
                     send({"cmd": "NODE_HANDLE_ACK"})
                     respond(conn)
+        """#
+
+    /// Python, at top level: `receive(ipc)` makes one read from the IPC channel and returns the
+    /// whole JSON lines in it, parsed; the fds that came with them are appended to `fds`, in order.
+    /// It exits 0 once pml closes the channel.
+    static let pythonReceive = #"""
+        import json, socket, sys
+
+        pending, fds = b"", []
+
+        def receive(ipc):
+            global pending
+            data, new_fds, _, _ = socket.recv_fds(ipc, 65536, 16)
+            if not data:
+                sys.exit(0)
+            fds.extend(new_fds)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            return [json.loads(line) for line in lines if line.strip()]
         """#
 
     /// Python, at top level: `respond(conn, delay_ms=0)` reads one HTTP request head and answers
