@@ -338,8 +338,14 @@ extension Integration {
                 let now = Reload.pids(try await box.waitOnline("bg", count: 2))
                 #expect(now.count == 2 && now.isDisjoint(with: old), "\(old.sorted()) → \(now.sorted())")
                 for pid in old { #expect(!Proc.alive(pid), "old fork worker \(pid) is gone") }
-                let started = Set(box.numbers(pidsFile).map(Int32.init))
-                #expect(started == old.union(now), "exactly 4 processes were ever started: \(started.sorted())")
+                // A worker writes its pid once Python is up, which on a loaded machine can be after
+                // pml counted it started: wait for all four, then check there is no fifth.
+                let expected = old.union(now)
+                let started = try await box.waitFor("the four workers' pids written", timeout: 10) { () -> Set<Int32>? in
+                    let written = Set(box.numbers(pidsFile).map(Int32.init))
+                    return written.isSuperset(of: expected) ? written : nil
+                }
+                #expect(started == expected, "exactly 4 processes were ever started: \(started.sorted())")
 
                 // `all` reloads it too.
                 let all = try await box.pml(["reload", "all"], timeout: 40)
