@@ -198,6 +198,25 @@ extension Integration {
             }
         }
 
+        @Test("3 graceful reloads of the Python example under load: 0 failed (what an old worker had not taken goes to the others)")
+        func pythonReloadsUnderLoad() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
+                try await box.pmlOK("start", file)
+                let pids = Reload.pids(try await box.waitServing("py", count: 2))
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                let load = LoadGenerator(.local(port), pauseMs: 2)
+                load.start(fast: 4)
+                await sleepMs(400)
+                try await box.gracefulReloads("py", count: 2, replacing: pids, pauseMs: 300)
+                let samples = await load.stop()
+                #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
+                #expect(samples.count > 30, "\(samples.summary())")
+                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+            }
+        }
+
         @Test("kill -9 of the daemon under load: the successor keeps the Python workers on their handoff channels, 0 failed")
         func daemonDeath() async throws {
             try await withSandbox { box in
