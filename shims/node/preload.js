@@ -22,7 +22,7 @@
 //                  "shutdown"
 // rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
 // stream socket): the shim opts in with "H 1 <window>\n" and then gets each connection as
-// "<address>\n" + one fd per message, and credits them back ("C <n>\n") once per event-loop turn
+// "<address>\n" + one fd per message, and credits them back ("C <n>\n") 4 at a time or after 10 ms
 // instead of a JSON message and an ACK per connection.
 // Plain CommonJS, no dependencies, Node 18+. Inert unless started by pml (PML_APP and an IPC channel).
 
