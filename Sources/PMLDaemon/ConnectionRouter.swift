@@ -135,6 +135,8 @@ final class ConnectionRouter {
     private var maxFDs: [Int: Int] = [:]
     /// One message's fds, gathered before its sendmsg (fixed storage: nothing allocated per connection).
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
+    /// The last batch's extra accept found nothing queued (the accept loop stops there).
+    private var batchFoundQueueEmpty = false
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
@@ -376,6 +378,12 @@ final class ConnectionRouter {
                 return
             }
             if !handOut(fd, listener, from: socket) { enqueue(fd, listener.id) }
+            // A batch for a worker taking several fds per message found the queue empty: so would
+            // the next accept.
+            if batchFoundQueueEmpty {
+                batchFoundQueueEmpty = false
+                return
+            }
         }
     }
 
@@ -421,8 +429,11 @@ final class ConnectionRouter {
         batch[0] = fd
         var n = 1
         let most = min(maxFDs[worker] ?? 1, batch.count)
-        while n < most, socket >= 0, dispatcher.credits(of: worker) > 0,
-              let more = UnixSocket.accept(socket, nonBlocking: false) {
+        while n < most, socket >= 0, dispatcher.credits(of: worker) > 0 {
+            guard let more = UnixSocket.accept(socket, nonBlocking: false) else {
+                batchFoundQueueEmpty = true
+                break
+            }
             _ = dispatcher.take(worker: worker, listener: listener.id)
             batch[n] = more
             n += 1
