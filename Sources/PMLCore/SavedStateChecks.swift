@@ -8,19 +8,38 @@ extension SavedState {
     public static let maxCount = 1 << 40
     /// Past this many doublings every restart delay is at its cap already.
     public static let maxBackoffStep = 1000
+    /// Apps taken back from one file: the rest are left out (each app is started in turn).
+    public static let maxApps = 1000
 
     /// This state with each number checked against what pml could have written at `nowMs`
     /// (CLOCK_MONOTONIC): counters and start times are clamped, a worker record whose id, instance
     /// or pid is impossible (or whose id another record has) is left out, an impossible slot or
-    /// port is dropped. `problems`: one line for each change, for daemon.log.
+    /// port is dropped; an app whose name an earlier one has, and every app past `maxApps`, is
+    /// left out. `problems`: one line for each change, for daemon.log.
     public func checked(nowMs: Int) -> (state: SavedState, problems: [String]) {
         var out = self
         var problems: [String] = []
+        var names = Set<String>()
+        var repeated = 0
+        out.apps = apps.filter { app in
+            if names.insert(app.name).inserted { return true }
+            repeated += 1
+            return false
+        }
+        if repeated > 0 { problems.append("\(repeated) app record(s) repeating an earlier app's name left out") }
+        if out.apps.count > Self.maxApps {
+            problems.append("\(out.apps.count) apps: the \(out.apps.count - Self.maxApps) past the first \(Self.maxApps) left out")
+            out.apps.removeSubrange(Self.maxApps...)
+        }
         if let p = daemonPID, p <= 0 { out.daemonPID = nil; problems.append("daemon_pid \(p) is not a pid; ignored") }
         if let p = keeperPID, p <= 0 { out.keeperPID = nil; problems.append("keeper_pid \(p) is not a pid; ignored") }
         var ids = Set<Int>()
-        for (a, app) in apps.enumerated() {
-            if let workers = app.workers {
+        for (a, app) in out.apps.enumerated() {
+            if var workers = app.workers {
+                if workers.count > CheckedNumber.maxInstances {
+                    problems.append("\(app.name): \(workers.count) worker records: the ones past the first \(CheckedNumber.maxInstances) left out")
+                    workers.removeSubrange(CheckedNumber.maxInstances...)
+                }
                 out.apps[a].workers = workers.compactMap { w in
                     let (checked, problem) = w.checked(nowMs: nowMs, takenIDs: ids)
                     if let problem { problems.append("\(app.name): \(problem)") }

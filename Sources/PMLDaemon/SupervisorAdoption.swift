@@ -118,7 +118,7 @@ extension Supervisor {
                 : "the daemon (pid \(old)) died at \(AppLogFiles.formatLocalTime("HH:mm:ss", atMs: predecessor?.endedAtMs ?? wallClockMs()))"
                     + "; its successor adopted \(n) worker\(n == 1 ? "" : "s")"
             if adoption.lost > 0 { sentence += "; \(adoption.lost) had exited meanwhile and were started again" }
-            if !failed.isEmpty { sentence += "; could not take up \(failed.joined(separator: "; "))" }
+            if !failed.isEmpty { sentence += "; could not take up \(self.failedLine(failed))" }
             if swept > 0 { sentence += "; killed \(swept) process(es) nobody could adopt" }
             self.logger.warning("\(sentence)")
             done(predecessor?.updated == true ? nil : sentence)

@@ -79,44 +79,65 @@ extension Supervisor {
     /// state.json or dump.json, every number checked (`SavedState.checked`): what a tampered or
     /// corrupt file gets wrong is clamped or its record left out, one line each in daemon.log.
     func readState(_ path: String) throws -> SavedState? {
+        try readCheckedState(path)?.state
+    }
+
+    /// `readState` and the lines it wrote to daemon.log.
+    private func readCheckedState(_ path: String) throws -> (state: SavedState, problems: [String])? {
         guard let bytes = readFile(path) else { return nil }
         let (state, problems) = try JSONDecoder().decode(SavedState.self, from: Data(bytes)).checked(nowMs: monotonicMs())
         for p in problems { logger.warning("\(path): \(p)") }
-        return state
+        return (state, problems)
     }
 
     /// Starts the apps of a saved state that are not here yet, one after another (an app file is
-    /// evaluated on its script thread first). Stopped apps stay out.
+    /// evaluated on its script thread first). Stopped apps stay out. Each next app is started
+    /// from the event loop, never from the previous one's answer: a start that answers at once
+    /// must not grow the stack by one frame per app.
     func restore(_ state: SavedState, done: @escaping (_ started: [String], _ failed: [String]) -> Void) {
         let wanted = state.apps.filter { saved in saved.running && !apps.contains { $0.spec.name == saved.name } }
-        restoreEach(wanted[...], started: [], failed: [], done: done)
+        var started: [String] = [], failed: [String] = []
+        var next = wanted.startIndex
+        func step() {
+            guard next < wanted.endIndex else { return done(started, failed) }
+            let saved = wanted[next]
+            next += 1
+            var args = saved.start
+            args.only = saved.name
+            args.instances = .int(Int64(saved.instances))
+            start(args) { [unowned self] r in
+                if r.ok { started.append(saved.name) } else { failed.append("\(saved.name): \(r.error ?? "failed")") }
+                self.loop.schedule(after: 0) { step() }
+            }
+        }
+        step()
     }
 
-    private func restoreEach(_ rest: ArraySlice<SavedApp>, started: [String], failed: [String],
-                             done: @escaping ([String], [String]) -> Void) {
-        guard let saved = rest.first else { return done(started, failed) }
-        var args = saved.start
-        args.only = saved.name
-        args.instances = .int(Int64(saved.instances))
-        start(args) { [unowned self] r in
-            self.restoreEach(rest.dropFirst(), started: started + (r.ok ? [saved.name] : []),
-                             failed: failed + (r.ok ? [] : ["\(saved.name): \(r.error ?? "failed")"]), done: done)
-        }
+    /// What failed, for one answer line: the first few, then how many more (each goes to daemon.log).
+    func failedLine(_ failed: [String]) -> String {
+        let shown = 5
+        for f in failed { logger.warning("could not restore \(f)") }
+        return failed.prefix(shown).joined(separator: "; ") + (failed.count > shown ? "; and \(failed.count - shown) more (see daemon.log)" : "")
     }
 
     /// `pml resurrect`: what `pml save` wrote.
     func resurrect(from path: String, respond: @escaping (ControlResponse) -> Void) {
-        let state: SavedState
+        let state: SavedState, leftOut: String
         do {
-            guard let s = try readState(path) else { return respond(.failure("nothing saved: \(path) does not exist (run pml save first)")) }
+            guard let (s, problems) = try readCheckedState(path) else {
+                return respond(.failure("nothing saved: \(path) does not exist (run pml save first)"))
+            }
             state = s
+            leftOut = problems.isEmpty ? "" : " (\(path): \(problems.count) problem(s), see daemon.log: \(problems[0]))"
         } catch {
             return respond(.failure("\(path) cannot be read: \(error)"))
         }
         restore(state) { [unowned self] started, failed in
-            if !failed.isEmpty { return respond(.failure("resurrected \(started.count) app(s); failed: \(failed.joined(separator: "; "))")) }
-            respond(ControlResponse(ok: true, message: started.isEmpty ? "nothing to resurrect: every saved app is here" :
-                                    "resurrected \(started.joined(separator: ", "))", processes: self.rows()))
+            if !failed.isEmpty {
+                return respond(.failure("resurrected \(started.count) app(s); failed: \(self.failedLine(failed))\(leftOut)"))
+            }
+            respond(ControlResponse(ok: true, message: (started.isEmpty ? "nothing to resurrect: every saved app is here" :
+                                    "resurrected \(started.joined(separator: ", "))") + leftOut, processes: self.rows()))
         }
     }
 
@@ -132,7 +153,7 @@ extension Supervisor {
         restore(state) { [unowned self] started, failed in
             var sentence = "the previous daemon (pid \(old)) died; took up \(started.count) app\(started.count == 1 ? "" : "s")"
             if !started.isEmpty { sentence += " (\(started.joined(separator: ", ")))" }
-            if !failed.isEmpty { sentence += "; could not restart \(failed.joined(separator: "; "))" }
+            if !failed.isEmpty { sentence += "; could not restart \(self.failedLine(failed))" }
             if swept > 0 { sentence += "; killed \(swept) leftover worker process(es)" }
             self.logger.warning("\(sentence)")
             done(sentence)

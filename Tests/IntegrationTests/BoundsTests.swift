@@ -199,6 +199,34 @@ extension Integration {
             }
         }
 
+        @Test("a tampered dump.json of thousands of apps (most of them repeats) does not take the daemon down: pml resurrect answers with one line saying what was left out, the daemon keeps its pid and answers pml ls")
+        func tamperedDumpOfManyApps() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("start", "--name", "t", "--", "sleep", "3000")
+                let before = try await box.waitOnline("t", count: 1)
+                let daemon = try #require(box.daemonPid)
+                // Each app fails to start at once (nothing to run): before, every answer started the
+                // next app one stack frame deeper.
+                let app = { (name: String) in
+                    #"{"name":"\#(name)","instances":1,"running":true,"start":{"app":{"cmd":[]},"client_cwd":"/","client_env":{},"env":{}}}"#
+                }
+                let apps = (0..<3000).map { app("a\($0)") } + Array(repeating: app("a0"), count: 20_000)
+                try #"{"version":1,"apps":[\#(apps.joined(separator: ","))]}"#.write(toFile: box.home + "/dump.json", atomically: true, encoding: .utf8)
+                let r = try await box.pml(["resurrect"], timeout: 60)
+                #expect(!r.ok && !r.timedOut)
+                let line = r.stderr.trimmingCharacters(in: .newlines)
+                #expect(!line.contains("\n"), "one line: \(line.prefix(500))")
+                #expect(line.hasPrefix("pml: resurrected 0 app(s); failed: a0: ") && line.contains("; and 995 more (see daemon.log)"), "\(line.prefix(500))")
+                #expect(line.contains("20000 app record(s) repeating an earlier app's name left out"), "\(line.suffix(300))")
+                let log = box.read(box.daemonLog)
+                #expect(log.contains("3000 apps: the 2000 past the first \(1000) left out"))
+                #expect(box.daemonPid == daemon && Proc.alive(daemon))
+                let rows = try await box.rows("t")
+                #expect(rows.count == 1 && rows[0].pid == before[0].pid && rows[0].status == "online")
+                #expect(try await box.ls().count == 1, "none of the failed apps is listed")
+            }
+        }
+
         @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
         func waitingConnectionsBelowTheFDLimit() async throws {
             try await withSandbox { box in

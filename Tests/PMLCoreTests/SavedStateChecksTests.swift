@@ -66,4 +66,21 @@ import Testing
         #expect(checked.daemonPID == nil && checked.keeperPID == nil)
         #expect(problems.count == 4, "\(problems)")
     }
+
+    @Test func repeatedNamesAndAppsPastTheCapAreLeftOut() {
+        let app = { (name: String) in SavedApp(name: name, start: StartArguments(clientEnv: [:], clientCwd: "/"), instances: 1, running: true) }
+        let names = (0..<(SavedState.maxApps + 50)).map { "a\($0)" }
+        let s = SavedState(daemonPID: 10, apps: [app("a0"), app("a1")] + names.map(app) + [app("a7")])
+        let (checked, problems) = s.checked(nowMs: 1000)
+        #expect(checked.apps.map(\.name) == Array(names.prefix(SavedState.maxApps)), "the first of each name, in order, up to the cap")
+        #expect(problems == ["3 app record(s) repeating an earlier app's name left out",
+                             "\(SavedState.maxApps + 50) apps: the 50 past the first \(SavedState.maxApps) left out"])
+    }
+
+    @Test func workerRecordsPastTheInstanceCapAreLeftOut() {
+        let many = (0..<(CheckedNumber.maxInstances + 3)).map { Self.worker(id: $0, instance: $0 % CheckedNumber.maxInstances) }
+        let (checked, problems) = Self.state(many).checked(nowMs: 1000)
+        #expect(checked.apps[0].workers?.count == CheckedNumber.maxInstances)
+        #expect(problems == ["web: \(CheckedNumber.maxInstances + 3) worker records: the ones past the first \(CheckedNumber.maxInstances) left out"])
+    }
 }
