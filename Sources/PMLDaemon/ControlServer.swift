@@ -76,8 +76,13 @@ final class ControlServer {
 }
 
 /// One client of the control socket. Requests are answered in order; a malformed one gets an
-/// error response and the connection is closed after it is written.
+/// error response and the connection is closed after it is written. A client that does not read
+/// its answers is not read either while more than `maxOutputBytes` wait for it, and is closed once
+/// they have not moved for the idle time.
 final class ControlConnection {
+    /// Past this many unsent bytes, no further request is read or answered until the client reads.
+    static let maxOutputBytes = 1 << 20
+
     private let fd: Int32
     private let loop: EventLoop
     private var handle: IOHandle?
@@ -85,6 +90,10 @@ final class ControlConnection {
     private var output: [UInt8] = []
     private var busy = false
     private var lastActivityMs = monotonicMs()
+    /// When unsent output last shrank (or appeared): a client that stops reading is closed by it.
+    private var lastOutputProgressMs = monotonicMs()
+    /// Inside `processInput`: an answer given at once continues its loop instead of recursing.
+    private var processing = false
     private var closeWhenFlushed = false
     private var closed = false
     private let handler: (ControlRequest, @escaping (ControlResponse) -> Void) -> Void
@@ -101,7 +110,7 @@ final class ControlConnection {
 
     private func ready(_ events: IOEvents) {
         if events.contains(.writable) { flush() }
-        if closed { return }
+        if closed || output.count > Self.maxOutputBytes { return }
         if events.contains(.readable) || events.contains(.hangup) { readInput() }
     }
 
@@ -125,13 +134,20 @@ final class ControlConnection {
         processInput()
     }
 
-    /// No request under way, nothing left to write, and quiet since `cutoff`.
-    func idle(since cutoff: Int) -> Bool { !busy && output.isEmpty && lastActivityMs < cutoff }
+    /// No request under way, nothing left to write, and quiet since `cutoff`; or output waiting
+    /// that the client has not taken any of since `cutoff`.
+    func idle(since cutoff: Int) -> Bool {
+        output.isEmpty ? !busy && lastActivityMs < cutoff : lastOutputProgressMs < cutoff
+    }
 
     func closeIdle() { close() }
 
     private func processInput() {
-        while !busy, !closeWhenFlushed, let nl = input.firstIndex(of: UInt8(ascii: "\n")) {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        while !busy, !closeWhenFlushed, !closed, output.count <= Self.maxOutputBytes,
+              let nl = input.firstIndex(of: UInt8(ascii: "\n")) {
             let line = Data(input[..<nl])
             input.removeSubrange(...nl)
             let request: ControlRequest
@@ -146,7 +162,7 @@ final class ControlConnection {
             busy = true
             handler(request) { [weak self] response in self?.send(response) }
         }
-        if input.count > ControlProtocol.maxRequestBytes { fail("request longer than \(ControlProtocol.maxRequestBytes) bytes") }
+        if !closed, input.count > ControlProtocol.maxRequestBytes { fail("request longer than \(ControlProtocol.maxRequestBytes) bytes") }
     }
 
     private func fail(_ message: String) {
@@ -165,6 +181,7 @@ final class ControlConnection {
     private func enqueue(_ response: ControlResponse) {
         guard !closed else { return }
         if let data = try? JSONEncoder().encode(response) {
+            if output.isEmpty { lastOutputProgressMs = monotonicMs() }
             output.append(contentsOf: data)
             output.append(UInt8(ascii: "\n"))
         }
@@ -176,9 +193,11 @@ final class ControlConnection {
             let n = output.withUnsafeBytes { send_nosignal($0) }
             if n > 0 {
                 output.removeFirst(n)
+                lastOutputProgressMs = monotonicMs()
             } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 guard let handle else { return close() }
-                loop.modify(handle, events: [.readable, .writable])
+                // Over the bound, only writing is watched: the client's next requests wait in its socket.
+                loop.modify(handle, events: output.count > Self.maxOutputBytes ? [.writable] : [.readable, .writable])
                 return
             } else if n < 0 && errno == EINTR {
                 continue
@@ -188,6 +207,8 @@ final class ControlConnection {
         }
         if closeWhenFlushed && !busy { return close() }
         if let handle { loop.modify(handle, events: [.readable]) }
+        // Requests read before the bound was reached are answered now.
+        if !busy && !input.isEmpty { processInput() }
     }
 
     private func send_nosignal(_ buf: UnsafeRawBufferPointer) -> Int {

@@ -156,6 +156,49 @@ extension Integration {
             }
         }
 
+        @Test("with PML_CONTROL_IDLE_MS=1500: a client pipelining ls and never reading is not read past about 1 MiB of answers (the daemon's RSS stays flat), other clients are served, and it is closed once its answers stop moving")
+        func clientThatNeverReads() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_CONTROL_IDLE_MS": "1500"])
+                let before = try await Integration.HostileInput.baseline(box)
+                // Ten rows make each answer a few KiB.
+                try await box.pmlOK("start", "--name", "wide", "-i", "10", "--", "sleep", "1000")
+                _ = try await box.waitOnline("wide", count: 10)
+                let rss = { () -> Int in
+                    let status = (try? String(contentsOfFile: "/proc/\(before.daemon)/status", encoding: .utf8)) ?? ""
+                    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+                    return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+                }
+                let rssBefore = rss()
+                let flooder = try RawClient(path: box.socketPath)
+                let chunk = Array(String(repeating: #"{"v":1,"cmd":"list"}"# + "\n", count: 3000).utf8)
+                var accepted = 0, lastAccepted = nowMs(), closed = false
+                let started = nowMs()
+                // Writes until the daemon has taken nothing for a second (it stopped reading), at most 10 s.
+                while nowMs() - lastAccepted < 1000 && nowMs() - started < 10_000 {
+                    // Whole lines only: a send taken in part goes on where it stopped.
+                    let n = chunk[(accepted % chunk.count)...].withUnsafeBytes {
+                        send(flooder.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                    }
+                    if n > 0 { accepted += n; lastAccepted = nowMs() }
+                    else if n < 0 && errno != EAGAIN && errno != EINTR { closed = true; break }
+                    else { await sleepMs(5) }
+                }
+                #expect(!closed && nowMs() - started < 10_000, "the daemon stops reading the flooder: \(accepted) bytes taken")
+                let grown = (rss() - rssBefore) / 1024
+                #expect(grown < 24, "the daemon's RSS grew by \(grown) MiB while \(accepted / 1024) KiB of requests were taken")
+                try await Integration.HostileInput.expectUnharmed(box, before)
+                // Its answers do not move: closed after the idle time (1.5 s), which a send notices.
+                let gone = try await box.waitFor("the flooder closed by the daemon", timeout: 10) { () -> Bool? in
+                    let n = chunk.withUnsafeBytes { send(flooder.fd, $0.baseAddress, 1, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+                    return n < 0 && (errno == EPIPE || errno == ECONNRESET) ? true : nil
+                }
+                #expect(gone)
+                #expect(rss() - rssBefore < 24 * 1024)
+                try await Integration.HostileInput.expectUnharmed(box, before)
+            }
+        }
+
         @Test("a tampered state.json (a worker id of Int.max, counters at Int.max, a start at Int.min) does not trap the successor: it comes up, says once what it refused or clamped, and every instance runs")
         func tamperedStateFile() async throws {
             try await withSandbox { box in
