@@ -155,8 +155,7 @@ while :; do
   ((fds_after <= fds_before + 3 || SECONDS >= settle_end)) && break
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-placement=$(grep -o "script threads .*yield the CPU.*" "$PML_HOME/daemon.log" | head -1 || true)
-yielded=$(grep -c "burns CPU" "$PML_HOME/daemon.log" || true)
+placement=$(grep -o "script threads (pml-lua) .*" "$PML_HOME/daemon.log" | head -1 || true)
 restarts=$("$pml" ls --json | python3 -c 'import json,sys; print(sum(r["restarts"] for r in json.load(sys.stdin) if r["name"]=="web"))')
 replaced=$(grep -c "stuck inside a C call" "$PML_HOME/daemon.log" || true)
 
@@ -178,7 +177,7 @@ print()
 print("daemon fds  before $fds_before, with $flood_count idle metrics connections $fds_during, after $fds_after")
 print("daemon RSS  before $((rss_before / 1024)) MiB, during $((rss_during / 1024)) MiB, after $((rss_after / 1024)) MiB")
 print("web restarts after the kill -9s: $restarts; stuck Lua states replaced: $replaced")
-print("${placement:-script threads: (placement not logged by this build)}; threads that yielded: $yielded")
+print("${placement:-script threads: (placement not logged by this build)}")
 print("load average before $load_before, after $load_after")
 calm, hooks = (float(open(f"{w}/{p}.wrk").read().split()[3]) for p in ("calm", "hooks"))
 held = hooks <= calm * 1.2 or hooks <= calm + 2

@@ -34,7 +34,12 @@ typedef struct pml_state {
     long budget_total;
     long budget;
     int time_ms;
-    int64_t deadline_ns;
+    // The time budget counts the calling thread's CPU time, not wall time: script threads get
+    // little CPU on a busy machine (docs/ARCHITECTURE.md), and a hook must not fail for waiting.
+    // Reading that clock is a system call, so the hook reads it only once the (cheap) monotonic
+    // clock reaches `cpu_check_ns`: a thread cannot use more CPU than the wall time that passed.
+    int64_t cpu_deadline_ns;
+    int64_t cpu_check_ns;
     // Why the current call was stopped; it keeps being stopped for the same reason.
     enum { PML_RUNNING, PML_OVER_BUDGET, PML_OVER_TIME } stopped;
     int depth; // nested protected calls (a host callback may call a hook); they share one budget
@@ -80,10 +85,20 @@ static pml_state *state_of(lua_State *L) {
     return ud;
 }
 
-static int64_t now_ns(void) {
+static int64_t clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+// Whether the calling thread has used the CPU time of its budget.
+static int over_cpu_time(pml_state *s) {
+    int64_t now = clock_ns(CLOCK_MONOTONIC);
+    if (now < s->cpu_check_ns) return 0;
+    int64_t left = s->cpu_deadline_ns - clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    if (left <= 0) return 1;
+    s->cpu_check_ns = now + left;
+    return 0;
 }
 
 // Lua assumes that shrinking never fails, so only growth is refused.
@@ -155,7 +170,7 @@ static void describe_limit(char *out, size_t size, size_t limit) {
 
 
 // Every PML_HOOK_EVERY instructions (every instruction while memory is short or the budget is
-// spent), and before every function call: charges the budget, checks the deadline and memory, and
+// spent), and before every function call: charges the budget, checks the CPU time and memory, and
 // raises when one is exceeded. The call event matters for C functions: a loop of a few
 // instructions calling an expensive one (a backtracking string.find, a full collectgarbage) is
 // stopped at the first call past its deadline, not PML_HOOK_EVERY instructions later.
@@ -176,7 +191,7 @@ static void pml_hook(lua_State *L, lua_Debug *ar) {
     }
     if (s->stopped == PML_RUNNING) {
         if (s->budget <= 0) s->stopped = PML_OVER_BUDGET;
-        else if (now_ns() >= s->deadline_ns) s->stopped = PML_OVER_TIME;
+        else if (over_cpu_time(s)) s->stopped = PML_OVER_TIME;
     }
     if (s->stopped != PML_RUNNING) {
         // From now on fire at every instruction, so a script's own pcall cannot swallow the error
@@ -186,7 +201,7 @@ static void pml_hook(lua_State *L, lua_Debug *ar) {
             snprintf(msg, sizeof msg, "%s exceeded its instruction budget (%ld instructions)",
                      s->label, s->budget_total);
         else
-            snprintf(msg, sizeof msg, "%s exceeded its time budget (%d ms)", s->label, s->time_ms);
+            snprintf(msg, sizeof msg, "%s exceeded its CPU time budget (%d ms)", s->label, s->time_ms);
         raise_at(L, ar, msg);
     }
     // (Memory pressure is handled at the next count event, which must stay one instruction away.)
@@ -209,7 +224,9 @@ static int pml_msgh(lua_State *L) {
 
 static void start_budget(lua_State *L, pml_state *s) {
     s->budget = s->budget_total;
-    s->deadline_ns = now_ns() + (int64_t)s->time_ms * 1000000;
+    int64_t budget_ns = (int64_t)s->time_ms * 1000000;
+    s->cpu_deadline_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) + budget_ns;
+    s->cpu_check_ns = clock_ns(CLOCK_MONOTONIC) + budget_ns;
     s->pressure = 0;
     s->stopped = PML_RUNNING;
     lua_sethook(L, pml_hook, PML_HOOK_MASK, PML_HOOK_EVERY);

@@ -1,6 +1,6 @@
-/// How long the supervisor waits on scripts, derived from the per-call time budget of a Lua call.
+/// How long the supervisor waits on scripts, derived from the per-call CPU time budget of a Lua call.
 public struct ScriptTimeouts: Sendable, Equatable {
-    /// The wall-clock cap of one Lua call (the count hook stops Lua code at it).
+    /// The CPU time cap of one Lua call (the count hook stops Lua code at it).
     public let callBudgetMs: Int
 
     public init(callBudgetMs: Int) {
@@ -8,17 +8,23 @@ public struct ScriptTimeouts: Sendable, Equatable {
     }
 
     /// A decision (restart, beforeReload, onMessage's reply, autoscale.rule, an app file) waits this
-    /// long for its answer, then the default applies. A little past one call's budget: a script
-    /// that answers within its budget is heard, one that runs past it (or waits behind one) is not.
+    /// long in wall time for its answer, then the default applies: what protects the apps. A
+    /// little past one call's budget: a script that answers within its budget on a calm machine is
+    /// heard, one that runs past it (or waits behind one, or for a busy CPU) is not.
     public var decisionMs: Int { callBudgetMs + 500 }
 
-    /// A script thread busy with one call longer than this is inside a C function the count hook
-    /// cannot interrupt (only C can run past the budget): it is abandoned and replaced.
+    /// A script thread that used more CPU than this during one call is inside a C function the
+    /// count hook cannot interrupt (only C can run past the budget): it is abandoned and replaced.
+    /// In CPU time, so that a state starved of CPU on a busy machine is not taken for a stuck one.
     public var stuckAfterMs: Int { callBudgetMs + 1000 }
 
-    /// Whether a call that started at `busySince` is stuck at `now`.
-    public func isStuck(busySince: Int, now: Int) -> Bool {
-        now - busySince > stuckAfterMs
+    /// ... and one busy with one call this long in wall time, whatever CPU it used: a call that
+    /// waits (no script call should block, but a deadlock must not lose the scripts for good).
+    public var stuckAfterWallMs: Int { stuckAfterMs * 10 }
+
+    /// Whether a call that has run `busyMs` (wall time) and used `cpuMs` of CPU so far is stuck.
+    public func isStuck(busyMs: Int, cpuMs: Int) -> Bool {
+        cpuMs > stuckAfterMs || busyMs > stuckAfterWallMs
     }
 }
 

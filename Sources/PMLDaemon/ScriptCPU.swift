@@ -2,17 +2,16 @@ import Glibc
 import PMLCore
 import PMLPosix
 
-/// Where a burning script thread takes its CPU from. A script looping at its budget or stuck in a C
-/// call must not slow the apps, but a thread's nice only ranks it among the tasks of its own
-/// scheduling group: with autogroup scheduling every worker (a session of its own) is a group
-/// weighing as much as the whole daemon, so a busy script thread at nice 19 still took its share of
-/// a core from them. A task in a non-root cpu cgroup is scheduled in that cgroup instead: a thread
-/// that burns CPU (`burning`) moves, for the rest of its life, into a child cgroup of the daemon's
-/// that weighs little; elsewhere it becomes SCHED_IDLE, which ranks it below every
-/// task of its group (the daemon and its workers, under cgroup v2). Threads start where the daemon
-/// is, so ordinary hooks (microseconds) and heavy ones below the threshold never wait for the apps.
+/// Where script threads take their CPU from. A script looping at its budget or stuck in a C call
+/// must not slow the apps, but a thread's nice only ranks it among the tasks of its own scheduling
+/// group: with autogroup scheduling every worker (a session of its own) is a group weighing as much
+/// as the whole daemon, so a busy script thread at nice 19 still took its share of a core from them.
+/// A task in a non-root cpu cgroup is scheduled in that cgroup instead: every script thread runs,
+/// from its start, in a child cgroup of the daemon's that weighs little; elsewhere it is
+/// SCHED_IDLE, which ranks it below every task of its group (the daemon and its workers, under
+/// cgroup v2). Scripts' budgets count their own CPU time, so waiting for the CPU costs them none.
 enum ScriptCPU {
-    /// Where burning script threads go; decided once per daemon, when the first script thread starts.
+    /// Where script threads run; decided once per daemon, when the script hub starts.
     enum Placement: Sendable, Equatable {
         /// This cgroup v1 folder: a child of the daemon's cpu cgroup (shared by the pml daemons in it).
         case cgroup(String)
@@ -21,18 +20,10 @@ enum ScriptCPU {
 
         /// For daemon.log.
         var sentence: String {
-            let when = "script threads that use \(burning.thresholdNs / 1_000_000) ms of CPU within \(burning.windowMs) ms yield the CPU to the apps"
+            let who = "script threads (\(ScriptThread.threadName)) get the CPU the apps leave"
             switch self {
-            case .cgroup(let dir): return "\(when) in the cpu cgroup \(dir) (cpu.shares \(ScriptCPU.shares))"
-            case .idlePolicy(let reason): return "\(when) as SCHED_IDLE threads (no cgroup of their own: \(reason))"
-            }
-        }
-
-        /// For `pml describe`, once a state's thread yields.
-        var short: String {
-            switch self {
-            case .cgroup(let dir): return "burnt CPU: yields it to the apps (cgroup \(dir))"
-            case .idlePolicy: return "burnt CPU: yields it to the apps (SCHED_IDLE)"
+            case .cgroup(let dir): return "\(who): they run in the cpu cgroup \(dir) (cpu.shares \(ScriptCPU.shares))"
+            case .idlePolicy(let reason): return "\(who): they run as SCHED_IDLE threads (no cgroup of their own: \(reason))"
             }
         }
     }
@@ -42,13 +33,6 @@ enum ScriptCPU {
     /// cpu.idle (weight 3) delayed a 0.1 ms wake-up of a thread in it by 300 ms (p99), 64 by 10 ms;
     /// at 64 a looping script got a sixteenth of a CPU it shared with a spinning worker.
     static let shares = 64
-    /// A thread that used 300 ms of CPU within about a second burns: far above ordinary hooks
-    /// (microseconds) and above one heavy hook (1.5 GiB of pml.log in 1 MiB lines: 190 ms in a debug
-    /// build), while a loop at its budget gets there in a third of a second. Counted in CPU, not
-    /// wall time, so that a heavy hook on a busy machine is not taken for a burning one. The
-    /// supervisor's watchdog samples every 250 ms: a burning thread yields within about 0.6 s.
-    static let burning = CPUBurnWindow(windowMs: 1000, thresholdNs: 300_000_000)
-
     /// Computed on first use, once per process.
     static let placement: Placement = prepare()
 
@@ -70,7 +54,7 @@ enum ScriptCPU {
 
     /// Moves thread `tid` of this process where `placement` says. Returns why it could not (it is
     /// then SCHED_IDLE if that worked), nil when it is placed.
-    static func yield(tid: Int32) -> String? {
+    static func place(tid: Int32) -> String? {
         if case .cgroup(let dir) = placement {
             do {
                 try writeControlFile(dir + "/tasks", "\(tid)")

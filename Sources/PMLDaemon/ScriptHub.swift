@@ -64,10 +64,6 @@ final class ScriptHub {
     /// Jobs posted during this turn of the loop, sent after it behind one snapshot: building it
     /// (every app, worker and metric) once per turn, not once per hook.
     private var outbox = TurnBatch<(thread: ScriptThread, owner: ScriptOwner, job: ScriptThread.Job, refused: (() -> Void)?)>()
-    /// daemon.log says once where script threads take their CPU from.
-    private var placementLogged = false
-    /// The CPU each script thread used lately, by thread id (until it yields).
-    private var cpuWindows: [Int32: CPUBurnWindow] = [:]
     /// At most this many stuck threads may be alive: past it no new state is started (each holds
     /// its memory until its C call returns) and scripted decisions take their defaults.
     static let maxStuckThreads = 8
@@ -81,6 +77,7 @@ final class ScriptHub {
         self.libraryPaths = libraryPaths
         self.limits = limits
         timeouts = ScriptTimeouts(callBudgetMs: limits.timeBudgetMs)
+        logger.info("\(ScriptCPU.placement.sentence)")
     }
 
     /// Runs `job` on the owner's thread; nothing comes back (notification hooks, binding).
@@ -194,7 +191,6 @@ final class ScriptHub {
             let mib = (Double(a.memory) / 1048576 * 10).rounded(.up) / 10
             parts.append("Lua state \(mib) MiB of \(LuaRuntime.describe(bytes: limits.memoryLimitBytes))")
             if let busy = a.busy { parts.append("running \(busy.label) for \(monotonicMs() - busy.since) ms") }
-            if a.yielding { parts.append(ScriptCPU.placement.short) }
         } else {
             parts.append("no Lua state running")
         }
@@ -215,10 +211,6 @@ final class ScriptHub {
         if own >= Self.maxStuckThreadsPerOwner || stuck.count >= Self.maxStuckThreads {
             logger.error("\(owner): not started: \(own) of its script threads (\(stuck.count) in all) are stuck in C calls; scripted decisions take their defaults")
             return nil
-        }
-        if !placementLogged {
-            placementLogged = true
-            logger.info("\(ScriptCPU.placement.sentence)")
         }
         do {
             let t = try ScriptThread.start(name: owner.description, libraryPaths: libraryPaths, limits: limits,
@@ -273,25 +265,23 @@ final class ScriptHub {
         }, next)
     }
 
-    /// Every `watchEveryMs` while threads run or are leaving: a thread that burns CPU yields it; one busy with one call past
-    /// `stuckAfterMs` is inside a C call no budget can stop; the owner gets a fresh thread and state.
+    /// Every `watchEveryMs` while threads run or are leaving: a thread that used more than
+    /// `stuckAfterMs` of CPU in one call (or spent `stuckAfterWallMs` in it) is inside a C call no
+    /// budget can stop; the owner gets a fresh thread and state.
     private func armWatchdog() {
         guard watchdog == nil else { return }
         watchdog = loop.schedule(after: Self.watchEveryMs) { [unowned self] in
             self.watchdog = nil
-            let now = monotonicMs()
-            self.yieldBurningThreads(now: now)
             for (owner, entry) in self.threads {
-                guard let busy = entry.thread.currentActivity.busy,
-                      self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
-                self.replace(owner, stuckIn: busy.label, forMs: now - busy.since)
+                guard let stuck = self.stuckCall(entry.thread) else { continue }
+                self.replace(owner, stuck: stuck)
             }
             // A retired state stuck in C is left too: what it still had queued (hooks of deleted
             // apps) must not run whenever the call returns.
             for t in self.leaving where !t.currentActivity.abandoned {
-                guard let busy = t.currentActivity.busy, self.timeouts.isStuck(busySince: busy.since, now: now) else { continue }
+                guard let stuck = self.stuckCall(t) else { continue }
                 t.abandon()
-                self.logger.warning("\(t.name): a retired Lua state is stuck inside a C call (\(busy.label), \(now - busy.since) ms): left; it exits if the call returns")
+                self.logger.warning("\(t.name): a retired Lua state is stuck inside a C call (\(stuck.label), \(stuck.what)): left; it exits if the call returns")
             }
             // A stopped (not abandoned) thread still runs the jobs queued before its stop: their
             // commands count (the last pml.log of an onStop). Then an exited one lets go of its eventfds.
@@ -304,38 +294,25 @@ final class ScriptHub {
         }
     }
 
-    /// A thread that burnt `ScriptCPU.burning`'s threshold of CPU within its window (a loop at its
-    /// budget again and again, a C call stuck computing) yields the CPU to the apps from now on.
-    private func yieldBurningThreads(now: Int) {
-        var seen: Set<Int32> = []
-        for (thread, owner) in threads.map({ ($0.value.thread, Optional($0.key)) }) + leaving.map({ ($0, nil) }) {
-            let a = thread.currentActivity
-            guard a.tid > 0, !a.exited, !a.yielding, let cpu = threadCPUNanoseconds(a.tid) else { continue }
-            seen.insert(a.tid)
-            var window = cpuWindows[a.tid] ?? ScriptCPU.burning
-            let burns = window.add(at: now, cpuNs: cpu)
-            cpuWindows[a.tid] = window
-            guard burns, thread.markYielding() else { continue }
-            let who = owner.map { "\($0)" } ?? "\(thread.name) (left behind)"
-            let what = a.busy.map { "\($0.label) " } ?? ""
-            if let problem = ScriptCPU.yield(tid: a.tid) {
-                logger.warning("scripts of \(who): \(what)burns CPU: \(problem)")
-            } else {
-                logger.info("scripts of \(who): \(what)burns CPU: the thread yields the CPU to the apps from now on")
-            }
-        }
-        cpuWindows = cpuWindows.filter { seen.contains($0.key) }
+    /// The call `thread` is stuck in, if it is: its label and what it used ("3010 ms of CPU in 3250 ms").
+    private func stuckCall(_ thread: ScriptThread) -> (label: String, what: String)? {
+        let a = thread.currentActivity
+        guard let busy = a.busy, a.tid > 0, let cpu = threadCPUNanoseconds(a.tid) else { return nil }
+        let busyMs = monotonicMs() - busy.since
+        let cpuMs = Int((cpu > busy.cpuNs ? cpu - busy.cpuNs : 0) / 1_000_000)
+        guard timeouts.isStuck(busyMs: busyMs, cpuMs: cpuMs) else { return nil }
+        return (busy.label, "\(cpuMs) ms of CPU in \(busyMs) ms")
     }
 
-    private func replace(_ owner: ScriptOwner, stuckIn label: String, forMs ms: Int) {
+    private func replace(_ owner: ScriptOwner, stuck: (label: String, what: String)) {
         guard let entry = threads.removeValue(forKey: owner) else { return }
         loop.unregister(entry.io)
         entry.thread.abandon()
         leaving.append(entry.thread)
-        let note = "\(AppLogFiles.timestamp()): \(label) ran \(ms) ms, stuck inside a C call; its Lua state was left and a fresh one started"
+        let note = "\(AppLogFiles.timestamp()): \(stuck.label) used \(stuck.what), stuck inside a C call; its Lua state was left and a fresh one started"
         // A count and the last note: a script that keeps getting stuck does not grow a list.
         restarts[owner] = ((restarts[owner]?.count ?? 0) + 1, note)
-        logger.error("scripts of \(owner): \(label) ran \(ms) ms (budget \(timeouts.callBudgetMs) ms), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
+        logger.error("scripts of \(owner): \(stuck.label) used \(stuck.what) (budget \(timeouts.callBudgetMs) ms of CPU), stuck inside a C call: pml left that Lua state and starts a fresh one; no app is restarted")
         // Decisions that waited on the lost state take their defaults now.
         for answer in pending.drop(where: { $0.owner == owner }) { answer(nil) }
         toLoad.lose(owner)

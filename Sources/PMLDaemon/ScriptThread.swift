@@ -86,12 +86,10 @@ final class ScriptThread: Sendable {
 
     /// What the thread is doing, for the watchdog and `pml describe`.
     struct Activity: Sendable {
-        /// The Lua call running now and when it started (monotonic ms).
-        var busy: (since: Int, label: String)?
+        /// The Lua call running now, when it started (monotonic ms) and the thread's CPU time then (ns).
+        var busy: (since: Int, cpuNs: UInt64, label: String)?
         /// The kernel's id of the thread, once it runs (0 before).
         var tid: Int32 = 0
-        /// It burnt CPU (`ScriptCPU.burning`): it yields the CPU to the apps, for good.
-        var yielding = false
         /// Bytes the Lua state holds, after its last call.
         var memory = 0
         /// The supervisor gave up on this thread: it ends at its next chance, answering nothing.
@@ -159,7 +157,7 @@ final class ScriptThread: Sendable {
 
     /// Script threads yield the CPU to the supervisor and the apps when the machine is busy: a
     /// script that burns its budget (or is stuck in a C call) slows the apps as little as possible.
-    /// Nice ranks them among the daemon's threads; `ScriptCPU` moves one that burns against other processes.
+    /// Nice ranks them among the daemon's threads (the last resort when `ScriptCPU` cannot place them).
     static let nice: Int32 = 19
     /// What `ps -L`, top and /proc/<pid>/task/<tid>/comm call a script thread.
     static let threadName = "pml-lua"
@@ -170,6 +168,9 @@ final class ScriptThread: Sendable {
         activity.withLock { $0.tid = tid }
         setThisThreadName(Self.threadName)
         try? setThisThreadNice(Self.nice)
+        if let problem = ScriptCPU.place(tid: tid) {
+            send(.command(.failed(app: nil, message: "\(name): \(problem)")))
+        }
         let side: ScriptSide
         do {
             side = try ScriptSide(thread: self, libraryPaths: libraryPaths)
@@ -249,18 +250,10 @@ final class ScriptThread: Sendable {
 
     var isAbandoned: Bool { activity.withLock { $0.abandoned } }
 
-    /// Marks the start of a Lua call (for the watchdog).
+    /// Marks the start of a Lua call (for the watchdog); called on the script thread.
     func busy(_ label: String) {
-        let now = monotonicMs()
-        activity.withLock { $0.busy = (now, label) }
-    }
-
-    /// Marks the thread as yielding (the supervisor moved it); false if it already was.
-    func markYielding() -> Bool {
-        activity.withLock { a in
-            defer { a.yielding = true }
-            return !a.yielding
-        }
+        let now = monotonicMs(), cpu = thisThreadCPUNanoseconds()
+        activity.withLock { $0.busy = (now, cpu, label) }
     }
 
     /// Marks its end; returns whether the thread should stop now (abandoned meanwhile).

@@ -12,7 +12,7 @@ import Darwin
 public struct LuaLimits: Sendable {
     /// Per hook call / per app-file evaluation.
     public var instructionBudget: Int
-    /// Wall-clock cap per call.
+    /// CPU time cap per call (the calling thread's CPU time: waiting for a busy CPU does not count).
     public var timeBudgetMs: Int
     /// For the whole state.
     public var memoryLimitBytes: Int

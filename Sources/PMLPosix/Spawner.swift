@@ -241,6 +241,13 @@ public func threadCPUNanoseconds(_ tid: Int32) -> UInt64? {
     return UInt64(String(decoding: first, as: UTF8.self))
 }
 
+/// CPU time the calling thread has used, in nanoseconds (the clock `threadCPUNanoseconds` reads for others).
+public func thisThreadCPUNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
 /// Names the calling thread (the first 15 bytes), as `ps -L`, top and `/proc/<pid>/task/<tid>/comm` show it.
 public func setThisThreadName(_ name: String) {
     _ = pml_name_this_thread(name)

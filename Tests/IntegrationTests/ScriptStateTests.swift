@@ -45,7 +45,7 @@ extension Integration {
                 // the state is replaced meanwhile, and the replacement is ready only after that.
                 let r = try await box.pml(["reload", "rs"], timeout: 40)
                 #expect(r.ok && r.stdout.contains("reloaded rs"), "\(r)")
-                try await box.waitForDaemonLine("stuck inside a C call", timeout: 20)
+                try await box.waitForDaemonLine("stuck inside a C call", timeout: 40)
                 // onReload and onScale come from the fresh state's own table, still bound.
                 try await box.waitForDaemonLine("RS-ONRELOAD true")
                 try await box.pmlOK("scale", "rs", "2")
@@ -116,7 +116,7 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 func marks() -> [String] { box.daemonLines("TICK ").compactMap { $0.components(separatedBy: "TICK ").last } }
                 let old = try await box.waitFor("the first state ticks", timeout: 10) { marks().first }
-                try await box.waitForDaemonLine("stuck inside a C call", timeout: 20)
+                try await box.waitForDaemonLine("stuck inside a C call", timeout: 40)
                 // The old thread ends once its C call returns: only the fresh state's is left.
                 try await box.waitFor("the stuck thread gone", timeout: 90) {
                     threads() == baseline + 1 ? true : nil

@@ -108,7 +108,7 @@ extension Integration {
                 try await box.waitForDaemonLine("loop.lua:3: timer")
 
                 // The stuck state is left behind and a fresh one loads stuck.lua again; no app restarts.
-                try await box.waitForDaemonLine("stuck inside a C call", timeout: 20)
+                try await box.waitForDaemonLine("stuck inside a C call", timeout: 40)
                 let (_, raw) = try await box.describe("stuck")
                 let scripts = raw["scripts"] as? String ?? ""
                 #expect(scripts.contains("restarted 1 time") && scripts.contains("onStart of stuck"), "describe: \(scripts)")
@@ -144,7 +144,8 @@ extension Integration {
                 try await box.waitFor("a fallback decision while onStart is stuck\n\(text().suffix(2000))", timeout: 15) {
                     text().contains("restart decision failed: scripts did not answer within 2500 ms") ? true : nil
                 }
-                try await box.waitFor("the stuck state replaced\n\(text().suffix(2000))", timeout: 20) {
+                // 3 s of CPU in the call (scripts get little CPU on a busy machine), or 30 s at most.
+                try await box.waitFor("the stuck state replaced\n\(text().suffix(2000))", timeout: 40) {
                     text().contains("stuck inside a C call") ? true : nil
                 }
                 // The fresh state answers: onCrash runs again.

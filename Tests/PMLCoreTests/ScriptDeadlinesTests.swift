@@ -3,14 +3,18 @@ import Testing
 
 @Suite("Script deadlines")
 struct ScriptDeadlinesTests {
-    @Test("a decision waits a little past one call's budget; a call is stuck only past that plus a margin")
+    @Test("a decision waits a little past one call's budget; a call is stuck past that plus a margin of CPU, or ten times that in wall time")
     func timeouts() {
         let t = ScriptTimeouts(callBudgetMs: 2000)
         #expect(t.decisionMs == 2500)
         #expect(t.stuckAfterMs == 3000)
-        #expect(!t.isStuck(busySince: 10_000, now: 12_000), "a call at its budget is not stuck")
-        #expect(!t.isStuck(busySince: 10_000, now: 13_000))
-        #expect(t.isStuck(busySince: 10_000, now: 13_001), "only a C call can run this long")
+        #expect(t.stuckAfterWallMs == 30_000)
+        #expect(!t.isStuck(busyMs: 2000, cpuMs: 2000), "a call at its budget is not stuck")
+        #expect(!t.isStuck(busyMs: 3000, cpuMs: 3000))
+        #expect(t.isStuck(busyMs: 3001, cpuMs: 3001), "only a C call can burn this much CPU")
+        #expect(!t.isStuck(busyMs: 20_000, cpuMs: 2900), "a state starved of CPU on a busy machine is not stuck")
+        #expect(!t.isStuck(busyMs: 30_000, cpuMs: 0))
+        #expect(t.isStuck(busyMs: 30_001, cpuMs: 0), "a call that waits this long is lost (a deadlock)")
         #expect(ScriptTimeouts(callBudgetMs: 0).callBudgetMs == 1, "a budget is at least 1 ms")
     }
 

@@ -189,3 +189,10 @@ func load(_ runtime: LuaRuntime, _ folder: FixtureFolder, _ source: String, as n
     }
     return file
 }
+
+/// Seconds on the monotonic clock (for elapsed wall time).
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
