@@ -127,7 +127,7 @@ extension Integration {
                 #expect(after.count == 1 && !after.contains(old), "one timer ticks, the fresh state's: \(after), old \(old)")
                 let (_, raw) = try await box.describe("tk")
                 let scripts = raw["scripts"] as? String ?? ""
-                #expect(scripts.contains("restarted 1 time, last at ") && scripts.contains("timer 2 ran"), "describe: \(scripts)")
+                #expect(scripts.contains("restarted 1 time, last at ") && scripts.contains("timer 2 used ") && scripts.contains(" ms of CPU in "), "describe: \(scripts)")
                 let text = try await box.pmlOK("describe", "tk").stdout
                 #expect(text.contains("stuck inside a C call"), "\(text)")
                 // Deleted and started again from the same file: a fresh state, and a clean history.
