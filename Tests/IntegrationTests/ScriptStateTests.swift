@@ -29,23 +29,36 @@ extension Integration {
         @Test("a reload straddling a state replacement: the old state's table is refused in the fresh one, whose hooks keep working")
         func reloadAcrossReplacement() async throws {
             try await withSandbox { box in
+                // Each worker is ready (by message) once the gate file exists: the test holds the
+                // reload's new worker back until the stuck state has been replaced, however long
+                // that takes on a busy machine (3 s of the script thread's CPU).
+                let gate = box.work + "/gate"
+                let worker = try box.write("gated.sh", """
+                    while [ ! -e \(gate) ]; do sleep 0.05; done
+                    printf '"ready"\\n' >&$PML_IPC_FD
+                    exec sleep 1000
+                    """)
                 let text = """
                     return {
-                      name = "rs", cmd = { "sleep", "1000" }, instances = 1, min_uptime = 3000,
+                      name = "rs", cmd = { "sh", \(lua(worker)) }, instances = 1, ready = "message", ready_timeout = 60000,
                       beforeReload = function() \(stuckInC) end,
                       onReload = function(app, r) pml.log("RS-ONRELOAD " .. tostring(r.ok)) end,
                       onScale = function(app, from, to) pml.log("RS-SCALE " .. from .. "->" .. to) end,
                     }
                     """
                 let file = try box.write("rs.lua", text)
+                #expect(FileManager.default.createFile(atPath: gate, contents: Data()))
                 try await box.pmlOK("start", file)
                 _ = try await box.waitOnline("rs")
+                try FileManager.default.removeItem(atPath: gate)
                 // The reload reads the file in the state that then gets stuck in beforeReload: the
                 // table it returned is that state's. The reload goes on after the decision deadline,
-                // the state is replaced meanwhile, and the replacement is ready only after that.
-                let r = try await box.pml(["reload", "rs"], timeout: 40)
-                #expect(r.ok && r.stdout.contains("reloaded rs"), "\(r)")
+                // the state is replaced meanwhile, and the reload ends only after that.
+                let reload = try ChildProcess(box, box.binary, ["reload", "rs"])
                 try await box.waitForDaemonLine("stuck inside a C call", timeout: 40)
+                #expect(FileManager.default.createFile(atPath: gate, contents: Data()))
+                let r = await reload.finish(timeout: 30)
+                #expect(r.ok && r.stdout.contains("reloaded rs"), "\(r)")
                 // onReload and onScale come from the fresh state's own table, still bound.
                 try await box.waitForDaemonLine("RS-ONRELOAD true")
                 try await box.pmlOK("scale", "rs", "2")
