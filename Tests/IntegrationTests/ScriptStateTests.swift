@@ -56,6 +56,8 @@ extension Integration {
                 // the state is replaced meanwhile, and the reload ends only after that.
                 let reload = try ChildProcess(box, box.binary, ["reload", "rs"])
                 try await box.waitForDaemonLine("stuck inside a C call", timeout: 40)
+                // Once the fresh state has bound the apps' own tables, the reload may end.
+                try await box.waitForDaemonLine("rs: hooks bound again from", timeout: 20)
                 #expect(FileManager.default.createFile(atPath: gate, contents: Data()))
                 let r = await reload.finish(timeout: 30)
                 #expect(r.ok && r.stdout.contains("reloaded rs"), "\(r)")
