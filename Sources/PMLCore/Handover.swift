@@ -104,6 +104,19 @@ public enum KeeperTag {
     public static func generation(_ bits: UInt64) -> String { String(bits, radix: 16) }
     /// The SO_REUSEPORT socket of `slot` of a reuseport listener.
     public static func slot(listener: String, slot: Int) -> String { "\(listener)s\(slot)." }
+
+    /// Whether `tag` is one `listener(generation:id:)` makes: "l.", 1 to 16 hex digits, ".", a
+    /// decimal id, ".". Only such a tag read back from state.json is used: the keeper drops by
+    /// prefix, and "w." would name every worker's fds.
+    public static func isListener(_ tag: String) -> Bool {
+        let parts = tag.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        func all(_ part: String.UTF8View.SubSequence, max: Int, _ ok: (UInt8) -> Bool) -> Bool {
+            (1...max).contains(part.count) && part.allSatisfy(ok)
+        }
+        return parts.count == 4 && parts[0].elementsEqual("l".utf8) && parts[3].isEmpty
+            && all(parts[1], max: 16) { (48...57).contains($0) || (97...102).contains($0) }
+            && all(parts[2], max: 19) { (48...57).contains($0) }
+    }
 }
 
 /// What the keeper tells a daemon it starts about the one before it (`PML_PREDECESSOR`).

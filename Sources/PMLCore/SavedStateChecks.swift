@@ -34,6 +34,7 @@ extension SavedState {
         if let p = daemonPID, p <= 0 { out.daemonPID = nil; problems.append("daemon_pid \(p) is not a pid; ignored") }
         if let p = keeperPID, p <= 0 { out.keeperPID = nil; problems.append("keeper_pid \(p) is not a pid; ignored") }
         var ids = Set<Int>()
+        var tags = Set<String>()
         for (a, app) in out.apps.enumerated() {
             if var workers = app.workers {
                 if workers.count > CheckedNumber.maxInstances {
@@ -48,7 +49,11 @@ extension SavedState {
                 }
             }
             if let listeners = app.listeners {
-                out.apps[a].listeners = listeners.map { l in
+                out.apps[a].listeners = listeners.compactMap { l in
+                    guard KeeperTag.isListener(l.tag), tags.insert(l.tag).inserted else {
+                        problems.append("\(app.name): listener tag \(String(l.tag.prefix(40)).debugDescription) is not one pml writes, or appears twice; listener left out")
+                        return nil
+                    }
                     var l = l
                     if let port = l.requestedPort, !(0...65535).contains(port) {
                         l.requestedPort = nil

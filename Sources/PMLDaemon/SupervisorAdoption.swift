@@ -143,11 +143,11 @@ extension Supervisor {
                 // reuseport: the group, and each slot's socket as the keeper kept it.
                 l = AppListener.reusePortGroup(id: nextListenerID, address: s.address)
                 for slot in slots {
-                    guard let fd = adoption.handover.take(KeeperTag.slot(listener: s.tag, slot: slot)) else { continue }
+                    guard let fd = takeListening(KeeperTag.slot(listener: s.tag, slot: slot), app) else { continue }
                     l.slots[slot] = SlotSocket(slot: slot, fd: fd, listener: l)
                 }
             } else {
-                guard let fd = adoption.handover.take(s.tag) else { continue }
+                guard let fd = takeListening(s.tag, app) else { continue }
                 l = AppListener(id: nextListenerID, address: s.address, requestedPort: s.requestedPort, fd: fd)
             }
             l.tag = s.tag
@@ -162,6 +162,19 @@ extension Supervisor {
         }
         let slots = Set(app.listeners.flatMap(\.slots.keys))
         for slot in slots where app.listeners.allSatisfy({ $0.slots[slot] != nil }) { app.slots.didBind(slot) }
+    }
+
+    /// The keeper's copy of the socket `tag` names, if it is a listening socket: anything else
+    /// (a tampered state.json naming a worker's channel) would be accepted on forever, in vain.
+    private func takeListening(_ tag: String, _ app: ManagedApp) -> Int32? {
+        guard let adoption, let fd = adoption.handover.take(tag) else { return nil }
+        guard isListeningSocket(fd) else {
+            logger.error("\(app.spec.name): the keeper's fd for \(tag) is not a listening socket; not accepted on")
+            closeFD(fd)
+            keeper?.drop(tag)
+            return nil
+        }
+        return fd
     }
 
     /// The id the worker of `instance` had under the daemon before.

@@ -72,6 +72,13 @@ public func listenQueueLength(_ fd: Int32) -> Int? {
     return n >= 0 ? Int(n) : nil
 }
 
+/// Whether `fd` is a listening socket (SO_ACCEPTCONN): only such an fd is accepted on.
+public func isListeningSocket(_ fd: Int32) -> Bool {
+    var on: Int32 = 0
+    var size = socklen_t(MemoryLayout<Int32>.size)
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &size) == 0 && on != 0
+}
+
 /// Stops `fd` listening for every process that holds a copy of it (new connections are refused).
 public func stopListening(_ fd: Int32) {
     _ = pml_stop_listening(fd)

@@ -270,6 +270,61 @@ extension Integration {
             }
         }
 
+        @Test("a tampered state.json whose listener tags are \"w.\" and another worker's channel: the successor leaves those listeners out (one line each) and does not spin, that app says it could not be taken up; started again it serves, and deleting it drops no other worker's channels (a second successor still adopts them)")
+        func tamperedListenerTags() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let webFile = try Integration.Cluster.rrApp(box, name: "web", listen: lua("127.0.0.1:\(port)"), instances: 1)
+                try await box.pmlOK("start", webFile)
+                try await box.pmlOK("start", "--name", "other", "--", "sleep", "3000")
+                _ = try await box.waitServing("web", count: 1)
+                let other = try #require(try await box.waitOnline("other").first?.pid)
+                let daemon = try #require(box.daemonPid)
+                kill(daemon, SIGSTOP)
+                let path = box.home + "/state.json"
+                var state = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+                var apps = try #require(state["apps"] as? [[String: Any]])
+                let web = try #require(apps.firstIndex { $0["name"] as? String == "web" })
+                var listeners = try #require(apps[web]["listeners"] as? [[String: Any]])
+                #expect(listeners.count == 1)
+                listeners[0]["tag"] = "w.\(other).ipc"
+                var prefix = listeners[0]
+                prefix["tag"] = "w."
+                apps[web]["listeners"] = listeners + [prefix]
+                state["apps"] = apps
+                try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+                kill(daemon, SIGKILL)
+                let successor = try await box.waitFor("a successor", timeout: 10, every: 20) {
+                    box.daemonPid.flatMap { $0 != daemon && Proc.alive($0) ? $0 : nil }
+                }
+                // web's listening socket is not found under any tag it names: it cannot come back in this
+                // successor (its port is still held until the take-over ends), and says so.
+                try await box.waitFor("the successor done taking over", timeout: 10) {
+                    box.read(box.daemonLog).contains("its successor adopted 1 worker; could not take up web: ") ? true : nil
+                }
+                #expect(try await box.rows("other").first?.pid == other)
+                let log = box.read(box.daemonLog)
+                #expect(log.contains(#"web: listener tag "w.\#(other).ipc" is not one pml writes, or appears twice; listener left out"#), "\(log.suffix(1500))")
+                #expect(log.contains(#"web: listener tag "w." is not one pml writes, or appears twice; listener left out"#))
+                let cpu = Integration.HostileInput.cpuPercent(of: [successor], overMs: 1000)
+                #expect(cpu < 30, "the successor used \(Int(cpu)) % CPU")
+                // Started again by hand, it binds its port afresh and serves.
+                try await box.pmlOK("start", webFile)
+                _ = try await box.waitServing("web", count: 1)
+                try await box.pmlOK("delete", "web")
+                // Had "w." been dropped, the keeper would hold none of other's fds: its next successor could not adopt it.
+                kill(successor, SIGKILL)
+                try await box.waitFor("a second successor", timeout: 10, every: 20) {
+                    box.daemonPid.flatMap { $0 != successor && $0 != daemon && Proc.alive($0) ? $0 : nil }
+                }
+                let rows = try await box.waitFor("other adopted again", timeout: 10) { () -> [Row]? in
+                    let r = try await box.rows("other")
+                    return r.first?.status == "online" ? r : nil
+                }
+                #expect(rows.first?.pid == other && rows.first?.restarts == 0, "the same process, adopted: \(rows)")
+            }
+        }
+
         @Test("under ulimit -n 128, connections waiting for a busy worker stop at 32: pml stops accepting, the kernel's backlog holds the rest, nothing spins; all are served once the worker takes them")
         func waitingConnectionsBelowTheFDLimit() async throws {
             try await withSandbox { box in

@@ -83,4 +83,21 @@ import Testing
         #expect(checked.apps[0].workers?.count == CheckedNumber.maxInstances)
         #expect(problems == ["web: \(CheckedNumber.maxInstances + 3) worker records: the ones past the first \(CheckedNumber.maxInstances) left out"])
     }
+
+    @Test func listenerTagsMustBeOnesPmlWrites() {
+        for good in ["l.1.0.", "l.deadbeef01234567.42.", KeeperTag.listener(generation: KeeperTag.generation(.max), id: Int.max)] {
+            #expect(KeeperTag.isListener(good), "\(good)")
+        }
+        for bad in ["w.", "l.", "l.1.", "l.1.0", "l.1.0.s0.", "w.123.ipc", "l.1.0.x", "l.G.0.", "l.1.-1.", "l.1.0..", "l.12345678901234567.0.",
+                    "l.1.12345678901234567890.", "control", "", "l.1.٣."] {
+            #expect(!KeeperTag.isListener(bad), "\(bad)")
+        }
+        var s = Self.state([Self.worker()])
+        s.apps[0].listeners = ["w.", "l.1.0.", "w.4321.ipc", "l.1.0.", "l.2.0."].map {
+            SavedListener(tag: $0, address: .tcp(host: nil, port: 8080), requestedPort: nil)
+        }
+        let (checked, problems) = s.checked(nowMs: 1000)
+        #expect(checked.apps[0].listeners?.map(\.tag) == ["l.1.0.", "l.2.0."])
+        #expect(problems.count == 3 && problems[0] == #"web: listener tag "w." is not one pml writes, or appears twice; listener left out"#, "\(problems)")
+    }
 }

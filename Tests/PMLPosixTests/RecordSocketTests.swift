@@ -50,3 +50,21 @@ import Testing
         guard case .closed = RecordSocket.receive(b, limit: 64, dontWait: true) else { Issue.record("expected closed"); return }
     }
 }
+
+@Suite struct ListeningSocketTests {
+    @Test func onlyAListeningSocketCounts() throws {
+        let (a, b) = try RecordSocket.pair()
+        defer { closeFD(a); closeFD(b) }
+        #expect(!isListeningSocket(a), "a socketpair end is no listener")
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { closeFD(s) }
+        #expect(!isListeningSocket(s), "not before listen()")
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0 && listen(s, 1) == 0)
+        #expect(isListeningSocket(s))
+        #expect(!isListeningSocket(-1))
+    }
+}
