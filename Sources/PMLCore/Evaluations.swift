@@ -1,12 +1,13 @@
 /// Which evaluations of one app file still own the timers their top level started. Each
-/// `pml start`/`pml reload` evaluates the file again in the same Lua state: the timers of the
-/// evaluation whose tables the apps use run, older ones end when a newer evaluation's table is
-/// bound, and an evaluation whose tables all went unused (a refused start, a rolled-back or vetoed
-/// reload, a file that failed) ends at once. Pure bookkeeping: the caller owns the timers.
+/// `pml start`/`pml reload` evaluates the file again in the same Lua state, and each app's hooks
+/// close over the top level of the evaluation its table came from: that evaluation's timers run as
+/// long as any of its tables is bound or may still be (apps started with `--only`, a `pml reload`
+/// of one app and a resurrect leave apps of one file on different evaluations, each fed by its own
+/// timers). An evaluation ends when its last table is released or replaced, and at once when it
+/// handed out none (a file that failed). Pure bookkeeping: the caller owns the timers.
 public struct Evaluations<Ref: Hashable> {
     private var refs: [Int: Set<Ref>] = [:]
     private var owner: [Ref: Int] = [:]
-    private var latestBound = 0
     private var next = 1
 
     public init() {}
@@ -26,15 +27,7 @@ public struct Evaluations<Ref: Hashable> {
         return false
     }
 
-    /// `ref` was bound to an app. When its evaluation is newer than any bound before, the timers of
-    /// every older evaluation end: the result is that evaluation (end those below it).
-    public mutating func bound(_ ref: Ref) -> Int? {
-        guard let id = owner[ref], id > latestBound else { return nil }
-        latestBound = id
-        return id
-    }
-
-    /// `ref` was released or unbound. When it was its evaluation's last, the result is that
+    /// `ref` was released, unbound or replaced by another table. When it was its evaluation's last, the result is that
     /// evaluation: its timers end.
     public mutating func dropped(_ ref: Ref) -> Int? {
         guard let id = owner.removeValue(forKey: ref) else { return nil }

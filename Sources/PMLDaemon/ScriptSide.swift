@@ -116,9 +116,8 @@ final class ScriptSide: LuaHost {
         guard lua.bind(app: app, tableRef: tableRef) else {
             return report(.failed(app: app, message: "\(app): hooks from a Lua state pml left were not bound in its fresh state; the fresh state's stay"))
         }
+        // The replaced table's evaluation ends with its last table: other apps may still use it.
         if let old = bound.updateValue(tableRef, forKey: app), old != tableRef { dropped(old) }
-        // A newer evaluation in use: the top-level timers of the older ones end (no double ticks after a reload).
-        if let newest = evaluations.bound(tableRef) { endTimers { $0 < newest } }
     }
 
     /// Forgets the app's hooks and ends the timers its hooks started.

@@ -118,7 +118,10 @@ extension Supervisor {
             case .success(let workers): targets = apps.filter { app in workers.contains { $0.app === app } }
             }
             if let failure = redefine(request) ?? updateEnvironment(request, names) { return respond(.failure(failure)) }
-            reloadEach(targets[...], graceful: request.graceful ?? false, parallel: request.parallel ?? 1, messages: [], respond: respond)
+            let files = targets.compactMap(\.spec.appFile)
+            let sharing = SharedReloadEvaluations(files: Set(files.filter { f in files.count { $0 == f } > 1 }))
+            reloadEach(targets[...], graceful: request.graceful ?? false, parallel: request.parallel ?? 1, sharing: sharing,
+                       messages: [], respond: respond)
         case .plugins:
             if request.target == "reload" {
                 loadPlugins()
@@ -165,18 +168,26 @@ extension Supervisor {
         held.forEach { $0() }
     }
 
-    /// Reloads apps one after another; the first failure ends the command.
-    private func reloadEach(_ targets: ArraySlice<ManagedApp>, graceful: Bool, parallel: Int, messages: [String],
-                            respond: @escaping (ControlResponse) -> Void) {
-        guard let app = targets.first else {
-            return respond(ControlResponse(ok: true, message: messages.joined(separator: "\n"), processes: rows()))
+    /// Reloads apps one after another, apps of one file from one evaluation of it; the first
+    /// failure ends the command.
+    private func reloadEach(_ targets: ArraySlice<ManagedApp>, graceful: Bool, parallel: Int, sharing: SharedReloadEvaluations,
+                            messages: [String], respond: @escaping (ControlResponse) -> Void) {
+        let end = { [unowned self] (response: ControlResponse) in
+            for (file, refs) in sharing.finish() where !refs.isEmpty {
+                self.scripts.tell(.appFile(file)) { side in refs.forEach(side.release(tableRef:)) }
+            }
+            respond(response)
         }
-        reload(app, graceful: graceful, parallel: parallel) { [unowned self] result in
+        guard let app = targets.first else {
+            return end(ControlResponse(ok: true, message: messages.joined(separator: "\n"), processes: rows()))
+        }
+        reload(app, graceful: graceful, parallel: parallel, sharing: sharing) { [unowned self] result in
             switch result {
             case .success(let m):
-                self.reloadEach(targets.dropFirst(), graceful: graceful, parallel: parallel, messages: messages + [m], respond: respond)
+                self.reloadEach(targets.dropFirst(), graceful: graceful, parallel: parallel, sharing: sharing,
+                                messages: messages + [m], respond: respond)
             case .failure(let e):
-                respond(.failure(e.message))
+                end(.failure(e.message))
             }
         }
     }

@@ -33,9 +33,36 @@ final class ReloadOperation {
     }
 }
 
+/// One evaluation per app file for the apps one `pml reload` command reloads from that file, read
+/// when the first of them reloads: their hooks then close over one top level (and its timers tick
+/// once), as after `pml start` of the file. What no reload took is released when the command ends.
+final class SharedReloadEvaluations {
+    /// The files more than one target of the command comes from.
+    let files: Set<String>
+    private var taken: [String: (loaded: LoadedAppFile, indices: Set<Int>)] = [:]
+
+    init(files: Set<String>) { self.files = files }
+
+    /// The evaluation read for an earlier app of the command, if any.
+    func loaded(_ file: String) -> LoadedAppFile? { taken[file]?.loaded }
+
+    /// A reload took table `index` of `loaded` (it binds or releases it itself).
+    func take(_ index: Int, of loaded: LoadedAppFile, file: String) {
+        taken[file, default: (loaded, [])].indices.insert(index)
+    }
+
+    /// The command ended: the tables no reload took, by file.
+    func finish() -> [(file: String, refs: [LuaTableRef])] {
+        defer { taken = [:] }
+        return taken.map { file, t in (file, t.loaded.tableRefs.enumerated().filter { !t.indices.contains($0.offset) }.map(\.element)) }
+    }
+}
+
 extension Supervisor {
-    /// `pml reload <app>`; `done` gets the sentence to print, or the reason it failed.
-    func reload(_ app: ManagedApp, graceful: Bool, parallel: Int, done: @escaping (Result<String, TargetError>) -> Void) {
+    /// `pml reload <app>`; `done` gets the sentence to print, or the reason it failed. With
+    /// `sharing`, an app file read for an earlier app of the same command is not read again.
+    func reload(_ app: ManagedApp, graceful: Bool, parallel: Int, sharing: SharedReloadEvaluations? = nil,
+                done: @escaping (Result<String, TargetError>) -> Void) {
         let done = recordingReload(app, done)
         let name = app.spec.name
         if app.reloading { return done(.failure(TargetError(message: "a reload of \(name) is already running"))) }
@@ -48,8 +75,9 @@ extension Supervisor {
 
         // The app file is read again (on its script thread): a changed cmd, env or instances takes effect.
         guard let file = app.spec.appFile else { return beforeReload(app, newSpec: app.spec, newRef: nil, graceful: graceful, parallel: parallel, done: done) }
+        let sharing = sharing.flatMap { $0.files.contains(file) ? $0 : nil }
         app.reloading = true // no second reload, scale or autoscale while the file is read
-        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: { [unowned self] result in
+        let answer = { [unowned self] (result: Result<LoadedAppFile, AppFileError>?) in
             app.reloading = false
             guard self.apps.contains(where: { $0 === app }) else { return done(.failure(TargetError(message: "\(name) was deleted during its reload"))) }
             let loaded: LoadedAppFile
@@ -65,17 +93,24 @@ extension Supervisor {
             switch self.declaration(of: app, in: loaded, file: file) {
             case .success(let found): (newSpec, index) = found
             case .failure(let error):
-                release(loaded.tableRefs)
+                // Shared tables are released when the command ends.
+                if sharing == nil { release(loaded.tableRefs) }
                 return done(.failure(error))
             }
-            release(loaded.tableRefs.enumerated().filter { $0.offset != index }.map(\.element))
+            if let sharing {
+                sharing.take(index, of: loaded, file: file)
+            } else {
+                release(loaded.tableRefs.enumerated().filter { $0.offset != index }.map(\.element))
+            }
             let newRef = index < loaded.tableRefs.count ? loaded.tableRefs[index] : nil
             if let blocker = app.spec.reloadBlocker(for: newSpec) {
                 release(newRef.map { [$0] } ?? [])
                 return done(.failure(TargetError(message: "cannot reload \(name): \(blocker)")))
             }
             self.beforeReload(app, newSpec: newSpec, newRef: newRef, graceful: graceful, parallel: parallel, done: done)
-        })
+        }
+        if let loaded = sharing?.loaded(file) { return answer(.success(loaded)) }
+        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: answer)
     }
 
     /// Where `app` stands in a fresh evaluation of its app file, read as its start read it (what it

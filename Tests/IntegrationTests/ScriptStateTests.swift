@@ -190,6 +190,63 @@ extension Integration {
             }
         }
 
+        @Test("a top-level timer of a two-app file goes on for the app not reloaded; a reload of both leaves one timer, the new evaluation's")
+        func topLevelTimerOfTwoApps() async throws {
+            try await withSandbox { box in
+                let file = try box.write("pair.lua", """
+                    local mark, n = tostring({}):sub(8), 0
+                    pml.every(150, function() n = n + 1; pml.log("PTICK " .. mark) end)
+                    local function app(name)
+                      return { name = name, cmd = { "sleep", "1000" }, min_uptime = 300,
+                               onScale = function(a) pml.log("SEEN " .. a.name .. " " .. mark .. " " .. n) end }
+                    end
+                    return { app("pa"), app("pb") }
+                    """)
+                func ticks() -> [String] { box.daemonLines("PTICK ").compactMap { $0.components(separatedBy: "PTICK ").last } }
+                /// The marks of the timers that tick next (after the ticks that may have been on their way).
+                func nextMarks() async throws -> Set<String> {
+                    let seen = ticks().count
+                    try await box.waitFor("eight more ticks", timeout: 10) { ticks().count >= seen + 8 ? true : nil }
+                    return Set(ticks().dropFirst(seen + 2))
+                }
+                /// What `app`'s hook sees of the top level: its evaluation's mark and tick count.
+                func seen(_ app: String, scaleTo n: Int) async throws -> (mark: String, count: Int) {
+                    let before = box.daemonLines("SEEN \(app) ").count
+                    try await box.pmlOK("scale", app, "\(n)")
+                    let line = try await box.waitFor("\(app)'s onScale", timeout: 10) {
+                        let lines = box.daemonLines("SEEN \(app) ")
+                        return lines.count > before ? lines.last : nil
+                    }
+                    let fields = line.components(separatedBy: "SEEN \(app) ").last?.split(separator: " ") ?? []
+                    return (fields.first.map(String.init) ?? "", fields.count > 1 ? Int(fields[1]) ?? -1 : -1)
+                }
+                try await box.pmlOK("start", file)
+                _ = try await box.waitOnline("pa")
+                _ = try await box.waitOnline("pb")
+                let first = try await nextMarks()
+                #expect(first.count == 1, "one evaluation, one timer: \(first)")
+
+                // Reload pa alone: pb's hooks still close over the first evaluation, whose timer goes on.
+                try await box.pmlOK("reload", "pa")
+                let both = try await nextMarks()
+                #expect(both.count == 2 && both.isSuperset(of: first), "pa's new evaluation and pb's first one tick: \(both)")
+                let b1 = try await seen("pb", scaleTo: 2)
+                let mine = ticks().count
+                try await box.waitFor("more ticks", timeout: 10) { ticks().count >= mine + 6 ? true : nil }
+                let b2 = try await seen("pb", scaleTo: 3)
+                #expect(first.contains(b1.mark) && b2.mark == b1.mark && b2.count > b1.count,
+                        "pb's hooks see the timer's updates: \(b1) then \(b2)")
+
+                // Reload both: one evaluation for both apps, and its timer alone ticks.
+                try await box.waitOnline("pb", count: 3)
+                try await box.pmlOK("reload", "all")
+                let last = try await nextMarks()
+                #expect(last.count == 1 && last.isDisjoint(with: both), "one timer, the new evaluation's: \(last), before \(both)")
+                let a = try await seen("pa", scaleTo: 2), b = try await seen("pb", scaleTo: 4)
+                #expect(last.contains(a.mark) && a.mark == b.mark, "both apps' hooks share the new top level: \(a) \(b)")
+            }
+        }
+
         @Test("each app of a multi-app file gets its own table: started with --only, and after save, kill and resurrect")
         func eachAppItsOwnTable() async throws {
             try await withSandbox { box in
