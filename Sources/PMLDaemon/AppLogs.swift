@@ -260,4 +260,11 @@ final class ReadBuffer {
     func read(_ fd: Int32) -> ReadResult {
         bytes.withUnsafeMutableBytes { (try? readSome(fd, into: $0)) ?? .eof }
     }
+
+    /// One non-blocking read of at most `max` bytes into the buffer.
+    func read(_ fd: Int32, max: Int) -> ReadResult {
+        bytes.withUnsafeMutableBytes { b in
+            (try? readSome(fd, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<Swift.min(max, b.count)]))) ?? .eof
+        }
+    }
 }

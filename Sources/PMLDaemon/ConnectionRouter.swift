@@ -257,18 +257,27 @@ final class ConnectionRouter {
         dispatcher.remove(worker: worker)
     }
 
+    /// Who gets what a worker was sent on its handoff channel and has not credited back.
+    enum SentConnections {
+        /// Others, now (the worker exited: its receive queue went with it).
+        case others
+        /// The worker (it lives on and may read them): pml's copies are closed.
+        case worker
+        /// Others, once the worker has exited (it is being killed): pml keeps its copies till then.
+        case untilExit
+    }
+
     /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another,
     /// unless it `keepsHandle` (sent to a worker still alive: it may have taken it) — then pml's
-    /// copy is closed and the connection is the worker's. Connections sent on its handoff channel
-    /// and not credited go to others too, unless it `keepsSent` (cut off while alive).
-    func workerGone(worker: Int, keepsHandle: Bool = false, keepsSent: Bool = false) {
+    /// copy is closed and the connection is the worker's. What its handoff channel holds goes as `sent` says.
+    func workerGone(worker: Int, keepsHandle: Bool = false, sent: SentConnections = .others) {
         dispatcher.remove(worker: worker)
         silent.remove(worker)
-        if keepsSent {
-            // Cut off, alive for a moment: what its handoff channel holds may still be taken.
-            while let e = held[worker]?.pop() { closeFD(e.fd) }
+        switch sent {
+        case .others: requeueHeld(worker: worker)
+        case .worker: closeHeld(worker: worker)
+        case .untilExit: break
         }
-        requeueHeld(worker: worker)
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
         if let f = inFlight.removeValue(forKey: worker) {
@@ -304,13 +313,21 @@ final class ConnectionRouter {
         drain()
     }
 
-    /// The worker's handoff channel closed (it closed its end, or was cut off): what it was not
-    /// credited for goes to others, and it is back on NODE_HANDLE.
-    func handoffClosed(worker: Int) {
-        requeueHeld(worker: worker)
+    /// The worker's handoff channel closed while it lives, and it is back on NODE_HANDLE. What it was
+    /// not credited for goes to others only if its end is closed (`receiverGone`: its receive queue
+    /// went with it); otherwise it may still read those connections, so pml's copies are closed
+    /// (serving one twice is worse than losing it: see the IPC channel's cut-off).
+    func handoffClosed(worker: Int, receiverGone: Bool) {
+        if receiverGone { requeueHeld(worker: worker) } else { closeHeld(worker: worker) }
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
         drain()
+    }
+
+    /// Closes pml's copies of what `worker` was sent and has not credited: the connections are its own.
+    private func closeHeld(worker: Int) {
+        guard var ring = held.removeValue(forKey: worker) else { return }
+        while let e = ring.pop() { closeFD(e.fd) }
     }
 
     /// Connections sent on a worker's handoff channel and never credited back go to the front of

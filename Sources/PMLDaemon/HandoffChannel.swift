@@ -7,8 +7,14 @@ import PMLPosix
 /// connections as `<address>\n` with 1…maxFDs fds (SCM_RIGHTS) per message, never more than the
 /// worker's credits. No ACK per connection: credits come back in batches.
 final class HandoffChannel {
-    /// More lines than this in one second is a flood (a worker crediting in a loop): cut off.
-    static let maxLinesPerSecond = 100_000
+    /// More lines than this in one second is a flood (a worker crediting in a loop): cut off. A
+    /// worker writes about one line per batch of connections it took, fewer than pml can send.
+    static let maxLinesPerSecond = 50_000
+    /// More hellos than this in one second is a flood too (a worker says hello once).
+    static let maxHellosPerSecond = 20
+    /// Bytes read per wake-up: a few hundred lines at most, so one worker never holds the loop
+    /// (what is left stays in its socket; the level-triggered loop comes back for it).
+    static let readBytesPerWakeUp = 4096
 
     /// What a send did.
     enum SendResult { case sent, full, closed }
@@ -18,7 +24,7 @@ final class HandoffChannel {
     private var handle: IOHandle?
     private var input: [UInt8] = []
     private let scratch: ReadBuffer
-    private var lineWindow = (start: 0, count: 0)
+    private var lineWindow = (start: 0, count: 0, hellos: 0)
     /// Adopted: a daemon before read this channel and may have read the head of a line.
     private var resync: Bool
     private(set) var isOpen = true
@@ -26,11 +32,12 @@ final class HandoffChannel {
     private(set) var hello: (maxFDs: Int, window: Int)?
     private let onHello: (_ maxFDs: Int, _ window: Int) -> Void
     private let onCredit: (Int) -> Void
-    private let onClosed: () -> Void
+    /// `receiverGone`: the worker's end is closed (its receive queue, and the connections in it, are gone).
+    private let onClosed: (_ receiverGone: Bool) -> Void
     private let onGarbage: (_ why: String) -> Void
 
     init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, resync: Bool, onHello: @escaping (Int, Int) -> Void,
-         onCredit: @escaping (Int) -> Void, onClosed: @escaping () -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
+         onCredit: @escaping (Int) -> Void, onClosed: @escaping (Bool) -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
         self.fd = fd
         self.loop = loop
         self.scratch = scratch
@@ -47,15 +54,15 @@ final class HandoffChannel {
     /// A successor's view of a worker that opted in under the daemon before (state.json says so).
     func assume(maxFDs: Int, window: Int) { hello = (maxFDs, window) }
 
-    /// One chunk per wake-up, so a flooding worker shares the loop with everyone else.
+    /// One small chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
-        switch scratch.read(fd) {
+        switch scratch.read(fd, max: Self.readBytesPerWakeUp) {
         case .wouldBlock: return
-        case .eof: return closeAndTell()
+        case .eof: return closeAndTell(receiverGone: peerClosed())
         case .data(let n): input.append(contentsOf: scratch.bytes.prefix(n))
         }
         let now = monotonicMs()
-        if now - lineWindow.start >= 1000 { lineWindow = (now, 0) }
+        if now - lineWindow.start >= 1000 { lineWindow = (now, 0, 0) }
         var start = 0
         while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")) {
             let line = input[start..<nl]
@@ -68,6 +75,12 @@ final class HandoffChannel {
             }
             switch HandoffRecord.parse(line) {
             case .hello(let maxFDs, let window)?:
+                lineWindow.hellos += 1
+                if lineWindow.hellos > Self.maxHellosPerSecond {
+                    return cutOff("it said hello over \(Self.maxHellosPerSecond) times a second on its handoff channel")
+                }
+                // The same hello again changes nothing (and costs nothing).
+                if let h = hello, h == (maxFDs, window) { break }
                 hello = (maxFDs, window)
                 onHello(maxFDs, window)
             case .credit(let n)?:
@@ -90,13 +103,25 @@ final class HandoffChannel {
         do {
             n = try line.withUnsafeBytes { b throws(SystemError) in try ListeningSocket.send(fd, b, attaching: fds) }
         } catch {
-            closeAndTell()
+            // Nothing of this message went out. EPIPE, ECONNRESET: the worker's end is closed, what
+            // it had not taken is gone with it. Anything else (ENOBUFS, ETOOMANYREFS…): its end is
+            // there and may still be read.
+            let e = (error as? SystemError)?.errno
+            closeAndTell(receiverGone: e == EPIPE || e == ECONNRESET)
             return .closed
         }
-        if n == line.count { return .sent }
         if n == 0 { return .full }
-        // Part of a line went out: the stream is out of step; the worker sees EOF, pml re-queues.
-        return cutOffLater("pml could write only part of a handoff message")
+        // Part of a line went out: the fds went with its first byte (the worker may take them), but
+        // the stream is out of step: the worker is cut off like one that wrote garbage.
+        if n < line.count { cutOffLater("pml could write only part of a handoff message") }
+        return .sent
+    }
+
+    /// Whether the worker closed its end entirely (POLLHUP), not just shut down its writing side
+    /// (SHUT_WR: it may still read what is queued for it).
+    private func peerClosed() -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & Int16(POLLHUP) != 0
     }
 
     private func cutOff(_ why: String) {
@@ -104,19 +129,18 @@ final class HandoffChannel {
         onGarbage(why)
     }
 
-    private func cutOffLater(_ why: String) -> SendResult {
+    private func cutOffLater(_ why: String) {
         close()
         // Told from the loop, not from inside a send the router is in the middle of.
         let tell = onGarbage
         _ = loop?.schedule(after: 0) { tell(why) }
-        return .closed
     }
 
-    private func closeAndTell() {
+    private func closeAndTell(receiverGone: Bool) {
         guard isOpen else { return }
         close()
         let tell = onClosed
-        _ = loop?.schedule(after: 0) { tell() }
+        _ = loop?.schedule(after: 0) { tell(receiverGone) }
     }
 
     /// Stops reading and closes pml's end (shut down first: the keeper may hold a copy).

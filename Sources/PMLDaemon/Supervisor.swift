@@ -275,14 +275,15 @@ final class Supervisor {
             w.handoff = try HandoffChannel(fd: handoff, loop: loop, scratch: readBuffer, resync: resync, onHello: { [unowned self, weak w] maxFDs, window in
                 guard let w else { return }
                 self.router.grant(worker: w.id, maxFDs: maxFDs, window: window)
-                // A successor must know it opted in (it will not say so again).
-                if self.keeper != nil { self.persistStateNow() }
+                // A successor must know it opted in (it will not say so again); called only when the
+                // grant changes, and written once for many changes.
+                if self.keeper != nil { self.persistStateSoon() }
             }, onCredit: { [unowned self, weak w] n in
                 guard let w else { return }
                 self.router.credited(worker: w.id, n)
-            }, onClosed: { [unowned self, weak w] in
+            }, onClosed: { [unowned self, weak w] receiverGone in
                 guard let w, w.pid != nil else { return }
-                self.router.handoffClosed(worker: w.id)
+                self.router.handoffClosed(worker: w.id, receiverGone: receiverGone)
             }, onGarbage: { [unowned self, weak w] why in
                 guard let w else { return }
                 self.ipcGarbage(w, why, count: 0, cutOff: true)

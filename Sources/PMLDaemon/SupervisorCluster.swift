@@ -355,10 +355,12 @@ extension Supervisor {
         w.ipc?.close()
         // The worker lives on for a moment (or drains, being stopped): a handle that left pml is
         // in its socket buffer and may be taken; handing pml's copy to another would serve it twice.
-        // The same holds for what was sent on its handoff channel.
+        // What was sent on its handoff channel: a worker left to drain may take it (pml's copies are
+        // closed); one killed now cannot, and pml's copies go to others when it has exited.
         w.handoff?.close()
-        router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false, keepsSent: true)
-        if let pid = w.pid, w.intent == nil { signalGroup(pid, SIGKILL) }
+        let killed = w.pid != nil && w.intent == nil
+        router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false, sent: killed ? .untilExit : .worker)
+        if let pid = w.pid, killed { signalGroup(pid, SIGKILL) }
     }
 
     // MARK: NOTIFY_SOCKET

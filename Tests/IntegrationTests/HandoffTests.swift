@@ -14,6 +14,8 @@ import Glibc
 /// - FX_SILENT_INSTANCE=n: that instance opts in but never reads its handoff channel (never credits).
 /// - FX_GARBAGE_INSTANCE=n, FX_GARBAGE_MARK=<file>: that instance, if the file does not exist,
 ///   creates it and writes a line that is not a record on the handoff channel after its hello.
+/// - FX_FLOOD_INSTANCE=n, FX_FLOOD_LINE=<line>: that instance, after its hello, writes that line
+///   on its handoff channel in a loop, 10,000 at a time, until pml cuts it off.
 /// NODE_HANDLE lines on the IPC channel are served too (what pml sends before it reads the hello).
 private let hostileHandoffWorker = #"""
     import array, json, os, selectors, socket, sys, time
@@ -45,6 +47,13 @@ private let hostileHandoffWorker = #"""
         open(mark, "w").write(str(PID))
         handoff.sendall(b"this is not a record\n")
     ipc.sendall(b'"ready"\n')
+    if os.environ.get("FX_FLOOD_INSTANCE") == INSTANCE:
+        flood = (os.environ["FX_FLOOD_LINE"] + "\n").encode() * 10000
+        try:
+            while True:
+                handoff.sendall(flood)
+        except OSError:
+            sys.exit(0)
     silent = os.environ.get("FX_SILENT_INSTANCE") == INSTANCE
     sel = selectors.DefaultSelector()
     sel.register(ipc, selectors.EVENT_READ, "ipc")
@@ -238,6 +247,36 @@ extension Integration {
                 #expect(samples.failed.isEmpty, "\(samples.summary())")
                 let replies = try box.answers(port: port, count: 40)
                 #expect(Set(replies.compactMap(\.pid)) == pids, "both still serve")
+            }
+        }
+
+        @Test("hostile: a worker flooding its handoff channel (the same hello, or credits) is cut off; pml ls answers within 1 s throughout; no state.json.tmp left; the same daemon",
+              arguments: ["H 8 4", "C 1"])
+        func floodCutOff(line: String) async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 1,
+                                               env: ["FX_FLOOD_INSTANCE": "0", "FX_FLOOD_LINE": line])
+                try await box.pmlOK("start", file)
+                let daemon = box.daemonPid
+                let log = box.logsDir + "/h-err.log"
+                var slowest = 0.0
+                let until = nowMs() + 3000
+                while nowMs() < until {
+                    let t0 = nowMs()
+                    let r = try await box.pml(["ls"], timeout: 10)
+                    slowest = max(slowest, nowMs() - t0)
+                    #expect(r.ok, "\(r)")
+                    await sleepMs(100)
+                }
+                #expect(slowest < 1000, "pml ls took \(Int(slowest)) ms at worst under the flood")
+                try await box.waitFor("the cut-off said in the app's log") {
+                    box.read(log).contains("handoff channel; pml closed the channel") ? true : nil
+                }
+                #expect(box.daemonPid == daemon && daemon.map(Proc.alive) == true, "the same daemon")
+                let leftovers = try FileManager.default.contentsOfDirectory(atPath: box.home).filter { $0.contains(".tmp") }
+                #expect(leftovers.isEmpty, "\(leftovers)")
+                #expect(await box.pingOK(), "the daemon answers")
             }
         }
 
