@@ -16,6 +16,9 @@ import Glibc
 ///   creates it and writes a line that is not a record on the handoff channel after its hello.
 /// - FX_FLOOD_INSTANCE=n, FX_FLOOD_LINE=<line>: that instance, after its hello, writes that line
 ///   on its handoff channel in a loop, 10,000 at a time, until pml cuts it off.
+/// - FX_TRIGGER=<file>, FX_ON_TRIGGER: the silent instance, once that file exists, writes a line
+///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 0.5 s, then
+///   reads and serves what its handoff channel holds.
 /// NODE_HANDLE lines on the IPC channel are served too (what pml sends before it reads the hello).
 private let hostileHandoffWorker = #"""
     import array, json, os, selectors, socket, sys, time
@@ -60,8 +63,27 @@ private let hostileHandoffWorker = #"""
     if not silent:
         sel.register(handoff, selectors.EVENT_READ, "handoff")
     buffer, pending = b"", []
+    trigger = os.environ.get("FX_TRIGGER")
     while True:
-        for key, _ in sel.select():
+        if silent and trigger and os.path.exists(trigger):
+            trigger = None
+            if os.environ.get("FX_ON_TRIGGER") == "garbage":
+                handoff.sendall(b"garbage\n")
+            else:
+                handoff.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+            handoff.setblocking(False)
+            while True:
+                try:
+                    data, anc, _, _ = handoff.recvmsg(256, socket.CMSG_SPACE(8 * 4))
+                except OSError:
+                    break
+                if not data:
+                    break
+                for level, kind, payload in anc:
+                    for fd in array.array("i", payload[:len(payload) - len(payload) % 4]):
+                        serve(fd)
+        for key, _ in sel.select(0.1):
             if key.data == "handoff":
                 data, anc, _, _ = handoff.recvmsg(256, socket.CMSG_SPACE(8 * 4))
                 if not data:
@@ -277,6 +299,46 @@ extension Integration {
                 let leftovers = try FileManager.default.contentsOfDirectory(atPath: box.home).filter { $0.contains(".tmp") }
                 #expect(leftovers.isEmpty, "\(leftovers)")
                 #expect(await box.pingOK(), "the daemon answers")
+            }
+        }
+
+        /// Two workers, instance 0 silent (window 4): 12 concurrent requests; once it holds 4, it is
+        /// triggered (`onTrigger`); returns the pids that answered them and the two rows.
+        static func heldThenTriggered(_ box: Sandbox, onTrigger: String) async throws -> (answers: [Result<HTTPReply, RequestFailure>], silent: Int32, good: Int32) {
+            let port = try Net.freePort()
+            let trigger = box.work + "/trigger"
+            let file = try Self.hostileApp(box, name: "h", port: port, instances: 2,
+                                           env: ["FX_SILENT_INSTANCE": "0", "FX_TRIGGER": trigger, "FX_ON_TRIGGER": onTrigger])
+            try await box.pmlOK("start", file)
+            let rows = try await box.waitOnline("h", count: 2)
+            try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
+            let silent = rows[0].pid!, good = rows[1].pid!
+            let gets = ParallelGets(port: port, count: 12, timeout: 10)
+            try await box.waitFor("the silent worker holds 4") { try await Dispatch.dispatched(box, "h")[silent] == 4 ? true : nil }
+            try box.write("trigger", "")
+            return (await gets.wait(), silent, good)
+        }
+
+        @Test("a garbage cut-off kills the worker: the connections it had not read go to the other worker, all answered")
+        func garbageCutOffRequeues() async throws {
+            try await withSandbox { box in
+                let (answers, silent, good) = try await Self.heldThenTriggered(box, onTrigger: "garbage")
+                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                #expect(!pids.contains(silent) && pids.allSatisfy { $0 == good }, "the killed worker served none: \(pids)")
+            }
+        }
+
+        @Test("a worker shutting down its writing side keeps reading: what it holds is served once, by it")
+        func shutWriteKeepsConnections() async throws {
+            try await withSandbox { box in
+                let (answers, silent, good) = try await Self.heldThenTriggered(box, onTrigger: "shutwr")
+                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                #expect(pids.filter { $0 == silent }.count == 4, "the 4 it held were answered by it, not handed to \(good): \(pids)")
+                #expect(await box.pingOK())
             }
         }
 
