@@ -108,9 +108,12 @@ final class ScriptThread: Sendable {
     private let jobs = Mutex<[Job]>([])
     private let messages = Mutex<(queue: [ScriptMessage], commandBytes: Int, dropped: Bool)>(([], 0, false))
     private let activity = Mutex(Activity())
+    /// Said once when commands are dropped; made up front so that `send` allocates nothing under its lock.
+    private let dropNotice: String
 
     private init(name: String, limits: LuaLimits, snapshot: ScriptSnapshotBox) throws(SystemError) {
         self.name = name
+        dropNotice = "\(name): more than \(Self.maxQueuedCommands) commands or \(Self.maxQueuedCommandBytes >> 20) MiB wait for the supervisor; the rest are dropped"
         self.limits = limits
         self.snapshot = snapshot
         jobsFD = try makeEventFD()
@@ -213,7 +216,11 @@ final class ScriptThread: Sendable {
     /// that ever returns, without running anything else.
     func abandon() {
         activity.withLock { $0.abandoned = true }
-        jobs.withLock { $0.removeAll() }
+        // The queued jobs (and what they captured) are freed after the lock, not under it.
+        _ = jobs.withLock { queue in
+            defer { queue = [] }
+            return queue
+        }
         signalEventFD(jobsFD)
     }
 
@@ -233,16 +240,20 @@ final class ScriptThread: Sendable {
     static let maxQueuedCommands = 10_000
     static let maxQueuedCommandBytes = 32 << 20
 
+    /// Everything that walks or allocates (the size of a big `pml.send` value, the drop notice) is
+    /// done before the lock: the supervisor waits on it in `takeMessages`, and a script thread runs
+    /// at a small CPU share, so whatever it does while holding the lock can stall the supervisor.
     func send(_ message: ScriptMessage) {
+        let bytes: Int?
+        if case .command(let c) = message { bytes = c.approximateBytes } else { bytes = nil }
         messages.withLock { m in
-            guard case .command(let c) = message else { return m.queue.append(message) }
-            let bytes = c.approximateBytes
+            guard let bytes else { return m.queue.append(message) }
             if m.queue.count < Self.maxQueuedCommands, m.commandBytes + bytes <= Self.maxQueuedCommandBytes {
                 m.queue.append(message)
                 m.commandBytes += bytes
             } else if !m.dropped {
                 m.dropped = true
-                m.queue.append(.command(.failed(app: nil, message: "\(name): more than \(Self.maxQueuedCommands) commands or \(Self.maxQueuedCommandBytes >> 20) MiB wait for the supervisor; the rest are dropped")))
+                m.queue.append(.command(.failed(app: nil, message: dropNotice)))
             }
         }
         signalEventFD(messagesFD)
@@ -270,7 +281,13 @@ final class ScriptThread: Sendable {
 final class ScriptSnapshotBox: Sendable {
     private let value = Mutex(ScriptSnapshot())
 
-    func publish(_ snapshot: ScriptSnapshot) { value.withLock { $0 = snapshot } }
+    /// The old snapshot is freed after the lock (script threads read through the same lock).
+    func publish(_ snapshot: ScriptSnapshot) {
+        _ = value.withLock { current in
+            defer { current = snapshot }
+            return current
+        }
+    }
 
     var current: ScriptSnapshot { value.withLock { $0 } }
 }
