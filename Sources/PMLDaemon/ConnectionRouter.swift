@@ -104,8 +104,11 @@ final class SlotSocket {
 /// (several in flight, up to the credits it granted; several fds per message if it takes them).
 /// Holds pml's copy of every handed fd until the worker acknowledges or credits it, so a worker
 /// that dies first does not take the connection with it.
-/// Accepts only what a worker can take now: while none can, the listener leaves the loop and
-/// connections wait in the kernel's backlog, which outlives the daemon (the keeper holds a copy).
+/// Accepts only what a worker can take now: while none can, the listener (or slot socket) leaves
+/// the loop and connections wait in the kernel's backlog, which outlives the daemon (the keeper
+/// holds a copy); one app's waiting connections never stop another's. Only connections taken in
+/// from a slot socket being closed, or given back by a worker, can fill pml's own queue: past
+/// `waitingBound` every listener pauses, as the last resort.
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
@@ -186,7 +189,7 @@ final class ConnectionRouter {
         slot.accepting = on
         // Its worker may have made the shared socket blocking; pml's accept must never block.
         if on { setNonBlocking(slot.fd) }
-        loop.modify(h, events: on && !acceptingPaused ? [.readable] : [])
+        loop.modify(h, events: on && !acceptingPaused && !starved.contains(slot.listener.id) ? [.readable] : [])
     }
 
     /// A removed slot: takes in what is still queued on it (for the other workers), then stops
@@ -377,11 +380,11 @@ final class ConnectionRouter {
         for _ in 0..<64 {
             // Paused (too many waiting) by the previous connection of this batch: stop here.
             guard listeners[listener.id] != nil, !acceptingPaused else { return }
-            // Nothing is accepted that no worker can take now: it waits in the backlog instead (a
-            // reuseport slot socket is accepted on only when no worker serves it: it is drained).
-            if socket == listener.fd, !pending[listener.id, default: []].isEmpty || !dispatcher.hasFreeWorker(for: listener.id) {
+            // Nothing is accepted that no worker can take now: it waits in the backlog instead, the
+            // listener's or the reuseport slot's (one whose worker is gone, which pml drains).
+            if !pending[listener.id, default: []].isEmpty || !dispatcher.hasFreeWorker(for: listener.id) {
                 starved.insert(listener.id)
-                if let h = listener.handle { loop.modify(h, events: []) }
+                watch(listener, false)
                 return
             }
             guard let fd = UnixSocket.accept(socket, nonBlocking: false) else {
@@ -389,7 +392,7 @@ final class ConnectionRouter {
                 backoff.pauseIfOutOfDescriptors(slot?.handle ?? listener.handle) { [weak self, weak listener] in
                     // Back in the loop unless it left it meanwhile for another reason.
                     guard let self, let listener, self.listeners[listener.id] != nil, !self.acceptingPaused else { return }
-                    if let slot { if slot.accepting, let h = slot.handle { self.loop.modify(h, events: [.readable]) } }
+                    if let slot { if slot.accepting, !self.starved.contains(listener.id), let h = slot.handle { self.loop.modify(h, events: [.readable]) } }
                     else if !self.starved.contains(listener.id), let h = listener.handle { self.loop.modify(h, events: [.readable]) }
                 }
                 return
@@ -490,7 +493,7 @@ final class ConnectionRouter {
         }
         for id in starved where dispatcher.hasFreeWorker(for: id) && pending[id, default: []].isEmpty {
             starved.remove(id)
-            if !acceptingPaused, let h = listeners[id]?.handle { loop.modify(h, events: [.readable]) }
+            if !acceptingPaused, let l = listeners[id] { watch(l, true) }
         }
         resumeIfRoom()
     }
@@ -499,19 +502,19 @@ final class ConnectionRouter {
         guard !acceptingPaused else { return }
         acceptingPaused = true
         logger.warning("\(pendingCount) connections are waiting for a worker (at most \(waitingBound.bound) for a limit of \(openFileLimit()) open files); pausing accept")
-        for l in listeners.values {
-            if let h = l.handle { loop.modify(h, events: []) }
-            for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: []) } }
-        }
+        for l in listeners.values { watch(l, false) }
     }
 
     private func resumeIfRoom() {
         guard acceptingPaused, waitingBound.roomAgain(pendingCount) else { return }
         acceptingPaused = false
-        for l in listeners.values {
-            if let h = l.handle, !starved.contains(l.id) { loop.modify(h, events: [.readable]) }
-            for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: [.readable]) } }
-        }
+        for l in listeners.values where !starved.contains(l.id) { watch(l, true) }
+    }
+
+    /// Puts what pml accepts on for `l` (its socket, the slot sockets it drains) in the loop, or out.
+    private func watch(_ l: AppListener, _ on: Bool) {
+        if let h = l.handle { loop.modify(h, events: on ? [.readable] : []) }
+        for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: on ? [.readable] : []) } }
     }
 
     private func scheduleExpiry() {
