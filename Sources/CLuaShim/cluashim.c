@@ -316,9 +316,19 @@ static int close_failed(lua_State *L, int fd, const char *name) {
 }
 
 int pml_open_regular(const char *name, int flags) {
+    // Looked at before it is opened: opening a device can act on it (/dev/watchdog arms), and
+    // opening a FIFO wakes its writer. A name missing may be created (O_CREAT): a regular file.
+    struct stat before;
+    int exists = stat(name, &before) == 0;
+    if (!exists && (errno != ENOENT || !(flags & O_CREAT))) return -1;
+    if (exists && !S_ISREG(before.st_mode)) {
+        errno = S_ISDIR(before.st_mode) ? EISDIR : EINVAL;
+        return PML_NOT_REGULAR;
+    }
     int fd = open(name, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0666);
-    if (fd < 0 && errno == ENXIO) return PML_NOT_REGULAR; // a FIFO without a reader, a socket
+    if (fd < 0 && errno == ENXIO) return PML_NOT_REGULAR; // swapped meanwhile: a FIFO without a reader, a socket
     if (fd < 0) return -1;
+    // And checked again once open: the name may have been swapped between stat and open.
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int err = errno;
@@ -326,7 +336,7 @@ int pml_open_regular(const char *name, int flags) {
         errno = err;
         return -1;
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st.st_mode) || (exists && (st.st_dev != before.st_dev || st.st_ino != before.st_ino))) {
         close(fd);
         errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
         return PML_NOT_REGULAR;

@@ -219,6 +219,37 @@ import Darwin
         #expect(monotonicSeconds() - started < 1)
     }
 
+    @Test func whatIsNotARegularFileIsNeverOpened() throws {
+        // Opening a device can act on it (/dev/watchdog arms at open): inotify sees every open.
+        let fifo = folder.path + "/watched-fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let runtime = try app("""
+          open = function(path, mode)
+            local f, err = io.open(path, mode)
+            if f then f:close(); return "opened" end
+            return err
+          end,
+        """)
+        let watcher = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        defer { close(watcher) }
+        // (Not /dev/null: other processes open it.)
+        for path in [fifo, folder.path] { #expect(inotify_add_watch(watcher, path, UInt32(IN_OPEN)) >= 0, "\(path)") }
+        for (path, mode) in [(fifo, "r"), (fifo, "r+"), ("/dev/null", "r"), ("/dev/null", "w"), (folder.path, "r")] {
+            #expect(runtime.callHook(app: "web", hook: "open", args: [.string(path), .string(mode)]) ==
+                .returned(.string("\(path): not a regular file (scripts may open regular files only)")), "\(path) \(mode)")
+        }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = read(watcher, &buffer, buffer.count)
+        #expect(n < 0 && errno == EAGAIN, "none of them was opened (\(n) bytes of inotify events)")
+        // A regular file is opened, and seen opened.
+        let file = folder.path + "/plain.txt"
+        #expect(runtime.callHook(app: "web", hook: "open", args: [.string(file), .string("w")]) == .returned(.string("opened")))
+        #expect(inotify_add_watch(watcher, file, UInt32(IN_OPEN)) >= 0)
+        #expect(runtime.callHook(app: "web", hook: "open", args: [.string(file), .string("r")]) == .returned(.string("opened")))
+        #expect(read(watcher, &buffer, buffer.count) > 0)
+    }
+
     @Test func noStandardInputOrOutput() throws {
         let runtime = try app("""
           probe = function() return { type(io.stdin), type(io.stdout), type(io.stderr), type(io.popen), io.type(io.input()) } end,
