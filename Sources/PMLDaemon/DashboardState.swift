@@ -114,8 +114,20 @@ extension Supervisor {
     func metricsAnswer(_ request: HTTPRequest) -> HTTPResponse {
         if case .forbidden(let why) = DashboardAccess.checkHost(request) { return .text(403, "forbidden: \(why)") }
         guard request.method == "GET" else { return .text(405, "only GET is served here") }
-        return healthAnswer(path: request.path)
-            ?? HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: prometheusText())
+        if let health = healthAnswer(path: request.path) { return health }
+        return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: cachedPrometheusText())
+    }
+
+    /// The Prometheus text, built at most once a second: any local user can scrape the port, and
+    /// each build walks every worker on the supervisor's thread.
+    static let metricsCacheMs = 1000
+
+    private func cachedPrometheusText() -> String {
+        let now = monotonicMs()
+        if let cached = metricsText, now - cached.atMs < Self.metricsCacheMs { return cached.text }
+        let text = prometheusText()
+        metricsText = (now, text)
+        return text
     }
 
     /// Scrapes served at once (any local user can reach the port), each a small GET in 5 s.

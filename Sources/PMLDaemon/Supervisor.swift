@@ -48,6 +48,8 @@ final class Supervisor {
     /// The dashboard's graphs (15 minutes of samples) and timeline (see SupervisorTimeline.swift).
     var history = MetricsHistory()
     var timeline = Timeline()
+    /// The metrics listener's last Prometheus text and when it was built (scrapes within a second share it).
+    var metricsText: (atMs: Int, text: String)?
 
     /// `pml run`: no daemon; logs go to the terminal; pml exits when nothing is left to supervise.
     let foreground: Bool

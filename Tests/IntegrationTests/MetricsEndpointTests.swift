@@ -26,6 +26,16 @@ extension Integration {
                 #expect(scraped.contains("# TYPE pml_worker_restarts_total counter"))
                 #expect(scraped.contains("pml_worker_connections_dispatched_total{app=\"m\",id=\"\(rows[0].id)\""), "\(scraped)")
                 #expect(scraped.contains("pml_app_reloads_total{app=\"m\"} 0") && scraped.contains("pml_app_scale_events_total{app=\"m\"} 0"), "\(scraped)")
+                // Built at most once a second (any local user can scrape): two scrapes in a row get the
+                // same text, uptimes to the millisecond included; a later one is built afresh.
+                // (Three: the first two may straddle the end of a second.)
+                let texts = (0..<3).map { _ in HTTP.request("http://127.0.0.1:\(port)/metrics", timeout: 2).body }
+                let first = texts[1]
+                #expect(first.contains("pml_worker_uptime_seconds{") && (texts[0] == texts[1] || texts[1] == texts[2]))
+                try await box.waitFor("a fresh text after a second", timeout: 5) {
+                    let later = HTTP.request("http://127.0.0.1:\(port)/metrics", timeout: 2).body
+                    return later.contains("pml_worker_up{") && later != first ? true : nil
+                }
                 try await box.pmlOK("scale", "m", "3")
                 try await box.pmlOK("reload", "m", "--parallel", "3")
                 let counted = try await box.pmlOK("metrics")
