@@ -438,8 +438,11 @@ extension Supervisor {
                     let name = spec.name
                     scripts.tell(.appFile(oldFile)) { $0.unbind(app: name) }
                 }
+                let oldOwner = scriptOwner(existing)
                 closeListeners(app)
                 app.spec = spec
+                // Another file now: a late answer of the old one's state must not decide for it.
+                if scriptOwner(app) != oldOwner { scripts.forget(app: spec.name, of: oldOwner) }
                 app.baseEnv = args.clientEnv
                 app.configureLogs()
             } else {
