@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <linux/close_range.h>
 
@@ -387,3 +388,10 @@ ssize_t pml_recv_notify(int fd, void *buf, size_t len, pid_t *pid) {
 #endif
 
 const char *pml_build_commit(void) { return PML_COMMIT; }
+
+int pml_statfs_type(const char *path, long *type) {
+    struct statfs fs;
+    if (statfs(path, &fs) < 0) return -1;
+    *type = (long)fs.f_type;
+    return 0;
+}

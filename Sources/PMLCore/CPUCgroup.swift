@@ -4,10 +4,13 @@
 public enum CPUCgroup {
     /// The folder of the process's v1 `cpu` cgroup, or nil when no v1 hierarchy has the `cpu`
     /// controller or its mount does not show the process's cgroup.
+    /// Paths with a `.` or `..` component are refused wherever they come from: in a cgroup namespace
+    /// `/proc/self/cgroup` shows a cgroup outside it as `/../x`, which joined to the mount point
+    /// names a folder outside the cgroup tree.
     public static func v1Directory(procCgroup: String, mountinfo: String) -> String? {
         guard let path = v1CPUPath(procCgroup) else { return nil }
         for line in mountinfo.split(separator: "\n") {
-            guard let mount = cpuMount(line) else { continue }
+            guard let mount = cpuMount(line), isPlainAbsolute(mount.root), isPlainAbsolute(mount.point) else { continue }
             if mount.root == "/" { return join(mount.point, path) }
             if path == mount.root { return mount.point }
             if path.hasPrefix(mount.root + "/") { return join(mount.point, String(path.dropFirst(mount.root.count))) }
@@ -15,13 +18,21 @@ public enum CPUCgroup {
         return nil
     }
 
-    /// The cgroup path of the hierarchy whose controller list names `cpu` ("1:cpu,cpuacct:/a/b").
+    /// Whether `path` is absolute and names its folders plainly: no `.`, `..` or empty component
+    /// ("/" itself is plain).
+    public static func isPlainAbsolute(_ path: String) -> Bool {
+        guard path.hasPrefix("/") else { return false }
+        return path == "/" || path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+            .allSatisfy { !$0.isEmpty && $0 != "." && $0 != ".." }
+    }
+
+    /// The cgroup path of the hierarchy whose controller list names `cpu` ("1:cpu,cpuacct:/a/b"), if plain.
     static func v1CPUPath(_ procCgroup: String) -> String? {
         for line in procCgroup.split(separator: "\n") {
             let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard fields.count == 3, fields[1].split(separator: ",").contains("cpu") else { continue }
             let path = String(fields[2])
-            return path.hasPrefix("/") ? path : nil
+            return isPlainAbsolute(path) ? path : nil
         }
         return nil
     }

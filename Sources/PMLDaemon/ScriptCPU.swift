@@ -42,9 +42,13 @@ enum ScriptCPU {
                                               mountinfo: String(decoding: mountinfo, as: UTF8.self)) else {
             return .idlePolicy(reason: "no cgroup v1 cpu controller")
         }
+        // Only the leaf is made, inside a folder that must already be a cgroup v1 one: a path that
+        // left the tree, or missing levels, would otherwise be created as folders or cgroups.
         let dir = own + "/" + groupName
         do {
-            try makeDirectories(dir, mode: 0o755)
+            guard try folderFilesystemType(own) == CgroupMagic.v1 else { return .idlePolicy(reason: "\(own) is not a cgroup v1 folder") }
+            try makeDirectory(dir, mode: 0o755)
+            guard try folderFilesystemType(dir) == CgroupMagic.v1 else { return .idlePolicy(reason: "\(dir) is not a cgroup v1 folder") }
             try writeControlFile(dir + "/cpu.shares", "\(shares)")
             return .cgroup(dir)
         } catch {

@@ -110,10 +110,35 @@ public func makeDirectories(_ path: String, mode: mode_t) throws(SystemError) {
     var current = ""
     for part in path.split(separator: "/") {
         current += "/" + part
-        if Glibc.mkdir(current, mode) < 0 && Glibc.errno != EEXIST {
-            throw SystemError("mkdir \(current)", errno: Glibc.errno)
-        }
+        try makeDirectory(current, mode: mode)
     }
+}
+
+/// Creates one folder with the given mode if missing; its parent must exist (ENOENT otherwise:
+/// in a cgroup tree every folder made is a cgroup, so callers make only the level they mean).
+public func makeDirectory(_ path: String, mode: mode_t) throws(SystemError) {
+    if Glibc.mkdir(path, mode) < 0 && Glibc.errno != EEXIST {
+        throw SystemError("mkdir \(path)", errno: Glibc.errno)
+    }
+}
+
+/// statfs `f_type` of cgroup file systems (linux/magic.h).
+public enum CgroupMagic {
+    /// CGROUP_SUPER_MAGIC: a cgroup v1 hierarchy.
+    public static let v1 = 0x27e0eb
+    /// CGROUP2_SUPER_MAGIC: the cgroup v2 hierarchy.
+    public static let v2 = 0x63677270
+}
+
+/// The file system type (statfs `f_type`) of the folder at `path`; ENOTDIR when it is not a
+/// folder or is a symbolic link.
+public func folderFilesystemType(_ path: String) throws(SystemError) -> Int {
+    var st = stat()
+    try sys("lstat \(path)") { lstat(path, &st) }
+    guard st.st_mode & S_IFMT == S_IFDIR else { throw SystemError("lstat \(path)", errno: ENOTDIR) }
+    var type = 0
+    try sys("statfs \(path)") { pml_statfs_type(path, &type) }
+    return type
 }
 
 /// Writes `text` to a file that must exist, in one write (kernel control files: cgroup `tasks`,

@@ -57,4 +57,18 @@ struct CPUCgroupTests {
         #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:relative\n", mountinfo: Self.hybridMounts) == nil)
         #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:/\n", mountinfo: "- cgroup cgroup rw,cpu\n1 2 - x\n") == nil)
     }
+
+    @Test("a cgroup outside the namespace (/../x), . or .. anywhere, in the path or the mount: refused, never joined")
+    func outsideTheTree() {
+        #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:/../x\n", mountinfo: Self.hybridMounts) == nil,
+                "not /sys/fs/cgroup/cpu/../x")
+        for path in ["/a/../../etc", "/a/./b", "/..", "/.", "/a/..", "//a", "/a//b", "/a/", ""] {
+            #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:\(path)\n", mountinfo: Self.hybridMounts) == nil, "\(path)")
+        }
+        let dottedRoot = "700 690 0:29 /.. /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+        #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:/../x\n", mountinfo: dottedRoot) == nil)
+        let dottedPoint = "32 31 0:29 / /sys/fs/cgroup/../tmp rw - cgroup cgroup rw,cpu\n"
+        #expect(CPUCgroup.v1Directory(procCgroup: "1:cpu:/a\n", mountinfo: dottedPoint) == nil)
+        #expect(CPUCgroup.isPlainAbsolute("/") && CPUCgroup.isPlainAbsolute("/a.b/..c/c..") && !CPUCgroup.isPlainAbsolute("a/b"))
+    }
 }

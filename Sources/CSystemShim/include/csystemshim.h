@@ -115,4 +115,8 @@ int pml_wtermsig(int status);
 /* The git commit pml was built from: -DPML_COMMIT="..." at build time (scripts/install.sh), else "unknown". */
 const char *pml_build_commit(void);
 
+/* statfs(2)'s f_type of the file system holding `path`, in *type (statfs is not in Swift's Glibc
+ * module). Returns 0, or -1 with errno. */
+int pml_statfs_type(const char *path, long *type);
+
 #endif
