@@ -52,7 +52,9 @@ public enum HandoffRecord: Equatable, Sendable {
 
 /// pml's copies of the connections sent to one worker on its handoff channel and not yet
 /// credited back, oldest first, in fixed storage (no allocation per connection). A credit closes
-/// the oldest; if the worker dies, what is left goes to another worker.
+/// the oldest; if the worker dies, what is left goes to another worker. Credits still due for
+/// copies pml no longer holds (expired unread) are counted
+/// apart and paid first, so a late credit never closes the copy of a newer, unread connection.
 public struct HeldHandles: Sendable {
     /// One held connection: pml's fd, the listener it came from, when it was sent.
     public struct Entry: Sendable, Equatable {
@@ -64,6 +66,10 @@ public struct HeldHandles: Sendable {
     private var entries: [Entry]
     private var head = 0
     public private(set) var count = 0
+    /// Credits the worker still owes for copies pml no longer holds (at most `capacity`).
+    public private(set) var due = 0
+    /// When the worker last credited (nil: never).
+    public private(set) var lastCreditMs: Int?
 
     public init(capacity: Int) {
         entries = Array(repeating: Entry(fd: -1, listener: -1, sinceMs: 0), count: max(capacity, 1))
@@ -87,6 +93,32 @@ public struct HeldHandles: Sendable {
         head = (head + 1) % entries.count
         count -= 1
         return e
+    }
+
+    /// The worker credited `n` at `ms`: what is `due` is paid first, then the oldest copies are
+    /// removed and given to `close`.
+    public mutating func credit(_ n: Int, atMs ms: Int, close: (Entry) -> Void) {
+        lastCreditMs = ms
+        let paid = min(due, max(n, 0))
+        due -= paid
+        for _ in 0..<max(n - paid, 0) {
+            guard let e = pop() else { break }
+            close(e)
+        }
+    }
+
+    /// Copies sent before `cutoff` and still not credited are removed and given to `close`. A copy
+    /// older than the worker's last credit was read (the channel is in order) but its credit was
+    /// lost (a message whose fd did not arrive): its credit comes back now (counted in `returned`).
+    /// A younger one was not read yet: its credit is `due` when the worker gets to it.
+    public mutating func expire(before cutoff: Int, close: (Entry) -> Void) -> (closed: Int, returned: Int) {
+        var closed = 0, returned = 0
+        while let oldest = oldestMs, oldest < cutoff, let e = pop() {
+            close(e)
+            closed += 1
+            if let last = lastCreditMs, last > e.sinceMs { returned += 1 } else { due = min(due + 1, capacity) }
+        }
+        return (closed, returned)
     }
 
     /// When the oldest was sent; nil when empty.

@@ -19,6 +19,8 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// Kept apart from the rotation: a worker that leaves and rejoins keeps its channel.
     private var window: [Int: Int] = [:]
     private var credits: [Int: Int] = [:]
+    /// Workers whose handoff socket was full: nothing more until they credit some back.
+    private var blocked: Set<Int> = []
 
     public init() {}
 
@@ -99,7 +101,7 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     }
 
     private func isFree(_ worker: Int) -> Bool {
-        if let c = credits[worker] { return c > 0 }
+        if let c = credits[worker] { return c > 0 && !blocked.contains(worker) }
         return !awaitingAck.contains(worker)
     }
 
@@ -132,17 +134,35 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     public mutating func returned(worker: Int, _ n: Int) {
         guard let c = credits[worker], let w = window[worker] else { return }
         credits[worker] = min(w, c + max(0, n))
+        blocked.remove(worker)
     }
 
-    /// Sending failed (its channel is full): nothing more until it credits some back.
+    /// `n` connections of `listener` chosen for `worker` (by `next`/`take`) were not sent after all:
+    /// their credits come back, and they do not count as handed.
+    public mutating func untake(worker: Int, listener: Int, _ n: Int) {
+        if let c = credits[worker], let w = window[worker] { credits[worker] = min(w, c + max(0, n)) }
+        notHanded(worker: worker, listener: listener, n)
+    }
+
+    /// `n` connections of `listener` counted as handed to `worker` went to the line again (refused,
+    /// left behind): they are not its load.
+    public mutating func notHanded(worker: Int, listener: Int, _ n: Int) {
+        guard leastBusy.contains(listener), let h = handed[worker] else { return }
+        handed[worker] = max(0, h - max(0, n))
+        if let c = closed[worker], c > handed[worker]! { closed[worker] = handed[worker] }
+    }
+
+    /// Sending failed (its channel is full): nothing more until it credits some back (its credits
+    /// are kept: what is in flight is counted as it is).
     public mutating func exhaust(worker: Int) {
-        if credits[worker] != nil { credits[worker] = 0 }
+        if credits[worker] != nil { blocked.insert(worker) }
     }
 
     /// The worker's handoff channel is gone: back to NODE_HANDLE (one in flight, ACKed).
     public mutating func forgetCredits(worker: Int) {
         window[worker] = nil
         credits[worker] = nil
+        blocked.remove(worker)
     }
 
     /// The worker acknowledged (or refused) its handle: it can take another.

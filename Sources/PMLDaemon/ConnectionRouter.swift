@@ -112,9 +112,10 @@ final class SlotSocket {
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
-    /// A handle not acknowledged within this long is dropped: pml closes its copy, and the worker
-    /// gets no other until it acknowledges (a late ACK or NACK proves it alive).
-    static let ackTimeoutMs = 10_000
+    /// A handle not acknowledged (or credited) within this long is dropped: pml closes its copy, and
+    /// the worker gets no other until it answers (a late ACK or NACK proves it alive).
+    /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
+    static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
     private let loop: EventLoop
     private let logger: Logger
@@ -306,12 +307,10 @@ final class ConnectionRouter {
         drain()
     }
 
-    /// The worker credited back `n` connections: it owns them; pml's oldest copies are closed.
+    /// The worker credited back `n` connections: it owns them; what is due for copies pml no longer
+    /// holds is paid first, then pml's oldest copies are closed.
     func credited(worker: Int, _ n: Int) {
-        for _ in 0..<n {
-            guard let e = held[worker]?.pop() else { break }
-            closeFD(e.fd)
-        }
+        held[worker]?.credit(n, atMs: monotonicMs()) { closeFD($0.fd) }
         dispatcher.returned(worker: worker, n)
         drain()
     }
@@ -339,6 +338,7 @@ final class ConnectionRouter {
         guard var ring = held.removeValue(forKey: worker), ring.count > 0 else { return }
         var back: [Int: [(fd: Int32, since: Int)]] = [:]
         while let e = ring.pop() {
+            dispatcher.notHanded(worker: worker, listener: e.listener, 1)
             if listeners[e.listener] != nil { back[e.listener, default: []].append((e.fd, monotonicMs())) } else { closeFD(e.fd) }
         }
         for (id, fds) in back {
@@ -367,6 +367,7 @@ final class ConnectionRouter {
     /// NODE_HANDLE_NACK: the handle did not arrive; the connection goes to the front of the line.
     func refused(worker: Int) {
         guard let f = inFlight.removeValue(forKey: worker) else { return answeredLate(worker) }
+        dispatcher.notHanded(worker: worker, listener: f.listener, 1)
         requeue(f.fd, f.listener)
         dispatcher.acknowledged(worker: worker)
         drain()
@@ -468,11 +469,10 @@ final class ConnectionRouter {
                 onDispatched(worker)
             }
             return true
-        case .full:
-            // Its socket is full: no more for it until it credits some back.
-            dispatcher.exhaust(worker: worker)
-        case .closed:
-            // Its handoff channel is gone; handoffClosed follows from the loop.
+        case .full, .closed:
+            // Not sent: their credits come back. Its socket is full: no more for it until it credits
+            // some back; or its handoff channel is gone: handoffClosed follows from the loop.
+            dispatcher.untake(worker: worker, listener: listener.id, n)
             dispatcher.exhaust(worker: worker)
         }
         // The extra ones accepted for this message wait for another worker.
@@ -530,12 +530,16 @@ final class ConnectionRouter {
     private func expire() {
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
         for (worker, ring) in held where (ring.oldestMs ?? .max) < ackCutoff {
-            // The worker has them (in its socket) or never will; its credits stay spent, so it gets
-            // nothing more until it credits some back.
+            // The worker has them (in its socket) or never will. Read ones (it credited after them)
+            // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
+            // nothing more) and their late credits are due, not for newer copies.
             var r = ring
-            var closed = 0
-            while let e = r.pop() { closeFD(e.fd); closed += 1 }
+            let (closed, returned) = r.expire(before: ackCutoff) { closeFD($0.fd) }
             held[worker] = r
+            if returned > 0 {
+                dispatcher.returned(worker: worker, returned)
+                drain()
+            }
             logger.warning("worker \(worker) did not credit back \(closed) connection(s) within \(Self.ackTimeoutMs) ms; pml closed its copies")
         }
         for (worker, f) in inFlight where f.since < ackCutoff {

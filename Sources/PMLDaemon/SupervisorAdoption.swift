@@ -210,6 +210,10 @@ extension Supervisor {
         if let h = record.handoff, h.count == 2, let channel = w.handoff {
             // It opted in under the daemon before and will not say so again. Whatever that daemon
             // sent and the worker has not credited yet counts as free here (at most one window more).
+            // Their late credits close this daemon's oldest copies early (not owed: how many are
+            // still to come is unknown, and owing a whole window kept copies of answered
+            // connections open, their clients waiting for EOF); a worker crediting as it reads has
+            // next to none in flight.
             let maxFDs = min(max(h[0], 1), HandoffRecord.maxFDsPerMessage), window = min(max(h[1], 1), HandoffRecord.maxWindow)
             channel.assume(maxFDs: maxFDs, window: window)
             router.grant(worker: w.id, maxFDs: maxFDs, window: window)

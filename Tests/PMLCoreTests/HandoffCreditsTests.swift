@@ -100,4 +100,85 @@ import Testing
         d.acknowledged(worker: 1)
         #expect(d.next(for: 0) == 1)
     }
+
+    @Test func lateCreditsPayWhatIsDueFirst() {
+        var h = HeldHandles(capacity: 4)
+        _ = h.push(10, listener: 1, atMs: 0)
+        _ = h.push(11, listener: 1, atMs: 0)
+        // Neither was read in time (no credit since): closed, their credits due.
+        var closed: [Int32] = []
+        let r = h.expire(before: 100) { closed.append($0.fd) }
+        #expect(r.closed == 2 && r.returned == 0 && h.due == 2 && closed == [10, 11])
+        _ = h.push(12, listener: 1, atMs: 200)
+        // The late credit for 10 and 11 closes nothing; the next one closes 12.
+        closed = []
+        h.credit(2, atMs: 300) { closed.append($0.fd) }
+        #expect(closed.isEmpty && h.due == 0 && h.count == 1)
+        h.credit(1, atMs: 310) { closed.append($0.fd) }
+        #expect(closed == [12] && h.count == 0)
+    }
+
+    @Test func expiredCopiesOlderThanTheLastCreditGiveTheirCreditBack() {
+        var h = HeldHandles(capacity: 4)
+        _ = h.push(10, listener: 1, atMs: 0)   // its fd never arrived: never credited
+        _ = h.push(11, listener: 1, atMs: 5)
+        h.credit(1, atMs: 50) { _ in }           // the worker credits one (pml closes 10, the oldest)
+        _ = h.push(12, listener: 1, atMs: 60)
+        // 11 was sent before the last credit: the worker read past it, its credit was lost. 12 was
+        // sent after: unread, due.
+        var closed: [Int32] = []
+        let r = h.expire(before: 1000) { closed.append($0.fd) }
+        #expect(closed == [11, 12] && r.closed == 2 && r.returned == 1 && h.due == 1)
+    }
+
+    @Test func dueNeverExceedsCapacity() {
+        var h = HeldHandles(capacity: 2)
+        for round in 0..<3 {
+            _ = h.push(Int32(round), listener: 1, atMs: round * 10)
+            _ = h.push(Int32(round + 10), listener: 1, atMs: round * 10)
+            _ = h.expire(before: round * 10 + 1) { _ in }
+        }
+        #expect(h.due == 2)
+        var closed: [Int32] = []
+        _ = h.push(20, listener: 1, atMs: 100)
+        h.credit(-1, atMs: 101) { closed.append($0.fd) }
+        #expect(h.due == 2 && closed.isEmpty, "a negative credit changes nothing")
+        h.credit(3, atMs: 102) { closed.append($0.fd) }
+        #expect(h.due == 0 && closed == [20])
+    }
+
+    @Test func aFullSocketKeepsCreditsOfWhatWasNotSent() {
+        var d = RoundRobinDispatcher()
+        d.setLeastBusy(true, listener: 0)
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 4, outstanding: 0)
+        #expect(d.next(for: 0) == 1)
+        let took = d.take(worker: 1, listener: 0)
+        #expect(took && d.credits(of: 1) == 2 && d.load(of: 1) == 2)
+        // The message did not go: its 2 credits come back, not counted as load, and the worker is
+        // blocked until it credits.
+        d.untake(worker: 1, listener: 0, 2)
+        d.exhaust(worker: 1)
+        #expect(d.credits(of: 1) == 4 && d.load(of: 1) == 0)
+        #expect(d.next(for: 0) == nil, "blocked while its socket is full")
+        d.returned(worker: 1, 0)
+        #expect(d.next(for: 0) == 1, "a credit unblocks it")
+        #expect(d.credits(of: 1) == 3)
+    }
+
+    @Test func requeuedConnectionsAreNotLoad() {
+        var d = RoundRobinDispatcher()
+        d.setLeastBusy(true, listener: 0)
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 0)
+        #expect(d.next(for: 0) == 1)
+        d.acknowledged(worker: 1)
+        #expect(d.next(for: 0) == 2)
+        d.acknowledged(worker: 2)
+        d.notHanded(worker: 1, listener: 0, 1)   // NACK: back in line
+        #expect(d.load(of: 1) == 0 && d.load(of: 2) == 1)
+        d.notHanded(worker: 1, listener: 0, 5)
+        #expect(d.load(of: 1) == 0, "never below 0")
+        #expect(d.next(for: 0) == 1, "the least busy")
+    }
 }

@@ -5,8 +5,12 @@ pml gives rr and least-busy workers two unix sockets: the IPC channel (PML_IPC_F
 On the latter we write "H <fds per message> <window>\\n" once: from then on pml sends each batch
 of connections as "<address>\\n" with up to <fds per message> sockets attached (SCM_RIGHTS), never
 more than <window> that we have not credited back. We credit them with "C <n>\\n" once per batch
-we read, not once per connection. If this process dies, pml gives the connections it sent and we
-did not credit to the other workers; the ones we credited and had not answered yet are lost.
+we read, not once per connection, before reading any of their bytes. If this process dies, pml
+gives the connections it sent and we did not credit to the other workers; the ones we credited and
+had not answered yet are lost. (Out of fds, a message comes with fewer sockets than pml sent,
+MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back when it expires them.)
+For least-busy, we tell pml how many connections we closed in all ({"type":"pml:load","closed":C}
+on the IPC channel, once per loop turn that closed some).
 
 One thread, one selector: the two channels and every connection are non-blocking.
 """
@@ -30,10 +34,12 @@ body = f"hello from {PID}\n".encode()
 response = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body)
 stopping = False
+closed = 0       # connections answered and closed in all (least-busy load)
 
 
 def on_connection(conn, state):
     """Reads the request head, then writes the answer and closes."""
+    global closed
     try:
         chunk = conn.recv(65536)
     except BlockingIOError:
@@ -52,6 +58,7 @@ def on_connection(conn, state):
         except OSError:
             pass
     conn.close()
+    closed += 1
 
 
 def on_handoff():
@@ -117,7 +124,11 @@ def main():
     print(f"native handoff worker up, pid {PID}", flush=True)
     sel.register(ipc, selectors.EVENT_READ, ("ipc", None))
     sel.register(handoff, selectors.EVENT_READ, ("handoff", None))
+    reported = 0
     while not (stopping and len(sel.get_map()) <= 1):
+        if closed != reported and not stopping:
+            reported = closed
+            ipc.sendall(b'{"type":"pml:load","closed":%d}\n' % closed)
         for key, _ in sel.select(timeout=1 if stopping else None):
             kind, state = key.data
             if kind == "conn":

@@ -22,8 +22,8 @@
 //                  "shutdown"
 // rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
 // stream socket): the shim opts in with "H 1 <window>\n" and then gets each connection as
-// "<address>\n" + one fd per message, and credits them back ("C <n>\n") 4 at a time or after 10 ms
-// instead of a JSON message and an ACK per connection.
+// "<address>\n" + one fd per message, and credits each message back ("C <n>\n", one line for all
+// read in one event-loop turn) instead of a JSON message and an ACK per connection.
 // Plain CommonJS, no dependencies, Node 18+. Inert unless started by pml (PML_APP and an IPC channel).
 
 (function pmlShim() {
@@ -95,18 +95,26 @@
   let handoff = null;
   let credits = 0;
   let creditQueued = false;
+  function newlines(bytes) {
+    let count = 0;
+    for (let i = 0; i < bytes.length; i++) if (bytes[i] === 10) count++;
+    return count;
+  }
   const handoffFD = Number(env.PML_HANDOFF_FD);
   delete env.PML_HANDOFF_FD;
   function flushCredits() {
-    if (creditQueued && creditQueued !== 'turn') clearTimeout(creditQueued);
     creditQueued = false;
     if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
   }
   function openHandoff() {
     if (handoff || !(handoffFD > 2)) return;
     try {
-      const { Pipe, constants } = process.binding('pipe_wrap');
-      const { streamBaseState, kReadBytesOrError, WriteWrap } = process.binding('stream_wrap');
+      // process.binding is deprecated (DEP0111): silenced here so --pending-deprecation apps see no warning.
+      const quiet = process.noDeprecation;
+      process.noDeprecation = true;
+      let bindings;
+      try { bindings = [process.binding('pipe_wrap'), process.binding('stream_wrap')]; } finally { process.noDeprecation = quiet; }
+      const [{ Pipe, constants }, { streamBaseState, kReadBytesOrError, WriteWrap }] = bindings;
       const pipe = new Pipe(constants.IPC);
       if (pipe.open(handoffFD) !== 0) return;
       const write = (text) => {
@@ -121,20 +129,18 @@
         const h = pipe.pendingHandle;
         pipe.pendingHandle = null;
         if (nread < 0) { pipe.readStop(); pipe.close(); handoff = null; return; }
+        // Every message is credited, its fd arrived or not (EMFILE: MSG_CTRUNC, no handle): a
+        // credit never given back would shrink the window for good. Credited in this event-loop
+        // turn (setImmediate runs before the next poll reads any connection's bytes): if this
+        // process dies, pml gives to others only connections nobody read a byte of.
+        const bytes = Buffer.from(buf, 0, nread);
+        credits += newlines(bytes);
+        if (!creditQueued) { creditQueued = true; setImmediate(flushCredits); }
         if (!h) return;
-        const key = Buffer.from(buf, 0, nread).latin1Slice(0, nread).trimEnd();
+        const key = bytes.latin1Slice(0, nread).trimEnd();
         const socket = new net.Socket({ handle: h, readable: true, writable: true });
         const server = routeFor({ address: key });
         if (server) deliver(server, socket); else socket.destroy();
-        // Credited 4 at a time (pml reads credits only once half its window is used), and the
-        // rest after 10 ms: one write per few connections, not one per connection.
-        credits++;
-        if (credits >= 4) {
-          if (creditQueued !== 'turn') { if (creditQueued) clearTimeout(creditQueued); creditQueued = 'turn'; setImmediate(flushCredits); }
-        } else if (!creditQueued) {
-          creditQueued = setTimeout(flushCredits, 10);
-          creditQueued.unref();
-        }
       };
       pipe.readStart();
       pipe.unref(); // the IPC channel keeps the process alive while servers listen
