@@ -106,7 +106,8 @@ extension Supervisor {
 
     /// `/healthz`, `/readyz`, `/readyz/<app>`, or nil for another path.
     func healthAnswer(path: String) -> HTTPResponse? {
-        HealthProbe.answer(path: path, apps: healthApps())
+        if startPending, path.hasPrefix("/readyz") { return .text(503, "not ready: starting") }
+        return HealthProbe.answer(path: path, apps: healthApps())
     }
 
     /// The metrics listener: the Host check (it listens on loopback only), then health probes,

@@ -59,7 +59,9 @@ extension Daemon {
         // /metrics, /healthz and /readyz when config.json or PML_METRICS_LISTEN names a listener.
         let metricsServer = supervisor.serveMetrics(environment: env)
         var startError: String?
+        supervisor.startPending = true
         supervisor.start(start) { started in
+            supervisor.startPending = false
             guard started.ok else {
                 startError = started.error ?? "cannot start"
                 return loop.stop()

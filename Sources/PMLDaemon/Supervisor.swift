@@ -55,6 +55,9 @@ final class Supervisor {
     let foreground: Bool
     /// Foreground: called once every app's workers are online (READY=1 to systemd).
     var onAllReady: (() -> Void)?
+    /// Foreground: the apps to run are not started yet (their app file may still be evaluated):
+    /// `/readyz` says so rather than "ready" with no app.
+    var startPending = false
     /// Foreground: called when no worker runs or waits to restart any more, with the exit status.
     var onNothingLeft: ((Int32) -> Void)?
 
