@@ -13,6 +13,11 @@ public struct ScriptTimeouts: Sendable, Equatable {
     /// heard, one that runs past it (or waits behind one, or for a busy CPU) is not.
     public var decisionMs: Int { callBudgetMs + 500 }
 
+    /// Evaluating an app file (`pml start`, `pml reload`, a fresh state's) or loading a plugin
+    /// waits this long: the user's request waits, no app does, and on a busy machine scripts get
+    /// only the CPU the apps leave. As long as a call may last before it is taken for stuck.
+    public var evaluationMs: Int { stuckAfterWallMs }
+
     /// A script thread that used more CPU than this during one call is inside a C function the
     /// count hook cannot interrupt (only C can run past the budget): it is abandoned and replaced.
     /// In CPU time, so that a state starved of CPU on a busy machine is not taken for a stuck one.

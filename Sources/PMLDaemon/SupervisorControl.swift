@@ -342,11 +342,11 @@ extension Supervisor {
     /// meanwhile); `respond` gets the answer once the apps are started or refused.
     func start(_ args: StartArguments, respond: @escaping (ControlResponse) -> Void) {
         guard let file = args.file else { return respond(start(args, loaded: nil)) }
-        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: { [unowned self] result in
+        scripts.ask(.appFile(file), deadlineMs: scripts.timeouts.evaluationMs, { side in side.evaluate(path: file) }, answer: { [unowned self] result in
             switch result {
             case .success(let loaded)?: respond(self.start(args, loaded: loaded))
             case .failure(let error)?: respond(.failure(error.description))
-            case nil: respond(.failure("\(file): the app file did not finish within \(self.scripts.timeouts.decisionMs) ms"))
+            case nil: respond(.failure("\(file): the app file did not finish within \(self.scripts.timeouts.evaluationMs) ms"))
             }
             self.retireUnusedScriptStates()
         })

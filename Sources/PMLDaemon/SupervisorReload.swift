@@ -84,7 +84,7 @@ extension Supervisor {
             switch result {
             case .success(let l)?: loaded = l
             case .failure(let error)?: return done(.failure(TargetError(message: "\(error)")))
-            case nil: return done(.failure(TargetError(message: "\(file): the app file did not finish within \(self.scripts.timeouts.decisionMs) ms")))
+            case nil: return done(.failure(TargetError(message: "\(file): the app file did not finish within \(self.scripts.timeouts.evaluationMs) ms")))
             }
             let release = { [unowned self] (refs: [LuaTableRef]) in
                 if !refs.isEmpty { self.scripts.tell(.appFile(file)) { side in refs.forEach(side.release(tableRef:)) } }
@@ -110,7 +110,7 @@ extension Supervisor {
             self.beforeReload(app, newSpec: newSpec, newRef: newRef, graceful: graceful, parallel: parallel, done: done)
         }
         if let loaded = sharing?.loaded(file) { return answer(.success(loaded)) }
-        scripts.ask(.appFile(file), { side in side.evaluate(path: file) }, answer: answer)
+        scripts.ask(.appFile(file), deadlineMs: scripts.timeouts.evaluationMs, { side in side.evaluate(path: file) }, answer: answer)
     }
 
     /// Where `app` stands in a fresh evaluation of its app file, read as its start read it (what it

@@ -100,7 +100,7 @@ extension Supervisor {
 
     /// Loads one plugin file in a fresh state (its slot must exist).
     private func loadPlugin(_ file: String) {
-        scripts.ask(.plugin(file), { side in side.loadPlugin(path: file) }, answer: { [unowned self] result in
+        scripts.ask(.plugin(file), deadlineMs: scripts.timeouts.evaluationMs, { side in side.loadPlugin(path: file) }, answer: { [unowned self] result in
             guard let index = self.plugins.firstIndex(where: { $0.path == file }) else { return }
             self.plugins[index].loading = false
             switch result {
@@ -118,7 +118,7 @@ extension Supervisor {
             case .failure(let error)?:
                 self.refusePlugin(at: index, error.description)
             case nil:
-                self.refusePlugin(at: index, "\(file): did not load within \(self.scripts.timeouts.decisionMs) ms")
+                self.refusePlugin(at: index, "\(file): did not load within \(self.scripts.timeouts.evaluationMs) ms")
             }
             self.checkPluginWaiters()
         })
@@ -194,7 +194,7 @@ extension Supervisor {
             let affected = apps.filter { $0.spec.appFile == path }
             for app in affected { app.logs.note("its scripts were stuck inside a C call: pml started a fresh Lua state and loads \(path) again") }
             guard !affected.isEmpty else { return scripts.stop(owner) }
-            scripts.ask(owner, { side in side.evaluate(path: path) }, answer: { [unowned self] result in
+            scripts.ask(owner, deadlineMs: scripts.timeouts.evaluationMs, { side in side.evaluate(path: path) }, answer: { [unowned self] result in
                 guard case .success(let loaded)? = result else {
                     let why = result.map { r -> String in if case .failure(let e) = r { return e.description } else { return "" } } ?? "no answer in time"
                     self.logger.error("\(path): cannot load it again after its scripts were stuck: \(why); its apps run without hooks until reloaded")
