@@ -18,7 +18,7 @@ import Glibc
 ///   on its handoff channel in a loop, 10,000 at a time, until pml cuts it off.
 /// - FX_TRIGGER=<file>, FX_ON_TRIGGER: the silent instance, once that file exists, writes a line
 ///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 0.5 s, then
-///   reads and serves what its handoff channel holds.
+///   reads and serves what its handoff channel holds (the file is removed: once).
 /// NODE_HANDLE lines on the IPC channel are served too (what pml sends before it reads the hello).
 private let hostileHandoffWorker = #"""
     import array, json, os, selectors, socket, sys, time
@@ -66,6 +66,7 @@ private let hostileHandoffWorker = #"""
     trigger = os.environ.get("FX_TRIGGER")
     while True:
         if silent and trigger and os.path.exists(trigger):
+            os.remove(trigger)   # once: a restarted worker does not do it again
             trigger = None
             if os.environ.get("FX_ON_TRIGGER") == "garbage":
                 handoff.sendall(b"garbage\n")
@@ -305,8 +306,9 @@ extension Integration {
         }
 
         /// Two workers, instance 0 silent (window 4): 12 concurrent requests; once it holds 4, it is
-        /// triggered (`onTrigger`); returns the pids that answered them and the two rows.
-        static func heldThenTriggered(_ box: Sandbox, onTrigger: String) async throws -> (answers: [Result<HTTPReply, RequestFailure>], silent: Int32, good: Int32) {
+        /// triggered (`onTrigger`); returns the answers, the two pids and the daemon's open fds
+        /// before the requests.
+        static func heldThenTriggered(_ box: Sandbox, onTrigger: String) async throws -> (answers: [Result<HTTPReply, RequestFailure>], silent: Int32, good: Int32, fds: Int) {
             let port = try Net.freePort()
             let trigger = box.work + "/trigger"
             let file = try Self.hostileApp(box, name: "h", port: port, instances: 2,
@@ -315,27 +317,39 @@ extension Integration {
             let rows = try await box.waitOnline("h", count: 2)
             try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
             let silent = rows[0].pid!, good = rows[1].pid!
+            let fds = daemonFDs(box)
             let gets = ParallelGets(port: port, count: 12, timeout: 10)
             try await box.waitFor("the silent worker holds 4") { try await Dispatch.dispatched(box, "h")[silent] == 4 ? true : nil }
             try box.write("trigger", "")
-            return (await gets.wait(), silent, good)
+            return (await gets.wait(), silent, good, fds)
         }
 
-        @Test("a garbage cut-off kills the worker: the connections it had not read go to the other worker, all answered")
+        /// How many fds the daemon has open (-1 if it cannot be read).
+        static func daemonFDs(_ box: Sandbox) -> Int {
+            guard let pid = box.daemonPid else { return -1 }
+            return (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+        }
+
+        @Test("a garbage cut-off kills the worker: the connections it had not read go to the other worker, all answered; once it is back, the daemon's fd count is where it was")
         func garbageCutOffRequeues() async throws {
             try await withSandbox { box in
-                let (answers, silent, good) = try await Self.heldThenTriggered(box, onTrigger: "garbage")
+                let (answers, silent, good, fds) = try await Self.heldThenTriggered(box, onTrigger: "garbage")
                 let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
                 let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
                 #expect(!pids.contains(silent) && pids.allSatisfy { $0 == good }, "the killed worker served none: \(pids)")
+                try await box.waitFor("worker 0 back", timeout: 10) { () -> Bool? in
+                    let rows = try await box.rows("h")
+                    return rows.count == 2 && rows.allSatisfy { $0.status == "online" } && rows[0].pid != silent ? true : nil
+                }
+                try await box.waitFor("the daemon's fds back to \(fds)", timeout: 5) { Self.daemonFDs(box) == fds ? true : nil }
             }
         }
 
         @Test("a worker shutting down its writing side keeps reading: what it holds is served once, by it")
         func shutWriteKeepsConnections() async throws {
             try await withSandbox { box in
-                let (answers, silent, good) = try await Self.heldThenTriggered(box, onTrigger: "shutwr")
+                let (answers, silent, good, _) = try await Self.heldThenTriggered(box, onTrigger: "shutwr")
                 let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
                 let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
@@ -353,6 +367,23 @@ extension Integration {
                 try await box.waitOnline("h", count: 1)
                 try await Self.waitMode(box, "h", count: 1, "credits 64, 8 fds/message")
                 #expect(try box.answers(port: port, count: 20).count == 20)
+            }
+        }
+
+        @Test("hostile: a silent worker granting 999 gets exactly 64 connections, no more")
+        func absurdGrantSilentGetsExactly64() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 1,
+                                               env: ["FX_HELLO": "H 1 999", "FX_SILENT_INSTANCE": "0"])
+                try await box.pmlOK("start", file)
+                let pid = try await box.waitOnline("h", count: 1)[0].pid!
+                try await Self.waitMode(box, "h", count: 1, "credits 64, 1 fd/message")
+                let gets = ParallelGets(port: port, count: 80, timeout: 3)
+                try await box.waitFor("64 handed to the silent worker") { try await Dispatch.dispatched(box, "h")[pid] == 64 ? true : nil }
+                let answers = await gets.wait()
+                #expect(answers.allSatisfy { if case .failure = $0 { true } else { false } }, "nobody answers")
+                #expect(try await Dispatch.dispatched(box, "h")[pid] == 64, "still 64 once the 80 clients gave up")
             }
         }
 
@@ -396,8 +427,32 @@ extension Integration {
                     }
                 }
                 let handed = try await Dispatch.dispatched(box, "h")
-                #expect((handed[silent] ?? 0) <= 4, "the silent worker got no more than its window: \(handed)")
-                #expect(timedOut <= 4 && answered >= 36, "answered \(answered), timed out \(timedOut)")
+                #expect(handed[silent] == 4, "the silent worker got its window and no more: \(handed)")
+                #expect(timedOut == 4 && answered == 36, "answered \(answered), timed out \(timedOut)")
+            }
+        }
+
+        @Test("with PML_HANDOFF_EXPIRY_MS=1000: a silent worker's 4 copies are closed after 1 s (said in the daemon's log), it gets no more, and the daemon's fd count is back where it was")
+        func expiryClosesCopies() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_HANDOFF_EXPIRY_MS": "1000"])
+                let port = try Net.freePort()
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 2, env: ["FX_SILENT_INSTANCE": "0"])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 2)
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
+                let fds = { Self.daemonFDs(box) }
+                let before = fds()
+                let gets = ParallelGets(port: port, count: 12, timeout: 4)
+                try await box.waitFor("the silent worker holds 4") { try await Dispatch.dispatched(box, "h")[rows[0].pid!] == 4 ? true : nil }
+                try await box.waitFor("the expiry said in the daemon's log", timeout: 5) {
+                    box.read(box.daemonLog).contains("did not credit back 4 connection(s) within 1000 ms") ? true : nil
+                }
+                let answers = await gets.wait()
+                let answered = answers.filter { if case .success = $0 { true } else { false } }.count
+                #expect(answered == 8, "the good worker answered the rest")
+                #expect(try await Dispatch.dispatched(box, "h")[rows[0].pid!] == 4, "no more after the expiry")
+                try await box.waitFor("the daemon's fds back to \(before)", timeout: 5) { fds() == before ? true : nil }
             }
         }
     }
