@@ -179,7 +179,7 @@ final class ScriptHub {
         }
         for (_, entry) in all {
             entry.thread.abandon()
-            for case .command(let c) in entry.thread.takeMessages() { onCommand?(c) }
+            for case .command(let c) in entry.thread.takeMessages(waiting: true) { onCommand?(c) }
         }
     }
 
@@ -287,7 +287,8 @@ final class ScriptHub {
             // commands count (the last pml.log of an onStop). Then an exited one lets go of its eventfds.
             let gone = Set(self.leaving.filter { $0.currentActivity.exited }.map(ObjectIdentifier.init))
             for t in self.leaving where !t.currentActivity.abandoned {
-                for case .command(let c) in t.takeMessages() { self.onCommand?(c) }
+                // An exited thread holds no lock: its last messages are taken for sure.
+                for case .command(let c) in t.takeMessages(waiting: gone.contains(ObjectIdentifier(t))) { self.onCommand?(c) }
             }
             self.leaving.removeAll { gone.contains(ObjectIdentifier($0)) }
             if !self.threads.isEmpty || !self.leaving.isEmpty { self.armWatchdog() }

@@ -202,12 +202,21 @@ final class ScriptThread: Sendable {
     }
 
     /// Messages the thread sent since the last call; call after `messagesFD` became readable.
-    func takeMessages() -> [ScriptMessage] {
+    /// Unless `waiting`, the supervisor does not wait for the lock: a script thread runs at a small
+    /// CPU share and can be preempted inside `send`, the only other holder, which signals
+    /// `messagesFD` after letting go, so what it adds comes with the next wake-up.
+    func takeMessages(waiting: Bool = false) -> [ScriptMessage] {
         drainEventFD(messagesFD)
-        return messages.withLock { m in
+        if waiting {
+            return messages.withLock { m in
+                defer { m = ([], 0, false) }
+                return m.queue
+            }
+        }
+        return messages.withLockIfAvailable { m in
             defer { m = ([], 0, false) }
             return m.queue
-        }
+        } ?? []
     }
 
     var currentActivity: Activity { activity.withLock { $0 } }
