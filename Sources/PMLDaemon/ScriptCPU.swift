@@ -31,8 +31,9 @@ enum ScriptCPU {
     static let groupName = "pml-scripts"
     /// The scripts cgroup's weight (a sibling process group weighs 1024). On 2 saturated cores here
     /// cpu.idle (weight 3) delayed a 0.1 ms wake-up of a thread in it by 300 ms (p99), 64 by 10 ms;
-    /// at 64 a looping script got a sixteenth of a CPU it shared with a spinning worker.
-    static let shares = 64
+    /// at 64 scripts got so little that a reload's evaluation of its app file under an rr load
+    /// missed 30 s. 256 leaves them about a fifth of a core against one busy worker.
+    static let shares = 256
     /// Computed on first use, once per process.
     static let placement: Placement = prepare()
 

@@ -99,14 +99,14 @@ extension Integration {
                     #expect(ThreadInfo.cpuCgroup("/proc/\(daemon)/cgroup") == own, "the supervisor's thread stays")
                     #expect(ThreadInfo.cpuCgroup("/proc/\(spin)/cgroup") == own, "so do the workers")
                     let said = box.daemonLines("script threads (pml-lua) get the CPU the apps leave")
-                    #expect(said.count == 1 && said[0].contains("they run in the cpu cgroup /") && said[0].hasSuffix("\(expected) (cpu.shares 64)"), "daemon.log: \(said)")
+                    #expect(said.count == 1 && said[0].contains("they run in the cpu cgroup /") && said[0].hasSuffix("\(expected) (cpu.shares 256)"), "daemon.log: \(said)")
                 } else {
                     _ = try await box.waitFor("the looping thread SCHED_IDLE", timeout: 10) { ThreadInfo.policy(taskDir) == 5 ? true : nil }
                     for tid in all { #expect(ThreadInfo.policy("/proc/\(daemon)/task/\(tid)") == 5) }
                     #expect(ThreadInfo.policy("/proc/\(daemon)") == 0, "the supervisor's thread stays")
                 }
 
-                // On one CPU with a spinning worker, the looping script gets a small part of it (it
+                // On one CPU with a spinning worker, the looping script gets about a fifth of it, 256 against 1024 (it
                 // got about half at nice 19: the daemon's autogroup weighed as much as the worker's).
                 for pid in [busy, spin] { #expect(try ThreadInfo.pinToCPU0(pid), "taskset -p -c 0 \(pid)") }
                 await sleepMs(200)
@@ -114,7 +114,7 @@ extension Integration {
                 await sleepMs(3000)
                 let script = Double(ThreadInfo.cpuNs(taskDir) - s0) / 1e6, worker = Double(ThreadInfo.cpuNs("/proc/\(spin)") - w0) / 1e6
                 #expect(worker > 300, "the spinning worker ran \(worker) ms of 3000 (the script \(script) ms)")
-                #expect(script < worker * 0.25, "the looping script ran \(script) ms, the worker \(worker) ms on the same CPU")
+                #expect(script < worker * 0.5, "the looping script ran \(script) ms, the worker \(worker) ms on the same CPU")
                 #expect(box.daemonPid == daemon)
             }
         }
