@@ -134,6 +134,22 @@ extension Integration {
         }
 
         /// The example worker (examples/python-native-handoff/worker.py) as an app on `port`.
+        /// 3 graceful reloads of a 2-worker app under load on the handoff channel: no request fails,
+        /// and the new workers are on the channel in `mode` again.
+        static func reloadsUnderLoad(_ box: Sandbox, _ app: String, port: Int, mode: String,
+                                     pauseMs: Int, fast: Int, slow: Int) async throws {
+            let pids = Reload.pids(try await box.waitServing(app, count: 2))
+            try await waitMode(box, app, count: 2, mode)
+            let load = LoadGenerator(.local(port), pauseMs: pauseMs)
+            load.start(fast: fast, slow: slow)
+            await sleepMs(400)
+            try await box.gracefulReloads(app, count: 2, replacing: pids, pauseMs: 300)
+            let samples = await load.stop()
+            #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
+            #expect(samples.count > 30, "\(samples.summary())")
+            try await waitMode(box, app, count: 2, mode)
+        }
+
         static func exampleApp(_ box: Sandbox, name: String, port: Int, instances: Int, dispatch: String = "rr") throws -> String {
             let worker = PMLBinary.packageRoot.appendingPathComponent("examples/python-native-handoff/worker.py").path
             return try box.write("\(name).lua", """
@@ -217,16 +233,8 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr")
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("web", count: 2))
-                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
-                let load = LoadGenerator(.local(port), pauseMs: 3)
-                load.start(fast: 3, slow: 1)
-                await sleepMs(400)
-                try await box.gracefulReloads("web", count: 2, replacing: pids, pauseMs: 300)
-                let samples = await load.stop()
-                #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
-                #expect(samples.count > 30, "\(samples.summary())")
-                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                try await Self.reloadsUnderLoad(box, "web", port: port, mode: "credits 16, 1 fd/message",
+                                                pauseMs: 3, fast: 3, slow: 1)
             }
         }
 
@@ -236,16 +244,8 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("py", count: 2))
-                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
-                let load = LoadGenerator(.local(port), pauseMs: 2)
-                load.start(fast: 4)
-                await sleepMs(400)
-                try await box.gracefulReloads("py", count: 2, replacing: pids, pauseMs: 300)
-                let samples = await load.stop()
-                #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
-                #expect(samples.count > 30, "\(samples.summary())")
-                try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                try await Self.reloadsUnderLoad(box, "py", port: port, mode: "credits 32, 8 fds/message",
+                                                pauseMs: 2, fast: 4, slow: 0)
             }
         }
 
