@@ -147,11 +147,7 @@ final class HandoffChannel {
     func close() {
         guard isOpen else { return }
         isOpen = false
-        if let handle { loop?.unregister(handle) }
-        handle = nil
-        _ = shutdown(fd, Int32(SHUT_RDWR))
-        closeFD(fd)
-        input.removeAll()
+        closeChannelEnd(fd, &handle, loop: loop, input: &input)
     }
 
     deinit { close() }

@@ -224,16 +224,21 @@ final class IPCChannel {
     func close() {
         guard isOpen else { return }
         isOpen = false
-        if let handle { loop?.unregister(handle) }
-        handle = nil
-        // The keeper may hold a copy: shut the socket down so the worker sees EOF all the same.
-        _ = shutdown(fd, Int32(SHUT_RDWR))
-        closeFD(fd)
-        input.removeAll()
+        closeChannelEnd(fd, &handle, loop: loop, input: &input)
         closedWithUnsentHandle = output.contains { $0.fd >= 0 }
         for o in output where o.fd >= 0 { closeFD(o.fd) }
         output.removeAll()
     }
 
     deinit { close() }
+}
+
+/// Closes pml's end `fd` of a worker's channel: out of `loop`, shut down first (the keeper may hold
+/// a copy of the socket, and the worker must see EOF all the same), closed; unparsed `input` is dropped.
+func closeChannelEnd(_ fd: Int32, _ handle: inout IOHandle?, loop: EventLoop?, input: inout [UInt8]) {
+    if let h = handle { loop?.unregister(h) }
+    handle = nil
+    _ = shutdown(fd, Int32(SHUT_RDWR))
+    closeFD(fd)
+    input.removeAll()
 }

@@ -37,8 +37,6 @@ extension Integration {
                 """)
         }
 
-        static func pids(_ rows: [Row]) -> Set<Int32> { Set(rows.compactMap(\.pid)) }
-
         // MARK: the seed, unchanged
 
         @Test("the seed's app.js under `pml start app.js -i 4`: 100 sequential requests, 25 to each worker pid in ls")
@@ -59,7 +57,7 @@ extension Integration {
                 let failed = failuresOf(results)
                 #expect(failed.isEmpty, "every request is answered:\n\(failed.prefix(5).joined(separator: "\n"))")
                 let counts = tally(results)
-                #expect(Set(counts.keys) == Self.pids(rows),
+                #expect(Set(counts.keys) == Row.pids(rows),
                         "responders \(counts) are the workers of pml ls \(rows)")
                 #expect(counts.count == 4 && counts.values.allSatisfy { $0 == 25 }, "round-robin, 25 each: \(counts)")
             }
@@ -81,7 +79,7 @@ extension Integration {
                 let failed = failuresOf(results)
                 #expect(failed.isEmpty, "\(failed.prefix(5))")
                 let counts = tally(results)
-                #expect(Set(counts.keys) == Self.pids(rows), "responders \(counts) vs ls \(rows)")
+                #expect(Set(counts.keys) == Row.pids(rows), "responders \(counts) vs ls \(rows)")
                 #expect(counts.count == 3 && counts.values.allSatisfy { $0 == 8 }, "exactly 8 each: \(counts)")
             }
         }
@@ -138,7 +136,7 @@ extension Integration {
                 for i in 0..<40 { results.append(HTTP.get(.local(i % 2 == 0 ? p1 : p2))) }
                 #expect(failuresOf(results).isEmpty, "\(failuresOf(results).prefix(5))")
                 let counts = tally(results)
-                #expect(Set(counts.keys) == Self.pids(rows), "both workers serve (kernel-balanced): \(counts) vs \(rows)")
+                #expect(Set(counts.keys) == Row.pids(rows), "both workers serve (kernel-balanced): \(counts) vs \(rows)")
             }
         }
 
@@ -151,7 +149,7 @@ extension Integration {
                 try box.write("app.js", ClusterFixture.seedApp(port: port))
                 try await box.pmlOK("start", "app.js", "-i", "4")
                 let before = try await box.waitServing("app", count: 4)
-                let oldPids = Self.pids(before)
+                let oldPids = Row.pids(before)
 
                 let client = LoadGenerator(.local(port), pauseMs: 2)
                 client.start()
@@ -215,11 +213,11 @@ extension Integration {
 
                 #expect(six.count == 6 && two.count == 2)
                 #expect(samples.failed.isEmpty, "no failed request while scaling: \(samples.summary())")
-                let sixPids = Self.pids(six)
+                let sixPids = Row.pids(six)
                 let seenWhileSix = Set(samples.compactMap(\.pid)).intersection(sixPids)
                 #expect(seenWhileSix.count == 6, "all 6 workers answered at some point: \(samples.summary())")
                 let late = Set(samples.filter { $0.start > settled }.compactMap(\.pid))
-                #expect(late.isSubset(of: Self.pids(two)) && !late.isEmpty,
+                #expect(late.isSubset(of: Row.pids(two)) && !late.isEmpty,
                         "after scaling down only the 2 remaining workers answer: \(late) vs \(two)")
                 let final = try await box.rows("web")
                 #expect(final.count == 2, "ls shows 2 workers: \(final)")
@@ -251,7 +249,7 @@ extension Integration {
                     """)
                 try await box.pmlOK("start", file)
                 let rows = try await box.waitServing("msg", count: 2)
-                let workerPids = Self.pids(rows)
+                let workerPids = Row.pids(rows)
 
                 let sent = try await box.pml("send", "msg", #"{"type":"ping","tag":"t42"}"#)
                 #expect(sent.ok, "\(sent)")
@@ -331,7 +329,7 @@ extension Integration {
                 let results = HTTP.sequential(.unix(path), 10)
                 #expect(failuresOf(results).isEmpty, "\(failuresOf(results).prefix(5))")
                 let counts = tally(results)
-                #expect(Set(counts.keys) == Self.pids(rows) && counts.values.allSatisfy { $0 == 5 }, "\(counts)")
+                #expect(Set(counts.keys) == Row.pids(rows) && counts.values.allSatisfy { $0 == 5 }, "\(counts)")
 
                 // Deleting the app frees the address: the socket file goes away.
                 try await box.pmlOK("delete", "ux")
@@ -370,7 +368,7 @@ extension Integration {
                 let results = HTTP.sequential(.tcp(v6 ? "::1" : "127.0.0.1", port), 6)
                 #expect(failuresOf(results).isEmpty, "\(failuresOf(results).prefix(5))")
                 let counts = tally(results)
-                #expect(Set(counts.keys) == Self.pids(rows) && counts.values.allSatisfy { $0 == 3 }, "\(counts)")
+                #expect(Set(counts.keys) == Row.pids(rows) && counts.values.allSatisfy { $0 == 3 }, "\(counts)")
                 if v6 {
                     // Bound to ::1 only, as asked: nothing listens on 127.0.0.1 at that port.
                     if case .success(let r) = HTTP.get(.local(port), timeout: 2) {

@@ -37,7 +37,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("rp", count: 3))
+                let pids = Row.pids(try await box.waitServing("rp", count: 3))
                 let replies = try box.answers(port: port, count: 90)
                 var counts: [Int32: Int] = [:]
                 for r in replies { counts[r.pid ?? -1, default: 0] += 1 }
@@ -89,11 +89,11 @@ extension Integration {
                         "no more failures than it had in flight: \(samples.summary())")
                 // The replacement takes the slot back; pml stops accepting on it.
                 let after = try await box.waitServing("rp", count: 3, timeout: 20)
-                #expect(!Reload.pids(after).contains(victim))
+                #expect(!Row.pids(after).contains(victim))
                 // Once it serves, pml no longer accepts on its slot: nothing more is handed over.
                 let before = try await Self.dispatched(box, "rp").values.reduce(0, +)
                 let replies = try box.answers(port: port, count: 30)
-                #expect(Set(replies.compactMap(\.pid)) == Reload.pids(after), "all 3 serve again")
+                #expect(Set(replies.compactMap(\.pid)) == Row.pids(after), "all 3 serve again")
                 #expect(try await Self.dispatched(box, "rp").values.reduce(0, +) == before, "the kernel spreads them, not pml")
             }
         }
@@ -104,7 +104,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.app(box, name: "rp", port: port, instances: 3, dispatch: "reuseport")
                 try await box.pmlOK("start", file)
-                let first = Reload.pids(try await box.waitServing("rp", count: 3))
+                let first = Row.pids(try await box.waitServing("rp", count: 3))
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 2)
                 await sleepMs(500)
@@ -129,13 +129,13 @@ extension Integration {
                 await sleepMs(300)
 
                 try await box.pmlOK("scale", "rp", "4")
-                let four = Reload.pids(try await box.waitServing("rp", count: 4))
+                let four = Row.pids(try await box.waitServing("rp", count: 4))
                 try await box.waitFor("4 slot sockets") { ListenQueues.sockets(port: port) == 4 ? true : nil }
                 let replies = try box.answers(port: port, count: 80)
                 #expect(Set(replies.compactMap(\.pid)) == four, "all 4 serve after scaling up")
 
                 try await box.pmlOK("scale", "rp", "1")
-                let one = Reload.pids(try await box.waitServing("rp", count: 1))
+                let one = Row.pids(try await box.waitServing("rp", count: 1))
                 try await box.waitFor("the removed slots' sockets are closed") { ListenQueues.sockets(port: port) == 1 ? true : nil }
                 let last = try box.answers(port: port, count: 20)
                 #expect(Set(last.compactMap(\.pid)) == one, "only the remaining worker answers")
@@ -151,7 +151,7 @@ extension Integration {
                 let file = try Self.app(box, name: "rp", port: port, instances: 2, dispatch: "reuseport",
                                         extra: "  restart_delay = 4000,")
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("rp", count: 2))
+                let pids = Row.pids(try await box.waitServing("rp", count: 2))
                 let daemon = try #require(box.daemonPid)
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 2, slow: 1)
@@ -161,7 +161,7 @@ extension Integration {
                     box.daemonPid.flatMap { $0 != daemon && Proc.alive($0) ? $0 : nil }
                 }
                 let rows = try await box.waitServing("rp", count: 2)
-                #expect(Reload.pids(rows) == pids, "the same workers, adopted: \(rows)")
+                #expect(Row.pids(rows) == pids, "the same workers, adopted: \(rows)")
                 #expect(ListenQueues.sockets(port: port) == 2, "still one socket per slot (none bound twice)")
                 await sleepMs(300)
                 let samples = await load.stop()
@@ -290,7 +290,7 @@ extension Integration {
                              env = { FX_MARKS = \(lua(marks)) } }
                     """)
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("lb", count: 2))
+                let pids = Row.pids(try await box.waitServing("lb", count: 2))
                 // Warm up both (and let each report it is idle again).
                 _ = try box.answers(port: port, count: 4)
 

@@ -138,7 +138,7 @@ extension Integration {
         /// and the new workers are on the channel in `mode` again.
         static func reloadsUnderLoad(_ box: Sandbox, _ app: String, port: Int, mode: String,
                                      pauseMs: Int, fast: Int, slow: Int) async throws {
-            let pids = Reload.pids(try await box.waitServing(app, count: 2))
+            let pids = Row.pids(try await box.waitServing(app, count: 2))
             try await waitMode(box, app, count: 2, mode)
             let load = LoadGenerator(.local(port), pauseMs: pauseMs)
             load.start(fast: fast, slow: slow)
@@ -177,7 +177,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr")
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitServing("web", count: 2))
+                let pids = Row.pids(try await box.waitServing("web", count: 2))
                 try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
                 let replies = try box.answers(port: port, count: 60)
                 #expect(Set(replies.compactMap(\.pid)) == pids, "both workers answered")
@@ -192,7 +192,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.exampleApp(box, name: "py", port: port, instances: 2, dispatch: "least-busy")
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitOnline("py", count: 2))
+                let pids = Row.pids(try await box.waitOnline("py", count: 2))
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
                 let gets = ParallelGets(port: port, count: 200, timeout: 10)
                 let results = await gets.wait()
@@ -255,7 +255,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
                 try await box.pmlOK("start", file)
-                let pids = Reload.pids(try await box.waitOnline("py", count: 2))
+                let pids = Row.pids(try await box.waitOnline("py", count: 2))
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 0)
@@ -404,7 +404,7 @@ extension Integration {
                         "the cut-off is said in the app's log")
                 try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
                 let replies = try box.answers(port: port, count: 30)
-                #expect(Set(replies.compactMap(\.pid)) == Reload.pids(rows))
+                #expect(Set(replies.compactMap(\.pid)) == Row.pids(rows))
                 #expect(await box.pingOK(), "the daemon answers")
             }
         }

@@ -71,6 +71,9 @@ struct Row: Decodable, Equatable, Sendable, CustomStringConvertible {
 
     static let statuses: Set<String> = ["starting", "online", "stopping", "stopped", "waiting", "errored"]
 
+    /// The pids of `rows` (the workers that run).
+    static func pids(_ rows: [Row]) -> Set<Int32> { Set(rows.compactMap(\.pid)) }
+
     var description: String {
         "#\(id) \(name)[\(instance)] \(status) pid=\(pid.map(String.init) ?? "null") restarts=\(restarts)"
     }

@@ -49,7 +49,7 @@ extension Integration {
                 let port = try Net.freePort()
                 let file = try Self.nodeApp(box, name: "web", script: ReloadFixture.server, port: port, instances: 4)
                 try await box.pmlOK("start", file)
-                var pids = Reload.pids(try await box.waitServing("web", count: 4))
+                var pids = Row.pids(try await box.waitServing("web", count: 4))
                 #expect(pids.count == 4)
 
                 let load = LoadGenerator(.local(port), pauseMs: 3)
@@ -66,7 +66,7 @@ extension Integration {
                     #expect(r.stdout.contains("reloaded web: 4 workers"), "reload \(round) says what it did:\n\(r)")
                     durations.append("\(Int(t1 - t0)) ms")
                     let rows = try await box.waitServing("web", count: 4)
-                    let now = Reload.pids(rows)
+                    let now = Row.pids(rows)
                     #expect(now.count == 4 && now.isDisjoint(with: pids),
                             "reload \(round): all 4 pids change: before \(pids.sorted()), after \(now.sorted())")
                     for old in pids {
@@ -111,7 +111,7 @@ extension Integration {
                 let file = try Self.nodeApp(box, name: "own", script: ReloadFixture.selfShutdown, port: port, instances: 2,
                                             env: ["FX_DIR": lua(dir)], extra: "  kill_timeout = 8000,")
                 try await box.pmlOK("start", file)
-                let old = Reload.pids(try await box.waitServing("own", count: 2))
+                let old = Row.pids(try await box.waitServing("own", count: 2))
                 _ = try box.answers(port: port, count: 4)
 
                 let t0 = nowMs()
@@ -120,7 +120,7 @@ extension Integration {
                 #expect(r.ok, "\(r)")
                 // Had the message not arrived, pml would wait kill_timeout (8 s) per worker before SIGTERM.
                 #expect(took < 6000, "the old workers exited by themselves, before kill_timeout: reload took \(Int(took)) ms")
-                let now = Reload.pids(try await box.waitServing("own", count: 2))
+                let now = Row.pids(try await box.waitServing("own", count: 2))
                 #expect(now.isDisjoint(with: old), "new pids \(now.sorted()) vs old \(old.sorted())")
                 for pid in old {
                     #expect(box.lines("\(dir)/\(pid).messages") == ["\"shutdown\""],
@@ -158,7 +158,7 @@ extension Integration {
                 let file = try Self.nodeApp(box, name: "msg", script: ReloadFixture.recorder, port: port, instances: 2,
                                             env: ["FX_DIR": lua(dir), "V": lua("1")], extra: hooks)
                 try await box.pmlOK("start", file)
-                let v1 = Reload.pids(try await box.waitServing("msg", count: 2))
+                let v1 = Row.pids(try await box.waitServing("msg", count: 2))
 
                 // The next version vetoes reloads; this reload still runs the current version's hook.
                 try box.edit(file, replacing: "return { message = { type = \"bye\", n = 7 }, timeout = 4000 } -- BEFORE",
@@ -168,7 +168,7 @@ extension Integration {
                 let r = try await box.pml(["reload", "msg", "--graceful"], timeout: 40)
                 #expect(r.ok, "\(r)")
                 #expect(nowMs() - t0 < 4000 * 2, "the old workers left on the message, not after the 4 s timeout")
-                let v2 = Reload.pids(try await box.waitServing("msg", count: 2))
+                let v2 = Row.pids(try await box.waitServing("msg", count: 2))
                 #expect(v2.isDisjoint(with: v1), "replaced: \(v1.sorted()) → \(v2.sorted())")
                 for pid in v1 {
                     let got = box.lines("\(dir)/\(pid).messages")
@@ -211,7 +211,7 @@ extension Integration {
                       onReload = function(app, r) pml.log("HOOK onReload ok=" .. tostring(r.ok) .. " error=" .. tostring(r.error)) end,
                     """)
                 try await box.pmlOK("start", file)
-                let old = Reload.pids(try await box.waitServing("rb", count: 4))
+                let old = Row.pids(try await box.waitServing("rb", count: 4))
                 let broken = try box.write("broken.js", ReloadFixture.crashAtStart)
                 try box.edit(file, replacing: "rb.js", with: (broken as NSString).lastPathComponent)
 
@@ -219,7 +219,7 @@ extension Integration {
                 r.expectCleanFailure(mentioning: ["rolled back", "crashed", "code 1", "old workers keep serving"])
 
                 let rows = try await box.waitServing("rb", count: 4, timeout: 5)
-                #expect(Reload.pids(rows) == old, "the old workers are the ones in ls: \(rows)")
+                #expect(Row.pids(rows) == old, "the old workers are the ones in ls: \(rows)")
                 #expect(rows.allSatisfy { $0.status == "online" }, "\(rows)")
                 let answers = try box.answers(port: port, count: 12)
                 #expect(Set(answers.compactMap(\.pid)) == old, "the old pids serve: \(answers.map(\.body))")
@@ -247,7 +247,7 @@ extension Integration {
                                             env: ["FX_READY_DELAY": lua("200"), "FX_STARTS": lua(starts)],
                                             extra: "  ready = \"message\",\n  ready_timeout = 1500,")
                 try await box.pmlOK("start", file)
-                let old = Reload.pids(try await box.waitServing("rt", count: 2))
+                let old = Row.pids(try await box.waitServing("rt", count: 2))
                 // The next version listens but never says ready.
                 try box.edit(file, replacing: "FX_READY_DELAY = \"200\"", with: "FX_READY_DELAY = \"0\"")
 
@@ -284,14 +284,14 @@ extension Integration {
                       end,
                     """)
                 try await box.pmlOK("start", file)
-                let old = Reload.pids(try await box.waitServing("envy", count: 2))
+                let old = Row.pids(try await box.waitServing("envy", count: 2))
                 #expect(try box.answers(port: port, count: 4).allSatisfy { $0.v == "one" })
 
                 try box.edit(file, replacing: "V = \"one\"", with: "V = \"two\"")
                 let r = try await box.pml(["reload", "envy", "--graceful"], timeout: 40)
                 #expect(r.ok, "\(r)")
                 #expect(r.stdout.contains("env.V"), "the output lists what changed:\n\(r)")
-                let now = Reload.pids(try await box.waitServing("envy", count: 2))
+                let now = Row.pids(try await box.waitServing("envy", count: 2))
                 #expect(now.isDisjoint(with: old))
                 let answers = try box.answers(port: port, count: 6)
                 #expect(answers.allSatisfy { $0.v == "two" && $0.pid.map(now.contains) == true },
@@ -330,12 +330,12 @@ extension Integration {
                     """)
                 try await box.pmlOK("start", file)
                 let rows = try await box.waitOnline("bg", count: 2)
-                let old = Reload.pids(rows)
+                let old = Row.pids(rows)
 
                 let r = try await box.pml(["reload", "bg"], timeout: 40)
                 #expect(r.ok, "\(r)")
                 #expect(r.stdout.contains("reloaded bg: 2 workers"), "\(r)")
-                let now = Reload.pids(try await box.waitOnline("bg", count: 2))
+                let now = Row.pids(try await box.waitOnline("bg", count: 2))
                 #expect(now.count == 2 && now.isDisjoint(with: old), "\(old.sorted()) → \(now.sorted())")
                 for pid in old { #expect(!Proc.alive(pid), "old fork worker \(pid) is gone") }
                 // A worker writes its pid once Python is up, which on a loaded machine can be after
@@ -372,7 +372,7 @@ extension Integration {
                 let early = try await box.pml(["reload", "par"], timeout: 20)
                 early.expectCleanFailure(mentioning: ["starting"])
 
-                let old = Reload.pids(try await box.waitServing("par", count: 4))
+                let old = Row.pids(try await box.waitServing("par", count: 4))
                 _ = try box.answers(port: port, count: 4)
 
                 let t0 = nowMs()
@@ -402,7 +402,7 @@ extension Integration {
                 #expect(maxRows <= 6, "never more than 4 + 2 workers (saw \(maxRows) rows)")
                 // One at a time would need 4 × 1.5 s of readiness alone.
                 #expect(took < 6000, "two batches, not four: \(Int(took)) ms")
-                let now = Reload.pids(try await box.waitServing("par", count: 4))
+                let now = Row.pids(try await box.waitServing("par", count: 4))
                 #expect(now.isDisjoint(with: old), "\(old.sorted()) → \(now.sorted())")
 
                 // The replacements' listen times (ms since epoch): two batches ≥ ~1.5 s apart.
@@ -419,7 +419,5 @@ extension Integration {
                 _ = try box.answers(port: port, count: 8)
             }
         }
-
-        static func pids(_ rows: [Row]) -> Set<Int32> { Set(rows.compactMap(\.pid)) }
     }
 }
