@@ -138,6 +138,11 @@ int pml_inotify_add_dir(int fd, const char *path) {
     return inotify_add_watch(fd, path, mask);
 }
 
+void pml_sleep_us(int us) {
+    struct timespec t = { us / 1000000, (long)(us % 1000000) * 1000 };
+    while (nanosleep(&t, &t) < 0 && errno == EINTR) {}
+}
+
 int pml_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
 static int epoll_op(int epfd, int op, int fd, uint32_t events, uint64_t data) {

@@ -117,6 +117,11 @@ final class ConnectionRouter {
     /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
+    /// How long (µs) pml lets connections gather in the backlog between accepts under sustained
+    /// load (`ArrivalCoalescing`); `PML_ACCEPT_HOLD_US` in the daemon's environment (read once,
+    /// at start) changes it, 0 turns it off.
+    static let acceptHoldUs = HomeConfig.environmentInteger("PML_ACCEPT_HOLD_US", in: 0...EventLoop.maxHoldOffUs, default: 250)
+
     private let loop: EventLoop
     private let logger: Logger
     private var dispatcher = RoundRobinDispatcher()
@@ -141,6 +146,9 @@ final class ConnectionRouter {
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
     /// The last batch's extra accept found nothing queued (the accept loop stops there).
     private var batchFoundQueueEmpty = false
+    /// Whether to let arrivals gather before the next accept, and connections accepted in this turn.
+    private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHoldUs)
+    private var acceptedThisTurn = 0
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
@@ -377,6 +385,11 @@ final class ConnectionRouter {
     func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.count ?? 0) > 0 }
 
     private func acceptAll(_ socket: Int32, _ listener: AppListener) {
+        acceptedThisTurn = 0
+        defer {
+            let hold = coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn)
+            if hold > 0 { loop.holdOff(microseconds: hold) }
+        }
         // A bounded batch per wake-up keeps other fds served under a connection storm.
         for _ in 0..<64 {
             // Paused (too many waiting) by the previous connection of this batch: stop here.
@@ -398,6 +411,7 @@ final class ConnectionRouter {
                 }
                 return
             }
+            acceptedThisTurn += 1
             if !handOut(fd, listener, from: socket) { enqueue(fd, listener.id) }
             // A batch for a worker taking several fds per message found the queue empty: so would
             // the next accept.
@@ -455,6 +469,7 @@ final class ConnectionRouter {
                 batchFoundQueueEmpty = true
                 break
             }
+            acceptedThisTurn += 1
             _ = dispatcher.take(worker: worker, listener: listener.id)
             batch[n] = more
             n += 1

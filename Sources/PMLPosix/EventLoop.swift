@@ -36,6 +36,10 @@ public final class EventLoop {
     private var timerActions: [UInt64: () -> Void] = [:]
     private var nextID: UInt64 = 1
     private var running = false
+    /// Asked by `holdOff`: sleep this long (µs) before the next wait for events.
+    private var holdUs = 0
+    /// The longest hold-off the loop takes, whatever is asked.
+    public static let maxHoldOffUs = 10_000
 
     public init() throws(SystemError) {
         epfd = try sys("epoll_create1") { pml_epoll_create() }
@@ -97,6 +101,11 @@ public final class EventLoop {
         while running {
             runDueTimers()
             if !running { break }
+            if holdUs > 0 {
+                pml_sleep_us(Int32(holdUs))
+                holdUs = 0
+                runDueTimers()
+            }
             let timeout: Int32
             if let first = timers.first {
                 timeout = Int32(clamping: max(0, first.deadline - monotonicMs()))
@@ -111,6 +120,13 @@ public final class EventLoop {
                 r.handler(IOEvents(rawValue: ev.events))
             }
         }
+    }
+
+    /// Before it next waits for events, the loop sleeps `microseconds` (the longest asked in this
+    /// turn, at most `maxHoldOffUs`): what arrives meanwhile is served together after it, in one
+    /// wake-up. Everything waits that long, so callers ask only under sustained load, briefly.
+    public func holdOff(microseconds: Int) {
+        holdUs = min(max(holdUs, microseconds), Self.maxHoldOffUs)
     }
 
     /// Makes `run()` return after the current callback.

@@ -33,6 +33,13 @@ public func monotonicMs() -> Int {
     return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
 }
 
+/// Microseconds on CLOCK_MONOTONIC: for short intervals (arrivals of connections).
+public func monotonicUs() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int(ts.tv_sec) * 1_000_000 + Int(ts.tv_nsec) / 1000
+}
+
 /// Milliseconds since the Unix epoch, for timestamps users read.
 public func wallClockMs() -> Int {
     var ts = timespec()

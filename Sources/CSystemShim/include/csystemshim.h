@@ -59,6 +59,9 @@ enum {
     PML_EPOLLRDHUP = 0x2000,
 };
 
+/* Sleeps `us` microseconds (resumed after a signal). */
+void pml_sleep_us(int us);
+
 int pml_epoll_create(void);
 int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data);
 int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data);

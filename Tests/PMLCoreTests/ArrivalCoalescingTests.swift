@@ -1,0 +1,148 @@
+import PMLCore
+import Testing
+
+@Suite("Arrival coalescing")
+struct ArrivalCoalescingTests {
+    /// Feeds turns given as (µs since the previous turn, connections accepted), the clock `now`
+    /// going on from one call to the next; returns each hold.
+    private func holds(_ c: inout ArrivalCoalescing, _ now: inout Int, _ turns: [(gap: Int, accepted: Int)]) -> [Int] {
+        turns.map { t in
+            now += t.gap
+            return c.turn(nowUs: now, accepted: t.accepted)
+        }
+    }
+
+    @Test("a first connection, an isolated one, and connections at up to 1,000 a second are never held")
+    func lightLoadIsNeverHeld() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        #expect(c.turn(nowUs: 5, accepted: 1) == 0, "the first connection of a daemon")
+        for gap in [1001, 1500, 2_000, 25_000, 1_000_000] {
+            var c = ArrivalCoalescing()
+            #expect(holds(&c, &now, Array(repeating: (gap, 1), count: 200)).allSatisfy { $0 == 0 }, "one turn every \(gap) µs")
+            // Even bursts of several connections per turn: a busy turn needs a busy neighbour.
+            var b = ArrivalCoalescing()
+            #expect(holds(&b, &now, Array(repeating: (gap, 6), count: 200)).allSatisfy { $0 == 0 }, "bursts every \(gap) µs")
+        }
+    }
+
+    @Test("three accept turns within 1 ms of each other start holding; a hold that gathers two or more goes on")
+    func sustainedArrivalsAreHeld() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        #expect(holds(&c, &now, [(50_000, 1), (400, 1), (400, 1)]) == [0, 0, 250])
+        #expect(c.holding == 250)
+        #expect(holds(&c, &now, [(260, 2), (300, 5), (251, 64)]) == [250, 250, 250])
+        // The third busy turn counts from the first of them: a gap over 1 ms in between restarts the count.
+        var d = ArrivalCoalescing()
+        #expect(holds(&d, &now, [(100, 1), (100, 1), (1001, 1), (100, 1), (100, 1)]) == [0, 0, 0, 0, 250])
+    }
+
+    @Test("two held turns in a row that find one connection each stop holding, and holding needs three busy turns again; one alone does not")
+    func sparseHoldStops() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        #expect(holds(&c, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 2), (300, 1), (300, 1)]) == [0, 0, 250, 250, 250, 250, 0])
+        #expect(c.holding == 0)
+        #expect(holds(&c, &now, [(200, 3), (200, 3), (200, 3)]) == [0, 0, 250])
+    }
+
+    @Test("a turn that accepted nothing changes nothing and holds nothing")
+    func emptyTurns() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1)])
+        let before = c
+        #expect(c.turn(nowUs: 99, accepted: 0) == 0)
+        #expect(c == before)
+        #expect(c.turn(nowUs: 1_000_400 + 250, accepted: 2) == 250, "the held turn is still the next one with connections")
+    }
+
+    @Test("load that stops and comes back as a burst after a quiet spell is not held")
+    func quietSpellResets() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1)])
+        #expect(c.holding == 250)
+        // 250 µs of hold + 1 ms: still the held turn. A µs more: a fresh start.
+        var near = c
+        #expect(near.turn(nowUs: 1_000_400 + 1250, accepted: 2) == 250)
+        #expect(holds(&c, &now, [(1251, 8), (300, 8)]) == [0, 0])
+        #expect(c.holding == 0)
+    }
+
+    @Test("a clock that goes backwards counts as a quiet spell, never as load")
+    func clockBackwards() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        #expect(holds(&c, &now, [(0, 1), (-10, 1), (-10, 1), (-10, 1)]) == [0, 0, 0, 0])
+        _ = holds(&c, &now, [(100, 1), (100, 1)])
+        #expect(c.holding == 250)
+        #expect(c.turn(nowUs: 0, accepted: 5) == 0)
+        #expect(c.holding == 0)
+    }
+
+    @Test("holdUs 0 turns it off; absurd settings are clamped")
+    func settings() {
+        var now = 1_000_000
+        var off = ArrivalCoalescing(holdUs: 0)
+        #expect(holds(&off, &now, Array(repeating: (10, 10), count: 100)).allSatisfy { $0 == 0 })
+        var c = ArrivalCoalescing(holdUs: -5, busyGapUs: -1, busyTurns: 0, minBatch: -3, sparseTurns: -1)
+        #expect(c.holdUs == 0 && c.busyGapUs == 0 && c.busyTurns == 1 && c.minBatch == 1 && c.sparseTurns == 1)
+        #expect(c.turn(nowUs: 1, accepted: 1) == 0)
+        var one = ArrivalCoalescing(holdUs: 100, busyTurns: 1)
+        #expect(one.turn(nowUs: 1, accepted: 1) == 100, "busyTurns 1: the first turn is enough")
+    }
+
+    /// Every sequence of four turns over these gaps and counts, against what the rules allow
+    /// (checked by hand, not with #expect per turn: 2.5 million sequences).
+    @Test("exhaustively: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than two")
+    func exhaustive() {
+        let gaps = [-5, 0, 100, 250, 999, 1000, 1001, 1250, 1251, 5000]
+        let counts = [0, 1, 2, 5]
+        let steps = gaps.flatMap { g in counts.map { (gap: g, accepted: $0) } }
+        var checked = 0
+        var wrong: [(gap: Int, accepted: Int)]?
+        func check(_ turns: [(gap: Int, accepted: Int)], _ made: ArrivalCoalescing) -> Bool {
+            var c = made
+            var now = 1_000_000
+            var busyRun = 0          // accept turns in a row within busyGapUs of the previous accept turn
+            var sparseRun = 0        // held turns in a row that gathered fewer than minBatch
+            var lastAcceptAt: Int?
+            for t in turns {
+                now += t.gap
+                let wasHolding = c.holding
+                let h = c.turn(nowUs: now, accepted: t.accepted)
+                guard h == 0 || h == c.holdUs else { return false }
+                if t.accepted == 0 {
+                    guard h == 0 else { return false }
+                    continue
+                }
+                let gap = lastAcceptAt.map { now - $0 }
+                let heldTurn = wasHolding > 0 && gap.map { $0 >= 0 && $0 <= wasHolding + c.busyGapUs } == true
+                busyRun = gap.map { $0 >= 0 && $0 <= c.busyGapUs } == true ? busyRun + 1 : 1
+                if heldTurn {
+                    // A held turn goes on holding unless it is the second sparse one in a row.
+                    sparseRun = t.accepted >= c.minBatch ? 0 : sparseRun + 1
+                    guard (h > 0) == (sparseRun < c.sparseTurns) else { return false }
+                    if h == 0 { busyRun = 0; sparseRun = 0 }
+                } else {
+                    sparseRun = 0
+                    guard (h > 0) == (busyRun >= c.busyTurns) else { return false }
+                }
+                lastAcceptAt = now
+                checked += 1
+            }
+            return true
+        }
+        // The defaults, and shorter runs so that four turns also reach the end of a hold.
+        let settings = [ArrivalCoalescing(), ArrivalCoalescing(busyTurns: 1), ArrivalCoalescing(busyTurns: 2, sparseTurns: 1)]
+        for made in settings {
+            for a in steps { for b in steps { for c in steps { for d in steps where wrong == nil {
+                if !check([a, b, c, d], made) { wrong = [a, b, c, d] }
+            } } } }
+        }
+        #expect(wrong == nil, "first sequence against the rules: \(String(describing: wrong))")
+        #expect(checked > 3 * 4_000_000)
+    }
+}
