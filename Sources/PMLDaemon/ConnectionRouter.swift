@@ -108,7 +108,9 @@ final class SlotSocket {
 /// the loop and connections wait in the kernel's backlog, which outlives the daemon (the keeper
 /// holds a copy); one app's waiting connections never stop another's. Only connections taken in
 /// from a slot socket being closed, or given back by a worker, can fill pml's own queue: past
-/// `waitingBound` every listener pauses, as the last resort.
+/// `waitingBound` (which also counts pml's copies of what workers have not credited back on their
+/// handoff channels: many workers' windows can hold more fds than the queue) every listener
+/// pauses, as the last resort.
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
@@ -141,6 +143,8 @@ final class ConnectionRouter {
     /// Native handoff: pml's copies of what each worker has not credited back yet, and how many
     /// fds it takes per message.
     private var held: [Int: HeldHandles] = [:]
+    /// All workers' held copies: descriptors pml holds, counted in `waitingBound`.
+    private var heldCount = 0
     private var maxFDs: [Int: Int] = [:]
     /// One message's fds, gathered before its sendmsg (fixed storage: nothing allocated per connection).
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
@@ -209,7 +213,7 @@ final class ConnectionRouter {
             // Bounded: what the backlog holds (511), with room for what arrives meanwhile, and never
             // past the bound on waiting connections (what is left is reset when the socket closes).
             for _ in 0..<4096 {
-                guard !waitingBound.full(pendingCount), let fd = UnixSocket.accept(slot.fd, nonBlocking: false) else { break }
+                guard !waitingBound.full(waiting: pendingCount, held: heldCount), let fd = UnixSocket.accept(slot.fd, nonBlocking: false) else { break }
                 if !handOut(fd, slot.listener) { enqueue(fd, slot.listener.id) }
             }
         }
@@ -318,7 +322,7 @@ final class ConnectionRouter {
     /// The worker credited back `n` connections: it owns them; what is due for copies pml no longer
     /// holds is paid first, then pml's oldest copies are closed.
     func credited(worker: Int, _ n: Int) {
-        held[worker]?.credit(n, atMs: monotonicMs()) { closeFD($0.fd) }
+        held[worker]?.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
         dispatcher.returned(worker: worker, n)
         drain()
     }
@@ -337,7 +341,12 @@ final class ConnectionRouter {
     /// Closes pml's copies of what `worker` was sent and has not credited: the connections are its own.
     private func closeHeld(worker: Int) {
         guard var ring = held.removeValue(forKey: worker) else { return }
-        while let e = ring.pop() { closeFD(e.fd) }
+        while let e = ring.pop() { closeHeldCopy(e) }
+    }
+
+    private func closeHeldCopy(_ e: HeldHandles.Entry) {
+        closeFD(e.fd)
+        heldCount -= 1
     }
 
     /// Connections sent on a worker's handoff channel and never credited back go to the front of
@@ -345,6 +354,7 @@ final class ConnectionRouter {
     private func requeueHeld(worker: Int) {
         guard var ring = held.removeValue(forKey: worker), ring.count > 0 else { return }
         var back: [Int: [(fd: Int32, since: Int)]] = [:]
+        heldCount -= ring.count
         while let e = ring.pop() {
             dispatcher.notHanded(worker: worker, listener: e.listener, 1)
             if listeners[e.listener] != nil { back[e.listener, default: []].append((e.fd, monotonicMs())) } else { closeFD(e.fd) }
@@ -354,7 +364,7 @@ final class ConnectionRouter {
             pending[id, default: []].insert(contentsOf: fds, at: 0)
             pendingCount += fds.count
         }
-        if waitingBound.full(pendingCount) { pauseAccepting() }
+        if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
     }
 
     /// NODE_HANDLE_ACK: the worker owns the connection now; pml's copy is closed.
@@ -425,14 +435,14 @@ final class ConnectionRouter {
     private func enqueue(_ fd: Int32, _ listener: Int) {
         pending[listener, default: []].append((fd, monotonicMs()))
         pendingCount += 1
-        if waitingBound.full(pendingCount) { pauseAccepting() }
+        if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
     }
 
     /// A connection given back (NACK, the worker gone before its ACK): first in line.
     private func requeue(_ fd: Int32, _ listener: Int) {
         pending[listener, default: []].insert((fd, monotonicMs()), at: 0)
         pendingCount += 1
-        if waitingBound.full(pendingCount) { pauseAccepting() }
+        if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
     }
 
     /// Gives `fd` to the next worker in rotation; false if none can take it now. `socket`: the
@@ -463,7 +473,8 @@ final class ConnectionRouter {
     private func pass(_ fd: Int32, _ listener: AppListener, to worker: Int, from socket: Int32) -> Bool {
         batch[0] = fd
         var n = 1
-        let most = min(maxFDs[worker] ?? 1, batch.count)
+        // Never past the bound on descriptors: `fd` is one already.
+        let most = min(maxFDs[worker] ?? 1, batch.count, 1 + waitingBound.room(waiting: pendingCount, held: heldCount + 1))
         while n < most, socket >= 0, dispatcher.credits(of: worker) > 0 {
             guard let more = UnixSocket.accept(socket, nonBlocking: false) else {
                 batchFoundQueueEmpty = true
@@ -480,9 +491,10 @@ final class ConnectionRouter {
             for i in 0..<n {
                 // Never more than the window (the dispatcher counts credits); past it, as after a
                 // take-over, pml's copy is closed at once.
-                if held[worker]?.push(batch[i], listener: listener.id, atMs: now) != true { closeFD(batch[i]) }
+                if held[worker]?.push(batch[i], listener: listener.id, atMs: now) == true { heldCount += 1 } else { closeFD(batch[i]) }
                 onDispatched(worker)
             }
+            if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
             return true
         case .full, .closed:
             // Not sent: their credits come back. Its socket is full: no more for it until it credits
@@ -516,12 +528,12 @@ final class ConnectionRouter {
     private func pauseAccepting() {
         guard !acceptingPaused else { return }
         acceptingPaused = true
-        logger.warning("\(pendingCount) connections are waiting for a worker (at most \(waitingBound.bound) for a limit of \(openFileLimit()) open files); pausing accept")
+        logger.warning("\(pendingCount) connections are waiting for a worker and pml holds copies of \(heldCount) not credited back yet (at most \(waitingBound.bound) waiting, \(waitingBound.descriptors) in all, for a limit of \(openFileLimit()) open files); pausing accept")
         for l in listeners.values { watch(l, false) }
     }
 
     private func resumeIfRoom() {
-        guard acceptingPaused, waitingBound.roomAgain(pendingCount) else { return }
+        guard acceptingPaused, waitingBound.roomAgain(waiting: pendingCount, held: heldCount) else { return }
         acceptingPaused = false
         for l in listeners.values where !starved.contains(l.id) { watch(l, true) }
     }
@@ -549,7 +561,7 @@ final class ConnectionRouter {
             // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
             // nothing more) and their late credits are due, not for newer copies.
             var r = ring
-            let (closed, returned) = r.expire(before: ackCutoff) { closeFD($0.fd) }
+            let (closed, returned) = r.expire(before: ackCutoff, close: closeHeldCopy)
             held[worker] = r
             if returned > 0 {
                 dispatcher.returned(worker: worker, returned)

@@ -11,7 +11,8 @@ import Glibc
 /// A Python worker on the handoff channel with knobs for hostile behaviour (the example worker,
 /// examples/python-native-handoff/worker.py, is the well-behaved one):
 /// - FX_HELLO: the hello line it writes (default "H 8 4").
-/// - FX_SILENT_INSTANCE=n: that instance opts in but never reads its handoff channel (never credits).
+/// - FX_SILENT_INSTANCE=n: that instance (`all`: every one) opts in but never reads its handoff
+///   channel (never credits), until FX_WAKE names a file that exists: then it reads and credits.
 /// - FX_GARBAGE_INSTANCE=n, FX_GARBAGE_MARK=<file>: that instance, if the file does not exist,
 ///   creates it and writes a line that is not a record on the handoff channel after its hello.
 /// - FX_FLOOD_INSTANCE=n, FX_FLOOD_LINE=<line>: that instance, after its hello, writes that line
@@ -57,7 +58,8 @@ private let hostileHandoffWorker = #"""
                 handoff.sendall(flood)
         except OSError:
             sys.exit(0)
-    silent = os.environ.get("FX_SILENT_INSTANCE") == INSTANCE
+    silent = os.environ.get("FX_SILENT_INSTANCE") in (INSTANCE, "all")
+    wake = os.environ.get("FX_WAKE")
     sel = selectors.DefaultSelector()
     sel.register(ipc, selectors.EVENT_READ, "ipc")
     if not silent:
@@ -65,6 +67,9 @@ private let hostileHandoffWorker = #"""
     buffer, pending = b"", []
     trigger = os.environ.get("FX_TRIGGER")
     while True:
+        if silent and wake and os.path.exists(wake):
+            silent = False
+            sel.register(handoff, selectors.EVENT_READ, "handoff")
         if silent and trigger and os.path.exists(trigger):
             os.remove(trigger)   # once: a restarted worker does not do it again
             trigger = None
@@ -429,6 +434,41 @@ extension Integration {
                 let handed = try await Dispatch.dispatched(box, "h")
                 #expect(handed[silent] == 4, "the silent worker got its window and no more: \(handed)")
                 #expect(timedOut == 4 && answered == 36, "answered \(answered), timed out \(timedOut)")
+            }
+        }
+
+        @Test("under ulimit -n 256, 6 workers that never credit (window 64 each) get no more than the bound on descriptors: pml pauses accept, the rest wait in the backlog, pml ls answers throughout and no accept runs out of fds; once they credit, all 300 are answered")
+        func heldCopiesStayBelowTheFDLimit() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+                let port = try Net.freePort()
+                let wake = box.work + "/wake"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
+                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
+                try await box.pmlOK("start", file)
+                try await box.waitOnline("h", count: 6)
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                // 6 × 64 copies would be 384 fds: past the limit without the bound.
+                let gets = ParallelGets(port: port, count: 300, timeout: 30)
+                let queued = try await box.waitFor("connections in the listener's backlog", timeout: 10) { () -> Int? in
+                    let q = ListenQueues.longestQueue(port: port)
+                    return q > 0 ? q : nil
+                }
+                let handed = try await Dispatch.dispatched(box, "h").values.reduce(0, +)
+                #expect(handed <= 64, "at most the bound (64 for a limit of 256) handed: \(handed)")
+                #expect(box.read(box.daemonLog).contains("pausing accept"), "the pause is said in the daemon's log")
+                #expect(!box.read(box.daemonLog).contains("out of file descriptors"), "no accept ran out of fds")
+                for _ in 0..<5 {
+                    let t0 = nowMs()
+                    let r = try await box.pml(["ls"], timeout: 10)
+                    #expect(r.ok && nowMs() - t0 < 1000, "pml ls answers while the copies are held: \(r)")
+                    await sleepMs(100)
+                }
+                #expect(Self.daemonFDs(box) < 200, "the daemon holds \(Self.daemonFDs(box)) fds")
+                try box.write("wake", "")
+                let answers = await gets.wait()
+                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.count) of 300 failed (\(queued) were in the backlog): \(failed.prefix(3))")
             }
         }
 

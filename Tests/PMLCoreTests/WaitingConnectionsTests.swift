@@ -24,10 +24,38 @@ import Testing
 
     @Test func acceptingPausesAtTheBoundAndResumesAtHalf() {
         let w = WaitingConnections(fdLimit: 1024)
-        #expect(!w.full(255) && w.full(256) && w.full(300))
-        #expect(!w.roomAgain(129) && w.roomAgain(128) && w.roomAgain(0))
+        #expect(!w.full(waiting: 255, held: 0) && w.full(waiting: 256, held: 0) && w.full(waiting: 300, held: 0))
+        #expect(!w.roomAgain(waiting: 129, held: 0) && w.roomAgain(waiting: 128, held: 0) && w.roomAgain(waiting: 0, held: 0))
         // A bound of 1 still resumes once the queue is empty (never stuck paused).
         let one = WaitingConnections(fdLimit: 2)
-        #expect(one.bound == 1 && one.full(1) && one.roomAgain(0))
+        #expect(one.bound == 1 && one.full(waiting: 1, held: 0) && one.roomAgain(waiting: 0, held: 0))
+    }
+
+    @Test func heldCopiesCountAsDescriptors() {
+        // 1024: 256 descriptors for connections in all; 8 silent workers at window 64 hold 512.
+        let w = WaitingConnections(fdLimit: 1024)
+        #expect(w.descriptors == 256)
+        #expect(!w.full(waiting: 0, held: 255) && w.full(waiting: 0, held: 256) && w.full(waiting: 0, held: 8 * 64))
+        #expect(w.full(waiting: 100, held: 156) && !w.full(waiting: 100, held: 155))
+        // Resumes once waiting and held together are down to half.
+        #expect(!w.roomAgain(waiting: 0, held: 129) && w.roomAgain(waiting: 0, held: 128))
+        #expect(!w.roomAgain(waiting: 64, held: 65) && w.roomAgain(waiting: 64, held: 64))
+        // Room for a batch (several fds per message): never past either bound.
+        #expect(w.room(waiting: 0, held: 0) == 256 && w.room(waiting: 0, held: 250) == 6 && w.room(waiting: 10, held: 250) == 0)
+        #expect(w.room(waiting: 255, held: 0) == 1 && w.room(waiting: 256, held: 0) == 0)
+        for limit in [8, 64, 256, 1024, 5000] {
+            let b = WaitingConnections(fdLimit: limit)
+            #expect(b.descriptors >= 1 && b.descriptors <= limit / 2 && b.bound <= b.descriptors, "limit \(limit)")
+            #expect(b.full(waiting: 0, held: b.descriptors) && b.room(waiting: 0, held: b.descriptors) == 0)
+        }
+    }
+
+    @Test func heldCopiesAreNotCappedLikeTheQueue() {
+        // A high limit: the queue stays capped (the backlog is the better queue), but many workers'
+        // windows in flight are not throttled at the queue's cap.
+        let w = WaitingConnections(fdLimit: 1 << 20)
+        #expect(w.bound == WaitingConnections.cap && w.descriptors > 500_000)
+        #expect(!w.full(waiting: 0, held: 128 * 64) && w.full(waiting: WaitingConnections.cap, held: 0))
+        #expect(WaitingConnections(fdLimit: Int.max).descriptors >= 1)
     }
 }
