@@ -1,11 +1,18 @@
 /// What a worker writes on pml's native handoff channel (`PML_HANDOFF_FD`): one ASCII line per
 /// record, parsed here without a JSON parser (docs/PROTOCOL.md, "Native handoff").
 public enum HandoffRecord: Equatable, Sendable {
-    /// `H <max fds per message> <window>`: the worker takes connections on this channel from now
-    /// on, at most `window` not yet credited back, at most `maxFDs` per message.
-    case hello(maxFDs: Int, window: Int)
+    /// `H <max fds per message> <window> [<revision>]`: the worker takes connections on this
+    /// channel from now on, at most `window` not yet credited back, at most `maxFDs` per message.
+    /// `echoes`: revision 2 or later, it echoes the mark a successor daemon puts on its first message.
+    case hello(maxFDs: Int, window: Int, echoes: Bool)
     /// `C <n>`: the worker took `n` more connections; pml may send `n` more.
     case credit(Int)
+    /// `E <epoch>`: the worker read the message marked `E <epoch> `; its credits for everything it
+    /// read before that message came before this line, those for that message and later after it.
+    case echo(Int)
+
+    /// The revision from which a worker echoes marks (a hello without one is revision 1).
+    public static let echoingRevision = 2
 
     /// The most fds pml sends in one message (what one sendmsg carries in pml's C shim).
     public static let maxFDsPerMessage = 8
@@ -18,15 +25,20 @@ public enum HandoffRecord: Equatable, Sendable {
     /// clamped (window 1...maxWindow, fds 1...maxFDsPerMessage, credits 0...maxWindow), not refused.
     public static func parse(_ line: some Collection<UInt8>) -> HandoffRecord? {
         guard line.count <= maxLineBytes, let kind = line.first else { return nil }
-        // At most two numbers, kept in locals: this runs once per credit batch.
-        var numbers = (0, 0)
+        // At most three numbers, kept in locals: this runs once per credit batch.
+        var numbers = (0, 0, 0)
         var found = 0
         var current: Int?
         func finish() -> Bool {
             guard let c = current else { return true }
             current = nil
             found += 1
-            if found == 1 { numbers.0 = c } else if found == 2 { numbers.1 = c } else { return false }
+            switch found {
+            case 1: numbers.0 = c
+            case 2: numbers.1 = c
+            case 3: numbers.2 = c
+            default: return false
+            }
             return true
         }
         for b in line.dropFirst() {
@@ -40,10 +52,13 @@ public enum HandoffRecord: Equatable, Sendable {
         }
         guard finish() else { return nil }
         switch (kind, found) {
-        case (UInt8(ascii: "H"), 2):
-            return .hello(maxFDs: min(max(numbers.0, 1), maxFDsPerMessage), window: min(max(numbers.1, 1), maxWindow))
+        case (UInt8(ascii: "H"), 2), (UInt8(ascii: "H"), 3):
+            return .hello(maxFDs: min(max(numbers.0, 1), maxFDsPerMessage), window: min(max(numbers.1, 1), maxWindow),
+                          echoes: numbers.2 >= echoingRevision)
         case (UInt8(ascii: "C"), 1):
             return .credit(min(numbers.0, maxWindow))
+        case (UInt8(ascii: "E"), 1):
+            return .echo(numbers.0)
         default:
             return nil
         }

@@ -28,8 +28,13 @@ final class HandoffChannel {
     /// Adopted: a daemon before read this channel and may have read the head of a line.
     private var resync: Bool
     private(set) var isOpen = true
-    /// What the worker said in its hello (nil: it has not opted in).
-    private(set) var hello: (maxFDs: Int, window: Int)?
+    /// What the worker said in its hello (nil: it has not opted in); `echoes`: it echoes marks.
+    private(set) var hello: (maxFDs: Int, window: Int, echoes: Bool)?
+    /// After a take-over, for a worker that echoes: `E <epoch> `, put before the next message sent.
+    private var mark: [UInt8]?
+    /// After a take-over: the epoch whose echo is awaited. Credits read before it are for what the
+    /// daemon before sent (its copies died with it): they close none of this daemon's copies.
+    private var awaitedEcho: Int?
     private let onHello: (_ maxFDs: Int, _ window: Int) -> Void
     private let onCredit: (Int) -> Void
     /// `receiverGone`: the worker's end is closed (its receive queue, and the connections in it, are gone).
@@ -52,7 +57,13 @@ final class HandoffChannel {
     }
 
     /// A successor's view of a worker that opted in under the daemon before (state.json says so).
-    func assume(maxFDs: Int, window: Int) { hello = (maxFDs, window) }
+    /// One that echoes gets this daemon's `epoch` as a mark on the next message sent.
+    func assume(maxFDs: Int, window: Int, echoes: Bool, epoch: Int) {
+        hello = (maxFDs, window, echoes)
+        guard echoes else { return }
+        mark = Array("E \(epoch) ".utf8)
+        awaitedEcho = epoch
+    }
 
     /// One small chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
@@ -74,17 +85,22 @@ final class HandoffChannel {
                 return cutOff("it wrote over \(Self.maxLinesPerSecond) lines a second on its handoff channel")
             }
             switch HandoffRecord.parse(line) {
-            case .hello(let maxFDs, let window)?:
+            case .hello(let maxFDs, let window, let echoes)?:
                 lineWindow.hellos += 1
                 if lineWindow.hellos > Self.maxHellosPerSecond {
                     return cutOff("it said hello over \(Self.maxHellosPerSecond) times a second on its handoff channel")
                 }
                 // The same hello again changes nothing (and costs nothing).
-                if let h = hello, h == (maxFDs, window) { break }
-                hello = (maxFDs, window)
+                if let h = hello, h == (maxFDs, window, echoes) { break }
+                hello = (maxFDs, window, echoes)
+                // One that no longer echoes would never be heard again: its credits count from now on.
+                if !echoes { (mark, awaitedEcho) = (nil, nil) }
                 onHello(maxFDs, window)
             case .credit(let n)?:
-                onCredit(n)
+                if awaitedEcho == nil { onCredit(n) }
+            case .echo(let epoch)?:
+                // Another epoch's echo is a daemon before's, which marked a message and died.
+                if epoch == awaitedEcho { awaitedEcho = nil }
             case nil:
                 if wasResyncing { continue } // the tail of a line the daemon before read the head of
                 return cutOff("its handoff channel sent a line that is not a record: \(IPCChannel.sample(line))")
@@ -99,6 +115,13 @@ final class HandoffChannel {
     /// resumed (the fds went with the first byte), so the line is tiny and goes whole or not at all.
     func send(_ line: [UInt8], fds: UnsafeBufferPointer<Int32>) -> SendResult {
         guard isOpen else { return .closed }
+        if let m = mark {
+            // The first message after a take-over carries the mark; it stays for the next if this one did not go.
+            mark = nil
+            let result = send(m + line, fds: fds)
+            if result == .full { mark = m }
+            return result
+        }
         let n: Int
         do {
             n = try line.withUnsafeBytes { b throws(SystemError) in try ListeningSocket.send(fd, b, attaching: fds) }

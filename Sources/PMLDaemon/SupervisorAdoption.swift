@@ -37,6 +37,9 @@ extension Supervisor {
 
     /// This daemon's token in the tags of the listeners it binds (never its pid: see KeeperTag.listener).
     static let listenerGeneration = KeeperTag.generation(UInt64.random(in: .min ... .max))
+    /// This daemon's mark on the first message to each adopted worker that echoes (docs/PROTOCOL.md):
+    /// random, so it differs from a daemon before's whose echo may still come.
+    static let handoffEpoch = Int.random(in: 1...999_999_999)
 
     /// Hands the keeper a copy of a new listening socket.
     func keeperHold(listener l: AppListener) {
@@ -76,7 +79,7 @@ extension Supervisor {
                                backoffStep: w.history.backoffStep,
                                listening: app.listeners.filter { w.requestedListeners.contains($0.id) }.map(\.tag),
                                dispatched: w.dispatched, intent: w.intent.map { "\($0)" },
-                               handoff: w.handoff?.hello.map { [$0.maxFDs, $0.window] })
+                               handoff: w.handoff?.hello.map { [$0.maxFDs, $0.window] + ($0.echoes ? [HandoffRecord.echoingRevision] : []) })
         }
     }
 
@@ -207,15 +210,17 @@ extension Supervisor {
             return false
         }
         attachStreams(w, ipc: ipc, out: out, err: err, handoff: handoff, resync: true)
-        if let h = record.handoff, h.count == 2, let channel = w.handoff {
+        if let h = record.handoff, (2...3).contains(h.count), let channel = w.handoff {
             // It opted in under the daemon before and will not say so again. Whatever that daemon
             // sent and the worker has not credited yet counts as free here (at most one window more).
-            // Their late credits close this daemon's oldest copies early (not owed: how many are
-            // still to come is unknown, and owing a whole window kept copies of answered
-            // connections open, their clients waiting for EOF); a worker crediting as it reads has
-            // next to none in flight.
+            // A worker that echoes marks says where their late credits end (the echo of this
+            // daemon's mark). One that does not (revision 1): its late credits close this daemon's
+            // oldest copies early (not owed: how many are still to come is unknown, and owing a
+            // whole window kept copies of answered connections open, their clients waiting for
+            // EOF); a worker crediting as it reads has next to none in flight.
             let maxFDs = min(max(h[0], 1), HandoffRecord.maxFDsPerMessage), window = min(max(h[1], 1), HandoffRecord.maxWindow)
-            channel.assume(maxFDs: maxFDs, window: window)
+            let echoes = h.count == 3 && h[2] >= HandoffRecord.echoingRevision
+            channel.assume(maxFDs: maxFDs, window: window, echoes: echoes, epoch: Self.handoffEpoch)
             router.grant(worker: w.id, maxFDs: maxFDs, window: window)
         }
         w.pid = pid

@@ -17,6 +17,9 @@ import Glibc
 ///   creates it and writes a line that is not a record on the handoff channel after its hello.
 /// - FX_FLOOD_INSTANCE=n, FX_FLOOD_LINE=<line>: that instance, after its hello, writes that line
 ///   on its handoff channel in a loop, 10,000 at a time, until pml cuts it off.
+/// - FX_LAZY_INSTANCE=n, FX_HOLDS=<file>: that instance reads 4 messages, keeps their connections
+///   (no credit, no answer), creates the file and reads no more; once FX_TRIGGER exists, it
+///   writes `C 4` (late credits) and the hello FX_REHELLO (so a test can see both were read).
 /// - FX_TRIGGER=<file>, FX_ON_TRIGGER: the silent instance, once that file exists, writes a line
 ///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 0.5 s, then
 ///   reads and serves what its handoff channel holds (the file is removed: once).
@@ -66,7 +69,13 @@ private let hostileHandoffWorker = #"""
         sel.register(handoff, selectors.EVENT_READ, "handoff")
     buffer, pending = b"", []
     trigger = os.environ.get("FX_TRIGGER")
+    lazy = os.environ.get("FX_LAZY_INSTANCE") == INSTANCE
+    kept = []
     while True:
+        if lazy and trigger and os.path.exists(trigger):
+            os.remove(trigger)
+            trigger = None
+            handoff.sendall(b"C %d\n%s\n" % (len(kept), os.environ["FX_REHELLO"].encode()))
         if silent and wake and os.path.exists(wake):
             silent = False
             sel.register(handoff, selectors.EVENT_READ, "handoff")
@@ -97,6 +106,14 @@ private let hostileHandoffWorker = #"""
                 fds = array.array("i")
                 for level, kind, payload in anc:
                     fds.frombytes(payload[:len(payload) - len(payload) % 4])
+                if lazy:
+                    kept.extend(fds)
+                    if len(kept) >= 4:
+                        sel.unregister(handoff)
+                        open(os.environ["FX_HOLDS"], "w").close()
+                    continue
+                if data.startswith(b"E "):
+                    handoff.sendall(b"E %s\n" % data.split(b" ", 2)[1])
                 handoff.sendall(b"C %d\n" % len(fds))
                 for fd in fds:
                     serve(fd)
@@ -254,11 +271,13 @@ extension Integration {
             }
         }
 
-        @Test("kill -9 of the daemon under load: the successor keeps the Python workers on their handoff channels, 0 failed")
-        func daemonDeath() async throws {
+        @Test("kill -9 of the daemon under load: the successor keeps the Python workers on their handoff channels, 0 failed (the example, which echoes marks, and a worker of revision 1, which does not)",
+              arguments: ["example", "revision 1"])
+        func daemonDeath(worker: String) async throws {
             try await withSandbox { box in
                 let port = try Net.freePort()
-                let file = try Self.exampleApp(box, name: "py", port: port, instances: 2)
+                let file = worker == "example" ? try Self.exampleApp(box, name: "py", port: port, instances: 2)
+                    : try Self.hostileApp(box, name: "py", port: port, instances: 2, env: ["FX_HELLO": "H 8 32"])
                 try await box.pmlOK("start", file)
                 let pids = Row.pids(try await box.waitOnline("py", count: 2))
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
@@ -307,6 +326,46 @@ extension Integration {
                     try FileManager.default.contentsOfDirectory(atPath: box.home).contains { $0.contains(".tmp") } ? nil : true
                 }
                 #expect(await box.pingOK(), "the daemon answers")
+            }
+        }
+
+        @Test("after a daemon death, late credits for what the dead daemon sent close none of the successor's copies: the worker that echoes marks dies holding them unread, and they are all served by the other")
+        func lateCreditsAfterDaemonDeath() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+                let port = try Net.freePort()
+                let holds = box.work + "/holds", trigger = box.work + "/trigger"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 2,
+                                               env: ["FX_HELLO": "H 1 4 2", "FX_LAZY_INSTANCE": "0", "FX_HOLDS": holds,
+                                                     "FX_TRIGGER": trigger, "FX_REHELLO": "H 2 4 2"])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 2)
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 1 fd/message")
+                let lazy = rows[0].pid!, good = rows[1].pid!
+                // The first daemon sends the lazy worker 4, which it reads and does not credit.
+                let first = ParallelGets(port: port, count: 12, timeout: 30)
+                try await box.waitFor("the lazy worker read 4") { FileManager.default.fileExists(atPath: holds) ? true : nil }
+                try await box.waitFor("the other answered the other 8") { first.finished == 8 ? true : nil }
+                let old = box.daemonPid!
+                kill(old, SIGKILL)
+                try await box.waitFor("a successor daemon") { box.daemonPid.flatMap { $0 != old && Proc.alive($0) ? $0 : nil } }
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 1 fd/message")
+                // The successor sends it 4 more (its window), the first marked; it does not read them.
+                let before = try await Dispatch.dispatched(box, "h")[lazy] ?? 0
+                let second = ParallelGets(port: port, count: 12, timeout: 30)
+                try await box.waitFor("the successor sent the lazy worker 4") { try await Dispatch.dispatched(box, "h")[lazy] == before + 4 ? true : nil }
+                // Its late credits for the first daemon's 4, then a hello the successor shows once read.
+                try box.write("trigger", "")
+                try await box.waitFor("the late credits read") { try await Self.modes(box, "h")[lazy] == "credits 4, 2 fds/message" ? true : nil }
+                kill(lazy, SIGKILL)
+                let answers = await second.wait()
+                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                #expect(failed.isEmpty, "\(failed.count) of the successor's 12 failed: \(failed.prefix(3))")
+                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                #expect(pids.allSatisfy { $0 == good }, "the 4 the lazy worker never read went to \(good): \(pids)")
+                // The first daemon's 4 were read by the worker that died: those alone are lost.
+                let lost = await first.wait().filter { if case .failure = $0 { true } else { false } }.count
+                #expect(lost == 4, "lost \(lost) of the first daemon's 12")
             }
         }
 

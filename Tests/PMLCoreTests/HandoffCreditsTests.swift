@@ -5,20 +5,31 @@ import Testing
     func parse(_ s: String) -> HandoffRecord? { HandoffRecord.parse(Array(s.utf8)) }
 
     @Test func recordsParse() {
-        #expect(parse("H 1 8") == .hello(maxFDs: 1, window: 8))
-        #expect(parse("H 4 16") == .hello(maxFDs: 4, window: 16))
+        #expect(parse("H 1 8") == .hello(maxFDs: 1, window: 8, echoes: false))
+        #expect(parse("H 4 16") == .hello(maxFDs: 4, window: 16, echoes: false))
         #expect(parse("C 3") == .credit(3))
         #expect(parse("C 0") == .credit(0))
     }
 
+    @Test func revision2EchoesMarks() {
+        #expect(parse("H 1 16 2") == .hello(maxFDs: 1, window: 16, echoes: true))
+        #expect(parse("H 8 32 7") == .hello(maxFDs: 8, window: 32, echoes: true), "a later revision echoes too")
+        #expect(parse("H 1 16 1") == .hello(maxFDs: 1, window: 16, echoes: false))
+        #expect(parse("H 1 16 0") == .hello(maxFDs: 1, window: 16, echoes: false))
+        #expect(parse("E 123456789") == .echo(123_456_789))
+        #expect(parse("E 0") == .echo(0))
+        // An absurd epoch saturates: it matches no epoch pml draws (at most 999,999,999).
+        #expect(parse("E 99999999999999999999") == .echo(1_000_000_000))
+    }
+
     @Test func absurdNumbersAreClamped() {
-        #expect(parse("H 1000 99999999999999999999") == .hello(maxFDs: HandoffRecord.maxFDsPerMessage, window: HandoffRecord.maxWindow))
-        #expect(parse("H 0 0") == .hello(maxFDs: 1, window: 1))
+        #expect(parse("H 1000 99999999999999999999") == .hello(maxFDs: HandoffRecord.maxFDsPerMessage, window: HandoffRecord.maxWindow, echoes: false))
+        #expect(parse("H 0 0") == .hello(maxFDs: 1, window: 1, echoes: false))
         #expect(parse("C 123456789012345") == .credit(HandoffRecord.maxWindow))
     }
 
     @Test func garbageIsRefused() {
-        for bad in ["", "H", "H 1", "H 1 2 3", "C", "C -1", "C 1 2", "X 1", "C 1x", "{\"cmd\":\"NODE_HANDLE_ACK\"}",
+        for bad in ["", "H", "H 1", "H 1 2 3 4", "C", "E", "E 1 2", "E x", "C -1", "C 1 2", "X 1", "C 1x", "{\"cmd\":\"NODE_HANDLE_ACK\"}",
                     "C " + String(repeating: "1", count: 40)] {
             #expect(parse(bad) == nil, "\(bad)")
         }

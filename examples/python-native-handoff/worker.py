@@ -2,13 +2,17 @@
 
 pml gives rr and least-busy workers two unix sockets: the IPC channel (PML_IPC_FD, JSON lines:
 "ready", "shutdown", NODE_HANDLE connections) and the native handoff channel (PML_HANDOFF_FD).
-On the latter we write "H <fds per message> <window>\\n" once: from then on pml sends each batch
+On the latter we write "H <fds per message> <window> 2\\n" once: from then on pml sends each batch
 of connections as "<address>\\n" with up to <fds per message> sockets attached (SCM_RIGHTS), never
 more than <window> that we have not credited back. We credit them with "C <n>\\n" once per batch
-we read, not once per connection, before reading any of their bytes. If this process dies, pml
-gives the connections it sent and we did not credit to the other workers; the ones we credited and
-had not answered yet are lost. (Out of fds, a message comes with fewer sockets than pml sent,
-MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back when it expires them.)
+we read, not once per connection, before reading any of their bytes. The "2" says we echo marks:
+after a daemon death, pml's successor puts "E <epoch> " before the address of the first message it
+sends us; we credit what we read before that message, write "E <epoch>\\n", then go on as usual,
+so the successor can tell its own credits from those for what the dead daemon sent. If this
+process dies, pml gives the connections it sent and we did not credit to the other workers; the
+ones we credited and had not answered yet are lost. (Out of fds, a message comes with fewer
+sockets than pml sent, MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back
+when it expires them.)
 For least-busy, we tell pml how many connections we closed in all ({"type":"pml:load","closed":C}
 on the IPC channel, once per loop turn that closed some).
 
@@ -77,6 +81,12 @@ def on_handoff():
         if not data:
             sel.unregister(handoff)   # pml is gone; the IPC channel says what to do
             return
+        if data.startswith(b"E "):
+            # A successor daemon's mark: the credits for what came before it go first, then the echo.
+            if taken:
+                handoff.sendall(b"C %d\n" % taken)
+                taken = 0
+            handoff.sendall(b"E %s\n" % data.split(b" ", 2)[1])
         if flags & socket.MSG_CTRUNC:
             print("control data truncated: connections were lost", file=sys.stderr, flush=True)
         for fd in fds:
@@ -119,7 +129,7 @@ def on_ipc():
 
 
 def main():
-    handoff.sendall(b"H %d %d\n" % (FDS_PER_MESSAGE, WINDOW))
+    handoff.sendall(b"H %d %d 2\n" % (FDS_PER_MESSAGE, WINDOW))
     ipc.sendall(b'"ready"\n')
     print(f"native handoff worker up, pid {PID}", flush=True)
     sel.register(ipc, selectors.EVENT_READ, ("ipc", None))

@@ -21,9 +21,11 @@
 //                  {cmd:"NODE_HANDLE", type:"net.Socket", msg:{type:"pml:connection", port, address}} + fd
 //                  "shutdown"
 // rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
-// stream socket): the shim opts in with "H 1 <window>\n" and then gets each connection as
+// stream socket): the shim opts in with "H 1 <window> 2\n" and then gets each connection as
 // "<address>\n" + one fd per message, and credits each message back ("C <n>\n", one line for all
-// read in one event-loop turn) instead of a JSON message and an ACK per connection.
+// read in one event-loop turn) instead of a JSON message and an ACK per connection. The "2": after
+// a daemon death, the successor's first message is "E <epoch> <address>\n"; the shim writes the
+// credits for what it read before, then "E <epoch>\n" (the successor ignores credits until then).
 // Plain CommonJS, no dependencies, Node 18+. Inert unless started by pml (PML_APP and an IPC channel).
 
 (function pmlShim() {
@@ -134,10 +136,16 @@
         // turn (setImmediate runs before the next poll reads any connection's bytes): if this
         // process dies, pml gives to others only connections nobody read a byte of.
         const bytes = Buffer.from(buf, 0, nread);
+        let start = 0;
+        if (bytes[0] === 69 && bytes[1] === 32) { // "E ": a successor daemon's mark
+          start = bytes.indexOf(32, 2) + 1;
+          if (credits > 0) { write('C ' + credits + '\n'); credits = 0; }
+          write('E ' + bytes.latin1Slice(2, start - 1) + '\n');
+        }
         credits += newlines(bytes);
         if (!creditQueued) { creditQueued = true; setImmediate(flushCredits); }
         if (!h) return;
-        const key = bytes.latin1Slice(0, nread).trimEnd();
+        const key = bytes.latin1Slice(start, nread).trimEnd();
         const socket = new net.Socket({ handle: h, readable: true, writable: true });
         const server = routeFor({ address: key });
         if (server) deliver(server, socket); else socket.destroy();
@@ -145,7 +153,7 @@
       pipe.readStart();
       pipe.unref(); // the IPC channel keeps the process alive while servers listen
       handoff = { pipe, write };
-      write('H 1 ' + handoffWindow + '\n');
+      write('H 1 ' + handoffWindow + ' 2\n');
     } catch (_) {
       handoff = null;
     }
