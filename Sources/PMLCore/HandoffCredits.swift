@@ -11,8 +11,9 @@ public enum HandoffRecord: Equatable, Sendable {
     /// read before that message came before this line, those for that message and later after it.
     case echo(Int)
 
-    /// The revision from which a worker echoes marks (a hello without one is revision 1).
-    public static let echoingRevision = 2
+    /// The revision of this protocol pml speaks, told to workers as `PML_HANDOFF_REVISION`; a
+    /// worker that says 2 or more in its hello echoes marks (a hello without one is revision 1).
+    public static let revision = 2
 
     /// The most fds pml sends in one message (what one sendmsg carries in pml's C shim).
     public static let maxFDsPerMessage = 8
@@ -54,7 +55,7 @@ public enum HandoffRecord: Equatable, Sendable {
         switch (kind, found) {
         case (UInt8(ascii: "H"), 2), (UInt8(ascii: "H"), 3):
             return .hello(maxFDs: min(max(numbers.0, 1), maxFDsPerMessage), window: min(max(numbers.1, 1), maxWindow),
-                          echoes: numbers.2 >= echoingRevision)
+                          echoes: numbers.2 >= revision)
         case (UInt8(ascii: "C"), 1):
             return .credit(min(numbers.0, maxWindow))
         case (UInt8(ascii: "E"), 1):

@@ -180,6 +180,9 @@ final class Supervisor {
         // worker opts in on it; docs/PROTOCOL.md).
         let handoffTarget: Int32? = app.spec.dispatch.passesConnections ? ipcTarget + 1 : nil
         env["PML_HANDOFF_FD"] = handoffTarget.map { String($0) }
+        // Which revision of it this daemon speaks: a worker says a later one only to a daemon that
+        // reads it (a worker started by an older daemon from newer files must not).
+        env["PML_HANDOFF_REVISION"] = handoffTarget.map { _ in String(HandoffRecord.revision) }
         if app.usesNodeShim, let nodeShim {
             let preload = "--require \(nodeShim)"
             env["NODE_OPTIONS"] = [env["NODE_OPTIONS"], preload].compactMap { $0 }.joined(separator: " ")

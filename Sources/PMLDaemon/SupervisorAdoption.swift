@@ -79,7 +79,7 @@ extension Supervisor {
                                backoffStep: w.history.backoffStep,
                                listening: app.listeners.filter { w.requestedListeners.contains($0.id) }.map(\.tag),
                                dispatched: w.dispatched, intent: w.intent.map { "\($0)" },
-                               handoff: w.handoff?.hello.map { [$0.maxFDs, $0.window] + ($0.echoes ? [HandoffRecord.echoingRevision] : []) })
+                               handoff: w.handoff?.hello.map { [$0.maxFDs, $0.window] + ($0.echoes ? [HandoffRecord.revision] : []) })
         }
     }
 
@@ -219,7 +219,7 @@ extension Supervisor {
             // whole window kept copies of answered connections open, their clients waiting for
             // EOF); a worker crediting as it reads has next to none in flight.
             let maxFDs = min(max(h[0], 1), HandoffRecord.maxFDsPerMessage), window = min(max(h[1], 1), HandoffRecord.maxWindow)
-            let echoes = h.count == 3 && h[2] >= HandoffRecord.echoingRevision
+            let echoes = h.count == 3 && h[2] >= HandoffRecord.revision
             channel.assume(maxFDs: maxFDs, window: window, echoes: echoes, epoch: Self.handoffEpoch)
             router.grant(worker: w.id, maxFDs: maxFDs, window: window)
         }

@@ -5,14 +5,14 @@ pml gives rr and least-busy workers two unix sockets: the IPC channel (PML_IPC_F
 On the latter we write "H <fds per message> <window> 2\\n" once: from then on pml sends each batch
 of connections as "<address>\\n" with up to <fds per message> sockets attached (SCM_RIGHTS), never
 more than <window> that we have not credited back. We credit them with "C <n>\\n" once per batch
-we read, not once per connection, before reading any of their bytes. The "2" says we echo marks:
-after a daemon death, pml's successor puts "E <epoch> " before the address of the first message it
-sends us; we credit what we read before that message, write "E <epoch>\\n", then go on as usual,
-so the successor can tell its own credits from those for what the dead daemon sent. If this
-process dies, pml gives the connections it sent and we did not credit to the other workers; the
-ones we credited and had not answered yet are lost. (Out of fds, a message comes with fewer
-sockets than pml sent, MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back
-when it expires them.)
+we read, not once per connection, before reading any of their bytes. The "2" (said only when
+PML_HANDOFF_REVISION says pml speaks revision 2) means we echo marks: after a daemon death, pml's
+successor puts "E <epoch> " before the address of the first message it sends us; we credit what
+we read before that message, write "E <epoch>\\n", then go on as usual, so the successor can
+tell its own credits from those for what the dead daemon sent. If this process dies, pml gives
+the connections it sent and we did not credit to the other workers; the ones we credited and had
+not answered yet are lost. (Out of fds, a message comes with fewer sockets than pml sent,
+MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back when it expires them.)
 For least-busy, we tell pml how many connections we closed in all ({"type":"pml:load","closed":C}
 on the IPC channel, once per loop turn that closed some).
 
@@ -28,6 +28,12 @@ import sys
 PID = os.getpid()
 FDS_PER_MESSAGE = 8
 WINDOW = 32
+# The protocol's revision pml speaks; we say 2 (we echo marks) only if it does: an older pml
+# would take our hello for garbage.
+try:
+    REVISION = int(os.environ.get("PML_HANDOFF_REVISION", "1"))
+except ValueError:
+    REVISION = 1
 FD_SPACE = socket.CMSG_SPACE(FDS_PER_MESSAGE * array.array("i").itemsize)
 CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
@@ -129,7 +135,7 @@ def on_ipc():
 
 
 def main():
-    handoff.sendall(b"H %d %d 2\n" % (FDS_PER_MESSAGE, WINDOW))
+    handoff.sendall(b"H %d %d%s\n" % (FDS_PER_MESSAGE, WINDOW, b" 2" if REVISION >= 2 else b""))
     ipc.sendall(b'"ready"\n')
     print(f"native handoff worker up, pid {PID}", flush=True)
     sel.register(ipc, selectors.EVENT_READ, ("ipc", None))

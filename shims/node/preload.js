@@ -23,9 +23,10 @@
 // rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
 // stream socket): the shim opts in with "H 1 <window> 2\n" and then gets each connection as
 // "<address>\n" + one fd per message, and credits each message back ("C <n>\n", one line for all
-// read in one event-loop turn) instead of a JSON message and an ACK per connection. The "2": after
-// a daemon death, the successor's first message is "E <epoch> <address>\n"; the shim writes the
-// credits for what it read before, then "E <epoch>\n" (the successor ignores credits until then).
+// read in one event-loop turn) instead of a JSON message and an ACK per connection. The "2" (said
+// only if PML_HANDOFF_REVISION says pml speaks it): after a daemon death, the successor's first
+// message is "E <epoch> <address>\n"; the shim writes the credits for what it read before, then
+// "E <epoch>\n" (the successor ignores credits until then).
 // Plain CommonJS, no dependencies, Node 18+. Inert unless started by pml (PML_APP and an IPC channel).
 
 (function pmlShim() {
@@ -103,7 +104,10 @@
     return count;
   }
   const handoffFD = Number(env.PML_HANDOFF_FD);
+  // Revision 2 (marks echoed) only to a daemon that says it speaks it.
+  const handoffRevision = Number(env.PML_HANDOFF_REVISION) >= 2 ? ' 2' : '';
   delete env.PML_HANDOFF_FD;
+  delete env.PML_HANDOFF_REVISION;
   function flushCredits() {
     creditQueued = false;
     if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
@@ -153,7 +157,7 @@
       pipe.readStart();
       pipe.unref(); // the IPC channel keeps the process alive while servers listen
       handoff = { pipe, write };
-      write('H 1 ' + handoffWindow + ' 2\n');
+      write('H 1 ' + handoffWindow + handoffRevision + '\n');
     } catch (_) {
       handoff = null;
     }
