@@ -155,6 +155,19 @@ extension Integration {
             }
         }
 
+        /// Waits until state.json records every one of `count` workers of `app` with `handoff`
+        /// [fds per message, window(, revision)]: what a successor will assume of them.
+        static func waitSaved(_ box: Sandbox, _ app: String, count: Int, _ handoff: [Int]) async throws {
+            try await box.waitFor("state.json: \(count) worker(s) of \(app) with handoff \(handoff)") { () -> Bool? in
+                guard let data = FileManager.default.contents(atPath: box.home + "/state.json"),
+                      let state = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                      let apps = state["apps"] as? [[String: Any]],
+                      let workers = apps.first(where: { $0["name"] as? String == app })?["workers"] as? [[String: Any]] else { return nil }
+                let saved = workers.compactMap { $0["handoff"] as? [Int] }
+                return saved.count == count && saved.allSatisfy { $0 == handoff } ? true : nil
+            }
+        }
+
         /// The example worker (examples/python-native-handoff/worker.py) as an app on `port`.
         /// 3 graceful reloads of a 2-worker app under load on the handoff channel: no request fails,
         /// and the new workers are on the channel in `mode` again.
@@ -193,7 +206,7 @@ extension Integration {
                 """)
         }
 
-        @Test("Node rr workers take their connections on the handoff channel (credits, 1 fd per message); every request is answered by both")
+        @Test("Node rr workers take their connections on the handoff channel (credits, 1 fd per message, revision 2 as state.json records); every request is answered by both")
         func nodeUsesHandoff() async throws {
             try await withSandbox { box in
                 let port = try Net.freePort()
@@ -201,10 +214,33 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let pids = Row.pids(try await box.waitServing("web", count: 2))
                 try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                try await Self.waitSaved(box, "web", count: 2, [1, 16, 2])
                 let replies = try box.answers(port: port, count: 60)
                 #expect(Set(replies.compactMap(\.pid)) == pids, "both workers answered")
                 let handed = try await Dispatch.dispatched(box, "web")
                 #expect(handed.values.reduce(0, +) >= 60, "pml handed every connection: \(handed)")
+            }
+        }
+
+        @Test("kill -9 of the daemon: Node rr workers (revision 2) echo the successor's mark, so it counts their credits again: 100 requests after it, each worker taking far more than its window of 16")
+        func nodeEchoesTheSuccessorsMark() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try await box.pmlOK("start", try Dispatch.app(box, name: "web", port: port, instances: 2, dispatch: "rr"))
+                let pids = Row.pids(try await box.waitServing("web", count: 2))
+                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                try await Self.waitSaved(box, "web", count: 2, [1, 16, 2])
+                _ = try box.answers(port: port, count: 10)
+                let old = box.daemonPid!
+                kill(old, SIGKILL)
+                try await box.waitFor("a successor daemon") { box.daemonPid.flatMap { $0 != old && Proc.alive($0) ? $0 : nil } }
+                try await Self.waitMode(box, "web", count: 2, "credits 16, 1 fd/message")
+                let before = try await Dispatch.dispatched(box, "web")
+                let replies = try box.answers(port: port, count: 100)
+                #expect(Set(replies.compactMap(\.pid)) == pids, "both adopted workers answered")
+                let after = try await Dispatch.dispatched(box, "web")
+                let taken = pids.map { (after[$0] ?? 0) - (before[$0] ?? 0) }
+                #expect(taken.allSatisfy { $0 > 32 }, "each took far more than its window since the death: \(taken)")
             }
         }
 
@@ -281,6 +317,8 @@ extension Integration {
                 try await box.pmlOK("start", file)
                 let pids = Row.pids(try await box.waitOnline("py", count: 2))
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
+                // What the successor will assume: the example says revision 2 (pml says it speaks it).
+                try await Self.waitSaved(box, "py", count: 2, worker == "example" ? [8, 32, 2] : [8, 32])
                 let load = LoadGenerator(.local(port), pauseMs: 3)
                 load.start(fast: 3, slow: 0)
                 await sleepMs(400)
