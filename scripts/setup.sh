@@ -23,6 +23,7 @@ wanted=(
   nodejs:node          # .js workers
   tmux:tmux
   procps:ps
+  iproute2:ss          # tests count a port's listening sockets and their accept queues
   curl:curl            # the example cluster and the tests speak HTTP with it
   logrotate:logrotate  # the log-rotation test (create mode, then pml reloadLogs)
   chromium:chromium    # the dashboard's browser tests and scripts/dashboard-screenshot.sh

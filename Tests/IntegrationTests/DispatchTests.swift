@@ -336,27 +336,45 @@ extension Integration {
 
 // MARK: - Helpers
 
-/// Listening TCP sockets on a port, from /proc/net/tcp{,6}: how many, and how many connections
-/// wait in an accept queue (rx_queue of a listener is its accept-queue length).
+/// Listening TCP sockets on a port, as `ss` sees them (sock_diag: the kernel lists only the
+/// listeners of that port): how many, and how many connections wait in each one's accept queue.
+/// Not /proc/net/tcp{,6}: they list every socket of the machine, megabytes of TIME_WAIT after the
+/// load tests (a probe took 400 ms), and Foundation reads only their first 4 KB, so with more than
+/// a couple of dozen listeners on the machine a port's sockets went missing.
 enum ListenQueues {
-    private static func listeners(port: Int) -> [Int] {
-        let hexPort = String(format: ":%04X", port)
-        var queues: [Int] = []
-        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
-            for line in text.split(separator: "\n").dropFirst() {
-                let f = line.split(separator: " ")
-                guard f.count > 4, f[1].hasSuffix(hexPort), f[3] == "0A" else { continue }
-                let rx = f[4].split(separator: ":").last.flatMap { Int($0, radix: 16) } ?? 0
-                queues.append(rx)
-            }
+    /// Each listener on `port`: its socket inode and accept-queue length (Recv-Q of a listener).
+    private static func listeners(port: Int) -> [(inode: Substring, queue: Int)] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ss", "-ltnHe", "sport = :\(port)"]
+        let out = Pipe()
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return [] }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        // LISTEN <Recv-Q> <Send-Q> <local> <peer> ... ino:<inode> ...
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            guard f.count > 5, f[0] == "LISTEN", let queue = Int(f[1]),
+                  let inode = f.first(where: { $0.hasPrefix("ino:") })?.dropFirst(4) else { return nil }
+            return (inode, queue)
         }
-        return queues
     }
 
     static func sockets(port: Int) -> Int { listeners(port: port).count }
     /// The longest accept queue among them.
-    static func longestQueue(port: Int) -> Int { listeners(port: port).max() ?? 0 }
+    static func longestQueue(port: Int) -> Int { listeners(port: port).map(\.queue).max() ?? 0 }
+
+    /// The accept queue of the socket on `port` that process `pid` has as `fd` (a reuseport
+    /// worker's slot socket is fd 3); nil if that is not one of them.
+    static func queue(port: Int, pid: Int32, fd: Int32) -> Int? {
+        guard let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)"),
+              link.hasPrefix("socket:[") else { return nil }
+        let inode = link.dropFirst("socket:[".count).dropLast()
+        return listeners(port: port).first { $0.inode == inode }?.queue
+    }
 }
 
 extension Proc {
