@@ -31,6 +31,10 @@ final class LoadGenerator: @unchecked Sendable {
     private var _samples: [Sample] = []
     private var stopping = false
     private var running = 0
+    /// `betweenRequests`: threads wait before their next request while `held`; `busy` are mid-request.
+    private let gate = NSCondition()
+    private var held = false
+    private var busy = 0
 
     init(_ endpoint: Endpoint, pauseMs: Int = 2, timeout: Double = 5) {
         self.endpoint = endpoint
@@ -49,10 +53,19 @@ final class LoadGenerator: @unchecked Sendable {
 
     private func run(path: String, pauseMs: Int) {
         while !(lock.withLock { stopping }) {
+            gate.lock()
+            while held && !(lock.withLock { stopping }) { gate.wait() }
+            if held { // stopping
+                gate.unlock()
+                break
+            }
+            busy += 1
+            gate.unlock()
             let start = nowMs()
             let result = HTTP.get(endpoint, path: path, timeout: timeout)
             let sample = Sample(path: path, start: start, end: nowMs(), result: result)
             lock.withLock { _samples.append(sample) }
+            gate.withLock { busy -= 1 }
             if pauseMs > 0 { usleep(useconds_t(pauseMs * 1000)) }
         }
         lock.withLock { running -= 1 }
@@ -61,10 +74,27 @@ final class LoadGenerator: @unchecked Sendable {
     /// The samples so far, in the order they ended.
     var samples: [Sample] { lock.withLock { _samples } }
 
+    /// Runs `step` at a moment no request of this generator is in flight: each thread finishes
+    /// the request it is making and waits; they go on as soon as `step` returns. For a step whose
+    /// promise leaves out what is in flight (a worker killed loses the requests it holds).
+    func betweenRequests<T>(_ step: () async throws -> T) async rethrows -> T {
+        gate.withLock { held = true }
+        let deadline = nowMs() + (timeout + 3) * 1000
+        while (gate.withLock { busy }) > 0 && nowMs() < deadline { await sleepMs(1) }
+        defer {
+            gate.withLock {
+                held = false
+                gate.broadcast()
+            }
+        }
+        return try await step()
+    }
+
     /// Stops after the requests in flight and returns every sample.
     @discardableResult
     func stop() async -> [Sample] {
         lock.withLock { stopping = true }
+        gate.withLock { gate.broadcast() }
         let deadline = nowMs() + (timeout + 3) * 1000
         while (lock.withLock { running }) > 0 && nowMs() < deadline { await sleepMs(10) }
         return samples
@@ -110,5 +140,29 @@ final class ParallelGets: @unchecked Sendable {
     func wait() async -> [Result<HTTPReply, RequestFailure>] {
         while finished < lock.withLock({ results.count }) { await sleepMs(20) }
         return lock.withLock { results.map { $0! } }
+    }
+}
+
+/// The steps a test takes under load, timed as the samples are, so that a failure message places
+/// each failed request among them (after which step it started, and which ones it overlapped).
+struct Steps {
+    private var marks: [(name: String, at: Double)] = []
+
+    /// Notes that `name` happens now.
+    mutating func mark(_ name: String) { marks.append((name, nowMs())) }
+
+    /// The steps and every failed sample, in ms since the first sample started: e.g.
+    /// `+983..+986 ms, after "update done" (+683), spanning "worker 0 killed" (+984): <failure>`.
+    func place(_ samples: [LoadGenerator.Sample], limit: Int = 8) -> String {
+        let origin = samples.map(\.start).min() ?? marks.first?.at ?? 0
+        func at(_ t: Double) -> String { "+\(Int((t - origin).rounded()))" }
+        var lines = ["steps: " + marks.map { "\($0.name) \(at($0.at))" }.joined(separator: ", ")]
+        for s in samples.failed.prefix(limit) {
+            let before = marks.last { $0.at <= s.start }.map { "after \"\($0.name)\" (\(at($0.at)))" } ?? "before every step"
+            let during = marks.filter { $0.at > s.start && $0.at < s.end }.map { "\"\($0.name)\" (\(at($0.at)))" }
+            lines.append("  \(at(s.start))..\(at(s.end)) ms, \(before)"
+                         + (during.isEmpty ? "" : ", spanning \(during.joined(separator: ", "))") + ": \(s.failure!)")
+        }
+        return lines.joined(separator: "\n")
     }
 }
