@@ -24,6 +24,9 @@ public enum HandoffRecord: Equatable, Sendable {
 
     /// Parses one line (without its newline); nil if it is not a record. Absurd numbers are
     /// clamped (window 1...maxWindow, fds 1...maxFDsPerMessage, credits 0...maxWindow), not refused.
+    /// Inlinable: specialized in the daemon for its byte slices (unspecialized, the generic calls
+    /// per byte cost more than the read of the line).
+    @inlinable
     public static func parse(_ line: some Collection<UInt8>) -> HandoffRecord? {
         guard line.count <= maxLineBytes, let kind = line.first else { return nil }
         // At most three numbers, kept in locals: this runs once per credit batch.

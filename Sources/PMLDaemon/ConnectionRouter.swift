@@ -406,7 +406,7 @@ final class ConnectionRouter {
             guard listeners[listener.id] != nil, !acceptingPaused else { return }
             // Nothing is accepted that no worker can take now: it waits in the backlog instead, the
             // listener's or the reuseport slot's (one whose worker is gone, which pml drains).
-            if !pending[listener.id, default: []].isEmpty || !dispatcher.hasFreeWorker(for: listener.id) {
+            if pending[listener.id]?.isEmpty == false || !dispatcher.hasFreeWorker(for: listener.id) {
                 starved.insert(listener.id)
                 watch(listener, false)
                 return
