@@ -339,6 +339,32 @@ int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int
     return fd;
 }
 
+int pml_tcp_bound_to(int fd, const char *host, int port) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return 0;
+    if (port != 0 && bound_port_of(fd) != port) return 0;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(host, "0", &hints, &res) != 0 || res == NULL) return 0;
+    int match = 0;
+    for (struct addrinfo *ai = res; ai && !match; ai = ai->ai_next) {
+        if (ai->ai_family != ss.ss_family) continue;
+        if (ss.ss_family == AF_INET)
+            match = ((struct sockaddr_in *)ai->ai_addr)->sin_addr.s_addr == ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
+        else if (ss.ss_family == AF_INET6)
+            match = memcmp(&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr,
+                           sizeof(struct in6_addr)) == 0;
+    }
+    freeaddrinfo(res);
+    return match;
+}
+
+int pml_bound_port(int fd) { return bound_port_of(fd); }
+
 int pml_notify_socket(const char *path) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);

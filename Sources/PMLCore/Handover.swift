@@ -88,6 +88,9 @@ public enum KeeperTag {
     public static let control = "control"
     /// The workers' NOTIFY_SOCKET.
     public static let notify = "notify"
+    /// The metrics listener (`metrics_listen`) and the dashboard's (`dashboard_listen`).
+    public static let metrics = "metrics"
+    public static let dashboard = "dashboard"
     /// A worker process's fds: pml's end of its IPC channel, the read ends of its stdout/stderr.
     public static func worker(pid: Int32) -> String { "w.\(pid)." }
     public static func ipc(pid: Int32) -> String { worker(pid: pid) + "ipc" }

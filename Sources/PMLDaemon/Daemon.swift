@@ -149,8 +149,8 @@ public enum Daemon {
             return fatal("cannot listen on \(paths.socket): \(error)")
         }
         keeper.send(.up)
-        let metricsServer = supervisor.serveMetrics(environment: env)
-        dashboard.serveIfConfigured()
+        let metricsServer = supervisor.serveMetrics(environment: env, held: handover.take(KeeperTag.metrics))
+        dashboard.serveIfConfigured(held: handover.take(KeeperTag.dashboard))
         var shuttingDown = false
         do {
             try loop.register(fd: signals.fd, events: [.readable]) { _ in

@@ -38,11 +38,17 @@ final class HTTPListener {
     var streamCount: Int { connections.values.filter(\.isStreaming).count }
 
     /// Binds `host:port` (0: any free port); `what` names it in daemon.log.
-    init(host: String, port: Int, loop: EventLoop, limits: Limits = Limits(), logger: Logger, what: String) throws(SystemError) {
+    convenience init(host: String, port: Int, loop: EventLoop, limits: Limits = Limits(), logger: Logger, what: String) throws(SystemError) {
         let bound = try ListeningSocket.tcp(host: host, port: port, nonBlocking: true)
-        fd = bound.fd
+        try self.init(listening: bound.fd, host: host, port: bound.port, loop: loop, limits: limits, logger: logger, what: what)
+    }
+
+    /// Serves on `fd`, a non-blocking socket listening on `host:port` (one a daemon before bound);
+    /// it is closed if it cannot be watched.
+    init(listening fd: Int32, host: String, port: Int, loop: EventLoop, limits: Limits = Limits(), logger: Logger, what: String) throws(SystemError) {
+        self.fd = fd
         self.host = host
-        self.port = bound.port
+        self.port = port
         self.loop = loop
         self.limits = limits
         backoff = AcceptBackoff(loop: loop, logger: logger, what: what)
@@ -60,6 +66,15 @@ final class HTTPListener {
         for c in connections.values { c.close() }
         closeFD(fd)
     }
+
+    /// Leaves new connections in the backlog (for a successor daemon: `pml update`).
+    func stopAccepting() {
+        if let handle { loop.unregister(handle) }
+        handle = nil
+    }
+
+    /// Some connection has not had its whole answer yet (a stream never does: it is left out).
+    var answering: Bool { connections.values.contains { !$0.isStreaming } }
 
     private func acceptAll() {
         // Bounded per wake-up, so a flood of connections cannot hold the loop.

@@ -12,6 +12,8 @@ final class Dashboard {
     private unowned let supervisor: Supervisor
     private let paths: PMLPaths
     private var listener: HTTPListener?
+    /// The keeper's copy of the daemon before's listener, until `serveIfConfigured` is done with it.
+    private var held: Int32?
     private var access: DashboardAccess?
     private var authority = ""
     /// dashboard.html with its stylesheet and script, read when serving starts.
@@ -24,7 +26,14 @@ final class Dashboard {
 
     /// Starts serving if config.json names the address (a daemon started after `pml dashboard`
     /// ran once serves it again at once, under the same URL).
-    func serveIfConfigured() {
+    /// `held`: the keeper's copy of the listener of the daemon before, if there was one.
+    func serveIfConfigured(held: Int32? = nil) {
+        self.held = held
+        // Not served on now (the address changed or is gone, or serving failed): it closes.
+        defer {
+            supervisor.releaseHeld(KeeperTag.dashboard, self.held)
+            self.held = nil
+        }
         do {
             _ = try serve(choosingPort: false)
         } catch {
@@ -53,7 +62,7 @@ final class Dashboard {
             var host = "127.0.0.1", port = 0
             if case .tcp(let h?, let p)? = configured { (host, port) = (h, p) }
             let token = try HomeConfig.token(paths)
-            let l = try HTTPListener(host: host, port: port, loop: supervisor.loop, logger: supervisor.logger, what: "dashboard listener")
+            let l = try supervisor.httpListener(KeeperTag.dashboard, held: &held, host: host, port: port, what: "dashboard listener")
             if configured == nil {
                 do {
                     try HomeConfig.set("dashboard_listen", to: .string("127.0.0.1:\(l.port)"), paths: paths)

@@ -137,11 +137,14 @@ extension Supervisor {
 
     /// Serves the metrics listener when config.json (`metrics_listen`) or PML_METRICS_LISTEN names
     /// a loopback address (anything else is refused), in the daemon and under `pml run`.
-    func serveMetrics(environment: [String: String]) -> HTTPListener? {
+    func serveMetrics(environment: [String: String], held: Int32? = nil) -> HTTPListener? {
+        var held = held
+        // A copy the daemon before left that is not served on now (the address changed or is gone) closes.
+        defer { releaseHeld(KeeperTag.metrics, held) }
         do {
             guard case .tcp(let host?, let port)? = try HomeConfig.loopbackAddress(
                 "metrics_listen", environmentName: "PML_METRICS_LISTEN", paths: paths, environment: environment) else { return nil }
-            let server = try HTTPListener(host: host, port: port, loop: loop, limits: Self.metricsLimits, logger: logger,
+            let server = try httpListener(KeeperTag.metrics, held: &held, host: host, port: port, limits: Self.metricsLimits,
                                           what: "metrics listener")
             server.handler = { [unowned self] request, connection in connection.respond(self.metricsAnswer(request)) }
             logger.info("serving metrics on http://\(ListenAddress.tcp(host: host, port: port).description)/metrics (and /healthz, /readyz)")

@@ -43,6 +43,8 @@ final class Supervisor {
     var notice: String?
     /// `pml update` was answered: the loop ends and the daemon exits, leaving everything running.
     var handingOver = false
+    /// The metrics and dashboard listeners (see `httpListener`), answered before a hand-over.
+    var httpListeners: [HTTPListener] = []
     let cpuCount = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     private static let sampleEveryMs = 1000
     /// The dashboard's graphs (15 minutes of samples) and timeline (see SupervisorTimeline.swift).

@@ -252,6 +252,42 @@ extension Supervisor {
         return true
     }
 
+    // MARK: the metrics and dashboard listeners
+
+    /// An HTTP listener on `host:port` that the keeper holds under `tag`: the copy a daemon before
+    /// left (`held`, taken) if it is still a socket listening on that address, so that what
+    /// waited in its backlog meanwhile is answered; else a new socket (the keeper's copy of the
+    /// old one is replaced, and it closes).
+    func httpListener(_ tag: String, held: inout Int32?, host: String, port: Int, limits: HTTPListener.Limits = .init(),
+                      what: String) throws(SystemError) -> HTTPListener {
+        if let fd = held {
+            let binding = tcpBinding(fd, matches: host, port: port)
+            if isListeningSocket(fd) && binding.matches {
+                held = nil
+                setNonBlocking(fd)
+                let l = try HTTPListener(listening: fd, host: host, port: binding.port, loop: loop, limits: limits, logger: logger, what: what)
+                httpListeners.append(l)
+                return l
+            }
+            logger.info("the \(what) is now on \(host):\(port): the socket the daemon before listened on is closed")
+            releaseHeld(tag, fd)
+            held = nil
+        }
+        let l = try HTTPListener(host: host, port: port, loop: loop, limits: limits, logger: logger, what: what)
+        keeper?.hold(tag, l.fd)
+        httpListeners.append(l)
+        return l
+    }
+
+    /// A listener the keeper held for a daemon before that nobody serves on now: it stops
+    /// listening for every holder (connections waiting on it are refused, not left hanging) and closes.
+    func releaseHeld(_ tag: String, _ fd: Int32?) {
+        guard let fd else { return }
+        stopListening(fd)
+        closeFD(fd)
+        keeper?.drop(tag)
+    }
+
     // MARK: pml update
 
     /// `pml update`: this daemon hands everything to a new one started from the installed
@@ -262,13 +298,28 @@ extension Supervisor {
         if let app = apps.first(where: \.reloading) {
             return .failure("a reload of \(app.spec.name) is running; update when it is done")
         }
-        persistStateNow()
-        keeper.send(.update)
+        guard !handingOver else { return .failure("this daemon is handing over already") }
         handingOver = true
-        loop.schedule(after: 0) { [unowned self] in self.loop.stop() }
+        // New scrapes and dashboard requests wait in the backlogs (the keeper holds the sockets)
+        // for the successor; those accepted already are answered first, within a second.
+        httpListeners.forEach { $0.stopAccepting() }
+        finishHandOver(keeper, by: monotonicMs() + 1000)
         logger.info("handing over to a new daemon from \(exe)")
         return ControlResponse(ok: true, message: "handing over to a new daemon from \(exe)",
                                daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string, home: paths.home,
                                                   uptimeMs: monotonicMs() - startedAt))
+    }
+
+    /// Once no HTTP request is half answered (or at `deadline`): state.json, `update` to the
+    /// keeper, and the loop ends (after this turn, so the answer to `pml update` goes out).
+    private func finishHandOver(_ keeper: KeeperLink, by deadline: Int) {
+        loop.schedule(after: httpListeners.contains(where: \.answering) && monotonicMs() < deadline ? 5 : 0) { [unowned self] in
+            if self.httpListeners.contains(where: \.answering) && monotonicMs() < deadline {
+                return self.finishHandOver(keeper, by: deadline)
+            }
+            self.persistStateNow()
+            keeper.send(.update)
+            self.loop.stop()
+        }
     }
 }

@@ -79,6 +79,12 @@ public func isListeningSocket(_ fd: Int32) -> Bool {
     return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &size) == 0 && on != 0
 }
 
+/// Whether the TCP socket `fd` is bound to `host:port` as `ListeningSocket.tcp` would bind it
+/// (port 0: any port); with the port it is bound to.
+public func tcpBinding(_ fd: Int32, matches host: String, port: Int) -> (matches: Bool, port: Int) {
+    (pml_tcp_bound_to(fd, host, Int32(clamping: port)) == 1, Int(pml_bound_port(fd)))
+}
+
 /// Stops `fd` listening for every process that holds a copy of it (new connections are refused).
 public func stopListening(_ fd: Int32) {
     _ = pml_stop_listening(fd)

@@ -343,7 +343,7 @@ extension Integration {
 /// a couple of dozen listeners on the machine a port's sockets went missing.
 enum ListenQueues {
     /// Each listener on `port`: its socket inode and accept-queue length (Recv-Q of a listener).
-    private static func listeners(port: Int) -> [(inode: Substring, queue: Int)] {
+    static func listeners(port: Int) -> [(inode: Substring, queue: Int)] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["ss", "-ltnHe", "sport = :\(port)"]

@@ -42,12 +42,12 @@ final class LoadGenerator: @unchecked Sendable {
         self.timeout = timeout
     }
 
-    /// Starts `fast` threads on `/` and `slow` threads on `/slow`.
-    func start(fast: Int = 1, slow: Int = 0) {
+    /// Starts `fast` threads on `fastPath` (`/`) and `slow` threads on `/slow`.
+    func start(fast: Int = 1, slow: Int = 0, fastPath: String = "/") {
         for i in 0..<(fast + slow) {
-            let path = i < fast ? "/" : "/slow"
+            let path = i < fast ? fastPath : "/slow"
             lock.withLock { running += 1 }
-            Thread { [self] in run(path: path, pauseMs: path == "/" ? pauseMs : 0) }.start()
+            Thread { [self] in run(path: path, pauseMs: path == "/slow" ? 0 : pauseMs) }.start()
         }
     }
 

@@ -104,6 +104,12 @@ int pml_set_child_subreaper(void);
  * (EAI errors from name lookup become EADDRNOTAVAIL). */
 int pml_tcp_listen(const char *host, int port, int backlog, int nonblocking, int reuseport, int *bound_port);
 
+/* 1 if the TCP socket fd is bound to an address host names (as pml_tcp_listen resolves it) and to
+ * port (0: any port), else 0. */
+int pml_tcp_bound_to(int fd, const char *host, int port);
+/* The port a TCP socket is bound to, or -1. */
+int pml_bound_port(int fd);
+
 /* A unix datagram socket at path that receives senders' credentials (for NOTIFY_SOCKET). */
 int pml_notify_socket(const char *path);
 /* Receives one datagram and the sender's pid (0 if none came). -1 with EAGAIN when empty. */
