@@ -15,6 +15,8 @@ public enum KeeperMessage: Equatable, Sendable {
     case bye
     /// The daemon is about to exit so that a new one takes over at once (pml update).
     case update
+    /// Logs were reopened (`pml reloadLogs`, SIGUSR2): the keeper reopens daemon.log, its stderr.
+    case reopenLog
     // keeper → daemon
     /// One fd the keeper holds, under its tag.
     case held(tag: String)
@@ -43,6 +45,7 @@ public enum KeeperMessage: Equatable, Sendable {
         case .up: return "up"
         case .bye: return "bye"
         case .update: return "update"
+        case .reopenLog: return "reopen-log"
         case .held(let tag): return "held " + tag
         case .end: return "end"
         case .exit(let pid, let code, let signal):
@@ -68,6 +71,7 @@ public enum KeeperMessage: Equatable, Sendable {
         case "up": return text == "up" ? .up : nil
         case "bye": return text == "bye" ? .bye : nil
         case "update": return text == "update" ? .update : nil
+        case "reopen-log": return text == "reopen-log" ? .reopenLog : nil
         case "end": return text == "end" ? .end : nil
         case "exit":
             let f = rest.split(separator: " ", omittingEmptySubsequences: false)

@@ -34,7 +34,8 @@ public enum Keeper {
         try? writeAll(lockFD, "\(getpid())\n")
         becomeChildSubreaper()
         guard let loop = try? EventLoop() else { return say("cannot create an event loop", status: 1) }
-        let keeper = KeeperProcess(paths: paths, loop: loop, readyFD: readyFD, resurrect: resurrect)
+        let keeper = KeeperProcess(paths: paths, loop: loop, readyFD: readyFD, resurrect: resurrect,
+                                   logsToDaemonLog: standardErrorIs(paths.daemonLog))
         do {
             try loop.register(fd: signals.fd, events: [.readable]) { _ in
                 for s in signals.drain() { keeper.signal(s) }
@@ -64,6 +65,8 @@ final class KeeperProcess {
     private let loop: EventLoop
     private var readyFD: Int32
     private let resurrect: Bool
+    /// Its stderr (and its daemons') is daemon.log, reopened by path when logs are (not under systemd).
+    private let logsToDaemonLog: Bool
     /// Duplicates of what must outlive the daemon, by the daemon's tags.
     private var held: [String: Int32] = [:]
     private var daemon: (pid: Int32, link: Int32, handle: IOHandle?, spoke: Bool, up: Bool, ending: Ending)?
@@ -84,11 +87,12 @@ final class KeeperProcess {
     /// How the current daemon said it would end.
     enum Ending { case died, bye, update }
 
-    init(paths: PMLPaths, loop: EventLoop, readyFD: Int32, resurrect: Bool) {
+    init(paths: PMLPaths, loop: EventLoop, readyFD: Int32, resurrect: Bool, logsToDaemonLog: Bool) {
         self.paths = paths
         self.loop = loop
         self.readyFD = readyFD
         self.resurrect = resurrect
+        self.logsToDaemonLog = logsToDaemonLog
     }
 
     /// Starts `pml daemon-supervisor`; the first gets the ready pipe and --resurrect. From the
@@ -117,6 +121,7 @@ final class KeeperProcess {
         env["PML_READY_FD"] = readyFD >= 0 ? "4" : nil
         env["PML_PREDECESSOR"] = predecessor?.encoded
         env["PML_RESOURCE_ROOT"] = ownBinary ? resourceRoot : nil
+        env["PML_DAEMON_LOG"] = logsToDaemonLog ? "1" : nil
         var fds: [(source: Int32, target: Int32)] = [(devNull, 0), (1, 1), (2, 2), (link.1, 3)]
         if readyFD >= 0 { fds.append((readyFD, 4)) }
         let argv = [exe, "daemon-supervisor"] + (resurrect && predecessor == nil ? ["--resurrect"] : [])
@@ -173,6 +178,14 @@ final class KeeperProcess {
             daemon?.ending = .bye
         case .update:
             daemon?.ending = .update
+        case .reopenLog:
+            // The daemon reopened its own; a successor inherits this one.
+            guard logsToDaemonLog else { return }
+            do {
+                try reopenStandardError(paths.daemonLog)
+            } catch {
+                Keeper.say("cannot reopen \(paths.daemonLog): \(error)")
+            }
         case .held, .end, .exit:
             break // keeper → daemon records; a daemon never sends them
         }

@@ -31,6 +31,8 @@ enum KeeperWire {
 final class KeeperLink {
     let fd: Int32
     let keeperPID: Int32
+    /// stderr is daemon.log (`PML_DAEMON_LOG`): reopened by path with the apps' logs.
+    let logsToDaemonLog: Bool
     private var handle: IOHandle?
     private let logger: Logger
 
@@ -43,6 +45,7 @@ final class KeeperLink {
         RecordSocket.limitSendWait(fd, seconds: 2)
         self.fd = fd
         keeperPID = pid
+        logsToDaemonLog = env["PML_DAEMON_LOG"] == "1"
         self.logger = logger
     }
 

@@ -661,10 +661,19 @@ final class Supervisor {
         app.spec.mergeLogs ? [app.logs] : app.workers.map { app.logFiles(instance: $0.instance) }
     }
 
-    /// Closes every log file; each is opened again by path at its next line (`pml reloadLogs`, SIGUSR2).
+    /// Closes every log file; each is opened again by path at its next line (`pml reloadLogs`,
+    /// SIGUSR2). daemon.log, this daemon's stderr and its keeper's, is opened again at once.
     func reopenLogs() -> Int {
         let files = apps.flatMap(\.allLogFiles)
         files.forEach { $0.reopen() }
+        if let keeper, keeper.logsToDaemonLog {
+            do {
+                try reopenStandardError(paths.daemonLog)
+            } catch {
+                logger.error("cannot reopen \(paths.daemonLog): \(error)")
+            }
+            keeper.send(.reopenLog)
+        }
         logger.info("reopened the log files of \(apps.count) app(s)")
         return files.count
     }

@@ -96,6 +96,21 @@ public func openAppend(_ path: String, privateMode: Bool = false) throws(SystemE
     try sys("open \(path)") { Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, privateMode ? 0o600 : 0o644) }
 }
 
+/// Whether standard error is the file at `path` now (same device and inode): a keeper started by
+/// the CLI logs to daemon.log, one under systemd to the journal.
+public func standardErrorIs(_ path: String) -> Bool {
+    var a = stat(), b = stat()
+    return fstat(2, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+/// Points standard error at the file at `path` anew (appending; created 0600 if missing), for
+/// after logrotate renamed the one it was.
+public func reopenStandardError(_ path: String) throws(SystemError) {
+    let fd = try openAppend(path, privateMode: true)
+    defer { closeFD(fd) }
+    _ = try sys("dup2 \(path)") { dup2(fd, 2) }
+}
+
 /// Reads a whole (small) file; nil if it cannot be read.
 public func readFile(_ path: String, limit: Int = 16 << 20) -> [UInt8]? {
     let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)

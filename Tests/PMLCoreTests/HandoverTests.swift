@@ -7,7 +7,7 @@ import Testing
 
     @Test func everyRecordRoundTrips() {
         let all: [KeeperMessage] = [
-            .hold(tag: "w.123.ipc"), .drop(prefix: "w.123."), .hello, .up, .bye, .update, .held(tag: "l.9.0"), .end,
+            .hold(tag: "w.123.ipc"), .drop(prefix: "w.123."), .hello, .up, .bye, .update, .reopenLog, .held(tag: "l.9.0"), .end,
             .exit(pid: 42, code: 3, signal: nil), .exit(pid: 43, code: nil, signal: 9),
         ]
         for m in all { #expect(parse(m.encoded) == m, "\(m.encoded)") }
@@ -24,7 +24,7 @@ import Testing
     }
 
     @Test func malformedRecordsAreRefused() {
-        for bad in ["", "hold", "hold ", "drop", "drop ", "hello there", "bye now", "end ", "held", "nonsense",
+        for bad in ["", "hold", "hold ", "drop", "drop ", "hello there", "bye now", "end ", "reopen-log now", "held", "nonsense",
                     "exit", "exit 1 2", "exit 0 1 -", "exit -5 1 -", "exit 7 - -", "exit 7 1 9", "exit x 1 -",
                     "exit 7 99999999999 -", "exit 7 1 - extra"] {
             #expect(parse(bad) == nil, "\(bad.debugDescription)")
