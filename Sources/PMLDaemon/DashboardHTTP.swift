@@ -52,12 +52,8 @@ final class HTTPListener {
         self.loop = loop
         self.limits = limits
         backoff = AcceptBackoff(loop: loop, logger: logger, what: what)
-        do {
-            handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        // Should this throw, deinit closes fd (every stored property has its value by now).
+        handle = try loop.register(fd: fd, events: [.readable]) { [unowned self] _ in self.acceptAll() }
     }
 
     deinit {

@@ -41,12 +41,9 @@ public final class FileWatcher {
         self.isIgnored = isIgnored
         fd = pml_inotify_init()
         guard fd >= 0 else { throw WatchError("cannot start inotify: \(String(cString: strerror(errno)))") }
-        do {
-            for path in paths { try watch(path) }
-        } catch {
-            closeFD(fd)
-            throw error
-        }
+        // A throw from here on runs deinit, which closes fd: every stored property has its value
+        // (closing it here too closed whatever another thread had opened under the number meanwhile).
+        for path in paths { try watch(path) }
         roots = paths
     }
 
