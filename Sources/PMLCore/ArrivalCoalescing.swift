@@ -7,7 +7,9 @@
 /// `busyTurns` accept turns in a row came less than `busyGapUs` after the one before (arrivals
 /// faster than one per gap, sustained), and stops when `sparseTurns` held turns in a row found
 /// fewer than `minBatch` connections each (holds that gather no batch only add latency; one such
-/// turn alone is chance).
+/// turn alone is chance). Each time holding ends so, twice as many busy turns are needed to start
+/// it again (up to `maxBusyTurns`), until a hold gathers a batch: a client that sends one request
+/// at a time, fast, looks busy but can never fill a batch, and is held back ever more rarely.
 /// A first connection after a quiet spell is always accepted at once. Pure: the caller measures time.
 public struct ArrivalCoalescing: Sendable, Equatable {
     /// The longest hold (µs); 0 turns coalescing off.
@@ -20,20 +22,27 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public let minBatch: Int
     /// Sparse held turns in a row that end holding.
     public let sparseTurns: Int
+    /// The most busy turns ever needed to start holding again.
+    public let maxBusyTurns: Int
 
     private var lastTurnUs: Int?
     private var streak = 0
     private var sparse = 0
+    /// Busy turns in a row needed now to start holding: `busyTurns`, doubled after each hold that gathered nothing.
+    public private(set) var needed: Int
     /// The hold asked for after the last accept turn (0: none).
     public private(set) var holding = 0
 
     /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each other.
-    public init(holdUs: Int = 250, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 2, sparseTurns: Int = 2) {
+    public init(holdUs: Int = 250, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 2, sparseTurns: Int = 2,
+                maxBusyTurns: Int = 1024) {
         self.holdUs = max(0, holdUs)
         self.busyGapUs = max(0, busyGapUs)
         self.busyTurns = max(1, busyTurns)
         self.minBatch = max(1, minBatch)
         self.sparseTurns = max(1, sparseTurns)
+        self.maxBusyTurns = max(self.busyTurns, maxBusyTurns)
+        needed = self.busyTurns
     }
 
     /// A turn at `nowUs` accepted `accepted` connections (it ran after the hold returned last, if
@@ -45,17 +54,23 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         // A turn long after the hold ended (the load stopped, then came back) starts afresh.
         if holding > 0, let gap, gap >= 0, gap <= holding + busyGapUs {
             // Holds that gather no batch, turn after turn: arrivals are too sparse for them to pay.
-            sparse = accepted >= minBatch ? 0 : sparse + 1
+            if accepted >= minBatch {
+                sparse = 0
+                needed = busyTurns
+                return holding
+            }
+            sparse += 1
             if sparse < sparseTurns { return holding }
             holding = 0
             streak = 0
             sparse = 0
+            needed = min(needed * 2, maxBusyTurns)
             return 0
         }
         holding = 0
         sparse = 0
         if let gap, gap >= 0, gap <= busyGapUs { streak += 1 } else { streak = 1 }
-        guard streak >= busyTurns else { return 0 }
+        guard streak >= needed else { return 0 }
         holding = holdUs
         return holding
     }

@@ -38,13 +38,36 @@ struct ArrivalCoalescingTests {
         #expect(holds(&d, &now, [(100, 1), (100, 1), (1001, 1), (100, 1), (100, 1)]) == [0, 0, 0, 0, 250])
     }
 
-    @Test("two held turns in a row that find one connection each stop holding, and holding needs three busy turns again; one alone does not")
+    @Test("two held turns in a row that find one connection each stop holding, and holding then needs six busy turns; one alone does not")
     func sparseHoldStops() {
         var now = 1_000_000
         var c = ArrivalCoalescing()
         #expect(holds(&c, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 2), (300, 1), (300, 1)]) == [0, 0, 250, 250, 250, 250, 0])
         #expect(c.holding == 0)
-        #expect(holds(&c, &now, [(200, 3), (200, 3), (200, 3)]) == [0, 0, 250])
+        #expect(c.needed == 6)
+        #expect(holds(&c, &now, Array(repeating: (200, 3), count: 6)) == [0, 0, 0, 0, 0, 250])
+    }
+
+    @Test("a client sending one request at a time within 1 ms is held ever more rarely: twice as many busy turns after each hold that gathered nothing, up to 1024; a hold that gathers a batch starts over")
+    func oneAtATimeBacksOff() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        var heldAt: [Int] = []
+        for i in 0..<4000 where holds(&c, &now, [(400, 1)]) == [250] { heldAt.append(i) }
+        // 3 busy turns (the third holds), one more held, one sparse that stops; 6 busy; 12… then 1024.
+        #expect(heldAt.prefix(6) == [2, 3, 10, 11, 24, 25])
+        #expect(c.needed == 1024)
+        #expect(heldAt.count < 40, "held \(heldAt.count) of 4000")
+        let last = heldAt.suffix(4)
+        #expect(Array(last).count == 4 && last[last.startIndex + 2] - last[last.startIndex] == 1026, "every 1024 busy turns at most: \(last)")
+        // Now a load that fills batches: back to three busy turns once a hold gathers two.
+        var busy = ArrivalCoalescing()
+        _ = holds(&busy, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 1)])
+        #expect(busy.needed == 6)
+        _ = holds(&busy, &now, Array(repeating: (200, 1), count: 6))
+        #expect(busy.holding == 250)
+        #expect(holds(&busy, &now, [(300, 3)]) == [250])
+        #expect(busy.needed == 3)
     }
 
     @Test("a turn that accepted nothing changes nothing and holds nothing")
@@ -87,8 +110,8 @@ struct ArrivalCoalescingTests {
         var now = 1_000_000
         var off = ArrivalCoalescing(holdUs: 0)
         #expect(holds(&off, &now, Array(repeating: (10, 10), count: 100)).allSatisfy { $0 == 0 })
-        var c = ArrivalCoalescing(holdUs: -5, busyGapUs: -1, busyTurns: 0, minBatch: -3, sparseTurns: -1)
-        #expect(c.holdUs == 0 && c.busyGapUs == 0 && c.busyTurns == 1 && c.minBatch == 1 && c.sparseTurns == 1)
+        var c = ArrivalCoalescing(holdUs: -5, busyGapUs: -1, busyTurns: 0, minBatch: -3, sparseTurns: -1, maxBusyTurns: -9)
+        #expect(c.holdUs == 0 && c.busyGapUs == 0 && c.busyTurns == 1 && c.minBatch == 1 && c.sparseTurns == 1 && c.maxBusyTurns == 1)
         #expect(c.turn(nowUs: 1, accepted: 1) == 0)
         var one = ArrivalCoalescing(holdUs: 100, busyTurns: 1)
         #expect(one.turn(nowUs: 1, accepted: 1) == 100, "busyTurns 1: the first turn is enough")
@@ -108,6 +131,7 @@ struct ArrivalCoalescingTests {
             var now = 1_000_000
             var busyRun = 0          // accept turns in a row within busyGapUs of the previous accept turn
             var sparseRun = 0        // held turns in a row that gathered fewer than minBatch
+            var needed = made.busyTurns
             var lastAcceptAt: Int?
             for t in turns {
                 now += t.gap
@@ -124,19 +148,21 @@ struct ArrivalCoalescingTests {
                 if heldTurn {
                     // A held turn goes on holding unless it is the second sparse one in a row.
                     sparseRun = t.accepted >= c.minBatch ? 0 : sparseRun + 1
+                    if t.accepted >= c.minBatch { needed = c.busyTurns }
                     guard (h > 0) == (sparseRun < c.sparseTurns) else { return false }
-                    if h == 0 { busyRun = 0; sparseRun = 0 }
+                    if h == 0 { busyRun = 0; sparseRun = 0; needed = min(needed * 2, c.maxBusyTurns) }
                 } else {
                     sparseRun = 0
-                    guard (h > 0) == (busyRun >= c.busyTurns) else { return false }
+                    guard (h > 0) == (busyRun >= needed) else { return false }
                 }
+                guard c.needed == needed else { return false }
                 lastAcceptAt = now
                 checked += 1
             }
             return true
         }
         // The defaults, and shorter runs so that four turns also reach the end of a hold.
-        let settings = [ArrivalCoalescing(), ArrivalCoalescing(busyTurns: 1), ArrivalCoalescing(busyTurns: 2, sparseTurns: 1)]
+        let settings = [ArrivalCoalescing(), ArrivalCoalescing(busyTurns: 1), ArrivalCoalescing(busyTurns: 1, sparseTurns: 1, maxBusyTurns: 3)]
         for made in settings {
             for a in steps { for b in steps { for c in steps { for d in steps where wrong == nil {
                 if !check([a, b, c, d], made) { wrong = [a, b, c, d] }
