@@ -23,6 +23,21 @@ private enum HeldSockets {
         }
     }
 
+    /// Whether process `pid` holds a connection accepted on `port` (ss).
+    static func accepted(port: Int, by pid: Int32) -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ss", "-tnpH", "state", "established", "sport = :\(port)"]
+        let out = Pipe()
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return text.contains("pid=\(pid),")
+    }
+
     /// How many of `pid`'s fds are the socket `inode`.
     static func copies(_ pid: Int32, of inode: String) -> Int { fds(pid).filter { $0 == "socket:[\(inode)]" }.count }
 }
@@ -121,6 +136,29 @@ extension Integration {
                             "port \(port): one copy in the keeper, one in the daemon")
                 }
                 #expect(HeldSockets.fds(keeper).count == keeperFDs, "the keeper holds no more fds after 3 deaths and an update: \(HeldSockets.fds(keeper))")
+            }
+        }
+
+        @Test("pml update answers a scrape the daemon had accepted and not yet received whole before it exits")
+        func updateAnswersAcceptedScrape() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try box.writeConfig(#"{"metrics_listen": "127.0.0.1:\#(port)"}"#)
+                try await box.pmlOK("ping")
+                _ = try await Self.listener(box, port: port)
+                let daemon = try #require(box.daemonPid)
+                let c = try RawConnection(.local(port), timeout: 10)
+                #expect(c.send("GET /healthz HTTP/1.1\r\n"))
+                try await box.waitFor("the daemon has accepted the connection") { HeldSockets.accepted(port: port, by: daemon) ? true : nil }
+                async let update = box.pml("update")
+                try await box.waitFor("the daemon handing over", every: 5) { box.read(box.daemonLog).contains("handing over to a new daemon") ? true : nil }
+                #expect(c.send("Host: 127.0.0.1\r\n\r\n"))
+                let answer = c.read(idle: 10).text
+                #expect(answer.hasPrefix("HTTP/1.1 200"), "the half-received request is answered, not cut: \(answer.debugDescription)")
+                let u = try await update
+                #expect(u.ok, "\(u)")
+                #expect(box.daemonPid != daemon)
+                #expect(HTTP.request("http://127.0.0.1:\(port)/healthz", timeout: 2).status == 200, "the successor serves")
             }
         }
 
