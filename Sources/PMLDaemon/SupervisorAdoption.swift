@@ -265,7 +265,13 @@ extension Supervisor {
             if isListeningSocket(fd) && binding.matches {
                 held = nil
                 setNonBlocking(fd)
-                let l = try HTTPListener(listening: fd, host: host, port: binding.port, loop: loop, limits: limits, logger: logger, what: what)
+                let l: HTTPListener
+                do {
+                    l = try HTTPListener(listening: fd, host: host, port: binding.port, loop: loop, limits: limits, logger: logger, what: what)
+                } catch {
+                    keeper?.drop(tag) // nobody serves it: the keeper's copy must not keep it queueing
+                    throw error
+                }
                 httpListeners.append(l)
                 return l
             }
