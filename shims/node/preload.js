@@ -96,6 +96,9 @@
   // (another Node) leaves it unused, and pml keeps using NODE_HANDLE.
   const handoffWindow = 16;
   let handoff = null;
+  // Opened once at most: once the channel is closed (EOF), its fd number may be one of the app's
+  // own files, and opening it again would write a hello into that file.
+  let handoffTried = false;
   let credits = 0;
   let creditQueued = false;
   function newlines(bytes) {
@@ -113,7 +116,8 @@
     if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
   }
   function openHandoff() {
-    if (handoff || !(handoffFD > 2)) return;
+    if (handoffTried || !(handoffFD > 2)) return;
+    handoffTried = true;
     try {
       // process.binding is deprecated (DEP0111): silenced here so --pending-deprecation apps see no warning.
       const quiet = process.noDeprecation;
