@@ -76,11 +76,17 @@ final class LoadGenerator: @unchecked Sendable {
 
     /// Runs `step` at a moment no request of this generator is in flight: each thread finishes
     /// the request it is making and waits; they go on as soon as `step` returns. For a step whose
-    /// promise leaves out what is in flight (a worker killed loses the requests it holds).
-    func betweenRequests<T>(_ step: () async throws -> T) async rethrows -> T {
+    /// promise leaves out what is in flight (a worker killed loses the requests it holds). If
+    /// requests are still in flight once they should all have timed out, the test records an issue
+    /// (the step then runs with them in flight, and may fail them: that failure is not the product's).
+    func betweenRequests<T>(sourceLocation: SourceLocation = #_sourceLocation, _ step: () async throws -> T) async rethrows -> T {
         gate.withLock { held = true }
         let deadline = nowMs() + (timeout + 3) * 1000
         while (gate.withLock { busy }) > 0 && nowMs() < deadline { await sleepMs(1) }
+        let stillBusy = gate.withLock { busy }
+        if stillBusy > 0 {
+            Issue.record("\(stillBusy) request(s) still in flight \(Int(timeout + 3)) s after the load was held: the step runs with them", sourceLocation: sourceLocation)
+        }
         defer {
             gate.withLock {
                 held = false
