@@ -335,8 +335,9 @@ public struct WorkerDescription: Codable, Sendable, Equatable {
     public var serving: [String]
     /// Connections pml handed to this worker (all its processes).
     public var dispatched: Int
-    /// How pml hands it connections: `credits W, F fds/message` on its native handoff channel,
-    /// `NODE_HANDLE` on its IPC channel; nil when pml hands it none.
+    /// How pml hands it connections: `credits W, F fds/message` on its native handoff channel (with
+    /// `, mark never echoed` if it said revision 2 and did not echo), `NODE_HANDLE` on its IPC channel;
+    /// nil when pml hands it none.
     public var handoff: String?
 
     enum CodingKeys: String, CodingKey {

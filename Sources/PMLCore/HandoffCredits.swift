@@ -140,6 +140,13 @@ public struct HeldHandles: Sendable {
         return (closed, returned)
     }
 
+    /// Forgets the credits `due` (the worker's credits for them were ignored and will not come
+    /// again); how many there were.
+    public mutating func forgiveDue() -> Int {
+        defer { due = 0 }
+        return due
+    }
+
     /// When the oldest was sent; nil when empty.
     public var oldestMs: Int? { count > 0 ? entries[head].sinceMs : nil }
 }

@@ -158,6 +158,13 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
         if credits[worker] != nil { blocked.insert(worker) }
     }
 
+    /// The worker read from its full socket without crediting any of this daemon's connections
+    /// (after a take-over, credits for what the daemon before sent): there is room again, so sends
+    /// resume with the credits it has (a send that fails blocks it again).
+    public mutating func unblock(worker: Int) {
+        blocked.remove(worker)
+    }
+
     /// The worker's handoff channel is gone: back to NODE_HANDLE (one in flight, ACKed).
     public mutating func forgetCredits(worker: Int) {
         window[worker] = nil

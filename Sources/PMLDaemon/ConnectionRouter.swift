@@ -153,6 +153,10 @@ final class ConnectionRouter {
     /// Whether to let arrivals gather before the next accept, and connections accepted in this turn.
     private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHoldUs)
     private var acceptedThisTurn = 0
+    /// Asked when a worker's copies expire: true if the echo of this daemon's mark was still awaited
+    /// and it is now on revision 1's rules; then what expired is not due (the credits it wrote for
+    /// those copies were ignored and will not come again): their credits come back.
+    var echoOverdue: (_ worker: Int) -> Bool = { _ in false }
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
@@ -324,6 +328,14 @@ final class ConnectionRouter {
     func credited(worker: Int, _ n: Int) {
         held[worker]?.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
         dispatcher.returned(worker: worker, n)
+        drain()
+    }
+
+    /// The worker read its handoff channel, crediting none of pml's copies (late credits for what
+    /// a daemon before sent, read before the echo of this daemon's mark): its socket has room again.
+    /// Not a credit: `HeldHandles.lastCreditMs` stays, so expiry never takes unread copies for read.
+    func readWithoutCredit(worker: Int) {
+        dispatcher.unblock(worker: worker)
         drain()
     }
 
@@ -561,7 +573,8 @@ final class ConnectionRouter {
             // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
             // nothing more) and their late credits are due, not for newer copies.
             var r = ring
-            let (closed, returned) = r.expire(before: ackCutoff, close: closeHeldCopy)
+            var (closed, returned) = r.expire(before: ackCutoff, close: closeHeldCopy)
+            if echoOverdue(worker) { returned += r.forgiveDue() }
             held[worker] = r
             if returned > 0 {
                 dispatcher.returned(worker: worker, returned)

@@ -16,6 +16,14 @@ final class HandoffChannel {
     /// (what is left stays in its socket; the level-triggered loop comes back for it).
     static let readBytesPerWakeUp = 4096
 
+    /// pml's send buffer on each new worker's channel, in bytes (nil: the system's): set by
+    /// `PML_HANDOFF_SNDBUF` in the daemon's environment (read once, at start), for tests that need
+    /// a channel full after a few messages rather than a few hundred.
+    static let sendBufferBytes: Int32? = {
+        let n = HomeConfig.environmentInteger("PML_HANDOFF_SNDBUF", in: 0...(1 << 24), default: 0)
+        return n > 0 ? Int32(n) : nil
+    }()
+
     /// What a send did.
     enum SendResult { case sent, full, closed }
 
@@ -35,20 +43,26 @@ final class HandoffChannel {
     /// After a take-over: the epoch whose echo is awaited. Credits read before it are for what the
     /// daemon before sent (its copies died with it): they close none of this daemon's copies.
     private var awaitedEcho: Int?
+    /// The echo awaited never came in time: this worker is on revision 1's rules (`pml describe` says so).
+    private(set) var echoNeverCame = false
     private let onHello: (_ maxFDs: Int, _ window: Int) -> Void
     private let onCredit: (Int) -> Void
+    /// A credit ignored while the echo is awaited: the worker read, so a full socket has room again
+    /// (the marked message, kept when the socket was full, can go).
+    private let onLateCredit: () -> Void
     /// `receiverGone`: the worker's end is closed (its receive queue, and the connections in it, are gone).
     private let onClosed: (_ receiverGone: Bool) -> Void
     private let onGarbage: (_ why: String) -> Void
 
     init(fd: Int32, loop: EventLoop, scratch: ReadBuffer, resync: Bool, onHello: @escaping (Int, Int) -> Void,
-         onCredit: @escaping (Int) -> Void, onClosed: @escaping (Bool) -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
+         onCredit: @escaping (Int) -> Void, onLateCredit: @escaping () -> Void, onClosed: @escaping (Bool) -> Void, onGarbage: @escaping (String) -> Void) throws(SystemError) {
         self.fd = fd
         self.loop = loop
         self.scratch = scratch
         self.resync = resync
         self.onHello = onHello
         self.onCredit = onCredit
+        self.onLateCredit = onLateCredit
         self.onClosed = onClosed
         self.onGarbage = onGarbage
         setNonBlocking(fd)
@@ -63,6 +77,16 @@ final class HandoffChannel {
         guard echoes else { return }
         mark = Array("E \(epoch) ".utf8)
         awaitedEcho = epoch
+    }
+
+    /// This daemon's copies expired while the echo of its mark was still awaited: the worker said
+    /// revision 2 but does not echo (or reads too slowly to tell). Its credits count from now on, as
+    /// in revision 1 (an echo that comes after all is ignored). The epoch awaited; nil if none was.
+    func giveUpOnEcho() -> Int? {
+        guard let epoch = awaitedEcho else { return nil }
+        (mark, awaitedEcho) = (nil, nil)
+        echoNeverCame = true
+        return epoch
     }
 
     /// One small chunk per wake-up, so a flooding worker shares the loop with everyone else.
@@ -97,7 +121,7 @@ final class HandoffChannel {
                 if !echoes { (mark, awaitedEcho) = (nil, nil) }
                 onHello(maxFDs, window)
             case .credit(let n)?:
-                if awaitedEcho == nil { onCredit(n) }
+                if awaitedEcho == nil { onCredit(n) } else { onLateCredit() }
             case .echo(let epoch)?:
                 // Another epoch's echo is a daemon before's, which marked a message and died.
                 if epoch == awaitedEcho { awaitedEcho = nil }

@@ -89,6 +89,12 @@ final class Supervisor {
             self.runningWorkers[worker]?.handoff?.send(listener.handoffLine, fds: fds) ?? .closed
         }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
+        router.echoOverdue = { [unowned self] id in
+            guard let epoch = self.runningWorkers[id]?.handoff?.giveUpOnEcho() else { return false }
+            // Once per worker: from now on it is not awaited.
+            self.logger.warning("worker \(id) declared handoff revision 2 but never echoed the mark E \(epoch) within \(ConnectionRouter.ackTimeoutMs) ms; its credits count from now on, as in revision 1")
+            return true
+        }
         if let notify {
             _ = try? loop.register(fd: notify.fd, events: [.readable]) { [unowned self] _ in self.notifyReadable() }
         }
@@ -204,6 +210,9 @@ final class Supervisor {
             ipc = try makeSocketPair(); opened += [ipc.0, ipc.1]
             if handoffTarget != nil {
                 let pair = try makeSocketPair()
+                if var size = HandoffChannel.sendBufferBytes {
+                    setsockopt(pair.0, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+                }
                 handoff = pair
                 opened += [pair.0, pair.1]
             }
@@ -291,6 +300,9 @@ final class Supervisor {
             }, onCredit: { [unowned self, weak w] n in
                 guard let w else { return }
                 self.router.credited(worker: w.id, n)
+            }, onLateCredit: { [unowned self, weak w] in
+                guard let w else { return }
+                self.router.readWithoutCredit(worker: w.id)
             }, onClosed: { [unowned self, weak w] receiverGone in
                 guard let w, w.pid != nil else { return }
                 self.router.handoffClosed(worker: w.id, receiverGone: receiverGone)

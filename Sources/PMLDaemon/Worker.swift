@@ -89,6 +89,7 @@ final class Worker {
         if pid != nil, app.spec.dispatch.passesConnections || !serving.isEmpty {
             if let h = handoff?.hello, handoff?.isOpen == true {
                 mode = "credits \(h.window), \(h.maxFDs) fd\(h.maxFDs == 1 ? "" : "s")/message"
+                    + (handoff?.echoNeverCame == true ? ", mark never echoed" : "")
             } else if app.spec.dispatch != .reusePort || !serving.isEmpty {
                 mode = "NODE_HANDLE"
             }

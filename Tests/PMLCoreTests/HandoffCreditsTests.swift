@@ -177,6 +177,35 @@ import Testing
         #expect(d.credits(of: 1) == 3)
     }
 
+    @Test func readingWithoutCreditUnblocksAFullSocketAndKeepsCredits() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 4, outstanding: 0)
+        // A successor's marked message did not go: the socket is full of what the daemon before sent.
+        #expect(d.next(for: 0) == 1)
+        d.untake(worker: 1, listener: 0, 1)
+        d.exhaust(worker: 1)
+        #expect(d.next(for: 0) == nil, "blocked while its socket is full")
+        // The worker reads and credits the daemon before's messages (ignored): room again, same credits.
+        d.unblock(worker: 1)
+        #expect(d.credits(of: 1) == 4)
+        #expect(d.next(for: 0) == 1, "sends resume")
+    }
+
+    @Test func forgivenDueIsNotPaidByLaterCredits() {
+        var h = HeldHandles(capacity: 4)
+        _ = h.push(10, listener: 1, atMs: 0)
+        _ = h.push(11, listener: 1, atMs: 0)
+        let r = h.expire(before: 100) { _ in }
+        #expect(r.returned == 0 && h.due == 2)
+        // The credits the worker wrote for them were ignored (an echo awaited that never came).
+        #expect(h.forgiveDue() == 2 && h.due == 0)
+        _ = h.push(12, listener: 1, atMs: 200)
+        var closed: [Int32] = []
+        h.credit(1, atMs: 300) { closed.append($0.fd) }
+        #expect(closed == [12], "the next credit closes the next copy")
+    }
+
     @Test func requeuedConnectionsAreNotLoad() {
         var d = RoundRobinDispatcher()
         d.setLeastBusy(true, listener: 0)
