@@ -45,6 +45,23 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         needed = self.busyTurns
     }
 
+    /// `PML_ACCEPT_HOLD_US`'s text read: the hold (µs, 0 when unset: holding is opt-in) and, for a
+    /// value not taken as given, one line saying what was used instead. Out of `0...max`: the
+    /// nearest bound; not a whole number: off.
+    public static func holdSetting(_ text: String?, max: Int) -> (holdUs: Int, problem: String?) {
+        guard let text else { return (0, nil) }
+        let digits = text.first == "+" || text.first == "-" ? text.dropFirst() : Substring(text)
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            return (0, "PML_ACCEPT_HOLD_US=\(text.prefix(40)) is not a whole number of microseconds; accept hold off")
+        }
+        let negative = text.first == "-"
+        // Too many digits for an Int: still out of range on its side.
+        let n = Int(text) ?? (negative ? Int.min : Int.max)
+        if n < 0 { return (0, "PML_ACCEPT_HOLD_US=\(text.prefix(40)) is below 0; accept hold off") }
+        if n > max { return (max, "PML_ACCEPT_HOLD_US=\(text.prefix(40)) is over \(max) µs; using \(max)") }
+        return (n, nil)
+    }
+
     /// A turn at `nowUs` accepted `accepted` connections (it ran after the hold returned last, if
     /// any). Returns how long (µs) to hold off the next accept: 0 means accept as soon as one comes.
     public mutating func turn(nowUs: Int, accepted: Int) -> Int {

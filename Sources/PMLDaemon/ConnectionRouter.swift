@@ -120,9 +120,10 @@ final class ConnectionRouter {
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
     /// How long (µs) pml lets connections gather in the backlog between accepts under sustained
-    /// load (`ArrivalCoalescing`); `PML_ACCEPT_HOLD_US` in the daemon's environment (read once,
-    /// at start) changes it, 0 turns it off.
-    static let acceptHoldUs = HomeConfig.environmentInteger("PML_ACCEPT_HOLD_US", in: 0...EventLoop.maxHoldOffUs, default: 250)
+    /// load (`ArrivalCoalescing`): off unless `PML_ACCEPT_HOLD_US` in the daemon's environment (read
+    /// once, at start) sets it. Opt-in: it trades latency (for every app: the hold stops the whole
+    /// loop) for daemon CPU.
+    static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: EventLoop.maxHoldOffUs)
 
     private let loop: EventLoop
     private let logger: Logger
@@ -151,7 +152,7 @@ final class ConnectionRouter {
     /// The last batch's extra accept found nothing queued (the accept loop stops there).
     private var batchFoundQueueEmpty = false
     /// Whether to let arrivals gather before the next accept, and connections accepted in this turn.
-    private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHoldUs)
+    private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHold.holdUs)
     private var acceptedThisTurn = 0
     /// Asked when a worker's copies expire: true if the echo of this daemon's mark was still awaited
     /// and it is now on revision 1's rules; then what expired is not due (the credits it wrote for
@@ -170,6 +171,7 @@ final class ConnectionRouter {
         self.logger = logger
         self.waitingBound = waitingBound
         backoff = AcceptBackoff(loop: loop, logger: logger, what: "app listeners")
+        if let problem = Self.acceptHold.problem { logger.warning("\(problem)") }
         scheduleExpiry()
     }
 

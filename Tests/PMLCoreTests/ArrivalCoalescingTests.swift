@@ -117,6 +117,27 @@ struct ArrivalCoalescingTests {
         #expect(one.turn(nowUs: 1, accepted: 1) == 100, "busyTurns 1: the first turn is enough")
     }
 
+    @Test("PML_ACCEPT_HOLD_US: unset is off; 0…10000 as given; out of range the nearest bound, garbage off, each with one line")
+    func holdSetting() {
+        func setting(_ text: String?) -> (Int, Bool) {
+            let s = ArrivalCoalescing.holdSetting(text, max: 10_000)
+            return (s.holdUs, s.problem != nil)
+        }
+        #expect(setting(nil) == (0, false), "opt-in: no hold unless asked")
+        #expect(setting("0") == (0, false))
+        #expect(setting("250") == (250, false))
+        #expect(setting("+10000") == (10_000, false))
+        #expect(setting("20000") == (10_000, true))
+        #expect(setting("99999999999999999999999") == (10_000, true))
+        #expect(setting("-1") == (0, true))
+        #expect(setting("-99999999999999999999999") == (0, true))
+        for garbage in ["", "abc", "250us", " 250", "2.5", "-", "+", "٣"] {
+            #expect(setting(garbage) == (0, true), "\(garbage)")
+        }
+        let long = ArrivalCoalescing.holdSetting(String(repeating: "x", count: 5000), max: 10_000).problem ?? ""
+        #expect(long.count < 200, "one short line, whatever the value's length")
+    }
+
     /// Every sequence of four turns over these gaps and counts, against what the rules allow
     /// (checked by hand, not with #expect per turn: 2.5 million sequences).
     @Test("exhaustively: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than two")
