@@ -10,7 +10,10 @@
 /// turn alone is chance). Each time holding ends so, twice as many busy turns are needed to start
 /// it again (up to `maxBusyTurns`), until a hold gathers a batch: a client that sends one request
 /// at a time, fast, looks busy but can never fill a batch, and is held back ever more rarely.
-/// A first connection after a quiet spell is always accepted at once. Pure: the caller measures time.
+/// A first connection after a quiet spell is always accepted at once. A turn that stopped because
+/// no worker could take another connection is not busy: it ends any hold and the busy count starts
+/// over (the workers are the bottleneck; a hold there would only delay their acknowledgements).
+/// Pure: the caller measures time.
 public struct ArrivalCoalescing: Sendable, Equatable {
     /// The longest hold (µs); 0 turns coalescing off.
     public let holdUs: Int
@@ -63,9 +66,18 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     }
 
     /// A turn at `nowUs` accepted `accepted` connections (it ran after the hold returned last, if
-    /// any). Returns how long (µs) to hold off the next accept: 0 means accept as soon as one comes.
-    public mutating func turn(nowUs: Int, accepted: Int) -> Int {
-        guard holdUs > 0, accepted > 0 else { return 0 }
+    /// any); `starved`: it stopped because no worker could take more. Returns how long (µs) to hold
+    /// off the next accept: 0 means accept as soon as one comes.
+    public mutating func turn(nowUs: Int, accepted: Int, starved: Bool = false) -> Int {
+        guard holdUs > 0 else { return 0 }
+        if starved {
+            lastTurnUs = nowUs
+            holding = 0
+            streak = 0
+            sparse = 0
+            return 0
+        }
+        guard accepted > 0 else { return 0 }
         let gap = lastTurnUs.map { nowUs - $0 }
         lastTurnUs = nowUs
         // A turn long after the hold ended (the load stopped, then came back) starts afresh.

@@ -154,6 +154,7 @@ final class ConnectionRouter {
     /// Whether to let arrivals gather before the next accept, and connections accepted in this turn.
     private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHold.holdUs)
     private var acceptedThisTurn = 0
+    private var starvedThisTurn = false
     /// Asked when a worker's copies expire: true if the echo of this daemon's mark was still awaited
     /// and it is now on revision 1's rules; then what expired is not due (the credits it wrote for
     /// those copies were ignored and will not come again): their credits come back.
@@ -410,8 +411,9 @@ final class ConnectionRouter {
 
     private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         acceptedThisTurn = 0
+        starvedThisTurn = false
         defer {
-            let hold = coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn)
+            let hold = coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn)
             if hold > 0 { loop.holdOff(microseconds: hold) }
         }
         // A bounded batch per wake-up keeps other fds served under a connection storm.
@@ -422,6 +424,7 @@ final class ConnectionRouter {
             // listener's or the reuseport slot's (one whose worker is gone, which pml drains).
             if pending[listener.id]?.isEmpty == false || !dispatcher.hasFreeWorker(for: listener.id) {
                 starved.insert(listener.id)
+                starvedThisTurn = true
                 watch(listener, false)
                 return
             }

@@ -117,6 +117,25 @@ struct ArrivalCoalescingTests {
         #expect(one.turn(nowUs: 1, accepted: 1) == 100, "busyTurns 1: the first turn is enough")
     }
 
+    @Test("a turn that stopped because no worker was free is not busy: it ends a hold and the busy count starts over (NODE_HANDLE workers: a hold would only delay their ACKs)")
+    func starvedTurnsNeverHold() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        // Every turn ends with all workers busy, however fast: never held.
+        for _ in 0..<1000 { now += 100; #expect(c.turn(nowUs: now, accepted: 2, starved: true) == 0) }
+        #expect(c.holding == 0)
+        // Holding, then a starved turn: the hold ends, without backing off.
+        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1), (260, 3)]) == [0, 0, 250, 250])
+        now += 260
+        #expect(c.turn(nowUs: now, accepted: 4, starved: true) == 0)
+        #expect(c.holding == 0 && c.needed == 3)
+        // Two busy turns, a starved one, two busy: the count restarted, no hold yet; a third holds.
+        #expect(holds(&c, &now, [(100, 1), (100, 1)]) == [0, 0])
+        now += 100
+        #expect(c.turn(nowUs: now, accepted: 0, starved: true) == 0)
+        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1)]) == [0, 0, 250])
+    }
+
     @Test("PML_ACCEPT_HOLD_US: unset is off; 0…10000 as given; out of range the nearest bound, garbage off, each with one line")
     func holdSetting() {
         func setting(_ text: String?) -> (Int, Bool) {
