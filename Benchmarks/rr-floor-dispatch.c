@@ -26,6 +26,8 @@
 //                      socket down on its time, as in pml
 //         epoll-credit-late (G) F, but the receiver credits after its close: the dispatcher's
 //                      close is always the last one (the bound for F)
+//   RR_WORK_US (environment) µs of CPU a receiver spends on each request before it answers (0 by
+//              default): an app's own work, so the arrival rate can be brought near a Node app's
 //   COUNTFILE  8 bytes, mapped shared: the number of connections dispatched so far (exact count
 //              for the driver, which reads it between rounds)
 //
@@ -89,7 +91,7 @@ static void prepare(struct passing *p, int fd) {
     memcpy(CMSG_DATA(h), &fd, sizeof fd);
 }
 
-static void receiver(int sock, int credit) {
+static void receiver(int sock, int credit, uint64_t workUs) {
     static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n";
     for (;;) {
         char byte, buf[4096];
@@ -110,6 +112,7 @@ static void receiver(int sock, int credit) {
             have += n; buf[have] = 0;
             if (strstr(buf, "\r\n\r\n") || have == sizeof buf - 1) break;
         }
+        for (uint64_t until = workUs ? now_us() + workUs : 0; now_us() < until;) {}
         if (have > 0) (void)!write(fd, answer, sizeof answer - 1);
         // As Node's http server does with Connection: close (end(), then destroy()): the FIN goes
         // with the shutdown, whoever holds the last reference; the last close only frees.
@@ -339,7 +342,9 @@ int main(int argc, char **argv) {
         if (pid == 0) {
             close(sp[0]); close(l);
             for (int j = 0; j < i; j++) close(workers[j]);
-            receiver(sp[1], mode == 5 ? 1 : mode == 6 ? 2 : 0);  // F credits on receipt, G after its close
+            const char *work = getenv("RR_WORK_US");
+            receiver(sp[1], mode == 5 ? 1 : mode == 6 ? 2 : 0,  // F credits on receipt, G after its close
+                     work ? strtoull(work, NULL, 10) : 0);
         }
         close(sp[1]);
         workers[i] = sp[0];

@@ -4,6 +4,7 @@
 #
 #   Benchmarks/rr-floor-dispatch.sh                   # 3 interleaved rounds of 5 s per variant
 #   ROUNDS=5 VARIANTS="epoll-hold uring-hold" Benchmarks/rr-floor-dispatch.sh
+#   WORK_US=60 Benchmarks/rr-floor-dispatch.sh      # receivers spend 60 us of CPU per request
 #
 # One dispatcher per variant (A epoll, B epoll-hold, C uring, D uring-batch, E uring-hold, F
 # epoll-credit, G epoll-credit-late: see the .c file), each with its own 2 receivers, on 127.0.0.1:PORT+i; in each round
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
+WORK_US=${WORK_US:-0}       # CPU a receiver spends per request (an app's work), so the rate nears Node's
 PORT=${PORT:-19180}         # variants use PORT, PORT+1, ... (keep them below 32768)
 read -ra VARIANTS <<<"${VARIANTS:-epoll epoll-hold uring uring-batch uring-hold epoll-credit epoll-credit-late}"
 declare -A LABEL=([epoll]=A [epoll-hold]=B [uring]=C [uring-batch]=D [uring-hold]=E [epoll-credit]=F [epoll-credit-late]=G)
@@ -43,7 +45,7 @@ trap cleanup EXIT
 gcc -O2 -Wall -o "$work/dispatch" Benchmarks/rr-floor-dispatch.c
 
 for i in "${!VARIANTS[@]}"; do
-  "$work/dispatch" "${VARIANTS[$i]}" $((PORT + i)) "$work/count$i" 2>"$work/err$i" &
+  RR_WORK_US=$WORK_US "$work/dispatch" "${VARIANTS[$i]}" $((PORT + i)) "$work/count$i" 2>"$work/err$i" &
   pids[i]=$!
 done
 for i in "${!VARIANTS[@]}"; do
@@ -56,6 +58,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }                       # all
 switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 count() { od -An -tu8 "$work/count$1" | tr -d ' '; }
 declare -A T N C
+echo "receivers: $WORK_US us of work per request; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-5s %-3s %-17s %8s %9s %10s %9s %8s %s\n' round var design req/s 'us/conn' 'csw/conn' 'p99 ms' errors 'load (1 min)'
 for round in $(seq "$ROUNDS"); do
   for i in "${!VARIANTS[@]}"; do
