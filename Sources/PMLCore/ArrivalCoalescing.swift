@@ -9,7 +9,8 @@
 /// fewer than `minBatch` connections each (holds that gather no batch only add latency; one such
 /// turn alone is chance). Each time holding ends so, twice as many busy turns are needed to start
 /// it again (up to `maxBusyTurns`), until a hold gathers a batch: a client that sends one request
-/// at a time, fast, looks busy but can never fill a batch, and is held back ever more rarely.
+/// at a time, fast, looks busy but can never fill a batch, and is held back ever more rarely;
+/// after `quietUs` without an accept turn the back-off is forgotten.
 /// A first connection after a quiet spell is always accepted at once. A turn that stopped because
 /// no worker could take another connection is not busy: it ends any hold and the busy count starts
 /// over (the workers are the bottleneck; a hold there would only delay their acknowledgements).
@@ -27,6 +28,8 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public let sparseTurns: Int
     /// The most busy turns ever needed to start holding again.
     public let maxBusyTurns: Int
+    /// No accept turn for longer than this (µs): the back-off is forgotten.
+    public let quietUs: Int
 
     private var lastTurnUs: Int?
     private var streak = 0
@@ -38,13 +41,14 @@ public struct ArrivalCoalescing: Sendable, Equatable {
 
     /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each other.
     public init(holdUs: Int = 250, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 2, sparseTurns: Int = 2,
-                maxBusyTurns: Int = 1024) {
+                maxBusyTurns: Int = 1024, quietUs: Int = 1_000_000) {
         self.holdUs = max(0, holdUs)
         self.busyGapUs = max(0, busyGapUs)
         self.busyTurns = max(1, busyTurns)
         self.minBatch = max(1, minBatch)
         self.sparseTurns = max(1, sparseTurns)
         self.maxBusyTurns = max(self.busyTurns, maxBusyTurns)
+        self.quietUs = max(0, quietUs)
         needed = self.busyTurns
     }
 
@@ -80,6 +84,8 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         guard accepted > 0 else { return 0 }
         let gap = lastTurnUs.map { nowUs - $0 }
         lastTurnUs = nowUs
+        // The client that made holding back off is long gone: a new load starts from the defaults.
+        if let gap, gap > quietUs { needed = busyTurns }
         // A turn long after the hold ended (the load stopped, then came back) starts afresh.
         if holding > 0, let gap, gap >= 0, gap <= holding + busyGapUs {
             // Holds that gather no batch, turn after turn: arrivals are too sparse for them to pay.

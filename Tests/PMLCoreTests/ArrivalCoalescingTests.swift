@@ -117,6 +117,19 @@ struct ArrivalCoalescingTests {
         #expect(one.turn(nowUs: 1, accepted: 1) == 100, "busyTurns 1: the first turn is enough")
     }
 
+    @Test("the back-off is forgotten after a quiet spell of over 1 s, not before")
+    func backOffRecovers() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 1)])
+        #expect(c.needed == 6)
+        _ = holds(&c, &now, [(1_000_000, 1)])
+        #expect(c.needed == 6, "1 s exactly is not quiet enough")
+        _ = holds(&c, &now, [(1_000_001, 1)])
+        #expect(c.needed == 3)
+        #expect(holds(&c, &now, [(200, 1), (200, 1)]) == [0, 250], "three busy turns hold again")
+    }
+
     @Test("a turn that stopped because no worker was free is not busy: it ends a hold and the busy count starts over (NODE_HANDLE workers: a hold would only delay their ACKs)")
     func starvedTurnsNeverHold() {
         var now = 1_000_000
