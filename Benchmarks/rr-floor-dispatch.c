@@ -26,6 +26,7 @@
 //                      socket down on its time, as in pml
 //         epoll-credit-late (G) F, but the receiver credits after its close: the dispatcher's
 //                      close is always the last one (the bound for F)
+//         epoll-credit-nohold (H) F without the hold (pml's default since the hold became opt-in)
 //   RR_WORK_US (environment) µs of CPU a receiver spends on each request before it answers (0 by
 //              default): an app's own work, so the arrival rate can be brought near a Node app's
 //   COUNTFILE  8 bytes, mapped shared: the number of connections dispatched so far (exact count
@@ -126,9 +127,9 @@ static volatile uint64_t *counter;
 static int workers[RECEIVERS];
 static unsigned next_worker;
 
-// ---- A, B, F and G: epoll ----
+// ---- A, B, F, G and H: epoll ----
 
-#define HELD 4096  // copies held per receiver at most (F, G); 50 connections in flight here
+#define HELD 4096  // copies held per receiver at most (F, G, H); 50 connections in flight here
 static int held[RECEIVERS][HELD];
 static unsigned heldHead[RECEIVERS], heldTail[RECEIVERS];
 
@@ -316,12 +317,12 @@ static void run_uring(int l, int batch, int hold) {
 
 int main(int argc, char **argv) {
     static const char *modes[] = { "epoll", "epoll-hold", "uring", "uring-batch", "uring-hold", "epoll-credit",
-                                   "epoll-credit-late" };
+                                   "epoll-credit-late", "epoll-credit-nohold" };
     int mode = -1;
     for (int i = 0; argc == 4 && i < (int)(sizeof modes / sizeof *modes); i++) if (!strcmp(argv[1], modes[i])) mode = i;
     if (mode < 0) {
         fprintf(stderr, "usage: rr-floor-dispatch epoll|epoll-hold|uring|uring-batch|uring-hold|epoll-credit|"
-                        "epoll-credit-late PORT COUNTFILE\n");
+                        "epoll-credit-late|epoll-credit-nohold PORT COUNTFILE\n");
         return 2;
     }
     int cf = open(argv[3], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -343,7 +344,7 @@ int main(int argc, char **argv) {
             close(sp[0]); close(l);
             for (int j = 0; j < i; j++) close(workers[j]);
             const char *work = getenv("RR_WORK_US");
-            receiver(sp[1], mode == 5 ? 1 : mode == 6 ? 2 : 0,  // F credits on receipt, G after its close
+            receiver(sp[1], mode == 5 || mode == 7 ? 1 : mode == 6 ? 2 : 0,  // F, H credit on receipt, G after its close
                      work ? strtoull(work, NULL, 10) : 0);
         }
         close(sp[1]);
@@ -355,6 +356,7 @@ int main(int argc, char **argv) {
     case 2: run_uring(l, 0, 0); break;
     case 3: run_uring(l, 1, 0); break;
     case 4: run_uring(l, 0, 1); break;
+    case 7: run_epoll(l, 0, 1); break;
     default: run_epoll(l, 1, 1); break;
     }
     return 0;

@@ -7,8 +7,8 @@
 #   WORK_US=60 Benchmarks/rr-floor-dispatch.sh      # receivers spend 60 us of CPU per request
 #
 # One dispatcher per variant (A epoll, B epoll-hold, C uring, D uring-batch, E uring-hold, F
-# epoll-credit, G epoll-credit-late: see the .c file), each with its own 2 receivers, on 127.0.0.1:PORT+i; in each round
-# `wrk -t2 -c50 -d5s -H 'Connection: close'` hits each in turn (A B C ... G A B ...), so load from
+# epoll-credit, G epoll-credit-late, H epoll-credit-nohold: see the .c file), each with its own 2 receivers, on 127.0.0.1:PORT+i; in each round
+# `wrk -t2 -c50 -d5s -H 'Connection: close'` hits each in turn (A B C ... H A B ...), so load from
 # elsewhere on a shared machine hits all alike.
 # Per round and in total: req/s, the dispatcher's CPU (utime + stime of all its threads, from
 # /proc) per connection it dispatched (its own exact count), its voluntary context switches per
@@ -20,8 +20,9 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WORK_US=${WORK_US:-0}       # CPU a receiver spends per request (an app's work), so the rate nears Node's
 PORT=${PORT:-19180}         # variants use PORT, PORT+1, ... (keep them below 32768)
-read -ra VARIANTS <<<"${VARIANTS:-epoll epoll-hold uring uring-batch uring-hold epoll-credit epoll-credit-late}"
-declare -A LABEL=([epoll]=A [epoll-hold]=B [uring]=C [uring-batch]=D [uring-hold]=E [epoll-credit]=F [epoll-credit-late]=G)
+read -ra VARIANTS <<<"${VARIANTS:-epoll epoll-hold uring uring-batch uring-hold epoll-credit epoll-credit-late epoll-credit-nohold}"
+declare -A LABEL=([epoll]=A [epoll-hold]=B [uring]=C [uring-batch]=D [uring-hold]=E [epoll-credit]=F [epoll-credit-late]=G
+                  [epoll-credit-nohold]=H)
 LABELS=()
 for v in "${VARIANTS[@]}"; do
   [[ -n ${LABEL[$v]:-} ]] || { echo "rr-floor-dispatch.sh: unknown variant $v" >&2; exit 2; }
@@ -59,7 +60,7 @@ switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s +
 count() { od -An -tu8 "$work/count$1" | tr -d ' '; }
 declare -A T N C
 echo "receivers: $WORK_US us of work per request; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-5s %-3s %-17s %8s %9s %10s %9s %8s %s\n' round var design req/s 'us/conn' 'csw/conn' 'p99 ms' errors 'load (1 min)'
+printf '%-5s %-3s %-19s %8s %9s %10s %9s %8s %s\n' round var design req/s 'us/conn' 'csw/conn' 'p99 ms' errors 'load (1 min)'
 for round in $(seq "$ROUNDS"); do
   for i in "${!VARIANTS[@]}"; do
     pid=${pids[$i]} load=$(cut -d' ' -f1 /proc/loadavg)
@@ -72,13 +73,13 @@ for round in $(seq "$ROUNDS"); do
     awk -v r="$round" -v v="${LABELS[$i]}" -v d="${VARIANTS[$i]}" -v t="$t" -v c="$c" -v n="$n" -v hz="$hz" -v load="$load" \
         -v rps="$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" -v e="${errs:-0}" \
         -v p99="$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; print v}' <<<"$out")" \
-        'BEGIN { printf "%-5d %-3s %-17s %8.0f %9.2f %10.2f %9.2f %8s %s\n", r, v, d, rps, t / hz / n * 1e6, c / n, p99, e, load }'
+        'BEGIN { printf "%-5d %-3s %-19s %8.0f %9.2f %10.2f %9.2f %8s %s\n", r, v, d, rps, t / hz / n * 1e6, c / n, p99, e, load }'
   done
 done
 echo
 for i in "${!VARIANTS[@]}"; do
   awk -v v="${LABELS[$i]}" -v d="${VARIANTS[$i]}" -v t="${T[$i]}" -v c="${C[$i]}" -v n="${N[$i]}" -v hz="$hz" \
-    'BEGIN { printf "total %-3s %-17s %9.2f us/conn %6.2f csw/conn over %d connections\n", v, d, t / hz / n * 1e6, c / n, n }'
+    'BEGIN { printf "total %-3s %-19s %9.2f us/conn %6.2f csw/conn over %d connections\n", v, d, t / hz / n * 1e6, c / n, n }'
   [[ -s $work/err$i ]] && sed "s/^/  ${LABELS[$i]}: /" "$work/err$i"
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
