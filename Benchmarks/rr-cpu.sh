@@ -14,6 +14,7 @@
 # switches (its wake-ups) per connection, p50/p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/tools.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -47,20 +48,19 @@ EOF
   homes[i]=$home bins[i]=$bin ports[i]=$port pids[i]=$(cat "$home/daemon.pid")
 done
 for p in "${ports[@]}"; do
-  for _ in $(seq 100); do curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  wait_http "$p" || true
 done
 sleep 1
 
 hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$1/status"; }
 declare -A total_ticks total_conns total_switches
 for round in $(seq "$ROUNDS"); do
   for i in "${!specs[@]}"; do
     pid=${pids[$i]}
-    t0=$(ticks "$pid") c0=$(switches "$pid")
+    t0=$(proc_ticks "$pid") c0=$(switches "$pid")
     out=$(setsid -w wrk -t2 -c50 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:${ports[$i]}/")
-    t1=$(ticks "$pid") c1=$(switches "$pid")
+    t1=$(proc_ticks "$pid") c1=$(switches "$pid")
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     total_ticks[$i]=$(( ${total_ticks[$i]:-0} + t1 - t0 ))
     total_conns[$i]=$(( ${total_conns[$i]:-0} + n ))

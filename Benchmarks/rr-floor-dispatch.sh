@@ -15,6 +15,7 @@
 # connection, wrk's p99, and the load average before the round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/tools.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -50,12 +51,11 @@ for i in "${!VARIANTS[@]}"; do
   pids[i]=$!
 done
 for i in "${!VARIANTS[@]}"; do
-  for _ in $(seq 50); do curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$((PORT + i))/" && break; sleep 0.1; done
+  wait_http $((PORT + i)) 50 || true
 done
 sleep 0.5
 
 hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }                       # all threads
 switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 count() { od -An -tu8 "$work/count$1" | tr -d ' '; }
 declare -A T N C
@@ -64,9 +64,9 @@ printf '%-5s %-3s %-19s %8s %9s %10s %9s %8s %s\n' round var design req/s 'us/co
 for round in $(seq "$ROUNDS"); do
   for i in "${!VARIANTS[@]}"; do
     pid=${pids[$i]} load=$(cut -d' ' -f1 /proc/loadavg)
-    t0=$(ticks "$pid") c0=$(switches "$pid") n0=$(count "$i")
+    t0=$(proc_ticks "$pid") c0=$(switches "$pid") n0=$(count "$i")
     out=$(wrk -t2 -c50 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:$((PORT + i))/")
-    t1=$(ticks "$pid") c1=$(switches "$pid") n1=$(count "$i")
+    t1=$(proc_ticks "$pid") c1=$(switches "$pid") n1=$(count "$i")
     n=$((n1 - n0)) t=$((t1 - t0)) c=$((c1 - c0))
     T[$i]=$(( ${T[$i]:-0} + t )) N[$i]=$(( ${N[$i]:-0} + n )) C[$i]=$(( ${C[$i]:-0} + c ))
     errs=$(awk '/Socket errors|Non-2xx/ {sub(/^ +/, ""); printf "%s; ", $0}' <<<"$out")

@@ -20,3 +20,15 @@ bench_tools() {
     swift build -c release --static-swift-stdlib >/dev/null
   fi
 }
+
+# CPU clock ticks (utime + stime, all threads) a process has used.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Waits until http://127.0.0.1:<port>/ answers, trying every 0.1 s, at most <tries> times (100).
+wait_http() {
+  for _ in $(seq "${2:-100}"); do
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  return 1
+}
