@@ -79,10 +79,9 @@ extension Integration {
                 // Its replacement starts 5 s later: answers before that came from the live workers.
                 #expect(nowMs() - killedAt < 4000, "the queue was served by the others, not by the replacement")
                 let samples = await load.stop()
-                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(results)
                 #expect(failed.isEmpty, "all \(total) connections answered, \(queued) of them queued on the dead worker's socket: \(failed.prefix(4))")
-                let victimAnswers = results.filter { if case .success(let r) = $0 { return r.pid == victim } else { return false } }
-                #expect(victimAnswers.isEmpty, "the dead worker answered none")
+                #expect(!servedBy(results).contains(victim), "the dead worker answered none")
                 let handed = try await Self.dispatched(box, "rp")
                 #expect(handed.values.reduce(0, +) >= queued, "pml handed the \(queued) queued connections to the live workers: \(handed)")
                 // The load: 2 sequential clients, so the worker had at most 2 of their requests in flight
@@ -182,7 +181,7 @@ extension Integration {
                 let killedAt = nowMs()
                 let results = await clients.wait()
                 #expect(nowMs() - killedAt < 3500, "served before the replacement (4 s later)")
-                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(results)
                 #expect(failed.isEmpty, "\(failed.prefix(3))")
             }
         }
@@ -249,9 +248,9 @@ extension Integration {
                 let killedAt = nowMs()
                 let results = await clients.wait()
                 #expect(nowMs() - killedAt < 4000, "served before the replacement (5 s later)")
-                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(results)
                 #expect(failed.isEmpty, "all answered, \(queued) of them queued on the dead worker's socket: \(failed.prefix(3))")
-                let pids = Set(results.compactMap { if case .success(let r) = $0 { return r.pid } else { return nil } })
+                let pids = Set(servedBy(results))
                 #expect(pids == [survivor], "the survivor answered them all: \(pids)")
                 let handed = try await Self.dispatched(box, "rp")
                 #expect(handed[survivor] ?? 0 >= queued, "the \(queued) queued on the dead worker's socket were handed over by pml: \(handed)")

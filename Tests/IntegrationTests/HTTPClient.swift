@@ -359,6 +359,11 @@ func tally(_ results: [Result<HTTPReply, RequestFailure>]) -> [Int32: Int] {
     return counts
 }
 
+/// The pids that answered, in order of the results.
+func servedBy(_ results: [Result<HTTPReply, RequestFailure>]) -> [Int32] {
+    results.compactMap { if case .success(let r) = $0 { return r.pid } else { return nil } }
+}
+
 /// The failed ones among sequential results, numbered.
 func failuresOf(_ results: [Result<HTTPReply, RequestFailure>]) -> [String] {
     results.enumerated().compactMap { i, r in

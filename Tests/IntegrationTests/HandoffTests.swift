@@ -302,9 +302,9 @@ extension Integration {
                 try await Self.waitMode(box, "py", count: 2, "credits 32, 8 fds/message")
                 let gets = ParallelGets(port: port, count: 200, timeout: 10)
                 let results = await gets.wait()
-                let failed = results.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(results)
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
-                let served = Set(results.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } })
+                let served = Set(servedBy(results))
                 #expect(served == pids, "both workers answered: \(served) vs \(pids)")
             }
         }
@@ -445,9 +445,9 @@ extension Integration {
                 try await box.waitFor("the late credits read") { try await Self.modes(box, "h")[lazy] == "credits 4, 2 fds/message" ? true : nil }
                 kill(lazy, SIGKILL)
                 let answers = await second.wait()
-                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(answers)
                 #expect(failed.isEmpty, "\(failed.count) of the successor's 12 failed: \(failed.prefix(3))")
-                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                let pids = servedBy(answers)
                 #expect(pids.allSatisfy { $0 == good }, "the 4 the lazy worker never read went to \(good): \(pids)")
                 // The first daemon's 4 were read by the worker that died: those alone are lost.
                 let lost = await first.wait().filter { if case .failure = $0 { true } else { false } }.count
@@ -509,9 +509,9 @@ extension Integration {
         func garbageCutOffRequeues() async throws {
             try await withSandbox { box in
                 let (answers, silent, good, fds) = try await Self.heldThenTriggered(box, onTrigger: "garbage")
-                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(answers)
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
-                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                let pids = servedBy(answers)
                 #expect(!pids.contains(silent) && pids.allSatisfy { $0 == good }, "the killed worker served none: \(pids)")
                 try await box.waitFor("worker 0 back", timeout: 10) { () -> Bool? in
                     let rows = try await box.rows("h")
@@ -525,9 +525,9 @@ extension Integration {
         func shutWriteKeepsConnections() async throws {
             try await withSandbox { box in
                 let (answers, silent, good, _) = try await Self.heldThenTriggered(box, onTrigger: "shutwr")
-                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(answers)
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
-                let pids = answers.compactMap { r -> Int32? in if case .success(let x) = r { return x.pid } else { return nil } }
+                let pids = servedBy(answers)
                 #expect(pids.filter { $0 == silent }.count == 4, "the 4 it held were answered by it, not handed to \(good): \(pids)")
                 #expect(await box.pingOK())
             }
@@ -646,7 +646,7 @@ extension Integration {
                 #expect(Self.daemonFDs(box) < 200, "the daemon holds \(Self.daemonFDs(box)) fds")
                 try box.write("wake", "")
                 let answers = await gets.wait()
-                let failed = answers.compactMap { r -> String? in if case .failure(let f) = r { return "\(f)" } else { return nil } }
+                let failed = failuresOf(answers)
                 #expect(failed.isEmpty, "\(failed.count) of 300 failed (\(queued) were in the backlog): \(failed.prefix(3))")
             }
         }

@@ -195,6 +195,15 @@ import Darwin
         #expect(runtime.callHook(app: "web", hook: "badMode", args: []).value?.stringValue?.contains("invalid mode") == true)
     }
 
+    /// An app whose `open(path, mode)` hook answers "opened" or io.open's error.
+    static let openHook = """
+          open = function(path, mode)
+            local f, err = io.open(path, mode)
+            if f then f:close(); return "opened" end
+            return err
+          end,
+        """
+
     @Test func fifosDevicesDirectoriesAndSocketsAreRefusedAtOnce() throws {
         let fifo = folder.path + "/fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
@@ -203,13 +212,7 @@ import Darwin
         let listener = listenUnix(socketPath)
         defer { close(listener); unlink(socketPath) }
         openWriterLater(fifo)
-        let runtime = try app("""
-          open = function(path, mode)
-            local f, err = io.open(path, mode)
-            if f then f:close(); return "opened" end
-            return err
-          end,
-        """)
+        let runtime = try app(Self.openHook)
         let started = monotonicSeconds()
         for (path, mode) in [(fifo, "r"), (fifo, "w"), (fifo, "a+"), ("/dev/null", "r"), ("/dev/zero", "rb"),
                              (folder.path, "r"), (socketPath, "r"), (socketPath, "w")] {
@@ -224,13 +227,7 @@ import Darwin
         let fifo = folder.path + "/watched-fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
         defer { unlink(fifo) }
-        let runtime = try app("""
-          open = function(path, mode)
-            local f, err = io.open(path, mode)
-            if f then f:close(); return "opened" end
-            return err
-          end,
-        """)
+        let runtime = try app(Self.openHook)
         let watcher = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         defer { close(watcher) }
         // (Not /dev/null: other processes open it.)
