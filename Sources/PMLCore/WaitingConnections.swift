@@ -28,9 +28,7 @@ public struct WaitingConnections: Sendable, Equatable {
 
     /// Whether `waiting` connections in pml's queue and `held` copies on handoff channels are too
     /// many: stop accepting.
-    public func full(waiting: Int, held: Int) -> Bool {
-        waiting >= bound || waiting + held >= descriptors
-    }
+    public func full(waiting: Int, held: Int) -> Bool { room(waiting: waiting, held: held) == 0 }
 
     /// How many more connections may be accepted now (0 when full).
     public func room(waiting: Int, held: Int) -> Int {
