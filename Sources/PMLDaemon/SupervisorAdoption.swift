@@ -309,7 +309,7 @@ extension Supervisor {
         // New scrapes and dashboard requests wait in the backlogs (the keeper holds the sockets)
         // for the successor; those accepted already are answered first, within a second.
         httpListeners.forEach { $0.stopAccepting() }
-        finishHandOver(keeper, by: monotonicMs() + 1000)
+        finishHandOver(keeper, by: monotonicMs() + 1000, after: 0)
         logger.info("handing over to a new daemon from \(exe)")
         return ControlResponse(ok: true, message: "handing over to a new daemon from \(exe)",
                                daemon: DaemonInfo(pid: getpid(), version: PMLVersion.string, home: paths.home,
@@ -317,11 +317,11 @@ extension Supervisor {
     }
 
     /// Once no HTTP request is half answered (or at `deadline`): state.json, `update` to the
-    /// keeper, and the loop ends (after this turn, so the answer to `pml update` goes out).
-    private func finishHandOver(_ keeper: KeeperLink, by deadline: Int) {
-        loop.schedule(after: httpListeners.contains(where: \.answering) && monotonicMs() < deadline ? 5 : 0) { [unowned self] in
+    /// keeper, and the loop ends (in a later turn, so the answer to `pml update` goes out).
+    private func finishHandOver(_ keeper: KeeperLink, by deadline: Int, after delayMs: Int) {
+        loop.schedule(after: delayMs) { [unowned self] in
             if self.httpListeners.contains(where: \.answering) && monotonicMs() < deadline {
-                return self.finishHandOver(keeper, by: deadline)
+                return self.finishHandOver(keeper, by: deadline, after: 5)
             }
             self.persistStateNow()
             keeper.send(.update)
