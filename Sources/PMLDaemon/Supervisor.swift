@@ -644,7 +644,13 @@ final class Supervisor {
 
     // MARK: reporting
 
-    func rows() -> [ProcessRow] { apps.flatMap { $0.workers.map(\.row) } }
+    func rows() -> [ProcessRow] {
+        apps.flatMap { $0.workers.map { w in
+            // A worker spawned since the last sample is read now: `ls` right after a start shows its memory, not 0b.
+            if w.cpuSample == nil { sample(w, now: monotonicMs()) }
+            return w.row
+        } }
+    }
 
     /// What `pml metrics` prints, for the metrics endpoint.
     func prometheusText() -> String {
@@ -697,17 +703,23 @@ final class Supervisor {
         }
     }
 
-    /// CPU % since the previous sample and current RSS, from /proc.
+    /// One worker's CPU % since its previous sample and its current RSS, from /proc; false if it has none to read.
+    @discardableResult
+    private func sample(_ w: Worker, now: Int) -> Bool {
+        guard let pid = w.pid, let stats = ProcStats.read(pid: pid) else { return false }
+        if let prev = w.cpuSample, now > prev.at {
+            w.cpuPercent = Double(stats.cpuTimeMs - prev.cpuMs) * 100 / Double(now - prev.at)
+        }
+        w.cpuSample = (stats.cpuTimeMs, now)
+        w.rssBytes = stats.rssBytes
+        return true
+    }
+
+    /// Every worker's CPU % and RSS, from /proc.
     private func sample() {
         let now = monotonicMs()
         for w in apps.flatMap(\.workers) {
-            guard let pid = w.pid, let stats = ProcStats.read(pid: pid) else { continue }
-            if let prev = w.cpuSample, now > prev.at {
-                w.cpuPercent = Double(stats.cpuTimeMs - prev.cpuMs) * 100 / Double(now - prev.at)
-            }
-            w.cpuSample = (stats.cpuTimeMs, now)
-            w.rssBytes = stats.rssBytes
-            enforceMemoryLimit(w)
+            if sample(w, now: now) { enforceMemoryLimit(w) }
         }
         recordSample()
         for app in apps {

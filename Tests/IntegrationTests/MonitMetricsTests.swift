@@ -332,6 +332,18 @@ extension Integration {
             }
         }
 
+        @Test("pml ls right after a start shows every running worker's memory, before the first sample")
+        func memoryShownAtOnce() async throws {
+            try await withSandbox { box in
+                try await box.pmlOK("start", "--name", "web", "-i", "3", "--", "sleep", "1000")
+                // The first list after the start: the sampler (every second) has not run for them yet.
+                let rows = try await box.ls()
+                #expect(rows.count == 3, "\(rows)")
+                for row in rows where row.pid != nil { #expect(row.memory > 0, "\(row)") }
+                #expect(rows.contains { $0.pid != nil }, "\(rows)")
+            }
+        }
+
         @Test("metrics is Prometheus text whose per-worker values match pml ls --json")
         func metricsMatchList() async throws {
             try await withSandbox { box in
