@@ -23,34 +23,12 @@ PORT=${PORT:-19080}         # setups use PORT, PORT+1, ... (keep them below 3276
 command -v wrk >/dev/null || { echo "rr-cpu.sh: wrk is missing (Benchmarks/cluster.sh installs it)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/pml-rrcpu.XXXXXX)
-specs=("$@")
-homes=() bins=() pids=() ports=()
 cleanup() {
-  local j
-  for j in "${!homes[@]}"; do PML_HOME=${homes[$j]} "${bins[$j]}" kill >/dev/null 2>&1 || true; done
+  ab_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
-cat > "$work/app.js" <<'EOF'
-require('http').createServer((req, res) => res.end('hello from ' + process.pid + '\n')).listen(+process.env.PORT || 8080);
-EOF
-
-for i in "${!specs[@]}"; do
-  spec=${specs[$i]} envs=()
-  bin=${spec##*@}
-  [[ $spec == *@* ]] && IFS=, read -ra envs <<<"${spec%@*}"
-  port=$((PORT + i)) home=$work/home$i
-  mkdir -p "$home"
-  cat > "$work/app$i.lua" <<EOF
-return { name = "ab$i", script = "app.js", instances = 2, dispatch = "rr", listen = $port, env = { PORT = "$port" } }
-EOF
-  env ${envs[@]+"${envs[@]}"} PML_HOME="$home" "$bin" start "$work/app$i.lua" >/dev/null
-  homes[i]=$home bins[i]=$bin ports[i]=$port pids[i]=$(cat "$home/daemon.pid")
-done
-for p in "${ports[@]}"; do
-  wait_http "$p" || true
-done
-sleep 1
+ab_start "$work" 1 "$@"
 
 hz=$(getconf CLK_TCK)
 switches() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$1/status"; }

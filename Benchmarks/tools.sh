@@ -32,3 +32,42 @@ wait_http() {
   done
   return 1
 }
+
+# A/B setups for interleaved rounds: `ab_start <work dir> <apps per setup> <spec>...`, each spec
+# `[VAR=value,...@]pml`: one daemon per spec (own PML_HOME, with those variables), each with
+# <apps> Node hello-world apps of 2 rr workers, app j of setup i on port PORT + i*<apps> + j.
+# Sets homes[i], bins[i], pids[i] (the daemon) and ports[i*<apps>+j]; `ab_stop` ends them all.
+ab_start() {
+  local work=$1 apps=$2 i j spec bin envs port home
+  shift 2
+  specs=("$@") homes=() bins=() pids=() ports=()
+  cat > "$work/app.js" <<'JS'
+require('http').createServer((req, res) => res.end('hello from ' + process.pid + '\n')).listen(+process.env.PORT || 8080);
+JS
+  for i in "${!specs[@]}"; do
+    spec=${specs[$i]} envs=()
+    bin=${spec##*@}
+    [[ $spec == *@* ]] && IFS=, read -ra envs <<<"${spec%@*}"
+    home=$work/home$i
+    mkdir -p "$home"
+    homes[i]=$home bins[i]=$bin
+    for ((j = 0; j < apps; j++)); do
+      port=$((PORT + i * apps + j))
+      ports[i * apps + j]=$port
+      cat > "$work/app${i}_$j.lua" <<LUA
+return { name = "ab${i}_$j", script = "app.js", instances = 2, dispatch = "rr", listen = $port, env = { PORT = "$port" } }
+LUA
+      env ${envs[@]+"${envs[@]}"} PML_HOME="$home" "$bin" start "$work/app${i}_$j.lua" >/dev/null
+    done
+    pids[i]=$(cat "$home/daemon.pid")
+  done
+  for port in "${ports[@]}"; do
+    wait_http "$port" || true
+  done
+  sleep 1
+}
+
+ab_stop() {
+  local j
+  for j in "${!homes[@]}"; do PML_HOME=${homes[$j]} "${bins[$j]}" kill >/dev/null 2>&1 || true; done
+}

@@ -138,11 +138,6 @@ int pml_inotify_add_dir(int fd, const char *path) {
     return inotify_add_watch(fd, path, mask);
 }
 
-void pml_sleep_us(int us) {
-    struct timespec t = { us / 1000000, (long)(us % 1000000) * 1000 };
-    while (nanosleep(&t, &t) < 0 && errno == EINTR) {}
-}
-
 int pml_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
 static int epoll_op(int epfd, int op, int fd, uint32_t events, uint64_t data) {
@@ -157,10 +152,25 @@ int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data) { return epo
 int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data) { return epoll_op(epfd, EPOLL_CTL_MOD, fd, events, data); }
 int pml_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
 
-int pml_epoll_wait(int epfd, pml_epoll_event *out, int max, int timeout_ms) {
+int pml_epoll_wait(int epfd, pml_epoll_event *out, int max, long long timeout_us) {
     struct epoll_event evs[64];
     if (max > 64) max = 64;
-    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    int n;
+    if (timeout_us < 0) {
+        n = epoll_wait(epfd, evs, max, -1);
+    } else {
+        // Microseconds: a listener's accept hold is a few hundred µs, and epoll_wait's
+        // milliseconds would round it up fourfold. A kernel without epoll_pwait2 (before 5.11,
+        // or a seccomp filter that refuses it) gets the milliseconds, rounded up.
+        static _Atomic int no_pwait2; // every thread's loop learns it once
+        struct timespec t = { (time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000 };
+        n = no_pwait2 ? -1 : epoll_pwait2(epfd, evs, max, &t, NULL);
+        if (n < 0 && (no_pwait2 || errno == ENOSYS || errno == EPERM)) {
+            no_pwait2 = 1;
+            long long ms = (timeout_us + 999) / 1000;
+            n = epoll_wait(epfd, evs, max, ms > 0x7fffffff ? 0x7fffffff : (int)ms);
+        }
+    }
     for (int i = 0; i < n; i++) {
         out[i].events = evs[i].events;
         out[i].data = evs[i].data.u64;

@@ -14,8 +14,13 @@
 /// A first connection after a quiet spell is always accepted at once. A turn that stopped because
 /// no worker could take another connection is not busy: it ends any hold and the busy count starts
 /// over (the workers are the bottleneck; a hold there would only delay their acknowledgements).
+/// Neither is a turn of a listener that some worker serves over NODE_HANDLE (one connection in
+/// flight, ACKed: holding it only delays the ACKs that free it).
+/// One per listener: a hold takes only that listener out of the loop, and its turns are its own.
 /// Pure: the caller measures time.
 public struct ArrivalCoalescing: Sendable, Equatable {
+    /// The longest hold anyone may set (µs).
+    public static let maxHoldUs = 10_000
     /// The longest hold (µs); 0 turns coalescing off.
     public let holdUs: Int
     /// Accept turns closer than this (µs) to the one before count as busy.
@@ -42,7 +47,7 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each other.
     public init(holdUs: Int = 250, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 2, sparseTurns: Int = 2,
                 maxBusyTurns: Int = 1024, quietUs: Int = 1_000_000) {
-        self.holdUs = max(0, holdUs)
+        self.holdUs = min(max(0, holdUs), Self.maxHoldUs)
         self.busyGapUs = max(0, busyGapUs)
         self.busyTurns = max(1, busyTurns)
         self.minBatch = max(1, minBatch)
@@ -70,11 +75,12 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     }
 
     /// A turn at `nowUs` accepted `accepted` connections (it ran after the hold returned last, if
-    /// any); `starved`: it stopped because no worker could take more. Returns how long (µs) to hold
-    /// off the next accept: 0 means accept as soon as one comes.
-    public mutating func turn(nowUs: Int, accepted: Int, starved: Bool = false) -> Int {
+    /// any); `starved`: it stopped because no worker could take more; `holdable`: every worker
+    /// serving the listener takes its connections on the native handoff channel, with credits.
+    /// Returns how long (µs) to hold off the next accept: 0 means accept as soon as one comes.
+    public mutating func turn(nowUs: Int, accepted: Int, starved: Bool = false, holdable: Bool = true) -> Int {
         guard holdUs > 0 else { return 0 }
-        if starved {
+        if starved || !holdable {
             lastTurnUs = nowUs
             holding = 0
             streak = 0

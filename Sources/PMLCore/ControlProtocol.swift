@@ -276,6 +276,9 @@ public struct AppDescription: Codable, Sendable, Equatable {
     public var listening: [String]
     /// Connections accepted but not yet handed to a worker.
     public var pendingConnections: Int
+    /// How many times its listeners were held (`PML_ACCEPT_HOLD_US`: arrivals left to gather in
+    /// the backlog between accept turns under sustained load) since they were bound.
+    public var acceptHolds: Int
     /// The last autoscale decision and why ("rule asked for 4; scaled 2 → 4").
     public var autoscaleDecision: String?
     /// Reloads that completed since the app was started.
@@ -291,12 +294,12 @@ public struct AppDescription: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, mode, status, spec, outLog = "out_log", errLog = "err_log", workers, listening
-        case pendingConnections = "pending_connections", autoscaleDecision = "autoscale_decision"
+        case pendingConnections = "pending_connections", acceptHolds = "accept_holds", autoscaleDecision = "autoscale_decision"
         case reloads, scaleEvents = "scale_events", outLogs = "out_logs", errLogs = "err_logs", scripts
     }
 
     public init(name: String, mode: String, status: WorkerStatus, spec: AppSpec, outLog: String, errLog: String,
-                workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0,
+                workers: [WorkerDescription], listening: [String] = [], pendingConnections: Int = 0, acceptHolds: Int = 0,
                 autoscaleDecision: String? = nil, reloads: Int = 0, scaleEvents: Int = 0,
                 outLogs: [String]? = nil, errLogs: [String]? = nil, scripts: String? = nil) {
         self.outLogs = outLogs
@@ -310,6 +313,7 @@ public struct AppDescription: Codable, Sendable, Equatable {
         self.workers = workers
         self.listening = listening
         self.pendingConnections = pendingConnections
+        self.acceptHolds = acceptHolds
         self.autoscaleDecision = autoscaleDecision
         self.reloads = reloads
         self.scaleEvents = scaleEvents

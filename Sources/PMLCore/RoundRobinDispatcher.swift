@@ -117,6 +117,16 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// The worker is on the handoff channel (credits), not on NODE_HANDLE ACKs.
     public func usesCredits(_ worker: Int) -> Bool { credits[worker] != nil }
 
+    /// Whether some worker serves `listener` and every one that does is on the handoff channel.
+    public func onlyCredits(serving listener: Int) -> Bool {
+        var any = false
+        for w in rotation where serving[w]?.contains(listener) == true {
+            guard credits[w] != nil else { return false }
+            any = true
+        }
+        return any
+    }
+
     /// Credits left: connections pml may still send the worker before it credits some back.
     public func credits(of worker: Int) -> Int { credits[worker] ?? 0 }
 

@@ -21,6 +21,18 @@ final class AppListener {
     let handoffLine: [UInt8]
     /// reuseport: pml's copy of each slot's socket for this address, by slot (`fd` is -1 then).
     var slots: [Int: SlotSocket] = [:]
+    /// Whether to let its arrivals gather in the backlog before its next accept turn: its own, so
+    /// another app's load never holds it, and one wake-up counts once per listener.
+    var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHold.holdUs)
+    /// The loop timer that ends its hold (nil: not held), and what it runs (made once).
+    var holdTimer: TimerHandle?
+    /// Holds so far (`pml describe --json`'s `accept_holds`).
+    private(set) var holds = 0
+    var holdEnd: () -> Void = {}
+    /// Its socket is in the loop's interest list now (`ConnectionRouter.rewatch` decides).
+    var watched = false
+    /// Accept ran out of descriptors: out of the loop until `AcceptBackoff` retries.
+    var outOfDescriptors = false
 
     init(id: Int, address: ListenAddress, requestedPort: Int?, fd: Int32) {
         self.id = id
@@ -68,6 +80,12 @@ final class AppListener {
         }
     }
 
+    /// Out of the loop until `timer` fires.
+    func hold(_ timer: TimerHandle) {
+        holdTimer = timer
+        holds += 1
+    }
+
     /// Whether a worker's `listen()` for this host/port/path means this socket.
     func matches(host: String?, port: Int?, path: String?) -> Bool {
         switch address {
@@ -90,6 +108,8 @@ final class SlotSocket {
     var handle: IOHandle?
     /// pml accepts on it (no worker serves the slot, or the slot is being removed).
     var accepting = false
+    /// In the loop's interest list now (`ConnectionRouter.rewatch` decides).
+    var watched = false
 
     init(slot: Int, fd: Int32, listener: AppListener) {
         self.slot = slot
@@ -119,11 +139,11 @@ final class ConnectionRouter {
     /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
-    /// How long (µs) pml lets connections gather in the backlog between accepts under sustained
-    /// load (`ArrivalCoalescing`): off unless `PML_ACCEPT_HOLD_US` in the daemon's environment (read
-    /// once, at start) sets it. Opt-in: it trades latency (for every app: the hold stops the whole
-    /// loop) for daemon CPU.
-    static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: EventLoop.maxHoldOffUs)
+    /// How long (µs) pml lets connections gather in a listener's backlog between its accept turns
+    /// under sustained load (`ArrivalCoalescing`): off unless `PML_ACCEPT_HOLD_US` in the daemon's
+    /// environment (read once, at start) sets it. Only that listener waits, and only one whose
+    /// workers all take connections on the native handoff channel.
+    static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs)
 
     private let loop: EventLoop
     private let logger: Logger
@@ -151,8 +171,7 @@ final class ConnectionRouter {
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
     /// The last batch's extra accept found nothing queued (the accept loop stops there).
     private var batchFoundQueueEmpty = false
-    /// Whether to let arrivals gather before the next accept, and connections accepted in this turn.
-    private var coalescing = ArrivalCoalescing(holdUs: ConnectionRouter.acceptHold.holdUs)
+    /// Connections accepted in this accept turn, and whether it stopped for want of a free worker.
     private var acceptedThisTurn = 0
     private var starvedThisTurn = false
     /// Asked when a worker's copies expire: true if the echo of this daemon's mark was still awaited
@@ -190,26 +209,35 @@ final class ConnectionRouter {
     func add(_ listener: AppListener, leastBusy: Bool = false) throws(SystemError) {
         listeners[listener.id] = listener
         dispatcher.setLeastBusy(leastBusy, listener: listener.id)
-        guard listener.fd >= 0 else { return }
-        listener.handle = try loop.register(fd: listener.fd, events: acceptingPaused ? [] : [.readable]) { [unowned self] _ in
-            self.acceptAll(listener.fd, listener)
+        listener.holdEnd = { [weak self, weak listener] in
+            guard let self, let listener else { return }
+            self.holdEnded(listener)
         }
+        guard listener.fd >= 0 else { return }
+        listener.handle = try loop.register(fd: listener.fd, events: []) { [unowned self] _ in
+            // Readiness reported in the same wake-up in which it left the loop (held, starved, paused): later.
+            guard listener.watched else { return }
+            self.acceptTurn(listener)
+        }
+        rewatch(listener)
     }
 
     /// Watches a reuseport slot socket; pml accepts on it only after `setAccepting(_, true)`.
     func addSlot(_ slot: SlotSocket) throws(SystemError) {
         slot.handle = try loop.register(fd: slot.fd, events: []) { [unowned self, unowned slot] _ in
-            self.acceptAll(slot.fd, slot.listener)
+            guard slot.watched else { return }
+            self.acceptTurn(slot.listener)
         }
+        slot.watched = false
     }
 
     /// pml accepts on a slot socket (its connections go to the workers serving its address), or stops.
     func setAccepting(_ slot: SlotSocket, _ on: Bool) {
-        guard slot.accepting != on, let h = slot.handle else { return }
+        guard slot.accepting != on, slot.handle != nil else { return }
         slot.accepting = on
         // Its worker may have made the shared socket blocking; pml's accept must never block.
         if on { setNonBlocking(slot.fd) }
-        loop.modify(h, events: on && !acceptingPaused && !starved.contains(slot.listener.id) ? [.readable] : [])
+        rewatch(slot.listener)
     }
 
     /// A removed slot: takes in what is still queued on it (for the other workers), then stops
@@ -227,6 +255,7 @@ final class ConnectionRouter {
         if let h = slot.handle { loop.unregister(h) }
         slot.handle = nil
         slot.accepting = false
+        slot.watched = false
     }
 
     /// Whether some worker takes handed connections of `listener`.
@@ -246,6 +275,8 @@ final class ConnectionRouter {
 
     /// Stops accepting on a listener and closes it and every connection still waiting for it.
     func remove(_ listener: AppListener) {
+        if let t = listener.holdTimer { loop.cancel(t) }
+        listener.holdTimer = nil
         if let h = listener.handle { loop.unregister(h) }
         listener.handle = nil
         for s in listener.slots.values {
@@ -409,13 +440,38 @@ final class ConnectionRouter {
     /// Whether the worker still has a handle it has not acknowledged (or credited back).
     func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.count ?? 0) > 0 }
 
-    private func acceptAll(_ socket: Int32, _ listener: AppListener) {
+    /// One accept turn of `l`: on its socket and on the slot sockets pml accepts on for it (one
+    /// wake-up counts once per listener, whichever of them woke it); then its `ArrivalCoalescing`
+    /// decides whether it leaves the loop for a hold, alone: a loop timer ends it (`holdEnded`).
+    private func acceptTurn(_ l: AppListener) {
         acceptedThisTurn = 0
         starvedThisTurn = false
-        defer {
-            let hold = coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn)
-            if hold > 0 { loop.holdOff(microseconds: hold) }
-        }
+        if l.fd >= 0 { acceptAll(l.fd, l) }
+        for s in l.slots.values where s.accepting && canAccept(l) { acceptAll(s.fd, l) }
+        // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
+        // worker gets one at a time, and a hold would only delay the ACK that frees it.
+        let holdable = l.coalescing.holdUs > 0 && dispatcher.onlyCredits(serving: l.id)
+        let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn, holdable: holdable)
+        if hold > 0, canAccept(l) { l.hold(loop.schedule(afterUs: hold, l.holdEnd)) }
+        rewatch(l)
+    }
+
+    /// `l`'s hold is over: what gathered meanwhile is accepted in one turn (it stays out of the
+    /// loop if that turn holds again), unless it left the loop meanwhile for another reason; then
+    /// it comes back when that reason ends (`rewatch`).
+    private func holdEnded(_ l: AppListener) {
+        l.holdTimer = nil
+        guard canAccept(l) else { return rewatch(l) }
+        acceptTurn(l)
+    }
+
+    /// Whether pml may accept for `l` now (apart from a hold).
+    private func canAccept(_ l: AppListener) -> Bool {
+        listeners[l.id] === l && !acceptingPaused && !starved.contains(l.id) && !l.outOfDescriptors
+    }
+
+    /// Accepts on `socket`, one of `listener`'s, what workers can take now.
+    private func acceptAll(_ socket: Int32, _ listener: AppListener) {
         // A bounded batch per wake-up keeps other fds served under a connection storm.
         for _ in 0..<64 {
             // Paused (too many waiting) by the previous connection of this batch: stop here.
@@ -425,17 +481,15 @@ final class ConnectionRouter {
             if pending[listener.id]?.isEmpty == false || !dispatcher.hasFreeWorker(for: listener.id) {
                 starved.insert(listener.id)
                 starvedThisTurn = true
-                watch(listener, false)
                 return
             }
             guard let fd = UnixSocket.accept(socket, nonBlocking: false) else {
                 let slot = listener.slots.values.first { $0.fd == socket }
-                backoff.pauseIfOutOfDescriptors(slot?.handle ?? listener.handle) { [weak self, weak listener] in
-                    // Back in the loop unless it left it meanwhile for another reason.
-                    guard let self, let listener, self.listeners[listener.id] != nil, !self.acceptingPaused else { return }
-                    if let slot { if slot.accepting, !self.starved.contains(listener.id), let h = slot.handle { self.loop.modify(h, events: [.readable]) } }
-                    else if !self.starved.contains(listener.id), let h = listener.handle { self.loop.modify(h, events: [.readable]) }
-                }
+                if backoff.pauseIfOutOfDescriptors(slot?.handle ?? listener.handle, resume: { [weak self, weak listener] in
+                    guard let self, let listener else { return }
+                    listener.outOfDescriptors = false
+                    self.rewatch(listener)
+                }) { listener.outOfDescriptors = true }
                 return
             }
             acceptedThisTurn += 1
@@ -537,7 +591,7 @@ final class ConnectionRouter {
         }
         for id in starved where dispatcher.hasFreeWorker(for: id) && pending[id, default: []].isEmpty {
             starved.remove(id)
-            if !acceptingPaused, let l = listeners[id] { watch(l, true) }
+            if let l = listeners[id] { rewatch(l) }
         }
         resumeIfRoom()
     }
@@ -546,19 +600,31 @@ final class ConnectionRouter {
         guard !acceptingPaused else { return }
         acceptingPaused = true
         logger.warning("\(pendingCount) connections are waiting for a worker and pml holds copies of \(heldCount) not credited back yet (at most \(waitingBound.bound) waiting, \(waitingBound.descriptors) in all, for a limit of \(openFileLimit()) open files); pausing accept")
-        for l in listeners.values { watch(l, false) }
+        for l in listeners.values { rewatch(l) }
     }
 
     private func resumeIfRoom() {
         guard acceptingPaused, waitingBound.roomAgain(waiting: pendingCount, held: heldCount) else { return }
         acceptingPaused = false
-        for l in listeners.values where !starved.contains(l.id) { watch(l, true) }
+        for l in listeners.values { rewatch(l) }
     }
 
-    /// Puts what pml accepts on for `l` (its socket, the slot sockets it drains) in the loop, or out.
-    private func watch(_ l: AppListener, _ on: Bool) {
-        if let h = l.handle { loop.modify(h, events: on ? [.readable] : []) }
-        for s in l.slots.values where s.accepting { if let h = s.handle { loop.modify(h, events: on ? [.readable] : []) } }
+    /// The one place that decides whether what pml accepts on for `l` (its socket, the slot sockets
+    /// it accepts on) is in the loop: not while pml's own queue is full (paused, every listener),
+    /// no worker serving it can take a connection (starved), it is held, or accept ran out of
+    /// descriptors. Changes the loop's interest only where it differs.
+    private func rewatch(_ l: AppListener) {
+        let on = !acceptingPaused && !starved.contains(l.id) && l.holdTimer == nil && !l.outOfDescriptors
+        if let h = l.handle, l.watched != on {
+            l.watched = on
+            loop.modify(h, events: on ? [.readable] : [])
+        }
+        for s in l.slots.values {
+            let want = on && s.accepting
+            guard let h = s.handle, s.watched != want else { continue }
+            s.watched = want
+            loop.modify(h, events: want ? [.readable] : [])
+        }
     }
 
     private func scheduleExpiry() {

@@ -669,6 +669,7 @@ final class Supervisor {
             },
             listening: app.listeners.map(\.address.description),
             pendingConnections: app.listeners.reduce(0) { $0 + router.waiting(on: $1.id) },
+            acceptHolds: app.listeners.reduce(0) { $0 + $1.holds },
             autoscaleDecision: app.autoscaleDecision, reloads: app.reloads, scaleEvents: app.scaleEvents,
             outLogs: workerLogFiles(app).map(\.outPath), errLogs: workerLogFiles(app).map(\.errPath),
             scripts: scripts.describe(scriptOwner(app)))

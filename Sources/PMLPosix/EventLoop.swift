@@ -26,6 +26,7 @@ public final class EventLoop {
     }
 
     private struct Timer {
+        /// On CLOCK_MONOTONIC, in µs: an accept hold is a few hundred µs.
         var deadline: Int
         var id: UInt64
     }
@@ -36,10 +37,6 @@ public final class EventLoop {
     private var timerActions: [UInt64: () -> Void] = [:]
     private var nextID: UInt64 = 1
     private var running = false
-    /// Asked by `holdOff`: sleep this long (µs) before the next wait for events.
-    private var holdUs = 0
-    /// The longest hold-off the loop takes, whatever is asked.
-    public static let maxHoldOffUs = 10_000
 
     public init() throws(SystemError) {
         epfd = try sys("epoll_create1") { pml_epoll_create() }
@@ -72,10 +69,17 @@ public final class EventLoop {
     /// Runs `action` once, `ms` milliseconds from now.
     @discardableResult
     public func schedule(after ms: Int, _ action: @escaping () -> Void) -> TimerHandle {
+        let (us, overflow) = max(0, ms).multipliedReportingOverflow(by: 1000)
+        return schedule(afterUs: overflow ? Int.max : us, action)
+    }
+
+    /// Runs `action` once, `us` microseconds from now.
+    @discardableResult
+    public func schedule(afterUs us: Int, _ action: @escaping () -> Void) -> TimerHandle {
         let id = nextID
         nextID += 1
         // Callers bound their delays; this only makes sure no delay can overflow the deadline.
-        let (deadline, overflow) = monotonicMs().addingReportingOverflow(max(0, ms))
+        let (deadline, overflow) = monotonicUs().addingReportingOverflow(max(0, us))
         let timer = Timer(deadline: overflow ? Int.max : deadline, id: id)
         var lo = 0, hi = timers.count
         while lo < hi {
@@ -101,17 +105,7 @@ public final class EventLoop {
         while running {
             runDueTimers()
             if !running { break }
-            if holdUs > 0 {
-                pml_sleep_us(Int32(holdUs))
-                holdUs = 0
-                runDueTimers()
-            }
-            let timeout: Int32
-            if let first = timers.first {
-                timeout = Int32(clamping: max(0, first.deadline - monotonicMs()))
-            } else {
-                timeout = -1
-            }
+            let timeout = timers.first.map { Int64(max(0, $0.deadline - monotonicUs())) } ?? -1
             let n = events.withUnsafeMutableBufferPointer { pml_epoll_wait(epfd, $0.baseAddress, 64, timeout) }
             if n < 0 { continue } // EINTR
             for i in 0..<Int(n) {
@@ -122,18 +116,11 @@ public final class EventLoop {
         }
     }
 
-    /// Before it next waits for events, the loop sleeps `microseconds` (the longest asked in this
-    /// turn, at most `maxHoldOffUs`): what arrives meanwhile is served together after it, in one
-    /// wake-up. Everything waits that long, so callers ask only under sustained load, briefly.
-    public func holdOff(microseconds: Int) {
-        holdUs = min(max(holdUs, microseconds), Self.maxHoldOffUs)
-    }
-
     /// Makes `run()` return after the current callback.
     public func stop() { running = false }
 
     private func runDueTimers() {
-        let now = monotonicMs()
+        let now = monotonicUs()
         while let first = timers.first, first.deadline <= now {
             timers.removeFirst()
             if let action = timerActions.removeValue(forKey: first.id) { action() }

@@ -149,6 +149,25 @@ struct ArrivalCoalescingTests {
         #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1)]) == [0, 0, 250])
     }
 
+    @Test("a turn of a listener some NODE_HANDLE worker serves is never held: it ends a hold and the busy count starts over, like a starved one")
+    func unholdableTurnsNeverHold() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        for _ in 0..<1000 { now += 100; #expect(c.turn(nowUs: now, accepted: 8, holdable: false) == 0) }
+        #expect(c.holding == 0 && c.needed == 3)
+        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1), (260, 3)]) == [0, 0, 250, 250])
+        now += 260
+        #expect(c.turn(nowUs: now, accepted: 4, holdable: false) == 0, "a worker on NODE_HANDLE joined")
+        #expect(c.holding == 0 && c.needed == 3, "no back-off: the hold did not fail")
+        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1)]) == [0, 0, 250], "three busy turns again")
+    }
+
+    @Test("a hold is at most 10000 µs, however it is made")
+    func holdIsBounded() {
+        #expect(ArrivalCoalescing(holdUs: 1_000_000).holdUs == ArrivalCoalescing.maxHoldUs)
+        #expect(ArrivalCoalescing.holdSetting("10001", max: ArrivalCoalescing.maxHoldUs).holdUs == 10_000)
+    }
+
     @Test("PML_ACCEPT_HOLD_US: unset is off; 0…10000 as given; out of range the nearest bound, garbage off, each with one line")
     func holdSetting() {
         func setting(_ text: String?) -> (Int, Bool) {
@@ -172,14 +191,20 @@ struct ArrivalCoalescingTests {
 
     /// Every sequence of four turns over these gaps and counts, against what the rules allow
     /// (checked by hand, not with #expect per turn: 2.5 million sequences).
-    @Test("exhaustively: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than two")
+    /// One turn of the exhaustive walk: µs since the previous turn, connections accepted, and
+    /// whether it stopped starved or its listener had a NODE_HANDLE server (either: `reset`).
+    private struct Step { var gap: Int; var accepted: Int; var reset = 0 }
+
+    @Test("exhaustively: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than two; starved or NODE_HANDLE-served turns never hold and restart the count")
     func exhaustive() {
         let gaps = [-5, 0, 100, 250, 999, 1000, 1001, 1250, 1251, 5000]
         let counts = [0, 1, 2, 5]
-        let steps = gaps.flatMap { g in counts.map { (gap: g, accepted: $0) } }
+        // reset 1: starved; 2: a NODE_HANDLE worker serves the listener.
+        let resets = [100, 1250].flatMap { g in [Step(gap: g, accepted: 2, reset: 1), Step(gap: g, accepted: 0, reset: 1), Step(gap: g, accepted: 5, reset: 2)] }
+        let steps = gaps.flatMap { g in counts.map { Step(gap: g, accepted: $0) } } + resets
         var checked = 0
-        var wrong: [(gap: Int, accepted: Int)]?
-        func check(_ turns: [(gap: Int, accepted: Int)], _ made: ArrivalCoalescing) -> Bool {
+        var wrong: [Step]?
+        func check(_ turns: [Step], _ made: ArrivalCoalescing) -> Bool {
             var c = made
             var now = 1_000_000
             var busyRun = 0          // accept turns in a row within busyGapUs of the previous accept turn
@@ -189,8 +214,17 @@ struct ArrivalCoalescingTests {
             for t in turns {
                 now += t.gap
                 let wasHolding = c.holding
-                let h = c.turn(nowUs: now, accepted: t.accepted)
+                let h = c.turn(nowUs: now, accepted: t.accepted, starved: t.reset == 1, holdable: t.reset != 2)
                 guard h == 0 || h == c.holdUs else { return false }
+                if t.reset > 0 {
+                    // Not busy: no hold, the counts start over, the back-off stays.
+                    guard h == 0, c.holding == 0, c.needed == needed else { return false }
+                    busyRun = 0
+                    sparseRun = 0
+                    lastAcceptAt = now
+                    checked += 1
+                    continue
+                }
                 if t.accepted == 0 {
                     guard h == 0 else { return false }
                     continue
@@ -222,6 +256,6 @@ struct ArrivalCoalescingTests {
             } } } }
         }
         #expect(wrong == nil, "first sequence against the rules: \(String(describing: wrong))")
-        #expect(checked > 3 * 4_000_000)
+        #expect(checked > 3 * 4 * 3_000_000)
     }
 }

@@ -112,6 +112,29 @@ import Testing
         #expect(d.next(for: 0) == 1)
     }
 
+    /// What the accept hold asks before holding a listener: a NODE_HANDLE worker among its servers forbids it.
+    @Test func onlyCreditsWhenEveryServerOfTheListenerIsOnTheHandoffChannel() {
+        var d = RoundRobinDispatcher()
+        #expect(!d.onlyCredits(serving: 0), "nobody serves it")
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 0)
+        d.add(worker: 3, listener: 1)
+        d.grant(worker: 1, window: 4, outstanding: 0)
+        #expect(!d.onlyCredits(serving: 0), "worker 2 is on NODE_HANDLE")
+        d.grant(worker: 2, window: 4, outstanding: 0)
+        #expect(d.onlyCredits(serving: 0))
+        #expect(!d.onlyCredits(serving: 1), "worker 3, NODE_HANDLE, serves the other listener")
+        // Out of credits for now is still the handoff channel.
+        while d.next(for: 0) != nil {}
+        #expect(d.onlyCredits(serving: 0))
+        d.forgetCredits(worker: 2)
+        #expect(!d.onlyCredits(serving: 0), "its handoff channel closed: back on NODE_HANDLE")
+        d.remove(worker: 2)
+        #expect(d.onlyCredits(serving: 0), "the NODE_HANDLE worker left the rotation")
+        d.remove(worker: 1, listener: 0)
+        #expect(!d.onlyCredits(serving: 0))
+    }
+
     @Test func lateCreditsPayWhatIsDueFirst() {
         var h = HeldHandles(capacity: 4)
         _ = h.push(10, listener: 1, atMs: 0)

@@ -59,14 +59,12 @@ enum {
     PML_EPOLLRDHUP = 0x2000,
 };
 
-/* Sleeps `us` microseconds (resumed after a signal). */
-void pml_sleep_us(int us);
-
 int pml_epoll_create(void);
 int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data);
 int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data);
 int pml_epoll_del(int epfd, int fd);
-int pml_epoll_wait(int epfd, pml_epoll_event *events, int max, int timeout_ms);
+/* Waits at most `timeout_us` microseconds (< 0: no limit) for events. */
+int pml_epoll_wait(int epfd, pml_epoll_event *events, int max, long long timeout_us);
 
 /* Blocks the given signals in the calling thread and returns a CLOEXEC|NONBLOCK signalfd for them. */
 int pml_signalfd_open(const int *signals, int count);
