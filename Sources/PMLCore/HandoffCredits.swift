@@ -22,6 +22,28 @@ public enum HandoffRecord: Equatable, Sendable {
     /// A longer line is garbage.
     public static let maxLineBytes = 32
 
+    /// The most messages pml reads back from a worker's reclaim end at once: more than any socket's
+    /// send buffer queues (a few hundred messages), so never reached but by a bug; the rest are reset.
+    public static let maxReclaimedMessages = 1024
+
+    /// The address a chunk read back from a worker's reclaim end names: the fds of a `recvmsg` on a
+    /// unix stream socket came with its last message (the kernel stops after the one that carries
+    /// fds, and may have glued before it the fd-less tail of one the worker read in part), so they
+    /// belong to the chunk's last line, `<address>\n` or `E <epoch> <address>\n` (a successor's mark;
+    /// no address starts with `E `). Nil if the chunk does not end a line or names nothing.
+    public static func reclaimedAddress(_ chunk: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
+        guard chunk.last == UInt8(ascii: "\n") else { return nil }
+        let body = chunk.dropLast()
+        var line = body[(body.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? body.startIndex)...]
+        if line.starts(with: "E ".utf8) {
+            let rest = line.dropFirst(2)
+            guard let space = rest.firstIndex(of: UInt8(ascii: " ")), space > rest.startIndex,
+                  rest[..<space].allSatisfy({ (48...57).contains($0) }) else { return nil }
+            line = rest[(space + 1)...]
+        }
+        return line.isEmpty ? nil : line
+    }
+
     /// Parses one line (without its newline); nil if it is not a record. Absurd numbers are
     /// clamped (window 1...maxWindow, fds 1...maxFDsPerMessage, credits 0...maxWindow), not refused.
     /// Inlinable: specialized in the daemon for its byte slices (unspecialized, the generic calls
@@ -69,13 +91,15 @@ public enum HandoffRecord: Equatable, Sendable {
     }
 }
 
-/// pml's copies of the connections sent to one worker on its handoff channel and not yet
-/// credited back, oldest first, in fixed storage (no allocation per connection). A credit closes
-/// the oldest; if the worker dies, what is left goes to another worker. Credits still due for
-/// copies pml no longer holds (expired unread) are counted
-/// apart and paid first, so a late credit never closes the copy of a newer, unread connection.
+/// The connections sent to one worker on its handoff channel and not yet credited back, oldest
+/// first, in fixed storage (no allocation per connection): when each was sent, for the window and
+/// the expiry, and pml's copy of it where pml keeps one (fd -1 where it does not: pml holds the
+/// worker's reclaim end instead, and takes back from it what the worker never read). A credit
+/// removes the oldest (closing its copy); if the worker dies, the copies left go to another worker.
+/// Credits still due for entries expired unread are counted apart and paid first, so a late credit
+/// never removes the entry (or closes the copy) of a newer, unread connection.
 public struct HeldHandles: Sendable {
-    /// One held connection: pml's fd, the listener it came from, when it was sent.
+    /// One connection in flight: pml's copy (-1: none), the listener it came from, when it was sent.
     public struct Entry: Sendable, Equatable {
         public var fd: Int32
         public var listener: Int

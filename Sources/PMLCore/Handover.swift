@@ -100,6 +100,9 @@ public enum KeeperTag {
     public static func ipc(pid: Int32) -> String { worker(pid: pid) + "ipc" }
     /// pml's end of the worker's native handoff channel (rr, least-busy).
     public static func handoff(pid: Int32) -> String { worker(pid: pid) + "hof" }
+    /// pml's copy of the worker's own end of that channel (the reclaim end): what the worker never
+    /// read is taken back from it once the worker is gone, by this daemon or a successor.
+    public static func reclaim(pid: Int32) -> String { worker(pid: pid) + "rcl" }
     public static func out(pid: Int32) -> String { worker(pid: pid) + "out" }
     public static func err(pid: Int32) -> String { worker(pid: pid) + "err" }
     /// A listening socket; unique across daemons: `generation` is the daemon's own random token

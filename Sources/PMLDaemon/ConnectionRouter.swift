@@ -122,20 +122,21 @@ final class SlotSocket {
 /// worker serves) and hands each to a ready worker, as the `RoundRobinDispatcher` decides: as a
 /// NODE_HANDLE line on its IPC channel (one in flight, ACKed), or on its native handoff channel
 /// (several in flight, up to the credits it granted; several fds per message if it takes them).
-/// Holds pml's copy of every handed fd until the worker acknowledges or credits it, so a worker
-/// that dies first does not take the connection with it.
+/// A worker that dies first does not take with it a connection it never took: pml keeps its copy of
+/// a NODE_HANDLE until the ACK, and on a handoff channel it keeps the worker's own end of the channel
+/// (the reclaim end) and reads back, once the worker is gone, what it never read (`takeBack`); copies
+/// of those connections are kept only for a worker adopted without a reclaim end (from an older daemon).
 /// Accepts only what a worker can take now: while none can, the listener (or slot socket) leaves
 /// the loop and connections wait in the kernel's backlog, which outlives the daemon (the keeper
 /// holds a copy); one app's waiting connections never stop another's. Only connections taken in
 /// from a slot socket being closed, or given back by a worker, can fill pml's own queue: past
-/// `waitingBound` (which also counts pml's copies of what workers have not credited back on their
-/// handoff channels: many workers' windows can hold more fds than the queue) every listener
-/// pauses, as the last resort.
+/// `waitingBound` (which also counts the copies pml keeps for workers without a reclaim end: many
+/// workers' windows can hold more fds than the queue) every listener pauses, as the last resort.
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
-    /// A handle not acknowledged (or credited) within this long is dropped: pml closes its copy, and
-    /// the worker gets no other until it answers (a late ACK or NACK proves it alive).
+    /// A handle not acknowledged (or credited) within this long is dropped: pml closes its copy (if
+    /// it keeps one), and the worker gets no other until it answers (a late ACK, NACK or credit proves it alive).
     /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
@@ -161,12 +162,15 @@ final class ConnectionRouter {
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
     /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel.
     var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
-    /// Native handoff: pml's copies of what each worker has not credited back yet, and how many
-    /// fds it takes per message.
+    /// Native handoff: what each worker has not credited back yet (with pml's copies, for a worker
+    /// in `keepsCopies`), and how many fds it takes per message.
     private var held: [Int: HeldHandles] = [:]
     /// All workers' held copies: descriptors pml holds, counted in `waitingBound`.
     private var heldCount = 0
     private var maxFDs: [Int: Int] = [:]
+    /// Workers pml has no reclaim end for (adopted from a daemon that kept none): pml keeps its copy
+    /// of each connection sent to them until credited, as the only way to serve it if they die.
+    private var keepsCopies: Set<Int> = []
     /// One message's fds, gathered before its sendmsg (fixed storage: nothing allocated per connection).
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
     /// The last batch's extra accept found nothing queued (the accept loop stops there).
@@ -178,6 +182,9 @@ final class ConnectionRouter {
     /// and it is now on revision 1's rules; then what expired is not due (the credits it wrote for
     /// those copies were ignored and will not come again): their credits come back.
     var echoOverdue: (_ worker: Int) -> Bool = { _ in false }
+    /// Asked when a worker that pml holds a reclaim end for leaves connections uncredited past the
+    /// expiry: true if it closed its end of the handoff channel (then `handoffClosed` was called).
+    var channelAbandoned: (_ worker: Int) -> Bool = { _ in false }
     /// Counts handed connections per worker, for `ls` and metrics.
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
@@ -323,8 +330,9 @@ final class ConnectionRouter {
 
     /// The worker is gone (exited, channel closed): a handle it never acknowledged goes to another,
     /// unless it `keepsHandle` (sent to a worker still alive: it may have taken it) — then pml's
-    /// copy is closed and the connection is the worker's. What its handoff channel holds goes as `sent` says.
-    func workerGone(worker: Int, keepsHandle: Bool = false, sent: SentConnections = .others) {
+    /// copy is closed and the connection is the worker's. What its handoff channel holds goes as `sent` says;
+    /// `reclaim`: the worker's reclaim end, once it has exited: what it never read is taken back.
+    func workerGone(worker: Int, keepsHandle: Bool = false, sent: SentConnections = .others, reclaim: Int32? = nil) {
         dispatcher.remove(worker: worker)
         silent.remove(worker)
         switch sent {
@@ -332,8 +340,10 @@ final class ConnectionRouter {
         case .worker: closeHeld(worker: worker)
         case .untilExit: break
         }
+        if let reclaim { takeBack(worker: worker, from: reclaim) }
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
+        keepsCopies.remove(worker)
         if let f = inFlight.removeValue(forKey: worker) {
             if keepsHandle {
                 logger.info("worker \(worker) was cut off with a connection handed to it and not acknowledged; it stays with that worker")
@@ -349,9 +359,11 @@ final class ConnectionRouter {
     }
 
     /// The worker opted in on its handoff channel (or granted again): from now on it gets up to
-    /// `window` connections in flight there, `maxFDs` per message.
-    func grant(worker: Int, maxFDs m: Int, window: Int) {
+    /// `window` connections in flight there, `maxFDs` per message. `keepingCopies`: pml has no
+    /// reclaim end for it (adopted from an older daemon), so it keeps a copy of each until credited.
+    func grant(worker: Int, maxFDs m: Int, window: Int, keepingCopies: Bool) {
         if held[worker] == nil { held[worker] = HeldHandles(capacity: HandoffRecord.maxWindow) }
+        if keepingCopies { keepsCopies.insert(worker) } else { keepsCopies.remove(worker) }
         maxFDs[worker] = m
         dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.count ?? 0)
         drain()
@@ -374,13 +386,21 @@ final class ConnectionRouter {
     }
 
     /// The worker's handoff channel closed while it lives, and it is back on NODE_HANDLE. What it was
-    /// not credited for goes to others only if its end is closed (`receiverGone`: its receive queue
-    /// went with it); otherwise it may still read those connections, so pml's copies are closed
-    /// (serving one twice is worse than losing it: see the IPC channel's cut-off).
-    func handoffClosed(worker: Int, receiverGone: Bool) {
-        if receiverGone { requeueHeld(worker: worker) } else { closeHeld(worker: worker) }
+    /// not credited for goes to others only if it will not read it (`receiverGone`: its end is closed
+    /// or shut down both ways): then pml's copies go, or what is unread in `reclaim` is taken back.
+    /// Otherwise it may still read those connections, so pml's copies are closed (serving one twice
+    /// is worse than losing it: see the IPC channel's cut-off); from a reclaim end, what it leaves
+    /// unread is taken back when it exits.
+    func handoffClosed(worker: Int, receiverGone: Bool, reclaim: Int32?) {
+        if receiverGone {
+            requeueHeld(worker: worker)
+            if let reclaim { takeBack(worker: worker, from: reclaim) }
+        } else {
+            closeHeld(worker: worker)
+        }
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
+        keepsCopies.remove(worker)
         drain()
     }
 
@@ -391,22 +411,57 @@ final class ConnectionRouter {
     }
 
     private func closeHeldCopy(_ e: HeldHandles.Entry) {
+        guard e.fd >= 0 else { return }
         closeFD(e.fd)
         heldCount -= 1
     }
 
     /// Connections sent on a worker's handoff channel and never credited back go to the front of
-    /// the line: the worker died or closed the channel before taking them.
+    /// the line: the worker died or closed the channel before taking them. Only copies: without
+    /// them (a reclaim end), what the worker never read comes back by `takeBack`.
     private func requeueHeld(worker: Int) {
         guard var ring = held.removeValue(forKey: worker), ring.count > 0 else { return }
         var back: [Int: [(fd: Int32, since: Int)]] = [:]
-        heldCount -= ring.count
         while let e = ring.pop() {
+            guard e.fd >= 0 else { continue }
+            heldCount -= 1
             dispatcher.notHanded(worker: worker, listener: e.listener, 1)
             if listeners[e.listener] != nil { back[e.listener, default: []].append((e.fd, monotonicMs())) } else { closeFD(e.fd) }
         }
+        putBack(back, from: worker, "it had not credited back")
+    }
+
+    /// Reads back from `end`, the worker's reclaim end, the messages it never read, without blocking
+    /// and bounded (`HandoffRecord.maxReclaimedMessages`): their connections go to the front of the
+    /// line. Only once the worker will not read them (exited, or its end shut down both ways): a
+    /// `recvmsg` takes whole messages, so a worker reading at the same time would get none twice,
+    /// but one that reads on would find them gone.
+    func takeBack(worker: Int, from end: Int32) {
+        var back: [Int: [(fd: Int32, since: Int)]] = [:]
+        var orphans = 0
+        let now = monotonicMs()
+        for _ in 0..<HandoffRecord.maxReclaimedMessages {
+            // pml's messages are a few dozen bytes: 4 KiB holds one with the tail of another before it.
+            guard case .record(let bytes, let fds) = RecordSocket.receive(end, limit: 4096, dontWait: true) else { break }
+            guard !fds.isEmpty else { continue }
+            let address = HandoffRecord.reclaimedAddress(bytes[...])
+            guard let l = address.flatMap({ a in listeners.values.first { $0.handoffLine.dropLast().elementsEqual(a) } }) else {
+                // Its listener is gone (closed meanwhile), or the chunk names none: nobody can serve them.
+                fds.forEach(closeFD)
+                orphans += fds.count
+                continue
+            }
+            dispatcher.notHanded(worker: worker, listener: l.id, fds.count)
+            back[l.id, default: []].append(contentsOf: fds.map { ($0, now) })
+        }
+        if orphans > 0 { logger.info("worker \(worker) left \(orphans) connection(s) unread for a listener that is gone; closed") }
+        putBack(back, from: worker, "it never read")
+    }
+
+    /// Connections a worker never took, by listener, to the front of the line.
+    private func putBack(_ back: [Int: [(fd: Int32, since: Int)]], from worker: Int, _ why: String) {
         for (id, fds) in back {
-            logger.info("worker \(worker) left \(fds.count) connection(s) it had not credited back; handing them to others")
+            logger.info("worker \(worker) left \(fds.count) connection(s) \(why); handing them to others")
             pending[id, default: []].insert(contentsOf: fds, at: 0)
             pendingCount += fds.count
         }
@@ -540,7 +595,9 @@ final class ConnectionRouter {
     }
 
     /// Sends `fd` (and, for a worker taking several per message, more accepted on `socket` while it
-    /// has credits) on `worker`'s handoff channel; pml keeps its copies until credited.
+    /// has credits) on `worker`'s handoff channel. pml closes its copies at once (the message holds
+    /// the connections until the worker reads it, and pml can read it back if the worker dies
+    /// first), or keeps them until credited for a worker in `keepsCopies`.
     private func pass(_ fd: Int32, _ listener: AppListener, to worker: Int, from socket: Int32) -> Bool {
         batch[0] = fd
         var n = 1
@@ -559,10 +616,17 @@ final class ConnectionRouter {
         switch passConnections(worker, UnsafeBufferPointer(rebasing: batch[0..<n]), listener) {
         case .sent:
             let now = monotonicMs()
+            let copies = keepsCopies.contains(worker)
             for i in 0..<n {
                 // Never more than the window (the dispatcher counts credits); past it, as after a
-                // take-over, pml's copy is closed at once.
-                if held[worker]?.push(batch[i], listener: listener.id, atMs: now) == true { heldCount += 1 } else { closeFD(batch[i]) }
+                // take-over, no copy is kept. Closing it now is cheap: the message still holds the
+                // connection (the worker's last close later pays its teardown, not pml).
+                if copies, held[worker]?.push(batch[i], listener: listener.id, atMs: now) == true {
+                    heldCount += 1
+                } else {
+                    if !copies { _ = held[worker]?.push(-1, listener: listener.id, atMs: now) }
+                    closeFD(batch[i])
+                }
                 onDispatched(worker)
             }
             if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
@@ -640,9 +704,12 @@ final class ConnectionRouter {
     private func expire() {
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
         for (worker, ring) in held where (ring.oldestMs ?? .max) < ackCutoff {
+            // pml's reclaim end keeps the worker's end open, so a worker that closed its end shows
+            // no EOF and looks silent: asked here (handoffClosed follows if it did).
+            if !keepsCopies.contains(worker), channelAbandoned(worker) { continue }
             // The worker has them (in its socket) or never will. Read ones (it credited after them)
             // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
-            // nothing more) and their late credits are due, not for newer copies.
+            // nothing more) and their late credits are due, not for newer ones.
             var r = ring
             var (closed, returned) = r.expire(before: ackCutoff, close: closeHeldCopy)
             if echoOverdue(worker) { returned += r.forgiveDue() }
@@ -651,7 +718,8 @@ final class ConnectionRouter {
                 dispatcher.returned(worker: worker, returned)
                 drain()
             }
-            logger.warning("worker \(worker) did not credit back \(closed) connection(s) within \(Self.ackTimeoutMs) ms; pml closed its copies")
+            let left = keepsCopies.contains(worker) ? "pml closed its copies" : "what it has not read stays in its socket until it reads or exits"
+            logger.warning("worker \(worker) did not credit back \(closed) connection(s) within \(Self.ackTimeoutMs) ms; \(left)")
         }
         for (worker, f) in inFlight where f.since < ackCutoff {
             inFlight[worker] = nil

@@ -50,7 +50,8 @@ final class HandoffChannel {
     /// A credit ignored while the echo is awaited: the worker read, so a full socket has room again
     /// (the marked message, kept when the socket was full, can go).
     private let onLateCredit: () -> Void
-    /// `receiverGone`: the worker's end is closed (its receive queue, and the connections in it, are gone).
+    /// `receiverGone`: the worker will not read what is queued for it (its end is closed, or shut
+    /// down both ways). While pml holds the reclaim end, its end never closes and that queue stays.
     private let onClosed: (_ receiverGone: Bool) -> Void
     private let onGarbage: (_ why: String) -> Void
 
@@ -150,8 +151,8 @@ final class HandoffChannel {
         do {
             n = try line.withUnsafeBytes { b throws(SystemError) in try ListeningSocket.send(fd, b, attaching: fds) }
         } catch {
-            // Nothing of this message went out. EPIPE, ECONNRESET: the worker's end is closed, what
-            // it had not taken is gone with it. Anything else (ENOBUFS, ETOOMANYREFS…): its end is
+            // Nothing of this message went out. EPIPE, ECONNRESET: the worker's end is closed (only
+            // possible without a reclaim end). Anything else (ENOBUFS, ETOOMANYREFS…): its end is
             // there and may still be read.
             let e = (error as? SystemError)?.errno
             closeAndTell(receiverGone: e == EPIPE || e == ECONNRESET)

@@ -89,6 +89,13 @@ final class Supervisor {
             self.runningWorkers[worker]?.handoff?.send(listener.handoffLine, fds: fds) ?? .closed
         }
         router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
+        router.channelAbandoned = { [unowned self] id in
+            guard let w = self.runningWorkers[id], let pid = w.pid, let reclaim = w.reclaim, !process(pid, holds: reclaim) else { return false }
+            self.logger.warning("\(w.app.spec.name) worker \(id) closed its handoff channel; what it had not read goes to others, and it gets its connections as NODE_HANDLE")
+            w.handoff?.close()
+            self.router.handoffClosed(worker: id, receiverGone: true, reclaim: reclaim)
+            return true
+        }
         router.echoOverdue = { [unowned self] id in
             guard let epoch = self.runningWorkers[id]?.handoff?.giveUpOnEcho() else { return false }
             // Once per worker: from now on it is not awaited.
@@ -238,8 +245,9 @@ final class Supervisor {
         closeFD(out.write)
         closeFD(err.write)
         closeFD(ipc.1)
-        if let handoff { closeFD(handoff.1) }
-        keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read, handoff: handoff?.0)
+        // The worker's end of the handoff channel stays open here too: the reclaim end.
+        w.reclaim = handoff?.1
+        keeperHold(worker: pid, ipc: ipc.0, out: out.read, err: err.read, handoff: handoff)
         attachStreams(w, ipc: ipc.0, out: out.read, err: err.read, handoff: handoff?.0, resync: false)
         w.pid = pid
         w.adopted = false
@@ -293,7 +301,7 @@ final class Supervisor {
         do {
             w.handoff = try HandoffChannel(fd: handoff, loop: loop, scratch: readBuffer, resync: resync, onHello: { [unowned self, weak w] maxFDs, window in
                 guard let w else { return }
-                self.router.grant(worker: w.id, maxFDs: maxFDs, window: window)
+                self.router.grant(worker: w.id, maxFDs: maxFDs, window: window, keepingCopies: w.reclaim == nil)
                 // A successor must know it opted in (it will not say so again); called only when the
                 // grant changes, and written once for many changes.
                 if self.keeper != nil { self.persistStateSoon() }
@@ -305,7 +313,7 @@ final class Supervisor {
                 self.router.readWithoutCredit(worker: w.id)
             }, onClosed: { [unowned self, weak w] receiverGone in
                 guard let w, w.pid != nil else { return }
-                self.router.handoffClosed(worker: w.id, receiverGone: receiverGone)
+                self.router.handoffClosed(worker: w.id, receiverGone: receiverGone, reclaim: w.reclaim)
             }, onGarbage: { [unowned self, weak w] why in
                 guard let w else { return }
                 self.ipcGarbage(w, why, count: 0, cutOff: true)
@@ -376,7 +384,9 @@ final class Supervisor {
             w.ipc = nil
             w.handoff?.close()
             w.handoff = nil
-            router.workerGone(worker: w.id)
+            router.workerGone(worker: w.id, reclaim: w.reclaim)
+            if let r = w.reclaim { closeFD(r) }
+            w.reclaim = nil
             w.app.slots.exited(worker: w.id)
             updateSlots(w.app)
             let info = ExitInfo(code: exit.code.map(Int.init), signal: exit.signal.map(SignalNames.name),

@@ -26,11 +26,15 @@ final class Adoption {
 extension Supervisor {
     // MARK: what the keeper holds
 
-    /// Hands the keeper copies of a new worker's channel and log pipes.
-    func keeperHold(worker pid: Int32, ipc: Int32, out: Int32, err: Int32, handoff: Int32?) {
+    /// Hands the keeper copies of a new worker's channel, log pipes and handoff channel (pml's end,
+    /// and the worker's end: the reclaim end, for a successor to take back what it never read).
+    func keeperHold(worker pid: Int32, ipc: Int32, out: Int32, err: Int32, handoff: (Int32, Int32)?) {
         guard let keeper else { return }
         keeper.hold(KeeperTag.ipc(pid: pid), ipc)
-        if let handoff { keeper.hold(KeeperTag.handoff(pid: pid), handoff) }
+        if let handoff {
+            keeper.hold(KeeperTag.handoff(pid: pid), handoff.0)
+            keeper.hold(KeeperTag.reclaim(pid: pid), handoff.1)
+        }
         keeper.hold(KeeperTag.out(pid: pid), out)
         keeper.hold(KeeperTag.err(pid: pid), err)
     }
@@ -195,13 +199,16 @@ extension Supervisor {
         let out = adoption.handover.take(KeeperTag.out(pid: pid))
         let err = adoption.handover.take(KeeperTag.err(pid: pid))
         let handoff = adoption.handover.take(KeeperTag.handoff(pid: pid))
+        let reclaim = adoption.handover.take(KeeperTag.reclaim(pid: pid))
         w.history.restarts = record.restarts
         w.history.unstableRestarts = record.unstableRestarts
         w.history.backoffStep = record.backoffStep
         w.dispatched = record.dispatched
         let alive = processIsAlive(pid) && readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) == record.startTime
         guard alive, let ipc, let out, let err else {
-            [ipc, out, err, handoff].compactMap { $0 }.forEach(closeFD)
+            // What it never read while no daemon watched is served by the others.
+            if let reclaim { router.takeBack(worker: w.id, from: reclaim) }
+            [ipc, out, err, handoff, reclaim].compactMap { $0 }.forEach(closeFD)
             keeper?.drop(KeeperTag.worker(pid: pid))
             adoption.lost += 1
             // It ended unseen: counted as a restart, and started again now.
@@ -209,6 +216,9 @@ extension Supervisor {
             app.logs.note("worker \(w.id) (pid \(pid)) ended while no daemon watched; starting it again")
             return false
         }
+        // Without a reclaim end (a daemon before kept none), pml keeps copies of what it sends.
+        w.reclaim = handoff == nil ? nil : reclaim
+        if handoff == nil, let reclaim { closeFD(reclaim) }
         attachStreams(w, ipc: ipc, out: out, err: err, handoff: handoff, resync: true)
         if let h = record.handoff, (2...3).contains(h.count), let channel = w.handoff {
             // It opted in under the daemon before and will not say so again. Whatever that daemon
@@ -221,7 +231,7 @@ extension Supervisor {
             let maxFDs = min(max(h[0], 1), HandoffRecord.maxFDsPerMessage), window = min(max(h[1], 1), HandoffRecord.maxWindow)
             let echoes = h.count == 3 && h[2] >= HandoffRecord.revision
             channel.assume(maxFDs: maxFDs, window: window, echoes: echoes, epoch: Self.handoffEpoch)
-            router.grant(worker: w.id, maxFDs: maxFDs, window: window)
+            router.grant(worker: w.id, maxFDs: maxFDs, window: window, keepingCopies: w.reclaim == nil)
         }
         w.pid = pid
         w.adopted = true

@@ -356,7 +356,8 @@ extension Supervisor {
         // The worker lives on for a moment (or drains, being stopped): a handle that left pml is
         // in its socket buffer and may be taken; handing pml's copy to another would serve it twice.
         // What was sent on its handoff channel: a worker left to drain may take it (pml's copies are
-        // closed); one killed now cannot, and pml's copies go to others when it has exited.
+        // closed); one killed now cannot, and pml's copies go to others when it has exited. From a
+        // reclaim end, what either leaves unread is taken back when it exits.
         w.handoff?.close()
         let killed = w.pid != nil && w.intent == nil
         router.workerGone(worker: w.id, keepsHandle: w.ipc?.closedWithUnsentHandle == false, sent: killed ? .untilExit : .worker)

@@ -22,6 +22,10 @@ final class Worker {
     var ipc: IPCChannel?
     /// pml's end of its native handoff channel (rr, least-busy), used once the worker opts in.
     var handoff: HandoffChannel?
+    /// pml's copy of the worker's own end of that channel (the reclaim end): never read while the
+    /// worker holds it; what the worker never read is read back from it once it is gone. Nil for a
+    /// worker adopted from a daemon that kept none (pml keeps copies of its connections instead).
+    var reclaim: Int32?
     var killTimer: TimerHandle?
     var restartTimer: TimerHandle?
     var intent: StopIntent?

@@ -86,3 +86,19 @@ public func becomeChildSubreaper() {
 public func ignoreSIGPIPE() {
     signal(SIGPIPE, SIG_IGN)
 }
+
+/// Whether process `pid` still has the open file `fd` refers to (a socket, by device and inode)
+/// among its descriptors, under any number. True when it cannot be told (its fd folder unreadable,
+/// over `limit` descriptors): callers take "no" as the process having closed it.
+public func process(_ pid: Int32, holds fd: Int32, limit: Int = 4096) -> Bool {
+    var mine = stat()
+    guard fstat(fd, &mine) == 0 else { return true }
+    let folder = "/proc/\(pid)/fd"
+    guard access(folder, R_OK) == 0 else { return true }
+    let names = directoryEntries(folder)
+    guard !names.isEmpty, names.count <= limit else { return true }
+    return names.contains { name in
+        var theirs = stat()
+        return stat(folder + "/" + name, &theirs) == 0 && theirs.st_ino == mine.st_ino && theirs.st_dev == mine.st_dev
+    }
+}

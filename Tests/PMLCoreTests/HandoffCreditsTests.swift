@@ -35,6 +35,31 @@ import Testing
         }
     }
 
+    @Test func reclaimedChunksNameTheirLastLine() {
+        func address(_ s: String) -> String? { HandoffRecord.reclaimedAddress(ArraySlice(s.utf8)).map { String(decoding: $0, as: UTF8.self) } }
+        #expect(address("8080\n") == "8080")
+        #expect(address("127.0.0.1:8080\n") == "127.0.0.1:8080")
+        #expect(address("unix:/run/web.sock\n") == "unix:/run/web.sock")
+        #expect(address("E 123456789 [::1]:8080\n") == "[::1]:8080", "a successor's mark is not part of the address")
+        #expect(address("80\n8081\n") == "8081", "the tail of a message the worker read in part comes first")
+        #expect(address("1\nE 7 unix:/a b\n") == "unix:/a b")
+        for bad in ["", "\n", "8080", "8080\n80", "E 12 \n", "E x 8080\n", "E  8080\n", "E 12\n"] {
+            #expect(address(bad) == nil, "\(bad.debugDescription)")
+        }
+    }
+
+    @Test func entriesWithoutCopiesKeepTheWindowAndTheExpiry() {
+        // pml holds a worker's reclaim end, not copies: entries carry fd -1, counted all the same.
+        var h = HeldHandles(capacity: 4)
+        let pushed = (21...23).map { h.push(-1, listener: 0, atMs: $0) }
+        #expect(pushed == [true, true, true])
+        var given: [Int32] = []
+        h.credit(1, atMs: 10) { given.append($0.fd) }
+        #expect(given == [-1] && h.count == 2 && h.oldestMs == 22)
+        let (closed, returned) = h.expire(before: 100) { given.append($0.fd) }
+        #expect(closed == 2 && returned == 0 && h.due == 2, "sent after its last credit: unread, their credits due")
+    }
+
     @Test func heldHandlesAreFirstInFirstOut() {
         var h = HeldHandles(capacity: 3)
         let pushed = [h.push(10, listener: 1, atMs: 1), h.push(11, listener: 2, atMs: 2), h.push(12, listener: 1, atMs: 3),

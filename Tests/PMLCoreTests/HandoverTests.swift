@@ -33,7 +33,7 @@ import Testing
 
     @Test func tagsOfAWorkerShareItsPrefix() {
         let prefix = KeeperTag.worker(pid: 12)
-        #expect([KeeperTag.ipc(pid: 12), KeeperTag.out(pid: 12), KeeperTag.err(pid: 12)].allSatisfy { $0.hasPrefix(prefix) })
+        #expect([KeeperTag.ipc(pid: 12), KeeperTag.out(pid: 12), KeeperTag.err(pid: 12), KeeperTag.handoff(pid: 12), KeeperTag.reclaim(pid: 12)].allSatisfy { $0.hasPrefix(prefix) })
         #expect(!KeeperTag.ipc(pid: 123).hasPrefix(prefix), "pid 12's prefix does not catch pid 123")
         let (a, b) = (KeeperTag.generation(0xdead_beef_0000_0001), KeeperTag.generation(.max))
         #expect(a == "deadbeef00000001" && b == "ffffffffffffffff")
