@@ -22,6 +22,13 @@ final class AcceptBackoff {
     @discardableResult
     func pauseIfOutOfDescriptors(_ handle: IOHandle?, resume: @escaping () -> Void) -> Bool {
         guard UnixSocket.acceptRanOutOfDescriptors(), let handle else { return false }
+        pause(handle, resume: resume)
+        return true
+    }
+
+    /// Stops watching `handle` and calls `resume` after retryMs: for a caller that saw
+    /// `UnixSocket.acceptRanOutOfDescriptors()` itself (and makes `resume` only then).
+    func pause(_ handle: IOHandle, resume: @escaping () -> Void) {
         loop.modify(handle, events: [])
         let now = monotonicMs()
         if lastLogMs.map({ now - $0 >= 60_000 }) ?? true {
@@ -29,6 +36,5 @@ final class AcceptBackoff {
             logger.warning("\(what): out of file descriptors (limit \(openFileLimit())); accepting again every \(Self.retryMs) ms")
         }
         loop.schedule(after: Self.retryMs, resume)
-        return true
     }
 }

@@ -189,6 +189,7 @@ final class ConnectionRouter {
     var onDispatched: (_ worker: Int) -> Void = { _ in }
 
     private let backoff: AcceptBackoff
+    private var expiryTimer: TimerHandle?
     /// Past this many waiting connections pml stops accepting; the kernel backlog holds the rest.
     private let waitingBound: WaitingConnections
 
@@ -202,7 +203,11 @@ final class ConnectionRouter {
         scheduleExpiry()
     }
 
-    deinit { batch.deallocate() }
+    deinit {
+        if let expiryTimer { loop.cancel(expiryTimer) }
+        for l in listeners.values { if let t = l.holdTimer { loop.cancel(t) } }
+        batch.deallocate()
+    }
 
     var waitingConnections: Int { pendingCount }
 
@@ -216,8 +221,9 @@ final class ConnectionRouter {
     func add(_ listener: AppListener, leastBusy: Bool = false) throws(SystemError) {
         listeners[listener.id] = listener
         dispatcher.setLeastBusy(leastBusy, listener: listener.id)
-        listener.holdEnd = { [weak self, weak listener] in
-            guard let self, let listener else { return }
+        // The router unowned: deinit cancels every hold timer (see scheduleExpiry for why not weak).
+        listener.holdEnd = { [unowned self, weak listener] in
+            guard let listener else { return }
             self.holdEnded(listener)
         }
         guard listener.fd >= 0 else { return }
@@ -539,12 +545,9 @@ final class ConnectionRouter {
                 return
             }
             guard let fd = UnixSocket.accept(socket, nonBlocking: false) else {
-                let slot = listener.slots.values.first { $0.fd == socket }
-                if backoff.pauseIfOutOfDescriptors(slot?.handle ?? listener.handle, resume: { [weak self, weak listener] in
-                    guard let self, let listener else { return }
-                    listener.outOfDescriptors = false
-                    self.rewatch(listener)
-                }) { listener.outOfDescriptors = true }
+                // Every accept turn ends here (the queue is empty): the back-off is looked at, and
+                // its closure made, only when out of descriptors.
+                if UnixSocket.acceptRanOutOfDescriptors() { pauseOutOfDescriptors(socket, listener) }
                 return
             }
             acceptedThisTurn += 1
@@ -555,6 +558,18 @@ final class ConnectionRouter {
                 batchFoundQueueEmpty = false
                 return
             }
+        }
+    }
+
+    /// Out of descriptors: `socket` (the listener's, or a slot's it drains) leaves the loop for a while.
+    private func pauseOutOfDescriptors(_ socket: Int32, _ listener: AppListener) {
+        let slot = listener.slots.values.first { $0.fd == socket }
+        guard let handle = slot?.handle ?? listener.handle else { return }
+        listener.outOfDescriptors = true
+        backoff.pause(handle) { [weak self, weak listener] in
+            guard let self, let listener else { return }
+            listener.outOfDescriptors = false
+            self.rewatch(listener)
         }
     }
 
@@ -692,8 +707,10 @@ final class ConnectionRouter {
     }
 
     private func scheduleExpiry() {
-        loop.schedule(after: 1000) { [weak self] in
-            guard let self else { return }
+        // Unowned, not weak: deinit cancels the timer, so it never runs without the router; and a
+        // weak reference would give the router a side table, which sends every retain and release
+        // of it (one per accept turn) through the runtime's slow path.
+        expiryTimer = loop.schedule(after: 1000) { [unowned self] in
             self.expire()
             self.scheduleExpiry()
         }
