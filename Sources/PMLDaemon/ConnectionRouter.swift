@@ -159,8 +159,11 @@ final class ConnectionRouter {
     /// Listeners not watched because no worker serving them can take a connection now.
     private var starved: Set<Int> = []
     /// Writes the handle line for `listener`'s connection `fd` to `worker`; false if it cannot.
+    /// What went out counts as dispatched to the worker (`ls`, metrics): counted by the sender, which
+    /// has the worker at hand, rather than looked up again per connection.
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
-    /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel.
+    /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel (counted as
+    /// dispatched if they went, like `sendHandle`).
     var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Native handoff: what each worker has not credited back yet (with pml's copies, for a worker
     /// in `keepsCopies`), and how many fds it takes per message.
@@ -185,8 +188,6 @@ final class ConnectionRouter {
     /// Asked when a worker that pml holds a reclaim end for leaves connections uncredited past the
     /// expiry: true if it closed its end of the handoff channel (then `handoffClosed` was called).
     var channelAbandoned: (_ worker: Int) -> Bool = { _ in false }
-    /// Counts handed connections per worker, for `ls` and metrics.
-    var onDispatched: (_ worker: Int) -> Void = { _ in }
 
     private let backoff: AcceptBackoff
     private var expiryTimer: TimerHandle?
@@ -606,7 +607,6 @@ final class ConnectionRouter {
             if inFlight[worker] != nil || silent.contains(worker) { continue }
             if sendHandle(worker, fd, listener) {
                 inFlight[worker] = (fd, listener.id, monotonicMs())
-                onDispatched(worker)
                 return true
             }
             // Its channel is gone: out of rotation; its exit will follow.
@@ -648,7 +648,6 @@ final class ConnectionRouter {
                     if !copies { _ = held[worker]?.push(-1, listener: listener.id, atMs: now) }
                     closeFD(batch[i])
                 }
-                onDispatched(worker)
             }
             if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
             return true

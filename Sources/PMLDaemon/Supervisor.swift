@@ -86,9 +86,11 @@ final class Supervisor {
         scripts.beforePost = { [unowned self] in self.publishSnapshot() }
         router.sendHandle = { [unowned self] worker, fd, listener in self.sendHandle(worker: worker, fd: fd, listener: listener) }
         router.passConnections = { [unowned self] worker, fds, listener in
-            self.runningWorkers[worker]?.handoff?.send(listener.handoffLine, fds: fds) ?? .closed
+            guard let w = self.runningWorkers[worker], let channel = w.handoff else { return .closed }
+            let result = channel.send(listener.handoffLine, fds: fds)
+            if result == .sent { w.dispatched += fds.count }
+            return result
         }
-        router.onDispatched = { [unowned self] id in self.runningWorkers[id]?.dispatched += 1 }
         router.channelAbandoned = { [unowned self] id in
             guard let w = self.runningWorkers[id], let pid = w.pid, let reclaim = w.reclaim, !process(pid, holds: reclaim) else { return false }
             self.logger.warning("\(w.app.spec.name) worker \(id) closed its handoff channel; what it had not read goes to others, and it gets its connections as NODE_HANDLE")

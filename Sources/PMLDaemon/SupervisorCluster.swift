@@ -182,8 +182,9 @@ extension Supervisor {
     // MARK: IPC
 
     func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> Bool {
-        guard let ipc = runningWorkers[id]?.ipc, ipc.isOpen else { return false }
-        return ipc.send(terminatedLine: listener.handleLine, attaching: fd)
+        guard let w = runningWorkers[id], let ipc = w.ipc, ipc.isOpen, ipc.send(terminatedLine: listener.handleLine, attaching: fd) else { return false }
+        w.dispatched += 1
+        return true
     }
 
     /// Messages per second a worker may send to hooks; beyond it they are dropped, and far beyond
