@@ -510,11 +510,14 @@ final class ConnectionRouter {
         starvedThisTurn = false
         if l.fd >= 0 { acceptAll(l.fd, l) }
         for s in l.slots.values where s.accepting && canAccept(l) { acceptAll(s.fd, l) }
-        // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
-        // worker gets one at a time, and a hold would only delay the ACK that frees it.
-        let holdable = l.coalescing.holdUs > 0 && dispatcher.onlyCredits(serving: l.id)
-        let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn, holdable: holdable)
-        if hold > 0, canAccept(l) { l.hold(loop.schedule(afterUs: hold, l.holdEnd)) }
+        // No hold set (the default): nothing to decide, and no clock read per turn.
+        if l.coalescing.holdUs > 0 {
+            // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
+            // worker gets one at a time, and a hold would only delay the ACK that frees it.
+            let holdable = ask { $0.onlyCredits(serving: l.id) }
+            let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn, holdable: holdable)
+            if hold > 0, canAccept(l) { l.hold(loop.schedule(afterUs: hold, l.holdEnd)) }
+        }
         rewatch(l)
     }
 
