@@ -23,7 +23,8 @@ import Glibc
 /// - FX_TRIGGER=<file>, FX_ON_TRIGGER: the silent instance, once that file exists, writes a line
 ///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 0.5 s, then
 ///   reads and serves what its handoff channel holds (the file is removed: once); or ("close")
-///   closes its handoff channel unread and serves NODE_HANDLE lines only from then on.
+///   closes its handoff channel unread, or ("shutrdwr") shuts it down both ways unread, and serves
+///   NODE_HANDLE lines only from then on.
 /// - FX_NO_ECHO_INSTANCE=n: that instance never echoes a successor's mark (it says revision 2 all the same).
 /// NODE_HANDLE lines on the IPC channel are served too (what pml sends before it reads the hello).
 private let hostileHandoffWorker = #"""
@@ -85,8 +86,11 @@ private let hostileHandoffWorker = #"""
         if silent and trigger and os.path.exists(trigger):
             os.remove(trigger)   # once: a restarted worker does not do it again
             trigger = None
-            if os.environ.get("FX_ON_TRIGGER") == "close":
-                handoff.close()
+            if os.environ.get("FX_ON_TRIGGER") in ("close", "shutrdwr"):
+                if os.environ["FX_ON_TRIGGER"] == "close":
+                    handoff.close()
+                else:
+                    handoff.shutdown(socket.SHUT_RDWR)
                 continue
             if os.environ.get("FX_ON_TRIGGER") == "garbage":
                 handoff.sendall(b"garbage\n")
@@ -805,6 +809,36 @@ extension Integration {
                 try await Self.waitMode(box, "h", count: 2, "credits 4, 1 fd/message")
                 let fds = Self.daemonFDs(box)
                 try await Self.killStoppedThenCheck(box, held, fds: fds)
+            }
+        }
+
+        @Test("kill -9 of the daemon and, right after, of the stopped worker holding 4 unread: the successor finds it gone (at adoption, or reported by the keeper) and all 4 are answered by the other")
+        func daemonAndStoppedWorkerKilled() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                try box.startDaemon()
+                let held = try await Self.stoppedHoldingFour(box, port: port)
+                let old = box.daemonPid!
+                kill(old, SIGKILL)
+                kill(held.stopped, SIGKILL)
+                let answers = await held.gets.wait()
+                let failed = failuresOf(answers)
+                #expect(failed.isEmpty, "\(failed.count) of 12 failed: \(failed.prefix(4))")
+                #expect(servedBy(answers).allSatisfy { $0 == held.good }, "all answered by the other: \(servedBy(answers))")
+            }
+        }
+
+        @Test("a worker that shuts its handoff channel down both ways holding 4 unread: pml takes them back at once (all 12 answered within 10 s, the expiry being 60 s) and the worker gets its connections as NODE_HANDLE")
+        func shutDownBothWaysIsTakenBack() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+                // Within the requests' 10 s, long before the expiry (60 s): taken back at once.
+                let (answers, silent, _, _, port) = try await Self.heldThenTriggered(box, onTrigger: "shutrdwr")
+                let failed = failuresOf(answers)
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                try await box.waitFor("it is on NODE_HANDLE") { try await Self.modes(box, "h")[silent] == "NODE_HANDLE" ? true : nil }
+                let then = Self.answeredBy(port: port, count: 10)
+                #expect((then[silent] ?? 0) >= 3 && then[0] == nil, "it serves again, as NODE_HANDLE: \(then)")
             }
         }
 

@@ -10,8 +10,8 @@ PML_HANDOFF_REVISION says pml speaks revision 2) means we echo marks: after a da
 successor puts "E <epoch> " before the address of the first message it sends us; we credit what
 we read before that message, write "E <epoch>\\n", then go on as usual, so the successor can
 tell its own credits from those for what the dead daemon sent. If this process dies, pml gives
-the connections it sent and we did not credit to the other workers; the ones we credited and had
-not answered yet are lost. (Out of fds, a message comes with fewer sockets than pml sent,
+the connections it sent and we did not read to the other workers (it reads them back from its copy
+of our end of the channel); the ones we read and had not answered yet are lost. (Out of fds, a message comes with fewer sockets than pml sent,
 MSG_CTRUNC: we credit what arrived, and pml gives the rest's credits back when it expires them.)
 For least-busy, we tell pml how many connections we closed in all ({"type":"pml:load","closed":C}
 on the IPC channel, once per loop turn that closed some).
