@@ -21,6 +21,9 @@ public struct TimerHandle: Hashable, Sendable { let id: UInt64 }
 /// its callbacks, on the thread that calls `run()`, which is also the thread that owns Lua.
 public final class EventLoop {
     private struct Registration {
+        /// Its handle's id, also its epoll data: the slot in the low 32 bits, a count of
+        /// registrations in the high ones (`slotOf`).
+        var id: UInt64
         var fd: Int32
         var handler: (IOEvents) -> Void
     }
@@ -32,7 +35,12 @@ public final class EventLoop {
     }
 
     private let epfd: Int32
-    private var registrations: [UInt64: Registration] = [:]
+    /// By slot: each event finds its handler by index, not by hashing (this runs for every event).
+    /// A freed slot goes to the next registration, under a new id: an event reported for the fd
+    /// before it was unregistered (later in the same batch) never reaches the slot's next owner.
+    private var registrations: [Registration?] = []
+    private var freeSlots: [Int] = []
+    private var registrationCount: UInt32 = 0
     private var timers: [Timer] = []           // sorted by (deadline, id)
     private var timerActions: [UInt64: () -> Void] = [:]
     private var nextID: UInt64 = 1
@@ -47,22 +55,33 @@ public final class EventLoop {
     /// Calls `handler` whenever `fd` is ready for `events` (level-triggered).
     @discardableResult
     public func register(fd: Int32, events: IOEvents, handler: @escaping (IOEvents) -> Void) throws(SystemError) -> IOHandle {
-        let id = nextID
-        nextID += 1
+        let slot = freeSlots.last ?? registrations.count
+        // Wraps after 2^32 registrations: a stale event would need that many in one batch.
+        registrationCount &+= 1
+        let id = UInt64(registrationCount) << 32 | UInt64(slot)
         try sys("epoll_ctl add") { pml_epoll_add(epfd, fd, events.rawValue, id) }
-        registrations[id] = Registration(fd: fd, handler: handler)
+        if slot == registrations.count { registrations.append(nil) } else { freeSlots.removeLast() }
+        registrations[slot] = Registration(id: id, fd: fd, handler: handler)
         return IOHandle(id: id)
+    }
+
+    /// The slot of the registration `id` names, if it is still registered.
+    private func slotOf(_ id: UInt64) -> Int? {
+        let slot = Int(truncatingIfNeeded: id & 0xFFFF_FFFF)
+        return slot < registrations.count && registrations[slot]?.id == id ? slot : nil
     }
 
     /// Changes the events a registered fd is watched for.
     public func modify(_ handle: IOHandle, events: IOEvents) {
-        guard let r = registrations[handle.id] else { return }
+        guard let slot = slotOf(handle.id), let r = registrations[slot] else { return }
         _ = pml_epoll_mod(epfd, r.fd, events.rawValue, handle.id)
     }
 
     /// Stops watching; call before closing the fd. Pending events for it are dropped.
     public func unregister(_ handle: IOHandle) {
-        guard let r = registrations.removeValue(forKey: handle.id) else { return }
+        guard let slot = slotOf(handle.id), let r = registrations[slot] else { return }
+        registrations[slot] = nil
+        freeSlots.append(slot)
         _ = pml_epoll_del(epfd, r.fd)
     }
 
@@ -103,14 +122,14 @@ public final class EventLoop {
         running = true
         var events = [pml_epoll_event](repeating: pml_epoll_event(), count: 64)
         while running {
-            runDueTimers()
+            let now = runDueTimers()
             if !running { break }
-            let timeout = timers.first.map { Int64(max(0, $0.deadline - monotonicUs())) } ?? -1
+            let timeout = timers.first.map { Int64(max(0, $0.deadline - (now ?? monotonicUs()))) } ?? -1
             let n = events.withUnsafeMutableBufferPointer { pml_epoll_wait(epfd, $0.baseAddress, 64, timeout) }
             if n < 0 { continue } // EINTR
             for i in 0..<Int(n) {
                 let ev = events[i]
-                guard let r = registrations[ev.data] else { continue }
+                guard let slot = slotOf(ev.data), let r = registrations[slot] else { continue }
                 r.handler(IOEvents(rawValue: ev.events))
             }
         }
@@ -119,11 +138,16 @@ public final class EventLoop {
     /// Makes `run()` return after the current callback.
     public func stop() { running = false }
 
-    private func runDueTimers() {
+    /// Runs the timers that are due. Returns the time it read if none ran (still the time now: the
+    /// wait's timeout needs no second clock read), nil if some did (they took time).
+    private func runDueTimers() -> Int? {
         let now = monotonicUs()
+        var ran = false
         while let first = timers.first, first.deadline <= now {
             timers.removeFirst()
+            ran = true
             if let action = timerActions.removeValue(forKey: first.id) { action() }
         }
+        return ran ? nil : now
     }
 }
