@@ -100,6 +100,14 @@ final class AppListener {
     }
 }
 
+/// One worker's `HeldHandles`, boxed so that it changes in place behind the dictionary's getter:
+/// stored in the dictionary as a struct, each push and credit went through Dictionary's modify
+/// coroutine, whose frames are allocated (three mallocs each, two per connection).
+private final class HeldBox {
+    var ring: HeldHandles
+    init(_ ring: HeldHandles) { self.ring = ring }
+}
+
 /// One reuseport slot socket of an address, as pml holds it.
 final class SlotSocket {
     let slot: Int
@@ -167,7 +175,7 @@ final class ConnectionRouter {
     var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Native handoff: what each worker has not credited back yet (with pml's copies, for a worker
     /// in `keepsCopies`), and how many fds it takes per message.
-    private var held: [Int: HeldHandles] = [:]
+    private var held: [Int: HeldBox] = [:]
     /// All workers' held copies: descriptors pml holds, counted in `waitingBound`.
     private var heldCount = 0
     private var maxFDs: [Int: Int] = [:]
@@ -369,17 +377,17 @@ final class ConnectionRouter {
     /// `window` connections in flight there, `maxFDs` per message. `keepingCopies`: pml has no
     /// reclaim end for it (adopted from an older daemon), so it keeps a copy of each until credited.
     func grant(worker: Int, maxFDs m: Int, window: Int, keepingCopies: Bool) {
-        if held[worker] == nil { held[worker] = HeldHandles(capacity: HandoffRecord.maxWindow) }
+        if held[worker] == nil { held[worker] = HeldBox(HeldHandles(capacity: HandoffRecord.maxWindow)) }
         if keepingCopies { keepsCopies.insert(worker) } else { keepsCopies.remove(worker) }
         maxFDs[worker] = m
-        dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.count ?? 0)
+        dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.ring.count ?? 0)
         drain()
     }
 
     /// The worker credited back `n` connections: it owns them; what is due for copies pml no longer
     /// holds is paid first, then pml's oldest copies are closed.
     func credited(worker: Int, _ n: Int) {
-        held[worker]?.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
+        held[worker]?.ring.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
         dispatcher.returned(worker: worker, n)
         drain()
     }
@@ -413,7 +421,7 @@ final class ConnectionRouter {
 
     /// Closes pml's copies of what `worker` was sent and has not credited: the connections are its own.
     private func closeHeld(worker: Int) {
-        guard var ring = held.removeValue(forKey: worker) else { return }
+        guard var ring = held.removeValue(forKey: worker)?.ring else { return }
         while let e = ring.pop() { closeHeldCopy(e) }
     }
 
@@ -427,7 +435,7 @@ final class ConnectionRouter {
     /// the line: the worker died or closed the channel before taking them. Only copies: without
     /// them (a reclaim end), what the worker never read comes back by `takeBack`.
     private func requeueHeld(worker: Int) {
-        guard var ring = held.removeValue(forKey: worker), ring.count > 0 else { return }
+        guard var ring = held.removeValue(forKey: worker)?.ring, ring.count > 0 else { return }
         var back: [Int: [(fd: Int32, since: Int)]] = [:]
         while let e = ring.pop() {
             guard e.fd >= 0 else { continue }
@@ -500,7 +508,7 @@ final class ConnectionRouter {
     }
 
     /// Whether the worker still has a handle it has not acknowledged (or credited back).
-    func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.count ?? 0) > 0 }
+    func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.ring.count ?? 0) > 0 }
 
     /// One accept turn of `l`: on its socket and on the slot sockets pml accepts on for it (one
     /// wake-up counts once per listener, whichever of them woke it); then its `ArrivalCoalescing`
@@ -645,10 +653,10 @@ final class ConnectionRouter {
                 // Never more than the window (the dispatcher counts credits); past it, as after a
                 // take-over, no copy is kept. Closing it now is cheap: the message still holds the
                 // connection (the worker's last close later pays its teardown, not pml).
-                if copies, held[worker]?.push(batch[i], listener: listener.id, atMs: now) == true {
+                if copies, held[worker]?.ring.push(batch[i], listener: listener.id, atMs: now) == true {
                     heldCount += 1
                 } else {
-                    if !copies { _ = held[worker]?.push(-1, listener: listener.id, atMs: now) }
+                    if !copies { _ = held[worker]?.ring.push(-1, listener: listener.id, atMs: now) }
                     closeFD(batch[i])
                 }
             }
@@ -728,17 +736,15 @@ final class ConnectionRouter {
     /// and pml's copies of handles not acknowledged in time.
     private func expire() {
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
-        for (worker, ring) in held where (ring.oldestMs ?? .max) < ackCutoff {
+        for (worker, box) in held where (box.ring.oldestMs ?? .max) < ackCutoff {
             // pml's reclaim end keeps the worker's end open, so a worker that closed its end shows
             // no EOF and looks silent: asked here (handoffClosed follows if it did).
             if !keepsCopies.contains(worker), channelAbandoned(worker) { continue }
             // The worker has them (in its socket) or never will. Read ones (it credited after them)
             // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
             // nothing more) and their late credits are due, not for newer ones.
-            var r = ring
-            var (closed, returned) = r.expire(before: ackCutoff, close: closeHeldCopy)
-            if echoOverdue(worker) { returned += r.forgiveDue() }
-            held[worker] = r
+            var (closed, returned) = box.ring.expire(before: ackCutoff, close: closeHeldCopy)
+            if echoOverdue(worker) { returned += box.ring.forgiveDue() }
             if returned > 0 {
                 dispatcher.returned(worker: worker, returned)
                 drain()
