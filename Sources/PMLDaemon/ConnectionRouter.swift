@@ -189,9 +189,9 @@ final class ConnectionRouter {
     /// Connections accepted in this accept turn, and whether it stopped for want of a free worker.
     private var acceptedThisTurn = 0
     private var starvedThisTurn = false
-    /// Asked when a worker's copies expire: true if the echo of this daemon's mark was still awaited
-    /// and it is now on revision 1's rules; then what expired is not due (the credits it wrote for
-    /// those copies were ignored and will not come again): their credits come back.
+    /// Asked when what a worker was sent expires uncredited: true if the echo of this daemon's mark
+    /// was still awaited and it is now on revision 1's rules; then what expired is not due (the
+    /// credits it wrote for those were ignored and will not come again): their credits come back.
     var echoOverdue: (_ worker: Int) -> Bool = { _ in false }
     /// Asked when a worker that pml holds a reclaim end for leaves connections uncredited past the
     /// expiry: true if it closed its end of the handoff channel (then `handoffClosed` was called).

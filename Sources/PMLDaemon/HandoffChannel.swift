@@ -80,7 +80,7 @@ final class HandoffChannel {
         awaitedEcho = epoch
     }
 
-    /// This daemon's copies expired while the echo of its mark was still awaited: the worker said
+    /// What this daemon sent expired uncredited while the echo of its mark was still awaited: the worker said
     /// revision 2 but does not echo (or reads too slowly to tell). Its credits count from now on, as
     /// in revision 1 (an echo that comes after all is ignored). The epoch awaited; nil if none was.
     func giveUpOnEcho() -> Int? {
