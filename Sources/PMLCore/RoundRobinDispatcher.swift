@@ -130,6 +130,13 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// Credits left: connections pml may still send the worker before it credits some back.
     public func credits(of worker: Int) -> Int { credits[worker] ?? 0 }
 
+    /// Whether more than half the worker's window is free (nothing in flight counts as free): its
+    /// credits need not be read as they come. False for a worker not on credits.
+    public func mostlyFree(_ worker: Int) -> Bool {
+        guard let c = credits[worker], let w = window[worker] else { return false }
+        return 2 * c > w
+    }
+
     /// One more connection of `listener` for a worker that was just chosen by `next` (a batch of
     /// several fds in one message); false if it has no credit left.
     public mutating func take(worker: Int, listener: Int) -> Bool {

@@ -189,6 +189,13 @@ final class ConnectionRouter {
     /// Connections accepted in this accept turn, and whether it stopped for want of a free worker.
     private var acceptedThisTurn = 0
     private var starvedThisTurn = false
+    /// Whether the loop reads `worker`'s handoff channel as credits come (true), or lets them wait
+    /// in its socket (false; `catchUpCredits` reads them). See `paceCredits`.
+    var readCreditsPromptly: (_ worker: Int, _ promptly: Bool) -> Void = { _, _ in }
+    /// Reads what `worker` has written on its handoff channel so far (its credits), now.
+    var catchUpCredits: (_ worker: Int) -> Void = { _ in }
+    /// Workers whose credits wait in their socket (`paceCredits`).
+    private var creditsWait: Set<Int> = []
     /// Asked when what a worker was sent expires uncredited: true if the echo of this daemon's mark
     /// was still awaited and it is now on revision 1's rules; then what expired is not due (the
     /// credits it wrote for those were ignored and will not come again): their credits come back.
@@ -359,6 +366,7 @@ final class ConnectionRouter {
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
         keepsCopies.remove(worker)
+        creditsWait.remove(worker)
         if let f = inFlight.removeValue(forKey: worker) {
             if keepsHandle {
                 logger.info("worker \(worker) was cut off with a connection handed to it and not acknowledged; it stays with that worker")
@@ -381,6 +389,7 @@ final class ConnectionRouter {
         if keepingCopies { keepsCopies.insert(worker) } else { keepsCopies.remove(worker) }
         maxFDs[worker] = m
         dispatcher.grant(worker: worker, window: window, outstanding: held[worker]?.ring.count ?? 0)
+        paceCredits(worker)
         drain()
     }
 
@@ -389,7 +398,22 @@ final class ConnectionRouter {
     func credited(worker: Int, _ n: Int) {
         held[worker]?.ring.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
         dispatcher.returned(worker: worker, n)
+        paceCredits(worker)
         drain()
+    }
+
+    /// A credit line each time the worker reads a message woke the loop on its own (more than half
+    /// the loop's wake-ups under a close load), and it is needed only once the worker runs short of
+    /// credits. So while more than half its window is free, its credits wait in its socket (the
+    /// loop does not watch it) and are read together once it has used half, by `expire` each
+    /// second, or at its end (a hang-up is always reported). Not for a worker pml keeps copies for
+    /// (credits close them), nor (`HandoffChannel.rewatch`) before its hello, while the echo of a
+    /// mark is awaited, or while it writes more than a read takes.
+    private func paceCredits(_ worker: Int) {
+        let wait = !keepsCopies.contains(worker) && ask { $0.mostlyFree(worker) }
+        guard wait != creditsWait.contains(worker) else { return }
+        if wait { creditsWait.insert(worker) } else { creditsWait.remove(worker) }
+        readCreditsPromptly(worker, !wait)
     }
 
     /// The worker read its handoff channel, crediting none of pml's copies (late credits for what
@@ -416,6 +440,7 @@ final class ConnectionRouter {
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
         keepsCopies.remove(worker)
+        creditsWait.remove(worker)
         drain()
     }
 
@@ -660,6 +685,7 @@ final class ConnectionRouter {
                     closeFD(batch[i])
                 }
             }
+            paceCredits(worker)
             if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
             return true
         case .full, .closed:
@@ -735,6 +761,9 @@ final class ConnectionRouter {
     /// Closes connections that waited too long for a worker (bounded wait, not refusal at once),
     /// and pml's copies of handles not acknowledged in time.
     private func expire() {
+        // What waits unread (`paceCredits`) is read first: nothing is judged on unread credits, and
+        // garbage or a flood from an idle worker is seen within a second.
+        for worker in creditsWait { catchUpCredits(worker) }
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
         for (worker, box) in held where (box.ring.oldestMs ?? .max) < ackCutoff {
             // pml's reclaim end keeps the worker's end open, so a worker that closed its end shows

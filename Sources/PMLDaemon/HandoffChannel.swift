@@ -30,6 +30,11 @@ final class HandoffChannel {
     private let fd: Int32
     private weak var loop: EventLoop?
     private var handle: IOHandle?
+    /// Readable in the loop's interest list (`rewatch`), and whether the router wants it so.
+    private var watched = true
+    private var promptly = true
+    /// The last read took a whole chunk: more may be waiting.
+    private var lastReadFull = false
     private var input: [UInt8] = []
     private let scratch: ReadBuffer
     private var lineWindow = (start: 0, count: 0, hellos: 0)
@@ -90,12 +95,40 @@ final class HandoffChannel {
         return epoch
     }
 
+    /// Whether the loop reads the channel as lines come, or lets them wait in the socket
+    /// (`ConnectionRouter.paceCredits`, which also has them read each second: `catchUp`).
+    func readPromptly(_ on: Bool) {
+        promptly = on
+        rewatch()
+    }
+
+    /// Reads what waits in the socket now (`readPromptly(false)` left it there).
+    func catchUp() {
+        if isOpen { readable() }
+    }
+
+    /// Watched unless the router lets the lines wait; always before the hello and while an echo is
+    /// awaited (those lines change how the rest are read), and while a read fills its whole chunk:
+    /// a worker writing more than credits (a flood) is read at once, and cut off as it should be.
+    private func rewatch() {
+        let on = promptly || hello == nil || awaitedEcho != nil || lastReadFull
+        guard isOpen, let h = handle, on != watched else { return }
+        watched = on
+        // Unwatched, a hang-up or an error is still reported (epoll always reports them).
+        loop?.modify(h, events: on ? [.readable] : [])
+    }
+
     /// One small chunk per wake-up, so a flooding worker shares the loop with everyone else.
     private func readable() {
+        defer { rewatch() }
         switch scratch.read(fd, max: Self.readBytesPerWakeUp) {
-        case .wouldBlock: return
+        case .wouldBlock:
+            lastReadFull = false
+            return
         case .eof: return closeAndTell(receiverGone: peerClosed())
-        case .data(let n): input.append(contentsOf: scratch.bytes.prefix(n))
+        case .data(let n):
+            input.append(contentsOf: scratch.bytes.prefix(n))
+            lastReadFull = n == Self.readBytesPerWakeUp
         }
         let now = monotonicMs()
         if now - lineWindow.start >= 1000 { lineWindow = (now, 0, 0) }

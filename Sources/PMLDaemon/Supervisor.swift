@@ -98,6 +98,8 @@ final class Supervisor {
             self.router.handoffClosed(worker: id, receiverGone: true, reclaim: reclaim)
             return true
         }
+        router.readCreditsPromptly = { [unowned self] id, promptly in self.runningWorkers[id]?.handoff?.readPromptly(promptly) }
+        router.catchUpCredits = { [unowned self] id in self.runningWorkers[id]?.handoff?.catchUp() }
         router.echoOverdue = { [unowned self] id in
             guard let epoch = self.runningWorkers[id]?.handoff?.giveUpOnEcho() else { return false }
             // Once per worker: from now on it is not awaited.

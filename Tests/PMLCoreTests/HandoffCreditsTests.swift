@@ -160,6 +160,27 @@ import Testing
         #expect(!d.onlyCredits(serving: 0))
     }
 
+    /// What the router asks to let a worker's credits wait unread: more than half its window free.
+    @Test func mostlyFreeWhileMoreThanHalfTheWindowIsFree() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        #expect(!d.mostlyFree(1), "on NODE_HANDLE: no credits to wait")
+        d.grant(worker: 1, window: 4, outstanding: 0)
+        #expect(d.mostlyFree(1))
+        _ = d.next(for: 0)
+        #expect(d.mostlyFree(1), "3 of 4 free")
+        _ = d.next(for: 0)
+        #expect(!d.mostlyFree(1), "2 of 4: half is not more than half")
+        d.returned(worker: 1, 1)
+        #expect(d.mostlyFree(1))
+        d.grant(worker: 1, window: 1, outstanding: 0)
+        #expect(d.mostlyFree(1), "a window of 1, nothing in flight")
+        _ = d.next(for: 0)
+        #expect(!d.mostlyFree(1))
+        d.forgetCredits(worker: 1)
+        #expect(!d.mostlyFree(1))
+    }
+
     @Test func lateCreditsPayWhatIsDueFirst() {
         var h = HeldHandles(capacity: 4)
         _ = h.push(10, listener: 1, atMs: 0)
