@@ -398,7 +398,8 @@ final class ConnectionRouter {
     func credited(worker: Int, _ n: Int) {
         held[worker]?.ring.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
         dispatcher.returned(worker: worker, n)
-        paceCredits(worker)
+        // Credits only grow here: reading them can only come to wait.
+        if !creditsWait.contains(worker) { paceCredits(worker) }
         drain()
     }
 
@@ -410,7 +411,7 @@ final class ConnectionRouter {
     /// (credits close them), nor (`HandoffChannel.rewatch`) before its hello, while the echo of a
     /// mark is awaited, or while it writes more than a read takes.
     private func paceCredits(_ worker: Int) {
-        let wait = !keepsCopies.contains(worker) && ask { $0.mostlyFree(worker) }
+        let wait = ask { $0.mostlyFree(worker) } && !keepsCopies.contains(worker)
         guard wait != creditsWait.contains(worker) else { return }
         if wait { creditsWait.insert(worker) } else { creditsWait.remove(worker) }
         readCreditsPromptly(worker, !wait)
@@ -685,7 +686,8 @@ final class ConnectionRouter {
                     closeFD(batch[i])
                 }
             }
-            paceCredits(worker)
+            // Credits only shrink here: only waiting ones can have to be read promptly again.
+            if creditsWait.contains(worker) { paceCredits(worker) }
             if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
             return true
         case .full, .closed:
