@@ -7,10 +7,12 @@
 # Each argument is a pml binary, optionally preceded by daemon environment settings, as for
 # rr-cpu.sh. Every setup is its own daemon with two apps of 2 Node hello-world workers (rr):
 # `busy` on PORT+2i and `idle` on PORT+2i+1. Per round and setup, DURATION seconds each (wrk):
-#   light c2/c4, keep-alive and close   wrk -t1 -c2|-c4 on `busy` alone (a few fast clients)
+#   light c2/c4, keep-alive and close   wrk -t1 -c2|-c4 on `busy` alone (a few fast clients;
+#                                        `c8-close` too, if ROWS names it)
 #   neighbour                            wrk -t2 -c50 close on `busy` and, at the same time,
 #                                        wrk -t1 -c1 close on `idle` (its latency is the row)
-# Prints each row's req/s, p50 and p99 per round, then the median of the rounds' p50 and p99.
+# ROWS="c2-close c4-close" runs only those rows. Prints each row's req/s, p50 and p99 per round,
+# and each app's accept holds so far (`accept_holds`), then the median of the rounds' p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Benchmarks/tools.sh
@@ -34,10 +36,11 @@ summary() {
   awk '/^Requests\/sec:/ {rps = $2}
        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
        $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)}
-       END {printf "%.0f %.3f %.3f", rps, p50, p99}' <<<"$1"
+       $1 == "neighbour" {nb = $2}
+       END {printf "%.0f %.3f %.3f %s", rps, p50, p99, nb == "" ? "" : sprintf("(neighbour %.0f req/s)", nb)}' <<<"$1"
 }
 
-rows=("c2-keepalive" "c4-keepalive" "c2-close" "c4-close" "idle-next-to-c50")
+read -ra rows <<<"${ROWS:-c2-keepalive c4-keepalive c2-close c4-close idle-next-to-c50}"
 declare -A p50s p99s
 for round in $(seq "$ROUNDS"); do
   for i in "${!specs[@]}"; do
@@ -48,16 +51,19 @@ for round in $(seq "$ROUNDS"); do
         c4-keepalive) out=$(wrk -t1 -c4 -d"${DURATION}s" --latency "http://127.0.0.1:$busy/") ;;
         c2-close) out=$(wrk -t1 -c2 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:$busy/") ;;
         c4-close) out=$(wrk -t1 -c4 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:$busy/") ;;
+        c8-close) out=$(wrk -t1 -c8 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:$busy/") ;;
         idle-next-to-c50)
-          wrk -t2 -c50 -d"$((DURATION + 1))s" -H 'Connection: close' "http://127.0.0.1:$busy/" >/dev/null &
+          wrk -t2 -c50 -d"$((DURATION + 1))s" -H 'Connection: close' "http://127.0.0.1:$busy/" >"$work/neighbour" &
           load=$!
           sleep 0.5   # the neighbour's load is sustained (held, if it holds) before the probe starts
           out=$(wrk -t1 -c1 -d"${DURATION}s" --latency -H 'Connection: close' "http://127.0.0.1:$idle/")
-          wait "$load" ;;
+          wait "$load"
+          out+=$'\n'"neighbour $(awk '/^Requests\/sec:/ {print $2}' "$work/neighbour")" ;;
       esac
-      read -r rps p50 p99 <<<"$(summary "$out")"
+      read -r rps p50 p99 note <<<"$(summary "$out")"
       p50s[$i,$row]+="$p50 " p99s[$i,$row]+="$p99 "
-      printf 'round %d  setup %d  %-17s %7s req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$round" "$i" "$row" "$rps" "$p50" "$p99"
+      holds=$(PML_HOME=${homes[$i]} "${bins[$i]}" describe "ab${i}_0" --json | sed -n 's/.*"accept_holds" *: *\([0-9]*\).*/\1/p')
+      printf 'round %d  setup %d  %-17s %7s req/s  p50 %7.3f ms  p99 %7.3f ms  holds %s %s\n' "$round" "$i" "$row" "$rps" "$p50" "$p99" "${holds:--}" "${note:-}"
     done
   done
 done

@@ -7,10 +7,12 @@
 /// `busyTurns` accept turns in a row came less than `busyGapUs` after the one before (arrivals
 /// faster than one per gap, sustained), and stops when `sparseTurns` held turns in a row found
 /// fewer than `minBatch` connections each (holds that gather no batch only add latency; one such
-/// turn alone is chance). Each time holding ends so, twice as many busy turns are needed to start
-/// it again (up to `maxBusyTurns`), until a hold gathers a batch: a client that sends one request
-/// at a time, fast, looks busy but can never fill a batch, and is held back ever more rarely;
-/// after `quietUs` without an accept turn the back-off is forgotten.
+/// turn alone is chance). A batch is more than a few clients sending requests back to back can
+/// bring in one hold (2–4 such clients are never held for long: each of their requests would wait).
+/// Each time holding ends so, twice as many busy turns are needed to start it again (up to
+/// `maxBusyTurns`), until a hold gathers a batch: a client that sends one request at a time, fast,
+/// looks busy but can never fill a batch, and is held back ever more rarely; `quietUs` after the
+/// back-off last grew it is forgotten (a heavy load that follows a light one is held again soon).
 /// A first connection after a quiet spell is always accepted at once. A turn that stopped because
 /// no worker could take another connection is not busy: it ends any hold and the busy count starts
 /// over (the workers are the bottleneck; a hold there would only delay their acknowledgements).
@@ -33,10 +35,14 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public let sparseTurns: Int
     /// The most busy turns ever needed to start holding again.
     public let maxBusyTurns: Int
-    /// No accept turn for longer than this (µs): the back-off is forgotten.
+    /// This long (µs) after it last grew, the back-off is forgotten.
     public let quietUs: Int
+    /// The hold when `PML_ACCEPT_HOLD_US` is not set (µs).
+    public static let defaultHoldUs = 250
 
     private var lastTurnUs: Int?
+    /// When `needed` last grew (nil: it is `busyTurns`).
+    private var backedOffAtUs: Int?
     private var streak = 0
     private var sparse = 0
     /// Busy turns in a row needed now to start holding: `busyTurns`, doubled after each hold that gathered nothing.
@@ -44,8 +50,9 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     /// The hold asked for after the last accept turn (0: none).
     public private(set) var holding = 0
 
-    /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each other.
-    public init(holdUs: Int = 250, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 2, sparseTurns: Int = 2,
+    /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each
+    /// other, for as long as holds gather five connections or more.
+    public init(holdUs: Int = ArrivalCoalescing.defaultHoldUs, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 5, sparseTurns: Int = 2,
                 maxBusyTurns: Int = 1024, quietUs: Int = 1_000_000) {
         self.holdUs = min(max(0, holdUs), Self.maxHoldUs)
         self.busyGapUs = max(0, busyGapUs)
@@ -57,11 +64,11 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         needed = self.busyTurns
     }
 
-    /// `PML_ACCEPT_HOLD_US`'s text read: the hold (µs, 0 when unset: holding is opt-in) and, for a
-    /// value not taken as given, one line saying what was used instead. Out of `0...max`: the
-    /// nearest bound; not a whole number: off.
+    /// `PML_ACCEPT_HOLD_US`'s text read: the hold (µs; `defaultHoldUs` when unset, 0 turns it off)
+    /// and, for a value not taken as given, one line saying what was used instead. Out of
+    /// `0...max`: the nearest bound; not a whole number: off.
     public static func holdSetting(_ text: String?, max: Int) -> (holdUs: Int, problem: String?) {
-        guard let text else { return (0, nil) }
+        guard let text else { return (defaultHoldUs, nil) }
         let digits = text.first == "+" || text.first == "-" ? text.dropFirst() : Substring(text)
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
             return (0, "PML_ACCEPT_HOLD_US=\(text.prefix(40)) is not a whole number of microseconds; accept hold off")
@@ -76,9 +83,12 @@ public struct ArrivalCoalescing: Sendable, Equatable {
 
     /// A turn at `nowUs` accepted `accepted` connections (it ran after the hold returned last, if
     /// any); `starved`: it stopped because no worker could take more; `holdable`: every worker
-    /// serving the listener takes its connections on the native handoff channel, with credits.
+    /// serving the listener takes its connections on the native handoff channel, with credits;
+    /// `gathered`: for a turn right after a hold, how many were queued when it began (nil: unknown,
+    /// `accepted` stands for it) — a turn that takes long accepts what came during it too, and a few
+    /// fast clients can bring five that way, not in one hold.
     /// Returns how long (µs) to hold off the next accept: 0 means accept as soon as one comes.
-    public mutating func turn(nowUs: Int, accepted: Int, starved: Bool = false, holdable: Bool = true) -> Int {
+    public mutating func turn(nowUs: Int, accepted: Int, gathered: Int? = nil, starved: Bool = false, holdable: Bool = true) -> Int {
         guard holdUs > 0 else { return 0 }
         if starved || !holdable {
             lastTurnUs = nowUs
@@ -90,14 +100,18 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         guard accepted > 0 else { return 0 }
         let gap = lastTurnUs.map { nowUs - $0 }
         lastTurnUs = nowUs
-        // The client that made holding back off is long gone: a new load starts from the defaults.
-        if let gap, gap > quietUs { needed = busyTurns }
+        // The back-off is old (or the clock went back): whatever made it, a load now starts afresh.
+        if let t = backedOffAtUs, nowUs - t > quietUs || nowUs < t {
+            needed = busyTurns
+            backedOffAtUs = nil
+        }
         // A turn long after the hold ended (the load stopped, then came back) starts afresh.
         if holding > 0, let gap, gap >= 0, gap <= holding + busyGapUs {
             // Holds that gather no batch, turn after turn: arrivals are too sparse for them to pay.
-            if accepted >= minBatch {
+            if (gathered ?? accepted) >= minBatch {
                 sparse = 0
                 needed = busyTurns
+                backedOffAtUs = nil
                 return holding
             }
             sparse += 1
@@ -106,6 +120,7 @@ public struct ArrivalCoalescing: Sendable, Equatable {
             streak = 0
             sparse = 0
             needed = min(needed * 2, maxBusyTurns)
+            backedOffAtUs = nowUs
             return 0
         }
         holding = 0

@@ -149,9 +149,9 @@ final class ConnectionRouter {
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
 
     /// How long (µs) pml lets connections gather in a listener's backlog between its accept turns
-    /// under sustained load (`ArrivalCoalescing`): off unless `PML_ACCEPT_HOLD_US` in the daemon's
-    /// environment (read once, at start) sets it. Only that listener waits, and only one whose
-    /// workers all take connections on the native handoff channel.
+    /// under sustained load (`ArrivalCoalescing`): 250 unless `PML_ACCEPT_HOLD_US` in the daemon's
+    /// environment (read once, at start) says otherwise (0: off). Only that listener waits, and
+    /// only one whose workers all take connections on the native handoff channel.
     static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs)
 
     private let loop: EventLoop
@@ -539,7 +539,7 @@ final class ConnectionRouter {
     /// One accept turn of `l`: on its socket and on the slot sockets pml accepts on for it (one
     /// wake-up counts once per listener, whichever of them woke it); then its `ArrivalCoalescing`
     /// decides whether it leaves the loop for a hold, alone: a loop timer ends it (`holdEnded`).
-    private func acceptTurn(_ l: AppListener) {
+    private func acceptTurn(_ l: AppListener, gathered: Int? = nil) {
         acceptedThisTurn = 0
         starvedThisTurn = false
         if l.fd >= 0 { acceptAll(l.fd, l) }
@@ -549,7 +549,8 @@ final class ConnectionRouter {
             // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
             // worker gets one at a time, and a hold would only delay the ACK that frees it.
             let holdable = ask { $0.onlyCredits(serving: l.id) }
-            let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, starved: starvedThisTurn, holdable: holdable)
+            let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, gathered: gathered,
+                                         starved: starvedThisTurn, holdable: holdable)
             if hold > 0, canAccept(l) { l.hold(loop.schedule(afterUs: hold, l.holdEnd)) }
         }
         rewatch(l)
@@ -561,7 +562,11 @@ final class ConnectionRouter {
     private func holdEnded(_ l: AppListener) {
         l.holdTimer = nil
         guard canAccept(l) else { return rewatch(l) }
-        acceptTurn(l)
+        // What gathered during the hold, as the kernel counts it (a unix socket does not say: then
+        // what the turn accepts stands for it).
+        var gathered = l.fd >= 0 ? listenQueueLength(l.fd) : 0
+        for s in l.slots.values where s.accepting { gathered = gathered.flatMap { g in listenQueueLength(s.fd).map { g + $0 } } }
+        acceptTurn(l, gathered: gathered)
     }
 
     /// Whether pml may accept for `l` now (apart from a hold).

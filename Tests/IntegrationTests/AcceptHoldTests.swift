@@ -40,21 +40,22 @@ extension Integration {
             return file
         }
 
-        /// A daemon with the longest hold and app `a` (handoff channel) under 4 clients back to back,
-        /// once its listener has been held: the load, and how often it was held by then.
-        static func heldApp(_ box: Sandbox) async throws -> (load: LoadGenerator, holds: Int) {
+        /// A daemon with the longest hold and app `a` (handoff channel) under 8 clients back to back
+        /// (a hold goes on only while it gathers five connections or more),
+        /// once its listener has been held: the load, its port, and how often it was held by then.
+        static func heldApp(_ box: Sandbox) async throws -> (load: LoadGenerator, port: Int, holds: Int) {
             try box.startDaemon(env: daemonEnv)
             let port = try Net.freePort()
             _ = try await creditsApp(box, name: "a", port: port)
             let load = LoadGenerator(.local(port), pauseMs: 0, timeout: 10)
-            load.start(fast: 4)
-            return (load, try await waitHeld(box, "a"))
+            load.start(fast: 8)
+            return (load, port, try await waitHeld(box, "a"))
         }
 
         @Test("a held listener never stops another app's listener or the control socket: with the 10000 µs hold on app A under load, app B answers 300 of 300 requests and pml ls answers every time, and B is never held")
         func holdIsPerListener() async throws {
             try await withSandbox { box in
-                let (load, heldBefore) = try await Self.heldApp(box)
+                let (load, _, heldBefore) = try await Self.heldApp(box)
                 let portB = try Net.freePort()
                 _ = try await Self.creditsApp(box, name: "b", port: portB)
                 // B: one request at a time with a pause, so B itself is never busy enough to hold.
@@ -87,7 +88,7 @@ extension Integration {
         @Test("a listener served by NODE_HANDLE workers is never held, under a load that holds a handoff-channel app's listener in the same daemon")
         func nodeHandleIsNeverHeld() async throws {
             try await withSandbox { box in
-                let (loadA, _) = try await Self.heldApp(box)
+                let (loadA, _, _) = try await Self.heldApp(box)
                 let portP = try Net.freePort()
                 // Four Python workers for two clients: a worker is nearly always free, so its accept
                 // turns are busy, not starved (a starved turn never holds whoever serves it).
@@ -109,10 +110,10 @@ extension Integration {
             }
         }
 
-        @Test("nothing is lost with the hold on: 4 clients back to back and a graceful reload, every request answered")
+        @Test("nothing is lost with the hold on: 8 clients back to back and a graceful reload, every request answered, and 100 one at a time after the load")
         func nothingLostUnderHold() async throws {
             try await withSandbox { box in
-                let (load, _) = try await Self.heldApp(box)
+                let (load, port, _) = try await Self.heldApp(box)
                 let first = Row.pids(try await box.rows("a"))
                 _ = try await box.gracefulReloads("a", count: 2, replacing: first, rounds: 1, pauseMs: 300)
                 try await Handoff.waitMode(box, "a", count: 2, "credits 16, 1 fd/message")
@@ -121,6 +122,10 @@ extension Integration {
                 let samples = await load.stop()
                 #expect(samples.failed.isEmpty, "no request failed: \(samples.summary())")
                 #expect(samples.count > 200, "the load ran: \(samples.summary())")
+                // Once the load is gone the listener is back in the loop and the workers' credits
+                // come back: one request at a time, far more than the workers' windows, all answered.
+                let after = HTTP.sequential(.local(port), 100, timeout: 10)
+                #expect(failuresOf(after).isEmpty, "after the load: \(failuresOf(after).prefix(3))")
             }
         }
     }
