@@ -35,7 +35,7 @@ ssize_t pml_send_record(int sock, const void *buf, size_t len, const int *fds, i
     return n;
 }
 
-ssize_t pml_recv_record(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int dontwait) {
+ssize_t pml_recv_record(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int dontwait, int *ctrunc) {
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
@@ -57,6 +57,13 @@ ssize_t pml_recv_record(int sock, void *buf, size_t len, int *fds, int max_fds, 
             /* Never keep more than asked for: an fd nobody tracks would leak. */
             if (got < max_fds) fds[got++] = in[i]; else close(in[i]);
         }
+    }
+    /* Only fds cut (out of descriptors): a caller that asks keeps those that arrived, the others
+       are gone with the kernel's copy. */
+    if (ctrunc && (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == MSG_CTRUNC) {
+        *ctrunc = 1;
+        *nfds = got;
+        return n;
     }
     if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
         for (int i = 0; i < got; i++) close(fds[i]);

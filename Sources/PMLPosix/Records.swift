@@ -31,12 +31,25 @@ public enum RecordSocket {
     /// Receives one record of at most `limit` bytes with at most 8 fds (CLOEXEC). A record that
     /// was cut short is dropped (its fds closed) and reported as an empty record.
     public static func receive(_ socket: Int32, limit: Int, dontWait: Bool) -> Received {
+        receive(socket, limit: limit, dontWait: dontWait, cut: nil)
+    }
+
+    /// As `receive(_:limit:dontWait:)`, but a record whose fds alone were cut (out of descriptors)
+    /// comes with those that arrived, and `fdsCut` says so.
+    public static func receive(_ socket: Int32, limit: Int, dontWait: Bool, fdsCut: inout Bool) -> Received {
+        var cut: Int32 = 0
+        let r = receive(socket, limit: limit, dontWait: dontWait, cut: &cut)
+        fdsCut = cut != 0
+        return r
+    }
+
+    private static func receive(_ socket: Int32, limit: Int, dontWait: Bool, cut: UnsafeMutablePointer<Int32>?) -> Received {
         var buf = [UInt8](repeating: 0, count: limit + 1)
         var fds = [Int32](repeating: -1, count: 8)
         var count: Int32 = 0
         let n = buf.withUnsafeMutableBytes { b in
             fds.withUnsafeMutableBufferPointer { f in
-                pml_recv_record(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count), &count, dontWait ? 1 : 0)
+                pml_recv_record(socket, b.baseAddress, b.count, f.baseAddress, Int32(f.count), &count, dontWait ? 1 : 0, cut)
             }
         }
         if n > 0 { return .record(bytes: Array(buf[0..<n]), fds: Array(fds[0..<Int(count)])) }

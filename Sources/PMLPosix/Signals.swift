@@ -87,18 +87,25 @@ public func ignoreSIGPIPE() {
     signal(SIGPIPE, SIG_IGN)
 }
 
-/// Whether process `pid` still has the open file `fd` refers to (a socket, by device and inode)
-/// among its descriptors, under any number. True when it cannot be told (its fd folder unreadable,
-/// over `limit` descriptors): callers take "no" as the process having closed it.
+/// Whether process `pid` still has the socket `fd` refers to among its descriptors, under any
+/// number. Each entry is read as a link (`socket:[<inode>]`), never followed: a stat() of it would
+/// reach whatever file it names, and one on NFS or FUSE can block the caller. True when it cannot
+/// be told (its fd folder unreadable, over `limit` descriptors): callers take "no" as the process
+/// having closed it.
 public func process(_ pid: Int32, holds fd: Int32, limit: Int = 4096) -> Bool {
     var mine = stat()
     guard fstat(fd, &mine) == 0 else { return true }
     let folder = "/proc/\(pid)/fd"
     guard access(folder, R_OK) == 0 else { return true }
-    let names = directoryEntries(folder)
+    // One more than the limit read at most: enough to tell it is over.
+    let names = directoryEntries(folder, max: limit + 1)
     guard !names.isEmpty, names.count <= limit else { return true }
+    let wanted = Array("socket:[\(mine.st_ino)]".utf8)
+    var link = [UInt8](repeating: 0, count: wanted.count + 1)
     return names.contains { name in
-        var theirs = stat()
-        return stat(folder + "/" + name, &theirs) == 0 && theirs.st_ino == mine.st_ino && theirs.st_dev == mine.st_dev
+        let n = link.withUnsafeMutableBufferPointer { b in
+            b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { readlink(folder + "/" + name, $0, b.count) }
+        }
+        return n == wanted.count && link.prefix(n).elementsEqual(wanted)
     }
 }

@@ -177,11 +177,11 @@ public func pathExists(_ path: String) -> Bool {
 }
 
 /// The names in a folder (without "." and ".."); empty if it cannot be read.
-public func directoryEntries(_ path: String) -> [String] {
+public func directoryEntries(_ path: String, max: Int = .max) -> [String] {
     guard let dir = opendir(path) else { return [] }
     defer { closedir(dir) }
     var names: [String] = []
-    while let entry = readdir(dir) {
+    while names.count < max, let entry = readdir(dir) {
         let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         if name != "." && name != ".." { names.append(name) }
     }

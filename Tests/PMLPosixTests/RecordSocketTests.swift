@@ -43,6 +43,52 @@ import Testing
         #expect(write(pipe.write, "x", 1) < 0 && errno == EPIPE)
     }
 
+    /// Sends `text` with `fds` in one sendmsg: more than `RecordSocket` ever sends (8), so that the
+    /// receiver's room for 8 cuts the list (`MSG_CTRUNC`), as running out of descriptors does.
+    private func sendRaw(_ socket: Int32, _ text: String, fds: [Int32]) -> Int {
+        let header = MemoryLayout<cmsghdr>.size
+        let length = header + fds.count * MemoryLayout<Int32>.size
+        var control = [UInt8](repeating: 0, count: (length + 7) & ~7)
+        control.withUnsafeMutableBytes { c in
+            var h = cmsghdr()
+            (h.cmsg_len, h.cmsg_level, h.cmsg_type) = (length, SOL_SOCKET, Int32(SCM_RIGHTS))
+            c.storeBytes(of: h, as: cmsghdr.self)
+            for (i, fd) in fds.enumerated() { c.storeBytes(of: fd, toByteOffset: header + i * 4, as: Int32.self) }
+        }
+        var bytes = Array(text.utf8)
+        return bytes.withUnsafeMutableBytes { b in
+            control.withUnsafeMutableBytes { c in
+                var iov = iovec(iov_base: b.baseAddress, iov_len: b.count)
+                return withUnsafeMutablePointer(to: &iov) { v in
+                    var msg = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: v, msg_iovlen: 1, msg_control: c.baseAddress, msg_controllen: c.count, msg_flags: 0)
+                    return sendmsg(socket, &msg, 0)
+                }
+            }
+        }
+    }
+
+    @Test func fdsCutShortAreKeptOnlyWhenAsked() throws {
+        let (a, b) = try RecordSocket.pair()
+        defer { closeFD(a); closeFD(b) }
+        let pipe = try makePipe(nonblockingRead: false)
+        defer { closeFD(pipe.read); closeFD(pipe.write) }
+        let ten = [Int32](repeating: pipe.read, count: 10)
+        #expect(sendRaw(a, "one", fds: ten) == 3 && sendRaw(a, "two", fds: ten) == 3)
+        // Asked: the 8 that fit arrive, said to be cut.
+        var cut = false
+        guard case .record(let kept, let fds) = RecordSocket.receive(b, limit: 64, dontWait: true, fdsCut: &cut) else {
+            Issue.record("no first record"); return
+        }
+        #expect(String(decoding: kept, as: UTF8.self) == "one" && fds.count == 8 && cut, "kept: \(fds.count), cut: \(cut)")
+        #expect(fds.allSatisfy { fcntl($0, F_GETFD) >= 0 }, "open")
+        fds.forEach(closeFD)
+        // Not asked: dropped whole, as before.
+        guard case .record(let dropped, let none) = RecordSocket.receive(b, limit: 64, dontWait: true) else {
+            Issue.record("no second record"); return
+        }
+        #expect(dropped.isEmpty && none.isEmpty)
+    }
+
     @Test func aClosedPeerReadsAsClosed() throws {
         let (a, b) = try RecordSocket.pair()
         closeFD(a)
@@ -66,5 +112,40 @@ import Testing
         #expect(bound == 0 && listen(s, 1) == 0)
         #expect(isListeningSocket(s))
         #expect(!isListeningSocket(-1))
+    }
+}
+
+@Suite struct ProcessHoldsTests {
+    /// Starts `sleep` with `fd` as its fd 3 (or nothing but 0-2 when nil); its pid.
+    private func sleeper(inheriting fd: Int32?) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let fd { posix_spawn_file_actions_adddup2(&actions, fd, 3) }
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("30"), nil]
+        defer { argv.forEach { free($0) } }
+        let rc = posix_spawn(&pid, "/bin/sleep", &actions, nil, argv, environ)
+        guard rc == 0 else { throw SystemError("posix_spawn", errno: rc) }
+        return pid
+    }
+
+    private func reap(_ pid: pid_t) {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+    }
+
+    @Test func aProcessHoldsASocketOnlyUnderSomeNumber() throws {
+        let (a, b) = try RecordSocket.pair()
+        defer { closeFD(a); closeFD(b) }
+        let holder = try sleeper(inheriting: b)
+        defer { reap(holder) }
+        let other = try sleeper(inheriting: nil)
+        defer { reap(other) }
+        #expect(process(holder, holds: b), "its fd 3 is that socket")
+        #expect(!process(holder, holds: a), "the other end is another socket")
+        #expect(!process(other, holds: b), "sockets are close-on-exec: not inherited")
+        #expect(process(holder, holds: b, limit: 2), "more descriptors than the limit: cannot tell, so held")
     }
 }

@@ -12,9 +12,11 @@ int pml_socketpair_seqpacket(int fds[2]);
 ssize_t pml_send_record(int sock, const void *buf, size_t len, const int *fds, int nfds, int dontwait);
 
 /* Receives one record (MSG_CMSG_CLOEXEC) and up to max_fds fds into fds, count in *nfds.
- * A record or fd list cut short (MSG_TRUNC / MSG_CTRUNC) closes what arrived and fails with EMSGSIZE.
+ * A record or fd list cut short (MSG_TRUNC / MSG_CTRUNC) closes what arrived and fails with EMSGSIZE;
+ * but with ctrunc non-NULL, a record whose fd list alone was cut (out of descriptors) keeps the fds
+ * that arrived and sets *ctrunc to 1.
  * Returns bytes received (0: the peer is gone) or -1 with errno. */
-ssize_t pml_recv_record(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int dontwait);
+ssize_t pml_recv_record(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int dontwait, int *ctrunc);
 
 /* Connections waiting in a listening TCP socket's accept queue (TCP_INFO), or -1 (not TCP). */
 int pml_listen_queue_length(int fd);
