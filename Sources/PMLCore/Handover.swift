@@ -103,6 +103,11 @@ public enum KeeperTag {
     /// pml's copy of the worker's own end of that channel (the reclaim end): what the worker never
     /// read is taken back from it once the worker is gone, by this daemon or a successor.
     public static func reclaim(pid: Int32) -> String { worker(pid: pid) + "rcl" }
+    /// The pid in a tag `reclaim(pid:)` makes; nil for any other tag.
+    public static func reclaimPID(_ tag: String) -> Int32? {
+        guard tag.hasPrefix("w."), tag.hasSuffix(".rcl"), let pid = Int32(tag.dropFirst(2).dropLast(4)), pid > 0 else { return nil }
+        return pid
+    }
     public static func out(pid: Int32) -> String { worker(pid: pid) + "out" }
     public static func err(pid: Int32) -> String { worker(pid: pid) + "err" }
     /// A listening socket; unique across daemons: `generation` is the daemon's own random token

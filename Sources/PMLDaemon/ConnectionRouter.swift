@@ -106,6 +106,8 @@ final class AppListener {
 private final class HeldBox {
     var ring: HeldHandles
     init(_ ring: HeldHandles) { self.ring = ring }
+    /// Sent and not credited back: in the ring, or expired unread (their credits still due).
+    var sent: Int { ring.count + ring.due }
 }
 
 /// One reuseport slot socket of an address, as pml holds it.
@@ -136,13 +138,17 @@ final class SlotSocket {
 /// of those connections are kept only for a worker adopted without a reclaim end (from an older daemon).
 /// Accepts only what a worker can take now: while none can, the listener (or slot socket) leaves
 /// the loop and connections wait in the kernel's backlog, which outlives the daemon (the keeper
-/// holds a copy); one app's waiting connections never stop another's. Only connections taken in
-/// from a slot socket being closed, or given back by a worker, can fill pml's own queue: past
-/// `waitingBound` (which also counts the copies pml keeps for workers without a reclaim end: many
-/// workers' windows can hold more fds than the queue) every listener pauses, as the last resort.
+/// holds a copy); one app's waiting connections never stop another's. Past `waitingBound` every
+/// listener pauses: it counts pml's queue and every connection sent on a handoff channel and not
+/// credited back (with or without pml's copy: an unread one is in flight, charged to pml's user by
+/// the kernel, and comes back into pml's own descriptors if its worker dies), since many workers'
+/// windows can hold more than the descriptors pml has. What is taken back from a gone worker's
+/// reclaim end is read only while the bound has room; the rest stays in it until there is.
 final class ConnectionRouter {
     /// Connections accepted but not handed out wait this long at most, then are closed.
     static let maxWaitMs = 30_000
+    /// How long a worker whose send the kernel refused for now waits for the next try.
+    static let refusedRetryMs = 50
     /// A handle not acknowledged (or credited) within this long is dropped: pml closes its copy (if
     /// it keeps one), and the worker gets no other until it answers (a late ACK, NACK or credit proves it alive).
     /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
@@ -166,18 +172,28 @@ final class ConnectionRouter {
     private var acceptingPaused = false
     /// Listeners not watched because no worker serving them can take a connection now.
     private var starved: Set<Int> = []
-    /// Writes the handle line for `listener`'s connection `fd` to `worker`; false if it cannot.
+    /// Writes the handle line for `listener`'s connection `fd` to `worker` (`full` is never said:
+    /// an IPC channel queues what it cannot write now).
     /// What went out counts as dispatched to the worker (`ls`, metrics): counted by the sender, which
     /// has the worker at hand, rather than looked up again per connection.
-    var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> Bool = { _, _, _ in false }
+    var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel (counted as
     /// dispatched if they went, like `sendHandle`).
     var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Native handoff: what each worker has not credited back yet (with pml's copies, for a worker
     /// in `keepsCopies`), and how many fds it takes per message.
     private var held: [Int: HeldBox] = [:]
-    /// All workers' held copies: descriptors pml holds, counted in `waitingBound`.
+    /// All workers' connections sent and not credited back (`HeldBox.sent`), counted in `waitingBound`.
     private var heldCount = 0
+    /// Reclaim ends of gone workers that may still hold unread messages, oldest first: read as the
+    /// bound has room (`takeBackWhileRoom`); `release` closes pml's end and the keeper's copy once
+    /// nothing is left in it.
+    private var reclaiming: [(worker: Int, end: Int32, release: () -> Void)] = []
+    /// Workers whose last send the kernel refused for now (ETOOMANYREFS, ENOBUFS): tried again by
+    /// one short timer, not at once (the refusal lasts until fds in flight are read or taken back).
+    private var refused: Set<Int> = []
+    private var refusedRetry: TimerHandle?
+    private var lastRefusalLogMs = Int.min / 2
     private var maxFDs: [Int: Int] = [:]
     /// Workers pml has no reclaim end for (adopted from a daemon that kept none): pml keeps its copy
     /// of each connection sent to them until credited, as the only way to serve it if they die.
@@ -221,6 +237,7 @@ final class ConnectionRouter {
 
     deinit {
         if let expiryTimer { loop.cancel(expiryTimer) }
+        if let refusedRetry { loop.cancel(refusedRetry) }
         for l in listeners.values { if let t = l.holdTimer { loop.cancel(t) } }
         batch.deallocate()
     }
@@ -354,9 +371,10 @@ final class ConnectionRouter {
     /// unless it `keepsHandle` (sent to a worker still alive: it may have taken it) — then pml's
     /// copy is closed and the connection is the worker's. What its handoff channel holds goes as `sent` says;
     /// `reclaim`: the worker's reclaim end, once it has exited: what it never read is taken back.
-    func workerGone(worker: Int, keepsHandle: Bool = false, sent: SentConnections = .others, reclaim: Int32? = nil) {
+    func workerGone(worker: Int, keepsHandle: Bool = false, sent: SentConnections = .others, reclaim: Reclaim? = nil) {
         dispatcher.remove(worker: worker)
         silent.remove(worker)
+        refused.remove(worker)
         switch sent {
         case .others: requeueHeld(worker: worker)
         case .worker: closeHeld(worker: worker)
@@ -396,7 +414,11 @@ final class ConnectionRouter {
     /// The worker credited back `n` connections: it owns them; what is due for copies pml no longer
     /// holds is paid first, then pml's oldest copies are closed.
     func credited(worker: Int, _ n: Int) {
-        held[worker]?.ring.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
+        if let box = held[worker] {
+            let before = box.sent
+            box.ring.credit(n, atMs: monotonicMs(), close: closeHeldCopy)
+            heldCount -= before - box.sent
+        }
         dispatcher.returned(worker: worker, n)
         // Credits only grow here: reading them can only come to wait.
         if !creditsWait.contains(worker) { paceCredits(worker) }
@@ -427,17 +449,20 @@ final class ConnectionRouter {
 
     /// The worker's handoff channel closed while it lives, and it is back on NODE_HANDLE. What it was
     /// not credited for goes to others only if it will not read it (`receiverGone`: its end is closed
-    /// or shut down both ways): then pml's copies go, or what is unread in `reclaim` is taken back.
+    /// or shut down both ways): then pml's copies go, or what is unread in `reclaim` is taken back
+    /// (the router owns it then).
     /// Otherwise it may still read those connections, so pml's copies are closed (serving one twice
     /// is worse than losing it: see the IPC channel's cut-off); from a reclaim end, what it leaves
     /// unread is taken back when it exits.
-    func handoffClosed(worker: Int, receiverGone: Bool, reclaim: Int32?) {
+    func handoffClosed(worker: Int, receiverGone: Bool, reclaim: Reclaim?) {
         if receiverGone {
             requeueHeld(worker: worker)
             if let reclaim { takeBack(worker: worker, from: reclaim) }
         } else {
             closeHeld(worker: worker)
         }
+        // Its retry would be for credits it no longer has.
+        refused.remove(worker)
         dispatcher.forgetCredits(worker: worker)
         maxFDs[worker] = nil
         keepsCopies.remove(worker)
@@ -447,62 +472,100 @@ final class ConnectionRouter {
 
     /// Closes pml's copies of what `worker` was sent and has not credited: the connections are its own.
     private func closeHeld(worker: Int) {
-        guard var ring = held.removeValue(forKey: worker)?.ring else { return }
-        while let e = ring.pop() { closeHeldCopy(e) }
+        guard let box = held.removeValue(forKey: worker) else { return }
+        heldCount -= box.sent
+        while let e = box.ring.pop() { closeHeldCopy(e) }
     }
 
+    /// Closes pml's copy, if it kept one; the caller counts what is no longer sent.
     private func closeHeldCopy(_ e: HeldHandles.Entry) {
-        guard e.fd >= 0 else { return }
-        closeFD(e.fd)
-        heldCount -= 1
+        if e.fd >= 0 { closeFD(e.fd) }
     }
 
     /// Connections sent on a worker's handoff channel and never credited back go to the front of
     /// the line: the worker died or closed the channel before taking them. Only copies: without
     /// them (a reclaim end), what the worker never read comes back by `takeBack`.
     private func requeueHeld(worker: Int) {
-        guard var ring = held.removeValue(forKey: worker)?.ring, ring.count > 0 else { return }
+        guard let box = held.removeValue(forKey: worker) else { return }
+        heldCount -= box.sent
         var back: [Int: [(fd: Int32, since: Int)]] = [:]
-        while let e = ring.pop() {
+        while let e = box.ring.pop() {
             guard e.fd >= 0 else { continue }
-            heldCount -= 1
             dispatcher.notHanded(worker: worker, listener: e.listener, 1)
             if listeners[e.listener] != nil { back[e.listener, default: []].append((e.fd, monotonicMs())) } else { closeFD(e.fd) }
         }
         putBack(back, from: worker, "it had not credited back")
     }
 
-    /// Reads back from `end`, the worker's reclaim end, the messages it never read, without blocking
-    /// and bounded (`HandoffRecord.maxReclaimedMessages`): their connections go to the front of the
-    /// line. Only once the worker will not read them (exited, or its end shut down both ways): a
-    /// `recvmsg` takes whole messages, so a worker reading at the same time would get none twice,
-    /// but one that reads on would find them gone.
-    func takeBack(worker: Int, from end: Int32) {
-        var back: [Int: [(fd: Int32, since: Int)]] = [:]
-        var orphans = 0
+    /// A gone worker's reclaim end handed over for a take-back, and what ends it (closes pml's end
+    /// and the keeper's copy) once nothing is left in it.
+    typealias Reclaim = (end: Int32, release: () -> Void)
+
+    /// Takes back from `reclaim`, `worker`'s reclaim end, the messages it never read: their
+    /// connections go to the front of the line. Read without blocking, and only while
+    /// `waitingBound` has room: what is left stays in the end (a successor finds the keeper's copy)
+    /// and is read as the queue drains. Only once the worker will not read them (exited, or its end
+    /// closed): a `recvmsg` takes whole messages, so a worker reading at the same time would get
+    /// none twice, but one that reads on would find them gone.
+    func takeBack(worker: Int, from reclaim: Reclaim) {
+        reclaiming.append((worker, reclaim.end, reclaim.release))
+        _ = takeBackWhileRoom()
+    }
+
+    /// Reads the reclaim ends handed over, oldest first, while the bound has room; true if it put
+    /// connections back in line.
+    private func takeBackWhileRoom() -> Bool {
+        var putAny = false
+        while let r = reclaiming.first {
+            var back: [Int: [(fd: Int32, since: Int)]] = [:]
+            let emptied = readBack(r.worker, r.end, into: &back)
+            putAny = putAny || !back.isEmpty
+            putBack(back, from: r.worker, "it never read")
+            guard emptied else { break }
+            reclaiming.removeFirst()
+            r.release()
+        }
+        return putAny
+    }
+
+    /// Reads `worker`'s unread messages out of `end` into `back`, bounded per call
+    /// (`HandoffRecord.maxReclaimedMessages`) and by the room left; true once nothing is left.
+    private func readBack(_ worker: Int, _ end: Int32, into back: inout [Int: [(fd: Int32, since: Int)]]) -> Bool {
+        var orphans = 0, taken = 0
+        defer { if orphans > 0 { logger.info("\(Self.named(worker)) left \(orphans) connection(s) unread for a listener that is gone; closed") } }
         let now = monotonicMs()
         for _ in 0..<HandoffRecord.maxReclaimedMessages {
+            guard waitingBound.room(waiting: pendingCount + taken, held: heldCount) > 0 else { return false }
             // pml's messages are a few dozen bytes: 4 KiB holds one with the tail of another before it.
-            guard case .record(let bytes, let fds) = RecordSocket.receive(end, limit: 4096, dontWait: true) else { break }
-            guard !fds.isEmpty else { continue }
-            let address = HandoffRecord.reclaimedAddress(bytes[...])
-            guard let l = address.flatMap({ a in listeners.values.first { $0.handoffLine.dropLast().elementsEqual(a) } }) else {
-                // Its listener is gone (closed meanwhile), or the chunk names none: nobody can serve them.
-                fds.forEach(closeFD)
-                orphans += fds.count
-                continue
+            var cut = false
+            guard case .record(let bytes, let fds) = RecordSocket.receive(end, limit: 4096, dontWait: true, fdsCut: &cut) else { return true }
+            if !fds.isEmpty {
+                let address = HandoffRecord.reclaimedAddress(bytes[...])
+                if let l = address.flatMap({ a in listeners.values.first { $0.handoffLine.dropLast().elementsEqual(a) } }) {
+                    dispatcher.notHanded(worker: worker, listener: l.id, fds.count)
+                    back[l.id, default: []].append(contentsOf: fds.map { ($0, now) })
+                    taken += fds.count
+                } else {
+                    // Its listener is gone (closed meanwhile), or the chunk names none: nobody can serve them.
+                    fds.forEach(closeFD)
+                    orphans += fds.count
+                }
             }
-            dispatcher.notHanded(worker: worker, listener: l.id, fds.count)
-            back[l.id, default: []].append(contentsOf: fds.map { ($0, now) })
+            // Out of descriptors: the fds that did not fit are gone with the kernel's copy; those that
+            // came are served, and the rest waits in the end for a later turn.
+            if cut { return false }
         }
-        if orphans > 0 { logger.info("worker \(worker) left \(orphans) connection(s) unread for a listener that is gone; closed") }
-        putBack(back, from: worker, "it never read")
+        return false
     }
+
+    /// How the log names `worker`: -1 is one that exited under the daemon before, its reclaim end
+    /// left to this one.
+    private static func named(_ worker: Int) -> String { worker >= 0 ? "worker \(worker)" : "a worker that exited under the daemon before" }
 
     /// Connections a worker never took, by listener, to the front of the line.
     private func putBack(_ back: [Int: [(fd: Int32, since: Int)]], from worker: Int, _ why: String) {
         for (id, fds) in back {
-            logger.info("worker \(worker) left \(fds.count) connection(s) \(why); handing them to others")
+            logger.info("\(Self.named(worker)) left \(fds.count) connection(s) \(why); handing them to others")
             pending[id, default: []].insert(contentsOf: fds, at: 0)
             pendingCount += fds.count
         }
@@ -647,12 +710,18 @@ final class ConnectionRouter {
             // A worker that left the rotation and came back (pml:unlisten, pml:listen) before
             // acknowledging its handle is still awaiting it: it gets no other, and its record stays.
             if inFlight[worker] != nil || silent.contains(worker) { continue }
-            if sendHandle(worker, fd, listener) {
+            switch sendHandle(worker, fd, listener) {
+            case .sent:
                 inFlight[worker] = (fd, listener.id, monotonicMs())
                 return true
+            case .refused, .full:
+                // Left awaiting an ACK (not free) until the retry.
+                dispatcher.notHanded(worker: worker, listener: listener.id, 1)
+                refusedForNow(worker)
+            case .closed:
+                // Its channel is gone: out of rotation; its exit will follow.
+                dispatcher.remove(worker: worker)
             }
-            // Its channel is gone: out of rotation; its exit will follow.
-            dispatcher.remove(worker: worker)
         }
         return false
     }
@@ -676,47 +745,74 @@ final class ConnectionRouter {
             batch[n] = more
             n += 1
         }
-        switch passConnections(worker, UnsafeBufferPointer(rebasing: batch[0..<n]), listener) {
+        let result = passConnections(worker, UnsafeBufferPointer(rebasing: batch[0..<n]), listener)
+        switch result {
         case .sent:
             let now = monotonicMs()
             let copies = keepsCopies.contains(worker)
             for i in 0..<n {
                 // Never more than the window (the dispatcher counts credits); past it, as after a
-                // take-over, no copy is kept. Closing it now is cheap: the message still holds the
-                // connection (the worker's last close later pays its teardown, not pml).
-                if copies, held[worker]?.ring.push(batch[i], listener: listener.id, atMs: now) == true {
+                // take-over, nothing is recorded and no copy kept. Closing it now is cheap: the
+                // message still holds the connection (the worker's last close later pays its
+                // teardown, not pml).
+                if held[worker]?.ring.push(copies ? batch[i] : -1, listener: listener.id, atMs: now) == true {
                     heldCount += 1
-                } else {
-                    if !copies { _ = held[worker]?.ring.push(-1, listener: listener.id, atMs: now) }
-                    closeFD(batch[i])
+                    if copies { continue }
                 }
+                closeFD(batch[i])
             }
             // Credits only shrink here: only waiting ones can have to be read promptly again.
             if creditsWait.contains(worker) { paceCredits(worker) }
             if waitingBound.full(waiting: pendingCount, held: heldCount) { pauseAccepting() }
             return true
-        case .full, .closed:
+        case .full, .refused, .closed:
             // Not sent: their credits come back. Its socket is full: no more for it until it credits
-            // some back; or its handoff channel is gone: handoffClosed follows from the loop.
+            // some back; or the kernel refused the fds for now: until the retry; or its handoff
+            // channel is gone: handoffClosed follows from the loop.
             dispatcher.untake(worker: worker, listener: listener.id, n)
             dispatcher.exhaust(worker: worker)
+            if result == .refused { refusedForNow(worker) }
         }
         // The extra ones accepted for this message wait for another worker.
         for i in 1..<n { enqueue(batch[i], listener.id) }
         return false
     }
 
-    /// Hands waiting connections to workers that can take them, oldest first.
-    func drain() {
-        for (id, queue) in pending where !queue.isEmpty {
-            guard let listener = listeners[id] else { continue }
-            var handed = 0
-            while handed < queue.count, handOut(queue[handed].fd, listener) { handed += 1 }
-            guard handed > 0 else { continue }
-            // In place: no new array per drain (it runs after every ACK).
-            pending[id]!.removeFirst(handed)
-            pendingCount -= handed
+    /// The kernel refused `worker`'s last send for now: it gets nothing until a short retry (each
+    /// refusal again would cost a sendmsg per connection for nothing), the others go on.
+    private func refusedForNow(_ worker: Int) {
+        // Said once a minute at most: under a sustained refusal this runs every retry.
+        let now = monotonicMs()
+        if now - lastRefusalLogMs >= 60_000 {
+            lastRefusalLogMs = now
+            logger.warning("the kernel refused to pass connections to worker \(worker) for now (too many descriptors in flight, or no buffers); trying again every \(Self.refusedRetryMs) ms")
         }
+        refused.insert(worker)
+        guard refusedRetry == nil else { return }
+        refusedRetry = loop.schedule(after: Self.refusedRetryMs) { [unowned self] in
+            self.refusedRetry = nil
+            for w in self.refused {
+                if self.ask({ $0.usesCredits(w) }) { self.dispatcher.unblock(worker: w) } else if self.inFlight[w] == nil { self.dispatcher.acknowledged(worker: w) }
+            }
+            self.refused.removeAll()
+            self.drain()
+        }
+    }
+
+    /// Hands waiting connections to workers that can take them, oldest first; what gone workers
+    /// left unread is taken back as that makes room (bounded: each round fills the room it found).
+    func drain() {
+        repeat {
+            for (id, queue) in pending where !queue.isEmpty {
+                guard let listener = listeners[id] else { continue }
+                var handed = 0
+                while handed < queue.count, handOut(queue[handed].fd, listener) { handed += 1 }
+                guard handed > 0 else { continue }
+                // In place: no new array per drain (it runs after every ACK).
+                pending[id]!.removeFirst(handed)
+                pendingCount -= handed
+            }
+        } while !reclaiming.isEmpty && takeBackWhileRoom()
         for id in starved where ask({ $0.hasFreeWorker(for: id) }) && pending[id, default: []].isEmpty {
             starved.remove(id)
             if let l = listeners[id] { rewatch(l) }
@@ -727,12 +823,13 @@ final class ConnectionRouter {
     private func pauseAccepting() {
         guard !acceptingPaused else { return }
         acceptingPaused = true
-        logger.warning("\(pendingCount) connections are waiting for a worker and pml holds copies of \(heldCount) not credited back yet (at most \(waitingBound.bound) waiting, \(waitingBound.descriptors) in all, for a limit of \(openFileLimit()) open files); pausing accept")
+        logger.warning("\(pendingCount) connections are waiting for a worker and \(heldCount) sent to workers are not credited back yet (at most \(waitingBound.bound) waiting, \(waitingBound.descriptors) in all, for a limit of \(openFileLimit()) open files); pausing accept")
         for l in listeners.values { rewatch(l) }
     }
 
+    /// Accepting resumes only once what gone workers left unread is all taken back: it came first.
     private func resumeIfRoom() {
-        guard acceptingPaused, waitingBound.roomAgain(waiting: pendingCount, held: heldCount) else { return }
+        guard acceptingPaused, reclaiming.isEmpty, waitingBound.roomAgain(waiting: pendingCount, held: heldCount) else { return }
         acceptingPaused = false
         for l in listeners.values { rewatch(l) }
     }
@@ -772,15 +869,23 @@ final class ConnectionRouter {
         // garbage or a flood from an idle worker is seen within a second.
         for worker in creditsWait { catchUpCredits(worker) }
         let ackCutoff = monotonicMs() - Self.ackTimeoutMs
-        for (worker, box) in held where (box.ring.oldestMs ?? .max) < ackCutoff {
+        for (worker, box) in held {
+            let overdue = (box.ring.oldestMs ?? .max) < ackCutoff
+            // The drain below may have ended this worker's record (its connections went elsewhere,
+            // already uncounted): a stale box is not expired again.
+            guard overdue || box.ring.due > 0, held[worker] === box else { continue }
             // pml's reclaim end keeps the worker's end open, so a worker that closed its end shows
-            // no EOF and looks silent: asked here (handoffClosed follows if it did).
+            // no EOF and looks silent: asked here (handoffClosed follows if it did), and again at
+            // each tick while what expired unread is still due, as it may close its end only later.
             if !keepsCopies.contains(worker), channelAbandoned(worker) { continue }
+            guard overdue else { continue }
             // The worker has them (in its socket) or never will. Read ones (it credited after them)
             // lost their credit: it comes back. Unread ones keep theirs spent (a silent worker gets
             // nothing more) and their late credits are due, not for newer ones.
+            let before = box.sent
             var (closed, returned) = box.ring.expire(before: ackCutoff, close: closeHeldCopy)
             if echoOverdue(worker) { returned += box.ring.forgiveDue() }
+            heldCount -= before - box.sent
             if returned > 0 {
                 dispatcher.returned(worker: worker, returned)
                 drain()
@@ -803,6 +908,7 @@ final class ConnectionRouter {
             pending[id] = fresh
             logger.warning("closed \(old.count) connection(s) that waited \(Self.maxWaitMs) ms for a worker")
         }
-        resumeIfRoom()
+        // What expired made room: for what gone workers left unread first, then for accepting.
+        drain()
     }
 }

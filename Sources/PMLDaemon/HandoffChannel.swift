@@ -24,8 +24,13 @@ final class HandoffChannel {
         return n > 0 ? Int32(n) : nil
     }()
 
-    /// What a send did.
-    enum SendResult { case sent, full, closed }
+    /// What a send did. `refused`: the kernel refused the fds for now (ETOOMANYREFS: too many fds
+    /// in flight for pml's user, past its RLIMIT_NOFILE without CAP_SYS_RESOURCE; ENOBUFS): nothing
+    /// went, the channel is fine, and a later send may go.
+    enum SendResult { case sent, full, refused, closed }
+
+    /// Whether a failed sendmsg's `errno` is a refusal for now, not a channel gone.
+    static func refusedForNow(_ errno: Int32?) -> Bool { errno == ETOOMANYREFS || errno == ENOBUFS }
 
     private let fd: Int32
     private weak var loop: EventLoop?
@@ -184,10 +189,11 @@ final class HandoffChannel {
         do {
             n = try line.withUnsafeBytes { b throws(SystemError) in try ListeningSocket.send(fd, b, attaching: fds) }
         } catch {
-            // Nothing of this message went out. EPIPE, ECONNRESET: the worker's end is closed (only
-            // possible without a reclaim end). Anything else (ENOBUFS, ETOOMANYREFS…): its end is
-            // there and may still be read.
+            // Nothing of this message went out. ETOOMANYREFS, ENOBUFS: not now, but the channel is
+            // fine. EPIPE, ECONNRESET: the worker's end is closed (only possible without a reclaim
+            // end). Anything else: its end is there and may still be read.
             let e = (error as? SystemError)?.errno
+            if Self.refusedForNow(e) { return .refused }
             closeAndTell(receiverGone: e == EPIPE || e == ECONNRESET)
             return .closed
         }

@@ -150,21 +150,29 @@ final class IPCChannel {
     }
 
     /// Sends a line that already ends in a newline, with `fd` alongside its first byte (-1: none).
-    /// The usual case, nothing queued, is one sendmsg straight from the caller's bytes (no copy,
-    /// no allocation: the per-connection path). False if closed.
+    /// False if closed (or refused for now: see `offer`).
     @discardableResult
     func send(terminatedLine line: [UInt8], attaching handleFD: Int32) -> Bool {
-        guard isOpen else { return false }
+        offer(terminatedLine: line, attaching: handleFD) == .sent
+    }
+
+    /// Sends (or queues) a line that already ends in a newline, with `fd` alongside its first byte
+    /// (-1: none). The usual case, nothing queued, is one sendmsg straight from the caller's bytes
+    /// (no copy, no allocation: the per-connection path). `refused`: the kernel would not take the
+    /// fd now (ETOOMANYREFS, ENOBUFS): nothing went, and the channel stays open.
+    func offer(terminatedLine line: [UInt8], attaching handleFD: Int32) -> HandoffChannel.SendResult {
+        guard isOpen else { return .closed }
         var offset = 0
         let wasIdle = output.isEmpty
         if wasIdle {
             do {
                 offset = try line.withUnsafeBytes { try ListeningSocket.send(fd, $0, attaching: handleFD) }
             } catch {
+                if HandoffChannel.refusedForNow((error as? SystemError)?.errno) { return .refused }
                 close()
-                return false
+                return .closed
             }
-            if offset == line.count { return true }
+            if offset == line.count { return .sent }
         }
         // A queued handle keeps its own duplicate: pml's copy may be closed (ACK timeout) before the
         // line goes out, and its number reused for another socket.
@@ -177,10 +185,10 @@ final class IPCChannel {
             // Told from the loop, not from inside this send: the caller (a hand-out in the middle of
             // the router's drain) finishes first.
             _ = loop?.schedule(after: 0) { [weak self] in self?.onGarbage(why, 0, true) }
-            return false
+            return .closed
         }
         if wasIdle { flush() } // the socket is full: this registers for writability
-        return isOpen
+        return isOpen ? .sent : .closed
     }
 
     private func flush() {

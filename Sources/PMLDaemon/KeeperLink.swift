@@ -59,6 +59,11 @@ final class KeeperLink {
         send(.drop(prefix: prefix))
     }
 
+    /// Drops what it holds for worker `pid` but its reclaim end (dropped alone once taken back from).
+    func dropAllButReclaim(of pid: Int32) {
+        for tag in [KeeperTag.ipc(pid: pid), KeeperTag.handoff(pid: pid), KeeperTag.out(pid: pid), KeeperTag.err(pid: pid)] { drop(tag) }
+    }
+
     func send(_ message: KeeperMessage, fd descriptor: Int32? = nil) {
         if !KeeperWire.send(message, fd: descriptor, on: fd) {
             logger.warning("cannot tell the keeper \"\(message.encoded)\": \(String(cString: strerror(errno)))")

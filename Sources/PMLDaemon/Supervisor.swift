@@ -95,7 +95,8 @@ final class Supervisor {
             guard let w = self.runningWorkers[id], let pid = w.pid, let reclaim = w.reclaim, !process(pid, holds: reclaim) else { return false }
             self.logger.warning("\(w.app.spec.name) worker \(id) closed its handoff channel; what it had not read goes to others, and it gets its connections as NODE_HANDLE")
             w.handoff?.close()
-            self.router.handoffClosed(worker: id, receiverGone: true, reclaim: reclaim)
+            w.reclaim = nil
+            self.router.handoffClosed(worker: id, receiverGone: true, reclaim: (reclaim, self.releasing(reclaim: reclaim, pid: pid)))
             return true
         }
         router.readCreditsPromptly = { [unowned self] id, promptly in self.runningWorkers[id]?.handoff?.readPromptly(promptly) }
@@ -316,8 +317,11 @@ final class Supervisor {
                 guard let w else { return }
                 self.router.readWithoutCredit(worker: w.id)
             }, onClosed: { [unowned self, weak w] receiverGone in
-                guard let w, w.pid != nil else { return }
-                self.router.handoffClosed(worker: w.id, receiverGone: receiverGone, reclaim: w.reclaim)
+                guard let w, let pid = w.pid else { return }
+                // Taken back from only if the worker will not read it: the router owns it then.
+                let reclaim = receiverGone ? w.reclaim.map { ($0, self.releasing(reclaim: $0, pid: pid)) } : nil
+                if reclaim != nil { w.reclaim = nil }
+                self.router.handoffClosed(worker: w.id, receiverGone: receiverGone, reclaim: reclaim)
             }, onGarbage: { [unowned self, weak w] why in
                 guard let w else { return }
                 self.ipcGarbage(w, why, count: 0, cutOff: true)
@@ -375,7 +379,9 @@ final class Supervisor {
         // daemon's own child that happens to have the recycled pid.
         for exit in reapChildren() + reported.filter({ workersByPID[$0.pid]?.adopted == true }) {
             guard let w = workersByPID.removeValue(forKey: exit.pid) else { continue } // pml.spawn or an adopted orphan
-            keeper?.drop(KeeperTag.worker(pid: exit.pid))
+            // Not its reclaim end: the keeper's copy of it goes once all it holds is taken back
+            // (`releasing`), so that a successor finds what this daemon had no room for yet.
+            keeper?.dropAllButReclaim(of: exit.pid)
             // Whatever the worker left behind in its group goes with it (no orphan keeps a port).
             signalGroup(exit.pid, SIGKILL)
             for t in [w.killTimer, w.readyTimer].compactMap({ $0 }) { loop.cancel(t) }
@@ -388,8 +394,7 @@ final class Supervisor {
             w.ipc = nil
             w.handoff?.close()
             w.handoff = nil
-            router.workerGone(worker: w.id, reclaim: w.reclaim)
-            if let r = w.reclaim { closeFD(r) }
+            router.workerGone(worker: w.id, reclaim: w.reclaim.map { ($0, releasing(reclaim: $0, pid: exit.pid)) })
             w.reclaim = nil
             w.app.slots.exited(worker: w.id)
             updateSlots(w.app)

@@ -39,6 +39,14 @@ extension Supervisor {
         keeper.hold(KeeperTag.err(pid: pid), err)
     }
 
+    /// What ends a worker's reclaim end once nothing is left in it: pml's copy and the keeper's.
+    func releasing(reclaim end: Int32, pid: Int32) -> () -> Void {
+        { [unowned self] in
+            closeFD(end)
+            self.keeper?.drop(KeeperTag.reclaim(pid: pid))
+        }
+    }
+
     /// This daemon's token in the tags of the listeners it binds (never its pid: see KeeperTag.listener).
     static let listenerGeneration = KeeperTag.generation(UInt64.random(in: .min ... .max))
     /// This daemon's mark on the first message to each adopted worker that echoes (docs/PROTOCOL.md):
@@ -132,9 +140,15 @@ extension Supervisor {
         }
     }
 
-    /// Closes hand-over fds nobody claimed, and lets the keeper's copies go.
+    /// Closes hand-over fds nobody claimed, and lets the keeper's copies go. But for a reclaim end
+    /// whose worker exited under the daemon before, which had not taken back all of it (no room):
+    /// what is left in it is taken back here (its keeper's copy goes once it is empty).
     private func release(_ handover: KeeperLink.Handover) {
         for (tag, fd) in handover.fds where tag != KeeperTag.control && tag != KeeperTag.notify {
+            if let pid = KeeperTag.reclaimPID(tag) {
+                router.takeBack(worker: -1, from: (fd, releasing(reclaim: fd, pid: pid)))
+                continue
+            }
             keeper?.drop(tag)
             if tag.hasPrefix("l.") { stopListening(fd) }
             closeFD(fd)
@@ -207,9 +221,9 @@ extension Supervisor {
         let alive = processIsAlive(pid) && readFile("/proc/\(pid)/stat", limit: 4096).flatMap(procStartTime) == record.startTime
         guard alive, let ipc, let out, let err else {
             // What it never read while no daemon watched is served by the others.
-            if let reclaim { router.takeBack(worker: w.id, from: reclaim) }
-            [ipc, out, err, handoff, reclaim].compactMap { $0 }.forEach(closeFD)
-            keeper?.drop(KeeperTag.worker(pid: pid))
+            if let reclaim { router.takeBack(worker: w.id, from: (reclaim, releasing(reclaim: reclaim, pid: pid))) }
+            [ipc, out, err, handoff].compactMap { $0 }.forEach(closeFD)
+            keeper?.dropAllButReclaim(of: pid)
             adoption.lost += 1
             // It ended unseen: counted as a restart, and started again now.
             w.history.recordRestart()
@@ -218,7 +232,7 @@ extension Supervisor {
         }
         // Without a reclaim end (a daemon before kept none), pml keeps copies of what it sends.
         w.reclaim = handoff == nil ? nil : reclaim
-        if handoff == nil, let reclaim { closeFD(reclaim) }
+        if handoff == nil, let reclaim { releasing(reclaim: reclaim, pid: pid)() }
         attachStreams(w, ipc: ipc, out: out, err: err, handoff: handoff, resync: true)
         if let h = record.handoff, (2...3).contains(h.count), let channel = w.handoff {
             // It opted in under the daemon before and will not say so again. Whatever that daemon

@@ -181,10 +181,11 @@ extension Supervisor {
 
     // MARK: IPC
 
-    func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> Bool {
-        guard let w = runningWorkers[id], let ipc = w.ipc, ipc.isOpen, ipc.send(terminatedLine: listener.handleLine, attaching: fd) else { return false }
-        w.dispatched += 1
-        return true
+    func sendHandle(worker id: Int, fd: Int32, listener: AppListener) -> HandoffChannel.SendResult {
+        guard let w = runningWorkers[id], let ipc = w.ipc, ipc.isOpen else { return .closed }
+        let result = ipc.offer(terminatedLine: listener.handleLine, attaching: fd)
+        if result == .sent { w.dispatched += 1 }
+        return result
     }
 
     /// Messages per second a worker may send to hooks; beyond it they are dropped, and far beyond

@@ -615,7 +615,7 @@ extension Integration {
             }
         }
 
-        @Test("under ulimit -n 256, 6 workers that never credit (window 64 each) hold 300 connections unread in their sockets and pml none of them: no pause, no accept out of fds, pml ls answers throughout; once they read, all 300 are answered")
+        @Test("under ulimit -n 256, 6 workers that never credit (window 64 each): pml sends them only as many as its bound (64, what it could take back into its own fds), keeps none of them itself, and the rest wait in the backlog; pml ls answers throughout; once they read, all 300 are answered")
         func unreadConnectionsTakeNoDaemonFDs() async throws {
             try await withSandbox { box in
                 try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
@@ -627,10 +627,10 @@ extension Integration {
                 try await box.waitOnline("h", count: 6)
                 try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
                 let before = Self.daemonFDs(box)
-                // 300 in flight: with a copy of each kept until credited, past the limit of 256.
+                // 300 connections: far more than the bound, which counts every one sent and not credited.
                 let gets = ParallelGets(port: port, count: 300, timeout: 30)
-                try await box.waitFor("all 300 handed to the silent workers", timeout: 20) {
-                    try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 300 ? true : nil
+                try await box.waitFor("the bound (64) handed to the silent workers", timeout: 20) {
+                    try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 64 ? true : nil
                 }
                 // The daemon answers, not frozen: every `pml ls` succeeds, the best of 5 within 1 s
                 // (one sample includes starting the CLI process, which alone can take longer on a
@@ -644,11 +644,12 @@ extension Integration {
                     await sleepMs(100)
                 }
                 #expect(times.min()! < 1000, "pml ls took \(times.map { Int($0) }) ms")
-                try await box.waitFor("the daemon's fds back to \(before) with 300 in flight", timeout: 5) {
+                try await box.waitFor("the daemon's fds back to \(before) with 64 in flight", timeout: 5) {
                     Self.daemonFDs(box) == before ? true : nil
                 }
+                #expect(try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 64, "no more than the bound sent")
                 let log = box.read(box.daemonLog)
-                #expect(!log.contains("pausing accept") && !log.contains("out of file descriptors"), "no pause, no accept out of fds")
+                #expect(log.contains("pausing accept") && !log.contains("out of file descriptors"), "paused at the bound, never out of fds")
                 try box.write("wake", "")
                 let answers = await gets.wait()
                 let failed = failuresOf(answers)
@@ -853,6 +854,149 @@ extension Integration {
                 try await box.waitFor("it is on NODE_HANDLE") { try await Self.modes(box, "h")[silent] == "NODE_HANDLE" ? true : nil }
                 let then = Self.answeredBy(port: port, count: 10)
                 #expect((then[silent] ?? 0) >= 3 && then[0] == nil, "it serves again, as NODE_HANDLE: \(then)")
+            }
+        }
+
+        @Test("under ulimit -n 256, 6 stopped workers that never read (window 64 each) and then all killed at once: pml takes back only what its bound has room for, the rest as it drains; the restarted workers answer all 300")
+        func killAllUnderLimit() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+                let port = try Net.freePort()
+                let wake = box.work + "/wake"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
+                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 6)
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let gets = ParallelGets(port: port, count: 300, timeout: 30)
+                try await box.waitFor("the bound (64) handed to the silent workers", timeout: 20) {
+                    try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 64 ? true : nil
+                }
+                // Stopped, they cannot read what they were sent when they see the wake file; their
+                // replacements read from the start.
+                let pids = rows.compactMap(\.pid)
+                for p in pids { kill(p, SIGSTOP) }
+                try box.write("wake", "")
+                for p in pids { kill(p, SIGKILL) }
+                let failed = failuresOf(await gets.wait())
+                #expect(failed.isEmpty, "\(failed.count) of 300 failed: \(failed.prefix(3))")
+                let log = box.read(box.daemonLog)
+                #expect(!log.contains("Too many open files") && !log.contains("out of file descriptors"), "never out of fds: \(log.suffix(1500))")
+                try await box.waitOnline("h", count: 6)
+            }
+        }
+
+        @Test("under ulimit -n 256 (bound 64), two daemons each send 64 to 6 silent workers (128 unread), which are then killed and replaced by workers as silent: the daemon takes back only what its bound has room for and keeps the rest in the reclaim ends (and the keeper's copies); killed with -9, its successor takes back from those; once the workers read, all 128 are answered")
+        func takeBackWaitsForRoomAndOutlivesTheDaemon() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+                let port = try Net.freePort()
+                let wake = box.work + "/wake"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
+                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 6)
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                try await Self.waitSaved(box, "h", count: 6, [1, 64])
+                let gets = ParallelGets(port: port, count: 128, timeout: 60)
+                func successor() async throws {
+                    let old = box.daemonPid!
+                    kill(old, SIGKILL)
+                    try await box.waitFor("a successor daemon") { box.daemonPid.flatMap { $0 != old && Proc.alive($0) ? $0 : nil } }
+                }
+                // The first daemon sends its bound, its successor (the workers' windows free for it) as much again.
+                try await box.waitFor("the first daemon paused at its bound", timeout: 20) { box.read(box.daemonLog).contains("pausing accept") ? true : nil }
+                try await successor()
+                try await box.waitFor("the successor paused at its bound", timeout: 20) {
+                    box.read(box.daemonLog).components(separatedBy: "pausing accept").count == 3 ? true : nil
+                }
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let before = Self.daemonFDs(box)
+                // All six killed: 128 unread in their reclaim ends. Their replacements read nothing
+                // either (no wake file yet): the bound is full again with what went to them, and at
+                // least 64 stay in the reclaim ends.
+                for p in rows.compactMap(\.pid) { kill(p, SIGKILL) }
+                let replaced = try await box.waitFor("6 replacements online", timeout: 20) { () -> [Row]? in
+                    let now = try await box.rows("h")
+                    return now.count == 6 && now.allSatisfy { $0.status == "online" && !rows.map(\.pid).contains($0.pid) } ? now : nil
+                }
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                await sleepMs(500)
+                #expect(Self.daemonFDs(box) <= before + 64, "the daemon never takes back past its bound: \(Self.daemonFDs(box)) fds, \(before) before")
+                #expect(!box.read(box.daemonLog).contains("exited under the daemon before"))
+                // What is left in the reclaim ends outlives the daemon: the keeper's copies bring it to the successor.
+                try await successor()
+                try await box.waitFor("the successor takes back what was left", timeout: 20) {
+                    box.read(box.daemonLog).contains("a worker that exited under the daemon before left") ? true : nil
+                }
+                try box.write("wake", "")
+                let failed = failuresOf(await gets.wait())
+                #expect(failed.isEmpty, "\(failed.count) of 128 failed: \(failed.prefix(3))")
+                #expect(!box.read(box.daemonLog).contains("Too many open files"), "never out of fds")
+                #expect(try await box.rows("h").map(\.pid) == replaced.map(\.pid), "the replacements served them, adopted")
+            }
+        }
+
+        @Test("a worker found silent at the expiry that closes its handoff channel only afterwards: found at a later expiry tick, what it never read goes to the other worker, and it serves again as NODE_HANDLE")
+        func closeAfterExpiryIsFound() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: ["PML_HANDOFF_EXPIRY_MS": "1000"])
+                let port = try Net.freePort()
+                let trigger = box.work + "/trigger"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 2,
+                                               env: ["FX_SILENT_INSTANCE": "0", "FX_TRIGGER": trigger, "FX_ON_TRIGGER": "close"])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 2)
+                try await Self.waitMode(box, "h", count: 2, "credits 4, 8 fds/message")
+                let silent = rows[0].pid!
+                let gets = ParallelGets(port: port, count: 12, timeout: 15)
+                try await box.waitFor("the silent worker holds 4") { try await Dispatch.dispatched(box, "h")[silent] == 4 ? true : nil }
+                try await box.waitFor("its connections expired", timeout: 10) { box.read(box.daemonLog).contains("did not credit back") ? true : nil }
+                // Only now does it close its end.
+                try box.write("trigger", "")
+                let failed = failuresOf(await gets.wait())
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                #expect(box.read(box.daemonLog).contains("closed its handoff channel"), "found out")
+                let then = Self.answeredBy(port: port, count: 10)
+                #expect((then[silent] ?? 0) >= 3, "it serves again, as NODE_HANDLE: \(then)")
+            }
+        }
+
+        @Test("as the test under ulimit -n 256, with the daemon not allowed past its user's limit on fds in flight (no CAP_SYS_RESOURCE, as a non-root user): the workers keep their channels, and once they read all 300 are answered")
+        func withoutCapSysResource() async throws {
+            try await withSandbox { box in
+                // The daemon starts under setpriv (util-linux), its limit and capabilities as a plain user's.
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/bin/sh")
+                p.arguments = ["-c", "ulimit -n 256 && exec setpriv --inh-caps=-sys_resource,-sys_admin --bounding-set=-sys_resource,-sys_admin \"$0\" ping", box.binary]
+                var env = ProcessInfo.processInfo.environment
+                env["PML_HOME"] = box.home
+                env["PML_HANDOFF_EXPIRY_MS"] = "60000"
+                p.environment = env
+                p.standardInput = FileHandle.nullDevice
+                p.standardOutput = FileHandle.nullDevice
+                p.standardError = FileHandle.nullDevice
+                try p.run()
+                p.waitUntilExit()
+                #expect(p.terminationStatus == 0, "the daemon started under setpriv")
+                let port = try Net.freePort()
+                let wake = box.work + "/wake"
+                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
+                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
+                try await box.pmlOK("start", file)
+                let rows = try await box.waitOnline("h", count: 6)
+                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let caps = box.read("/proc/\(box.daemonPid ?? 0)/status").split(separator: "\n").first { $0.hasPrefix("CapEff") }
+                #expect(caps != nil && !caps!.hasSuffix("ffffffffff"), "the daemon runs without every capability: \(String(describing: caps))")
+                let gets = ParallelGets(port: port, count: 300, timeout: 30)
+                try await box.waitFor("the bound (64) handed to the silent workers", timeout: 20) {
+                    try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 64 ? true : nil
+                }
+                try box.write("wake", "")
+                let failed = failuresOf(await gets.wait())
+                #expect(failed.isEmpty, "\(failed.count) of 300 failed: \(failed.prefix(3))")
+                let after = try await box.rows("h")
+                #expect(after.map(\.pid) == rows.map(\.pid) && after.allSatisfy { $0.restarts == 0 }, "the same workers, never cut off: \(after)")
             }
         }
     }

@@ -35,6 +35,8 @@ import Testing
         let prefix = KeeperTag.worker(pid: 12)
         #expect([KeeperTag.ipc(pid: 12), KeeperTag.out(pid: 12), KeeperTag.err(pid: 12), KeeperTag.handoff(pid: 12), KeeperTag.reclaim(pid: 12)].allSatisfy { $0.hasPrefix(prefix) })
         #expect(!KeeperTag.ipc(pid: 123).hasPrefix(prefix), "pid 12's prefix does not catch pid 123")
+        #expect(KeeperTag.reclaimPID(KeeperTag.reclaim(pid: 12)) == 12)
+        #expect([KeeperTag.ipc(pid: 12), KeeperTag.handoff(pid: 12), "w..rcl", "w.-3.rcl", "w.x.rcl", "l.ab.1.", "w.12.rclx"].allSatisfy { KeeperTag.reclaimPID($0) == nil }, "only a reclaim end's tag names a pid")
         let (a, b) = (KeeperTag.generation(0xdead_beef_0000_0001), KeeperTag.generation(.max))
         #expect(a == "deadbeef00000001" && b == "ffffffffffffffff")
         #expect(KeeperTag.listener(generation: a, id: 1) == "l.deadbeef00000001.1.")
