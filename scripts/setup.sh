@@ -26,6 +26,7 @@ wanted=(
   iproute2:ss          # tests count a port's listening sockets and their accept queues
   curl:curl            # the example cluster and the tests speak HTTP with it
   logrotate:logrotate  # the log-rotation test (create mode, then pml reloadLogs)
+  util-linux:setpriv   # a handoff test runs the daemon without CAP_SYS_RESOURCE, as a plain user's
   chromium:chromium    # the dashboard's browser tests and scripts/dashboard-screenshot.sh
 )
 
