@@ -188,7 +188,7 @@ final class ConnectionRouter {
     /// Reclaim ends of gone workers that may still hold unread messages, oldest first: read as the
     /// bound has room (`takeBackWhileRoom`); `release` closes pml's end and the keeper's copy once
     /// nothing is left in it.
-    private var reclaiming: [(worker: Int, end: Int32, release: () -> Void)] = []
+    private var reclaiming: [(worker: Int, end: Int32, release: () -> Void, countsLoad: Bool)] = []
     /// Workers whose last send the kernel refused for now (ETOOMANYREFS, ENOBUFS): tried again by
     /// one short timer, not at once (the refusal lasts until fds in flight are read or taken back).
     private var refused: Set<Int> = []
@@ -457,7 +457,7 @@ final class ConnectionRouter {
     func handoffClosed(worker: Int, receiverGone: Bool, reclaim: Reclaim?) {
         if receiverGone {
             requeueHeld(worker: worker)
-            if let reclaim { takeBack(worker: worker, from: reclaim) }
+            if let reclaim { takeBack(worker: worker, from: reclaim, countingLoad: true) }
         } else {
             closeHeld(worker: worker)
         }
@@ -506,9 +506,11 @@ final class ConnectionRouter {
     /// `waitingBound` has room: what is left stays in the end (a successor finds the keeper's copy)
     /// and is read as the queue drains. Only once the worker will not read them (exited, or its end
     /// closed): a `recvmsg` takes whole messages, so a worker reading at the same time would get
-    /// none twice, but one that reads on would find them gone.
-    func takeBack(worker: Int, from reclaim: Reclaim) {
-        reclaiming.append((worker, reclaim.end, reclaim.release))
+    /// none twice, but one that reads on would find them gone. `countingLoad`: the worker lives on
+    /// (least-busy counted what it never read as its load); a gone worker's load went with it, and
+    /// its id may be its replacement's by the time the end is read.
+    func takeBack(worker: Int, from reclaim: Reclaim, countingLoad: Bool = false) {
+        reclaiming.append((worker, reclaim.end, reclaim.release, countingLoad))
         _ = takeBackWhileRoom()
     }
 
@@ -518,7 +520,7 @@ final class ConnectionRouter {
         var putAny = false
         while let r = reclaiming.first {
             var back: [Int: [(fd: Int32, since: Int)]] = [:]
-            let emptied = readBack(r.worker, r.end, into: &back)
+            let emptied = readBack(r.worker, r.end, countingLoad: r.countsLoad, into: &back)
             putAny = putAny || !back.isEmpty
             putBack(back, from: r.worker, "it never read")
             guard emptied else { break }
@@ -530,7 +532,7 @@ final class ConnectionRouter {
 
     /// Reads `worker`'s unread messages out of `end` into `back`, bounded per call
     /// (`HandoffRecord.maxReclaimedMessages`) and by the room left; true once nothing is left.
-    private func readBack(_ worker: Int, _ end: Int32, into back: inout [Int: [(fd: Int32, since: Int)]]) -> Bool {
+    private func readBack(_ worker: Int, _ end: Int32, countingLoad: Bool, into back: inout [Int: [(fd: Int32, since: Int)]]) -> Bool {
         var orphans = 0, taken = 0
         defer { if orphans > 0 { logger.info("\(Self.named(worker)) left \(orphans) connection(s) unread for a listener that is gone; closed") } }
         let now = monotonicMs()
@@ -542,7 +544,7 @@ final class ConnectionRouter {
             if !fds.isEmpty {
                 let address = HandoffRecord.reclaimedAddress(bytes[...])
                 if let l = address.flatMap({ a in listeners.values.first { $0.handoffLine.dropLast().elementsEqual(a) } }) {
-                    dispatcher.notHanded(worker: worker, listener: l.id, fds.count)
+                    if countingLoad { dispatcher.notHanded(worker: worker, listener: l.id, fds.count) }
                     back[l.id, default: []].append(contentsOf: fds.map { ($0, now) })
                     taken += fds.count
                 } else {

@@ -182,7 +182,7 @@ final class HandoffChannel {
             // The first message after a take-over carries the mark; it stays for the next if this one did not go.
             mark = nil
             let result = send(m + line, fds: fds)
-            if result == .full { mark = m }
+            if result == .full || result == .refused { mark = m }
             return result
         }
         let n: Int

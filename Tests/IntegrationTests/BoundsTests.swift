@@ -10,12 +10,15 @@ import Glibc
 
 extension Sandbox {
     /// Starts the keeper and daemon with `pml ping` under `ulimit -n fdLimit` (soft and hard: the
-    /// daemon can raise neither) and `env`; later commands talk to that daemon.
-    func startDaemon(fdLimit: Int? = nil, env extra: [String: String] = [:]) throws {
+    /// daemon can raise neither) and `env`; later commands talk to that daemon. `withoutCapSysResource`:
+    /// started under setpriv (util-linux) without CAP_SYS_RESOURCE and CAP_SYS_ADMIN, for good
+    /// (bounding set), as a plain user's daemon: the kernel holds it to its limit on fds in flight.
+    func startDaemon(fdLimit: Int? = nil, withoutCapSysResource: Bool = false, env extra: [String: String] = [:]) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         let limit = fdLimit.map { "ulimit -n \($0) && " } ?? ""
-        p.arguments = ["-c", "\(limit)exec \"$0\" ping", binary]
+        let caps = withoutCapSysResource ? "setpriv --inh-caps=-sys_resource,-sys_admin --bounding-set=-sys_resource,-sys_admin " : ""
+        p.arguments = ["-c", "\(limit)exec \(caps)\"$0\" ping", binary]
         var env = ProcessInfo.processInfo.environment
         env["PML_HOME"] = home
         for (k, v) in extra { env[k] = v }
