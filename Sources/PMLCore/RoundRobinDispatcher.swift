@@ -131,9 +131,10 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     public func credits(of worker: Int) -> Int { credits[worker] ?? 0 }
 
     /// Whether more than half the worker's window is free (nothing in flight counts as free): its
-    /// credits need not be read as they come. False for a worker not on credits.
+    /// credits need not be read as they come. False for a worker not on credits, and for one whose
+    /// channel is full (`exhaust`): only reading it shows room again.
     public func mostlyFree(_ worker: Int) -> Bool {
-        guard let c = credits[worker], let w = window[worker] else { return false }
+        guard let c = credits[worker], let w = window[worker], !blocked.contains(worker) else { return false }
         return 2 * c > w
     }
 

@@ -430,8 +430,9 @@ final class ConnectionRouter {
     /// credits. So while more than half its window is free, its credits wait in its socket (the
     /// loop does not watch it) and are read together once it has used half, by `expire` each
     /// second, or at its end (a hang-up is always reported). Not for a worker pml keeps copies for
-    /// (credits close them), nor (`HandoffChannel.rewatch`) before its hello, while the echo of a
-    /// mark is awaited, or while it writes more than a read takes.
+    /// (credits close them), nor one whose channel is full (`mostlyFree`), nor
+    /// (`HandoffChannel.rewatch`) before its hello, while the echo of a mark is awaited, or while it
+    /// writes more than a read takes.
     private func paceCredits(_ worker: Int) {
         let wait = ask { $0.mostlyFree(worker) } && !keepsCopies.contains(worker)
         guard wait != creditsWait.contains(worker) else { return }
@@ -444,6 +445,7 @@ final class ConnectionRouter {
     /// Not a credit: `HeldHandles.lastCreditMs` stays, so expiry never takes unread copies for read.
     func readWithoutCredit(worker: Int) {
         dispatcher.unblock(worker: worker)
+        paceCredits(worker)
         drain()
     }
 
@@ -774,6 +776,8 @@ final class ConnectionRouter {
             dispatcher.untake(worker: worker, listener: listener.id, n)
             dispatcher.exhaust(worker: worker)
             if result == .refused { refusedForNow(worker) }
+            // Its credits are what unblocks it: they cannot wait.
+            if creditsWait.contains(worker) { paceCredits(worker) }
         }
         // The extra ones accepted for this message wait for another worker.
         for i in 1..<n { enqueue(batch[i], listener.id) }

@@ -181,6 +181,23 @@ import Testing
         #expect(!d.mostlyFree(1))
     }
 
+    /// A worker whose channel is full is read promptly, however much of its window is free: its
+    /// next credit (or read) is what lets sends resume.
+    @Test func aFullChannelIsNeverMostlyFree() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.grant(worker: 1, window: 8, outstanding: 0)
+        _ = d.next(for: 0)
+        #expect(d.mostlyFree(1), "7 of 8 free")
+        d.exhaust(worker: 1)
+        #expect(!d.mostlyFree(1), "its socket is full")
+        d.unblock(worker: 1)
+        #expect(d.mostlyFree(1), "it read: room again")
+        d.exhaust(worker: 1)
+        d.returned(worker: 1, 1)
+        #expect(d.mostlyFree(1), "a credit unblocks it")
+    }
+
     @Test func lateCreditsPayWhatIsDueFirst() {
         var h = HeldHandles(capacity: 4)
         _ = h.push(10, listener: 1, atMs: 0)
