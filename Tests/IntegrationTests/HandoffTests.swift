@@ -278,6 +278,29 @@ extension Integration {
             }
         }
 
+        /// Credits that wait unread while most of the window is free must never leave the worker
+        /// unserved until the once-a-second read: a stall shows as a round of ~1 s.
+        @Test("1 Node rr worker, 12 concurrent requests × 20 rounds: every round under 400 ms (credits waiting unread never stall it until the 1 s expiry), also with a handoff socket that fills at once (PML_HANDOFF_SNDBUF=1)",
+              arguments: [[:], ["PML_HANDOFF_SNDBUF": "1"]])
+        func noStallWhileCreditsWait(env: [String: String]) async throws {
+            try await withSandbox { box in
+                try box.startDaemon(env: env)
+                let port = try Net.freePort()
+                try await box.pmlOK("start", try Dispatch.app(box, name: "web", port: port, instances: 1, dispatch: "rr"))
+                _ = try await box.waitServing("web", count: 1)
+                try await Self.waitMode(box, "web", count: 1, "credits 16, 1 fd/message")
+                var rounds: [Int] = []
+                for _ in 0..<20 {
+                    let start = nowMs()
+                    let results = await ParallelGets(port: port, count: 12, timeout: 5).wait()
+                    rounds.append(Int(nowMs() - start))
+                    let failed = failuresOf(results)
+                    #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                }
+                #expect(rounds.max()! < 400, "slowest round \(rounds.max()!) ms: \(rounds)")
+            }
+        }
+
         @Test("kill -9 of the daemon: Node rr workers (revision 2) echo the successor's mark, so it counts their credits again: 100 requests after it, each worker taking far more than its window of 16")
         func nodeEchoesTheSuccessorsMark() async throws {
             try await withSandbox { box in
