@@ -432,9 +432,10 @@ final class ConnectionRouter {
     /// second, or at its end (a hang-up is always reported). Not for a worker pml keeps copies for
     /// (credits close them), nor one whose channel is full (`mostlyFree`), nor
     /// (`HandoffChannel.rewatch`) before its hello, while the echo of a mark is awaited, or while it
-    /// writes more than a read takes.
+    /// writes more than a read takes. Nor while accept is paused or a gone worker's reclaim end is
+    /// read as room comes (`readAllCredits`): then any credit may be the room that ends the wait.
     private func paceCredits(_ worker: Int) {
-        let wait = ask { $0.mostlyFree(worker) } && !keepsCopies.contains(worker)
+        let wait = !acceptingPaused && reclaiming.isEmpty && ask { $0.mostlyFree(worker) } && !keepsCopies.contains(worker)
         guard wait != creditsWait.contains(worker) else { return }
         if wait { creditsWait.insert(worker) } else { creditsWait.remove(worker) }
         readCreditsPromptly(worker, !wait)
@@ -514,6 +515,7 @@ final class ConnectionRouter {
     func takeBack(worker: Int, from reclaim: Reclaim, countingLoad: Bool = false) {
         reclaiming.append((worker, reclaim.end, reclaim.release, countingLoad))
         _ = takeBackWhileRoom()
+        if !reclaiming.isEmpty { readAllCredits() }
     }
 
     /// Reads the reclaim ends handed over, oldest first, while the bound has room; true if it put
@@ -831,6 +833,16 @@ final class ConnectionRouter {
         acceptingPaused = true
         logger.warning("\(pendingCount) connections are waiting for a worker and \(heldCount) sent to workers are not credited back yet (at most \(waitingBound.bound) waiting, \(waitingBound.descriptors) in all, for a limit of \(openFileLimit()) open files); pausing accept")
         for l in listeners.values { rewatch(l) }
+        readAllCredits()
+    }
+
+    /// Unread credits count as connections in flight toward `waitingBound`: left waiting (up to the
+    /// next `expire`), they could keep every listener paused for a second. So every waiting worker
+    /// is read promptly until accept resumes (`paceCredits`): the loop (level-triggered) reads what
+    /// waits in their sockets at its next turn, all at once. Not read here: this runs inside a
+    /// send, and a credit drains the queue, which must not run within a drain.
+    private func readAllCredits() {
+        for worker in creditsWait { paceCredits(worker) }
     }
 
     /// Accepting resumes only once what gone workers left unread is all taken back: it came first.
