@@ -602,6 +602,12 @@ final class ConnectionRouter {
         drain()
     }
 
+    /// Reads now the credits waiting in these workers' sockets (`paceCredits`), so that what is in
+    /// flight (`hasHandleInFlight`) is up to date. Not from within a drain (a credit drains).
+    func catchUpCredits(workers: [Int]) {
+        for worker in workers where creditsWait.contains(worker) { catchUpCredits(worker) }
+    }
+
     /// Whether the worker still has a handle it has not acknowledged (or credited back).
     func hasHandleInFlight(worker: Int) -> Bool { inFlight[worker] != nil || (held[worker]?.ring.count ?? 0) > 0 }
 

@@ -338,6 +338,9 @@ extension Supervisor {
             app.autoscaleDecision = "\(AppLogFiles.timestamp()): waiting: workers are starting or stopping"
             return
         }
+        // `inflight` counts what is not credited back: credits left waiting in the workers' sockets
+        // (`ConnectionRouter.paceCredits`) would leave it stale, so they are read first.
+        router.catchUpCredits(workers: app.workers.map(\.id))
         let m = metricsValue(app)
         let name = app.spec.name
         app.autoscaleAsking = true
