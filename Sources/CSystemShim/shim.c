@@ -152,6 +152,30 @@ int pml_epoll_add(int epfd, int fd, uint32_t events, uint64_t data) { return epo
 int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data) { return epoll_op(epfd, EPOLL_CTL_MOD, fd, events, data); }
 int pml_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
 
+// glibc before 2.35 has no epoll_pwait2 wrapper: the system call itself, whose number is the same
+// on every architecture.
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441
+#endif
+
+static _Atomic int no_pwait2; // every thread's loop learns it once
+
+static int epoll_pwait2_us(int epfd, struct epoll_event *evs, int max, long long timeout_us) {
+    struct timespec t = { (time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000 };
+    int n = no_pwait2 ? -1 : (int)syscall(SYS_epoll_pwait2, epfd, evs, max, &t, NULL, (size_t)0);
+    if (n < 0 && (no_pwait2 || errno == ENOSYS || errno == EPERM)) no_pwait2 = 1;
+    return n;
+}
+
+int pml_epoll_microseconds(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) return 0;
+    struct epoll_event ev;
+    epoll_pwait2_us(fd, &ev, 1, 0);
+    close(fd);
+    return !no_pwait2;
+}
+
 int pml_epoll_wait(int epfd, pml_epoll_event *out, int max, long long timeout_us) {
     struct epoll_event evs[64];
     if (max > 64) max = 64;
@@ -162,11 +186,8 @@ int pml_epoll_wait(int epfd, pml_epoll_event *out, int max, long long timeout_us
         // Microseconds: a listener's accept hold is a few hundred µs, and epoll_wait's
         // milliseconds would round it up fourfold. A kernel without epoll_pwait2 (before 5.11,
         // or a seccomp filter that refuses it) gets the milliseconds, rounded up.
-        static _Atomic int no_pwait2; // every thread's loop learns it once
-        struct timespec t = { (time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000 };
-        n = no_pwait2 ? -1 : epoll_pwait2(epfd, evs, max, &t, NULL);
-        if (n < 0 && (no_pwait2 || errno == ENOSYS || errno == EPERM)) {
-            no_pwait2 = 1;
+        n = epoll_pwait2_us(epfd, evs, max, timeout_us);
+        if (n < 0 && no_pwait2) {
             long long ms = (timeout_us + 999) / 1000;
             n = epoll_wait(epfd, evs, max, ms > 0x7fffffff ? 0x7fffffff : (int)ms);
         }

@@ -66,8 +66,18 @@ public struct ArrivalCoalescing: Sendable, Equatable {
 
     /// `PML_ACCEPT_HOLD_US`'s text read: the hold (µs; `defaultHoldUs` when unset, 0 turns it off)
     /// and, for a value not taken as given, one line saying what was used instead. Out of
-    /// `0...max`: the nearest bound; not a whole number: off.
-    public static func holdSetting(_ text: String?, max: Int) -> (holdUs: Int, problem: String?) {
+    /// `0...max`: the nearest bound; not a whole number: off. Without `microsecondTimeouts` (the
+    /// kernel refuses epoll_pwait2) a hold would last a whole millisecond: off unless set, and said.
+    public static func holdSetting(_ text: String?, max: Int, microsecondTimeouts: Bool = true) -> (holdUs: Int, problem: String?) {
+        let setting = parsedHold(text, max: max)
+        guard !microsecondTimeouts else { return setting }
+        let coarse = "the kernel refuses epoll_pwait2, so accept holds round up to 1 ms"
+        guard text != nil else { return (0, "\(coarse); accept hold off (PML_ACCEPT_HOLD_US=N turns it on)") }
+        guard setting.holdUs > 0 else { return setting }
+        return (setting.holdUs, [setting.problem, coarse].compactMap { $0 }.joined(separator: "; "))
+    }
+
+    private static func parsedHold(_ text: String?, max: Int) -> (holdUs: Int, problem: String?) {
         guard let text else { return (defaultHoldUs, nil) }
         let digits = text.first == "+" || text.first == "-" ? text.dropFirst() : Substring(text)
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {

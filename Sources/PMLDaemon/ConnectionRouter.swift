@@ -156,9 +156,11 @@ final class ConnectionRouter {
 
     /// How long (µs) pml lets connections gather in a listener's backlog between its accept turns
     /// under sustained load (`ArrivalCoalescing`): 250 unless `PML_ACCEPT_HOLD_US` in the daemon's
-    /// environment (read once, at start) says otherwise (0: off). Only that listener waits, and
-    /// only one whose workers all take connections on the native handoff channel.
-    static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs)
+    /// environment (read once, at start) says otherwise (0: off), or the loop's timeouts are whole
+    /// milliseconds (then off unless set). Only that listener waits, and only one whose workers all
+    /// take connections on the native handoff channel.
+    static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs,
+                                                          microsecondTimeouts: EventLoop.microsecondTimeouts)
 
     private let loop: EventLoop
     private let logger: Logger

@@ -46,6 +46,10 @@ public final class EventLoop {
     private var nextID: UInt64 = 1
     private var running = false
 
+    /// Whether timeouts are kept to the microsecond (the kernel takes epoll_pwait2); if not, they
+    /// round up to whole milliseconds. Asked of the kernel once.
+    public static let microsecondTimeouts = pml_epoll_microseconds() != 0
+
     public init() throws(SystemError) {
         epfd = try sys("epoll_create1") { pml_epoll_create() }
     }

@@ -238,6 +238,22 @@ struct ArrivalCoalescingTests {
         #expect(long.count < 200, "one short line, whatever the value's length")
     }
 
+    @Test("without epoll_pwait2 (holds would round up to 1 ms): off by default, said in one line; a value set still applies, said too; 0 says nothing")
+    func holdSettingWithMillisecondTimeouts() {
+        func setting(_ text: String?) -> (Int, String?) {
+            let s = ArrivalCoalescing.holdSetting(text, max: 10_000, microsecondTimeouts: false)
+            return (s.holdUs, s.problem)
+        }
+        #expect(setting(nil).0 == 0)
+        #expect(setting(nil).1?.contains("1 ms") == true)
+        #expect(setting("250").0 == 250)
+        #expect(setting("250").1?.contains("1 ms") == true)
+        #expect(setting("20000").0 == 10_000)
+        #expect(setting("20000").1?.contains("over 10000") == true)
+        #expect(setting("0") == (0, nil))
+        #expect(setting("abc").0 == 0)
+    }
+
     /// Every sequence of four turns over these gaps and counts, against what the rules allow
     /// (checked by hand, not with #expect per turn: 2.5 million sequences).
     /// One turn of the exhaustive walk: µs since the previous turn, connections accepted, and

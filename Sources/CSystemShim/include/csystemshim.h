@@ -65,6 +65,9 @@ int pml_epoll_mod(int epfd, int fd, uint32_t events, uint64_t data);
 int pml_epoll_del(int epfd, int fd);
 /* Waits at most `timeout_us` microseconds (< 0: no limit) for events. */
 int pml_epoll_wait(int epfd, pml_epoll_event *events, int max, long long timeout_us);
+/* 1 if the kernel takes epoll_pwait2 (timeouts in microseconds), 0 if it refuses it (ENOSYS,
+   EPERM): then timeouts round up to whole milliseconds. */
+int pml_epoll_microseconds(void);
 
 /* Blocks the given signals in the calling thread and returns a CLOEXEC|NONBLOCK signalfd for them. */
 int pml_signalfd_open(const int *signals, int count);
