@@ -301,6 +301,28 @@ extension Integration {
             }
         }
 
+        /// Unread credits count toward the bound that pauses accept (64 under ulimit -n 256, less
+        /// than 6 windows of 32): once it pauses, every worker's credits must be read at once.
+        @Test("under ulimit -n 256, 6 workers of the Python example (window 32 each, bound 64), 100 concurrent requests × 8 rounds: every round under 800 ms (a pause of accept never waits for the 1 s expiry to read credits)")
+        func noStallWhileAcceptPaused() async throws {
+            try await withSandbox { box in
+                try box.startDaemon(fdLimit: 256)
+                let port = try Net.freePort()
+                try await box.pmlOK("start", try Self.exampleApp(box, name: "py", port: port, instances: 6))
+                _ = try await box.waitOnline("py", count: 6)
+                try await Self.waitMode(box, "py", count: 6, "credits 32, 8 fds/message")
+                var rounds: [Int] = []
+                for _ in 0..<8 {
+                    let start = nowMs()
+                    let results = await ParallelGets(port: port, count: 100, timeout: 5).wait()
+                    rounds.append(Int(nowMs() - start))
+                    let failed = failuresOf(results)
+                    #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+                }
+                #expect(rounds.max()! < 800, "slowest round \(rounds.max()!) ms: \(rounds)")
+            }
+        }
+
         @Test("kill -9 of the daemon: Node rr workers (revision 2) echo the successor's mark, so it counts their credits again: 100 requests after it, each worker taking far more than its window of 16")
         func nodeEchoesTheSuccessorsMark() async throws {
             try await withSandbox { box in
