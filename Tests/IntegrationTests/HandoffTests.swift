@@ -289,16 +289,23 @@ extension Integration {
                 try await box.pmlOK("start", try Dispatch.app(box, name: "web", port: port, instances: 1, dispatch: "rr"))
                 _ = try await box.waitServing("web", count: 1)
                 try await Self.waitMode(box, "web", count: 1, "credits 16, 1 fd/message")
-                var rounds: [Int] = []
-                for _ in 0..<20 {
-                    let start = nowMs()
-                    let results = await ParallelGets(port: port, count: 12, timeout: 5).wait()
-                    rounds.append(Int(nowMs() - start))
-                    let failed = failuresOf(results)
-                    #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
-                }
+                let rounds = await Self.timedRounds(port: port, rounds: 20, concurrent: 12)
                 #expect(rounds.max()! < 400, "slowest round \(rounds.max()!) ms: \(rounds)")
             }
+        }
+
+        /// `rounds` rounds of `concurrent` requests at once: how long each round took (ms); every
+        /// request must be answered.
+        static func timedRounds(port: Int, rounds: Int, concurrent: Int) async -> [Int] {
+            var times: [Int] = []
+            for _ in 0..<rounds {
+                let start = nowMs()
+                let results = await ParallelGets(port: port, count: concurrent, timeout: 5).wait()
+                times.append(Int(nowMs() - start))
+                let failed = failuresOf(results)
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
+            }
+            return times
         }
 
         /// Unread credits count toward the bound that pauses accept (64 under ulimit -n 256, less
@@ -311,14 +318,7 @@ extension Integration {
                 try await box.pmlOK("start", try Self.exampleApp(box, name: "py", port: port, instances: 6))
                 _ = try await box.waitOnline("py", count: 6)
                 try await Self.waitMode(box, "py", count: 6, "credits 32, 8 fds/message")
-                var rounds: [Int] = []
-                for _ in 0..<8 {
-                    let start = nowMs()
-                    let results = await ParallelGets(port: port, count: 100, timeout: 5).wait()
-                    rounds.append(Int(nowMs() - start))
-                    let failed = failuresOf(results)
-                    #expect(failed.isEmpty, "\(failed.count) failed: \(failed.prefix(4))")
-                }
+                let rounds = await Self.timedRounds(port: port, rounds: 8, concurrent: 100)
                 #expect(rounds.max()! < 800, "slowest round \(rounds.max()!) ms: \(rounds)")
             }
         }
