@@ -138,6 +138,9 @@ final class HandoffChannel {
         let now = monotonicMs()
         if now - lineWindow.start >= 1000 { lineWindow = (now, 0, 0) }
         var start = 0
+        // Credit lines in a row are told as one (`tell`): the router's work per credit (its queue
+        // drained, credits paced) is done once per read, not once per line (about one a connection).
+        var credits: Int?
         while let nl = input[start...].firstIndex(of: UInt8(ascii: "\n")) {
             let line = input[start..<nl]
             start = nl + 1
@@ -145,9 +148,16 @@ final class HandoffChannel {
             resync = false
             lineWindow.count += 1
             if lineWindow.count > Self.maxLinesPerSecond {
+                guard tell(&credits) else { return }
                 return cutOff("it wrote over \(Self.maxLinesPerSecond) lines a second on its handoff channel")
             }
-            switch HandoffRecord.parse(line) {
+            let record = HandoffRecord.parse(line)
+            if case .credit(let n)? = record, awaitedEcho == nil {
+                credits = (credits ?? 0) + n
+                continue
+            }
+            guard tell(&credits) else { return }
+            switch record {
             case .hello(let maxFDs, let window, let echoes)?:
                 lineWindow.hellos += 1
                 if lineWindow.hellos > Self.maxHellosPerSecond {
@@ -170,8 +180,18 @@ final class HandoffChannel {
             }
             if !isOpen { return }
         }
+        guard tell(&credits) else { return }
         input.removeFirst(start)
         if input.count > HandoffRecord.maxLineBytes { cutOff("its handoff channel sent a line over \(HandoffRecord.maxLineBytes) bytes") }
+    }
+
+    /// Tells the credits gathered from lines in a row (nil: none; a `C 0` is told too, as a read),
+    /// then forgets them; false if the channel closed meanwhile (a send the credits let go failed).
+    private func tell(_ credits: inout Int?) -> Bool {
+        guard let n = credits else { return isOpen }
+        credits = nil
+        onCredit(n)
+        return isOpen
     }
 
     /// Sends `line` with `fds` (1…8) in one message, without blocking. Partial sends cannot be
