@@ -188,11 +188,20 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     public func credits(of worker: Int) -> Int { slots[worker].map { states[$0].credits } ?? 0 }
 
     /// Whether more than half the worker's window is free (nothing in flight counts as free): its
-    /// credits need not be read as they come. False for a worker not on credits, and for one whose
-    /// channel is full (`exhaust`): only reading it shows room again.
+    /// unread credits need not be caught up with before pml sends it more. False for a worker not
+    /// on credits, and for one whose channel is full (`exhaust`): only reading it shows room again.
     public func mostlyFree(_ worker: Int) -> Bool {
         guard let s = slots[worker], let w = states[s].window, !states[s].blocked else { return false }
         return 2 * states[s].credits > w
+    }
+
+    /// Whether the worker's credits may wait unread in its socket (pml catches up with them before
+    /// it needs them): it is on credits, its channel is not full (only a read shows room again), and
+    /// it has credits left or no connection waits for a worker (`connectionsWait` false: the next
+    /// accept turn reads them first). Otherwise its credits are what lets the waiting connections go.
+    public func creditsMayWait(_ worker: Int, connectionsWait: Bool) -> Bool {
+        guard let s = slots[worker], states[s].window != nil, !states[s].blocked else { return false }
+        return states[s].credits > 0 || !connectionsWait
     }
 
     /// One more connection of `listener` for a worker that was just chosen by `next` (a batch of

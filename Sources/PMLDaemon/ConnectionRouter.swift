@@ -428,19 +428,43 @@ final class ConnectionRouter {
     }
 
     /// A credit line each time the worker reads a message woke the loop on its own (more than half
-    /// the loop's wake-ups under a close load), and it is needed only once the worker runs short of
-    /// credits. So while more than half its window is free, its credits wait in its socket (the
-    /// loop does not watch it) and are read together once it has used half, by `expire` each
-    /// second, or at its end (a hang-up is always reported). Not for a worker pml keeps copies for
-    /// (credits close them), nor one whose channel is full (`mostlyFree`), nor
-    /// (`HandoffChannel.rewatch`) before its hello, while the echo of a mark is awaited, or while it
-    /// writes more than a read takes. Nor while accept is paused or a gone worker's reclaim end is
-    /// read as room comes (`readAllCredits`): then any credit may be the room that ends the wait.
+    /// the loop's wake-ups under a close load), and it is needed only when connections wait for a
+    /// worker. So the worker's credits wait in its socket (the loop does not watch it): they are
+    /// read at the start of an accept turn once half its window is used (`catchUpHalfUsed`: a read,
+    /// no wake-up), by `expire` each second, or at its end (a hang-up is always reported). Watched
+    /// as they come once it has none left while connections wait (`connectionsWait`: they may be
+    /// waiting for its credits), and for a worker pml keeps copies for (credits close them), or one
+    /// whose channel is full (`creditsMayWait`); nor (`HandoffChannel.rewatch`) before its hello,
+    /// while the echo of a mark is awaited, or while it writes more than a read takes. Nor while
+    /// accept is paused or a gone worker's reclaim end is read as room comes (`readAllCredits`):
+    /// then any credit may be the room that ends the wait.
     private func paceCredits(_ worker: Int) {
-        let wait = !acceptingPaused && reclaiming.isEmpty && ask { $0.mostlyFree(worker) } && !keepsCopies.contains(worker)
+        let wait = !acceptingPaused && reclaiming.isEmpty && !keepsCopies.contains(worker)
+            && ask { $0.creditsMayWait(worker, connectionsWait: connectionsWait) }
         guard wait != creditsWait.contains(worker) else { return }
         if wait { creditsWait.insert(worker) } else { creditsWait.remove(worker) }
         readCreditsPromptly(worker, !wait)
+    }
+
+    /// Connections wait for a worker, for a listener not held: in pml's queue, or in its backlog while
+    /// no worker can take one (starved). Updated by `noteWaiting`.
+    private var connectionsWait = false
+
+    /// Once connections start waiting, workers out of credits are read as their credits come
+    /// (`paceCredits`); once none wait, each goes back to waiting at its next credit.
+    private func noteWaiting() {
+        // A held listener's workers are caught up with when its hold ends.
+        let now = starved.contains { listeners[$0]?.holdTimer == nil } || pending.contains { !$0.value.isEmpty && listeners[$0.key]?.holdTimer == nil }
+        guard now != connectionsWait else { return }
+        connectionsWait = now
+        if now { readAllCredits() }
+    }
+
+    /// Before an accept turn, reads the waiting credits of workers that have used half their window
+    /// or more, so that the turn's connections go round-robin on what they really have in flight
+    /// (unread credits would leave them out of rotation sooner). One read each, only for those.
+    private func catchUpHalfUsed() {
+        for worker in creditsWait where !ask({ $0.mostlyFree(worker) }) { catchUpCredits(worker) }
     }
 
     /// The worker read its handoff channel, crediting none of pml's copies (late credits for what
@@ -616,34 +640,49 @@ final class ConnectionRouter {
     /// One accept turn of `l`: on its socket and on the slot sockets pml accepts on for it (one
     /// wake-up counts once per listener, whichever of them woke it); then its `ArrivalCoalescing`
     /// decides whether it leaves the loop for a hold, alone: a loop timer ends it (`holdEnded`).
-    private func acceptTurn(_ l: AppListener, gathered: Int? = nil) {
+    private func acceptTurn(_ l: AppListener, gathered: Int? = nil, caughtUp: Bool = false) {
+        // Not within a drain (a credit drains): a turn starts from the loop, a listener's or a hold's.
+        if !caughtUp { catchUpHalfUsed() }
         acceptedThisTurn = 0
         starvedThisTurn = false
         if l.fd >= 0 { acceptAll(l.fd, l) }
         for s in l.slots.values where s.accepting && canAccept(l) { acceptAll(s.fd, l) }
-        // No hold set (the default): nothing to decide, and no clock read per turn.
+        // No hold set: nothing to decide, and no clock read per turn.
         if l.coalescing.holdUs > 0 {
             // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
             // worker gets one at a time, and a hold would only delay the ACK that frees it.
             let holdable = ask { $0.onlyCredits(serving: l.id) }
             let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, gathered: gathered,
                                          starved: starvedThisTurn, holdable: holdable)
-            if hold > 0, canAccept(l) { l.hold(loop.schedule(afterUs: hold, l.holdEnd)) }
+            if hold > 0, canAccept(l) {
+                l.hold(loop.schedule(afterUs: hold, l.holdEnd))
+            } else if starvedThisTurn, holdable, gathered == nil || acceptedThisTurn > 0 {
+                // Every worker's window is full: their credits come a line per event-loop turn, and
+                // reading each as it comes woke pml about once per connection. They are read
+                // together after a hold instead; if that hold brought none, as they come (`holdEnded`).
+                l.hold(loop.schedule(afterUs: l.coalescing.holdUs, l.holdEnd))
+            }
         }
         rewatch(l)
+        noteWaiting()
     }
 
-    /// `l`'s hold is over: what gathered meanwhile is accepted in one turn (it stays out of the
-    /// loop if that turn holds again), unless it left the loop meanwhile for another reason; then
-    /// it comes back when that reason ends (`rewatch`).
+    /// `l`'s hold is over: the credits that came meanwhile are read (they may free a worker), and
+    /// what gathered is accepted in one turn (it stays out of the loop if that turn holds again),
+    /// unless it left the loop meanwhile for another reason; then it comes back when that reason
+    /// ends (`rewatch`), and a starved listener's workers are read as their credits come.
     private func holdEnded(_ l: AppListener) {
         l.holdTimer = nil
-        guard canAccept(l) else { return rewatch(l) }
+        catchUpHalfUsed()
+        guard canAccept(l) else {
+            rewatch(l)
+            return noteWaiting()
+        }
         // What gathered during the hold, as the kernel counts it (a unix socket does not say: then
         // what the turn accepts stands for it).
         var gathered = l.fd >= 0 ? listenQueueLength(l.fd) : 0
         for s in l.slots.values where s.accepting { gathered = gathered.flatMap { g in listenQueueLength(s.fd).map { g + $0 } } }
-        acceptTurn(l, gathered: gathered)
+        acceptTurn(l, gathered: gathered, caughtUp: true)
     }
 
     /// Whether pml may accept for `l` now (apart from a hold).
@@ -834,6 +873,7 @@ final class ConnectionRouter {
             if let l = listeners[id] { rewatch(l) }
         }
         resumeIfRoom()
+        noteWaiting()
     }
 
     private func pauseAccepting() {
@@ -845,10 +885,11 @@ final class ConnectionRouter {
     }
 
     /// Unread credits count as connections in flight toward `waitingBound`: left waiting (up to the
-    /// next `expire`), they could keep every listener paused for a second. So every waiting worker
-    /// is read promptly until accept resumes (`paceCredits`): the loop (level-triggered) reads what
-    /// waits in their sockets at its next turn, all at once. Not read here: this runs inside a
-    /// send, and a credit drains the queue, which must not run within a drain.
+    /// next `expire`), they could keep every listener paused for a second; and while connections
+    /// wait, they are what frees a worker. So `paceCredits` decides again for every waiting worker:
+    /// the loop (level-triggered) reads what waits in the sockets of those now read promptly at its
+    /// next turn, all at once. Not read here: this runs inside a send, and a credit drains the
+    /// queue, which must not run within a drain.
     private func readAllCredits() {
         for worker in creditsWait { paceCredits(worker) }
     }

@@ -21,8 +21,9 @@ import Glibc
 ///   (no credit, no answer), creates the file and reads no more; once FX_TRIGGER exists, it
 ///   writes `C 4` (late credits) and the hello FX_REHELLO (so a test can see both were read).
 /// - FX_TRIGGER=<file>, FX_ON_TRIGGER: the silent instance, once that file exists, writes a line
-///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 0.5 s, then
-///   reads and serves what its handoff channel holds (the file is removed: once); or ("close")
+///   that is not a record ("garbage") or shuts down its writing side ("shutwr"), waits 1.5 s (pml
+///   reads a worker with its window in use within 1 s: `paceCredits`), then reads and serves what
+///   its handoff channel holds (the file is removed: once); or ("close")
 ///   closes its handoff channel unread, or ("shutrdwr") shuts it down both ways unread, and serves
 ///   NODE_HANDLE lines only from then on.
 /// - FX_NO_ECHO_INSTANCE=n: that instance never echoes a successor's mark (it says revision 2 all the same).
@@ -96,7 +97,7 @@ private let hostileHandoffWorker = #"""
                 handoff.sendall(b"garbage\n")
             else:
                 handoff.shutdown(socket.SHUT_WR)
-            time.sleep(0.5)
+            time.sleep(1.5)
             handoff.setblocking(False)
             while True:
                 try:

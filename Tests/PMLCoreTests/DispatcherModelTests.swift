@@ -55,6 +55,7 @@ import Testing
                 for w in workers {
                     #expect(d.load(of: w) == m.load(of: w) && d.credits(of: w) == m.credits(of: w), "\(context)")
                     #expect(d.usesCredits(w) == m.usesCredits(w) && d.mostlyFree(w) == m.mostlyFree(w), "\(context)")
+                    #expect([true, false].allSatisfy { d.creditsMayWait(w, connectionsWait: $0) == m.creditsMayWait(w, connectionsWait: $0) }, "\(context)")
                     #expect(listeners.allSatisfy { d.serves(worker: w, listener: $0) == m.serves(worker: w, listener: $0) }, "\(context)")
                 }
             }
@@ -164,6 +165,11 @@ struct ReferenceDispatcher {
     func mostlyFree(_ worker: Int) -> Bool {
         guard let c = credits[worker], let w = window[worker], !blocked.contains(worker) else { return false }
         return 2 * c > w
+    }
+
+    func creditsMayWait(_ worker: Int, connectionsWait: Bool) -> Bool {
+        guard let c = credits[worker], !blocked.contains(worker) else { return false }
+        return c > 0 || !connectionsWait
     }
 
     mutating func take(worker: Int, listener: Int) -> Bool {

@@ -181,6 +181,28 @@ import Testing
         #expect(!d.mostlyFree(1))
     }
 
+    /// What the router asks to let a worker's credits wait unread: it has credits left, or nothing
+    /// waits for a worker; never for a full channel or a worker not on credits.
+    @Test func creditsMayWaitUnlessTheyAreWhatConnectionsWaitFor() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        #expect(!d.creditsMayWait(1, connectionsWait: false), "on NODE_HANDLE: no credits to wait")
+        d.grant(worker: 1, window: 2, outstanding: 0)
+        #expect(d.creditsMayWait(1, connectionsWait: true) && d.creditsMayWait(1, connectionsWait: false))
+        _ = d.next(for: 0)
+        #expect(d.creditsMayWait(1, connectionsWait: true), "1 of 2 left: sends go on without its credits")
+        _ = d.next(for: 0)
+        #expect(!d.creditsMayWait(1, connectionsWait: true), "none left while connections wait: its credits free it")
+        #expect(d.creditsMayWait(1, connectionsWait: false), "none left, nothing waits: the next accept turn reads them")
+        d.returned(worker: 1, 1)
+        d.exhaust(worker: 1)
+        #expect(!d.creditsMayWait(1, connectionsWait: false), "its socket is full: only a read shows room again")
+        d.unblock(worker: 1)
+        #expect(d.creditsMayWait(1, connectionsWait: true))
+        d.forgetCredits(worker: 1)
+        #expect(!d.creditsMayWait(1, connectionsWait: false), "its channel closed: back on NODE_HANDLE")
+    }
+
     /// A worker whose channel is full is read promptly, however much of its window is free: its
     /// next credit (or read) is what lets sends resume.
     @Test func aFullChannelIsNeverMostlyFree() {
