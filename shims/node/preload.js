@@ -22,8 +22,8 @@
 //                  "shutdown"
 // rr and least-busy also give the worker pml's native handoff channel (PML_HANDOFF_FD, a unix
 // stream socket): the shim opts in with "H 1 <window> 2\n" and then gets each connection as
-// "<address>\n" + one fd per message, and credits each message back ("C <n>\n", one line for all
-// read in one event-loop turn) instead of a JSON message and an ACK per connection. The "2" (said
+// "<address>\n" + one fd per message, and credits each message back ("C <n>\n", one line for at
+// least 4 read, or within 2 ms) instead of a JSON message and an ACK per connection. The "2" (said
 // only if PML_HANDOFF_REVISION says pml speaks it): after a daemon death, the successor's first
 // message is "E <epoch> <address>\n"; the shim writes the credits for what it read before, then
 // "E <epoch>\n" (the successor ignores credits until then).
@@ -111,9 +111,21 @@
   const handoffRevision = Number(env.PML_HANDOFF_REVISION) >= 2 ? ' 2' : '';
   delete env.PML_HANDOFF_FD;
   delete env.PML_HANDOFF_REVISION;
+  // Credits go back a quarter of the window at a time, the rest within 2 ms: each line costs pml a
+  // read of its own (a line per connection, otherwise, under load), and pml needs them only once
+  // half the window is in flight.
+  const creditBatch = handoffWindow / 4;
+  let creditTimer = null;
   function flushCredits() {
-    creditQueued = false;
     if (handoff && credits > 0) { handoff.write('C ' + credits + '\n'); credits = 0; }
+  }
+  function endOfTurn() {
+    creditQueued = false;
+    if (credits >= creditBatch) return flushCredits();
+    if (credits === 0) return;
+    // One timer, re-armed: at most creditBatch - 1 turns push it back before a batch is full.
+    if (creditTimer) creditTimer.refresh();
+    else { creditTimer = setTimeout(flushCredits, 2); creditTimer.unref(); }
   }
   function openHandoff() {
     if (handoffTried || !(handoffFD > 2)) return;
@@ -140,9 +152,9 @@
         pipe.pendingHandle = null;
         if (nread < 0) { pipe.readStop(); pipe.close(); handoff = null; return; }
         // Every message is credited, its fd arrived or not (EMFILE: MSG_CTRUNC, no handle): a
-        // credit never given back would shrink the window for good. Credited in this event-loop
-        // turn (setImmediate runs before the next poll reads any connection's bytes): if this
-        // process dies, pml gives to others only connections nobody read a byte of.
+        // credit never given back would shrink the window for good. Counted at the end of this
+        // event-loop turn (setImmediate), written in batches (endOfTurn). If this process dies,
+        // pml takes back from the channel only what it never read, whatever was credited.
         const bytes = Buffer.from(buf, 0, nread);
         let start = 0;
         if (bytes[0] === 69 && bytes[1] === 32) { // "E ": a successor daemon's mark
@@ -151,7 +163,7 @@
           write('E ' + bytes.latin1Slice(2, start - 1) + '\n');
         }
         credits += newlines(bytes);
-        if (!creditQueued) { creditQueued = true; setImmediate(flushCredits); }
+        if (!creditQueued) { creditQueued = true; setImmediate(endOfTurn); }
         if (!h) return;
         const key = bytes.latin1Slice(start, nread).trimEnd();
         const socket = new net.Socket({ handle: h, readable: true, writable: true });
