@@ -104,7 +104,8 @@ final class AppListener {
 /// stored in the dictionary as a struct, each push and credit went through Dictionary's modify
 /// coroutine, whose frames are allocated (three mallocs each, two per connection).
 private final class HeldBox {
-    var ring: HeldHandles
+    /// Unchecked like the router's own state (it is part of it, pushed and credited per connection).
+    @exclusivity(unchecked) var ring: HeldHandles
     init(_ ring: HeldHandles) { self.ring = ring }
     /// Sent and not credited back: in the ring, or expired unread (their credits still due).
     var sent: Int { ring.count + ring.due }
@@ -164,14 +165,18 @@ final class ConnectionRouter {
 
     private let loop: EventLoop
     private let logger: Logger
-    private var dispatcher = RoundRobinDispatcher()
-    private var listeners: [Int: AppListener] = [:]
-    private var pending: [Int: [(fd: Int32, since: Int)]] = [:]
+    // `@exclusivity(unchecked)`: the state each connection's path touches. The router runs on the
+    // loop's thread only, and no access to these is held across a call that could reach them again
+    // (`ask`'s closures only question the dispatcher), so the runtime's check of each access (a call
+    // into it, a dozen per connection) found nothing and cost ~0.25 µs per connection (Benchmarks/README.md).
+    @exclusivity(unchecked) private var dispatcher = RoundRobinDispatcher()
+    @exclusivity(unchecked) private var listeners: [Int: AppListener] = [:]
+    @exclusivity(unchecked) private var pending: [Int: [(fd: Int32, since: Int)]] = [:]
     private var inFlight: [Int: (fd: Int32, listener: Int, since: Int)] = [:]
     /// Workers whose handle timed out unacknowledged: out of the rotation's reach until they answer.
     private var silent: Set<Int> = []
-    private var pendingCount = 0
-    private var acceptingPaused = false
+    @exclusivity(unchecked) private var pendingCount = 0
+    @exclusivity(unchecked) private var acceptingPaused = false
     /// Listeners not watched because no worker serving them can take a connection now.
     private var starved: Set<Int> = []
     /// Writes the handle line for `listener`'s connection `fd` to `worker` (`full` is never said:
@@ -181,31 +186,31 @@ final class ConnectionRouter {
     var sendHandle: (_ worker: Int, _ fd: Int32, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Sends `listener`'s connections `fds` in one message on `worker`'s handoff channel (counted as
     /// dispatched if they went, like `sendHandle`).
-    var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
+    @exclusivity(unchecked) var passConnections: (_ worker: Int, _ fds: UnsafeBufferPointer<Int32>, _ listener: AppListener) -> HandoffChannel.SendResult = { _, _, _ in .closed }
     /// Native handoff: what each worker has not credited back yet (with pml's copies, for a worker
     /// in `keepsCopies`), and how many fds it takes per message.
-    private var held: [Int: HeldBox] = [:]
+    @exclusivity(unchecked) private var held: [Int: HeldBox] = [:]
     /// All workers' connections sent and not credited back (`HeldBox.sent`), counted in `waitingBound`.
-    private var heldCount = 0
+    @exclusivity(unchecked) private var heldCount = 0
     /// Reclaim ends of gone workers that may still hold unread messages, oldest first: read as the
     /// bound has room (`takeBackWhileRoom`); `release` closes pml's end and the keeper's copy once
     /// nothing is left in it.
-    private var reclaiming: [(worker: Int, end: Int32, release: () -> Void, countsLoad: Bool)] = []
+    @exclusivity(unchecked) private var reclaiming: [(worker: Int, end: Int32, release: () -> Void, countsLoad: Bool)] = []
     /// Workers whose last send the kernel refused for now (ETOOMANYREFS, ENOBUFS): tried again by
     /// one short timer, not at once (the refusal lasts until fds in flight are read or taken back).
     private var refused: Set<Int> = []
     private var refusedRetry: TimerHandle?
     private var lastRefusalLogMs = Int.min / 2
-    private var maxFDs: [Int: Int] = [:]
+    @exclusivity(unchecked) private var maxFDs: [Int: Int] = [:]
     /// Workers pml has no reclaim end for (adopted from a daemon that kept none): pml keeps its copy
     /// of each connection sent to them until credited, as the only way to serve it if they die.
-    private var keepsCopies: Set<Int> = []
+    @exclusivity(unchecked) private var keepsCopies: Set<Int> = []
     /// One message's fds, gathered before its sendmsg (fixed storage: nothing allocated per connection).
     private let batch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: HandoffRecord.maxFDsPerMessage)
     /// The last batch's extra accept found nothing queued (the accept loop stops there).
-    private var batchFoundQueueEmpty = false
+    @exclusivity(unchecked) private var batchFoundQueueEmpty = false
     /// Connections accepted in this accept turn, and whether it stopped for want of a free worker.
-    private var acceptedThisTurn = 0
+    @exclusivity(unchecked) private var acceptedThisTurn = 0
     private var starvedThisTurn = false
     /// Whether the loop reads `worker`'s handoff channel as credits come (true), or lets them wait
     /// in its socket (false; `catchUpCredits` reads them). See `paceCredits`.
