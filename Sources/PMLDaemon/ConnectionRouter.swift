@@ -167,8 +167,8 @@ final class ConnectionRouter {
     private let logger: Logger
     // `@exclusivity(unchecked)`: the state each connection's path touches. The router runs on the
     // loop's thread only, and no access to these is held across a call that could reach them again
-    // (`ask`'s closures only question the dispatcher), so the runtime's check of each access (a call
-    // into it, a dozen per connection) found nothing and cost ~0.25 µs per connection (Benchmarks/README.md).
+    // (`ask`'s closures only question the dispatcher), so the runtime's check of each access could
+    // find nothing and cost a call into it each time: 18 -> 7 per connection (Benchmarks/README.md).
     @exclusivity(unchecked) private var dispatcher = RoundRobinDispatcher()
     @exclusivity(unchecked) private var listeners: [Int: AppListener] = [:]
     @exclusivity(unchecked) private var pending: [Int: [(fd: Int32, since: Int)]] = [:]
