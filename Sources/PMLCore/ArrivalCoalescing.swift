@@ -14,10 +14,22 @@
 /// looks busy but can never fill a batch, and is held back ever more rarely; `quietUs` after the
 /// back-off last grew it is forgotten (a heavy load that follows a light one is held again soon).
 /// A first connection after a quiet spell is always accepted at once. A turn that stopped because
-/// no worker could take another connection is not busy: it ends any hold and the busy count starts
-/// over (the workers are the bottleneck; a hold there would only delay their acknowledgements).
-/// Neither is a turn of a listener that some worker serves over NODE_HANDLE (one connection in
-/// flight, ACKed: holding it only delays the ACKs that free it).
+/// no worker could take another connection neither counts as busy nor ends a hold (the caller holds
+/// the listener until the workers' credits come); for `saturatedUs` after it, holding starts at
+/// once and no hold counts as sparse (it takes many clients to fill every worker's window: the
+/// workers, not the hold, are what arrivals wait for). A turn of a listener that some worker serves over
+/// NODE_HANDLE (one connection in flight, ACKed: holding it only delays the ACKs that free it) ends
+/// any hold, and the busy count starts over.
+/// While holding, the hold grows (doubling, up to `longestHoldUs`) as long as longer holds keep the
+/// arrival rate: after `probeTurns` held turns at one length it tries twice that, and keeps it for
+/// as long as each `probeTurns` turns gather at least `keepRatePercent` of the rate (connections
+/// per µs held) the shorter one last had; otherwise it goes back to the shorter one (and on down,
+/// judged the same way), and no longer one is tried for `quietUs`. A hold at `holdUs` that gathers
+/// no batch tries twice as long before it counts as sparse (open arrivals too slow for a batch in
+/// `holdUs` gather one in a longer hold), judged the same way. Where the hold is
+/// not what the clients wait for (the workers are), a longer one gathers proportionally more: fewer
+/// wake-ups for the same work, at no cost in throughput. Where it is (a few clients, each waiting
+/// for its answer before its next connection), a longer one gathers no more, and is dropped.
 /// One per listener: a hold takes only that listener out of the loop, and its turns are its own.
 /// Pure: the caller measures time.
 public struct ArrivalCoalescing: Sendable, Equatable {
@@ -37,6 +49,13 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public let maxBusyTurns: Int
     /// This long (µs) after it last grew, the back-off is forgotten.
     public let quietUs: Int
+    /// The longest a hold grows to (µs): `growth` times `holdUs` at most, and never over `maxHoldUs`.
+    public let longestHoldUs: Int
+    /// Held turns at one hold length before it is judged, or a longer one tried.
+    public static let probeTurns = 8
+    /// A longer hold is kept if its turns gathered at least this share (in percent) of the shorter
+    /// one's rate: under it, the hold is what the clients wait for.
+    public static let keepRatePercent = 80
     /// The hold when `PML_ACCEPT_HOLD_US` is not set (µs).
     public static let defaultHoldUs = 250
 
@@ -49,12 +68,29 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public private(set) var needed: Int
     /// The hold asked for after the last accept turn (0: none).
     public private(set) var holding = 0
+    /// The held turns at the current length so far, what they gathered, and over how long (µs from
+    /// the turn before each: the hold as it really lasted, and the turn).
+    private var sampleTurns = 0
+    private var sampleGathered = 0
+    private var sampleUs = 0
+    /// For each shorter hold the current one grew from (the last: half its length), its rate: what
+    /// its last `probeTurns` turns gathered, over how long.
+    private var shorter: [Rate] = []
+    private struct Rate: Equatable, Sendable { var gathered: Int; var us: Int }
+    /// When a turn last stopped for want of a free worker (µs).
+    private var lastStarvedUs: Int?
+    /// For this long (µs) after a starved turn, the workers count as saturated.
+    public static let saturatedUs = 10_000
+    /// No longer hold is tried before this time (µs).
+    private var noTrialBeforeUs = Int.min
 
     /// The defaults: holds of 250 µs, once three accept turns in a row came within 1 ms of each
-    /// other, for as long as holds gather five connections or more.
+    /// other, for as long as holds gather five connections or more; growing up to 1 ms while longer
+    /// holds keep the arrival rate.
     public init(holdUs: Int = ArrivalCoalescing.defaultHoldUs, busyGapUs: Int = 1000, busyTurns: Int = 3, minBatch: Int = 5, sparseTurns: Int = 2,
-                maxBusyTurns: Int = 1024, quietUs: Int = 1_000_000) {
+                maxBusyTurns: Int = 1024, quietUs: Int = 1_000_000, growth: Int = 4) {
         self.holdUs = min(max(0, holdUs), Self.maxHoldUs)
+        longestHoldUs = max(self.holdUs, min(self.holdUs * min(max(1, growth), 64), Self.maxHoldUs))
         self.busyGapUs = max(0, busyGapUs)
         self.busyTurns = max(1, busyTurns)
         self.minBatch = max(1, minBatch)
@@ -100,11 +136,17 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     /// Returns how long (µs) to hold off the next accept: 0 means accept as soon as one comes.
     public mutating func turn(nowUs: Int, accepted: Int, gathered: Int? = nil, starved: Bool = false, holdable: Bool = true) -> Int {
         guard holdUs > 0 else { return 0 }
-        if starved || !holdable {
+        if !holdable {
             lastTurnUs = nowUs
-            holding = 0
+            stopHolding()
             streak = 0
-            sparse = 0
+            return 0
+        }
+        // The workers are behind: the caller holds the listener until their credits come. Such a
+        // turn neither counts toward holding nor ends it.
+        if starved {
+            lastTurnUs = nowUs
+            lastStarvedUs = nowUs
             return 0
         }
         guard accepted > 0 else { return 0 }
@@ -115,29 +157,78 @@ public struct ArrivalCoalescing: Sendable, Equatable {
             needed = busyTurns
             backedOffAtUs = nil
         }
+        // The workers were all behind a moment ago (many clients, not a few): they, not the hold,
+        // are what arrivals wait for, so holding starts at once and few arrivals do not end it.
+        let saturated = lastStarvedUs.map { nowUs >= $0 && nowUs - $0 <= Self.saturatedUs } ?? false
         // A turn long after the hold ended (the load stopped, then came back) starts afresh.
         if holding > 0, let gap, gap >= 0, gap <= holding + busyGapUs {
             // Holds that gather no batch, turn after turn: arrivals are too sparse for them to pay.
-            if (gathered ?? accepted) >= minBatch {
+            let batch = gathered ?? accepted
+            if batch >= minBatch || saturated {
                 sparse = 0
-                needed = busyTurns
-                backedOffAtUs = nil
+                if batch >= minBatch {
+                    needed = busyTurns
+                    backedOffAtUs = nil
+                }
+                adjustLength(gathered: batch, overUs: gap, nowUs: nowUs)
+                return holding
+            }
+            // A sparse hold at holdUs tries twice as long first, judged as any trial (this one
+            // turn's rate standing for the shorter hold's): open arrivals too
+            // slow for a batch in holdUs gather one in a longer hold; clients that wait for the
+            // hold do not, and stop it as before.
+            if shorter.isEmpty, holding * 2 <= longestHoldUs, nowUs >= noTrialBeforeUs {
+                shorter.append(Rate(gathered: batch, us: max(1, gap)))
+                (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
+                holding *= 2
                 return holding
             }
             sparse += 1
-            if sparse < sparseTurns { return holding }
-            holding = 0
+            if sparse < sparseTurns {
+                adjustLength(gathered: batch, overUs: gap, nowUs: nowUs)
+                return holding
+            }
+            // A longer hold that gathered no batch either: none is tried again for a while.
+            if !shorter.isEmpty { noTrialBeforeUs = nowUs &+ quietUs }
+            stopHolding()
             streak = 0
-            sparse = 0
             needed = min(needed * 2, maxBusyTurns)
             backedOffAtUs = nowUs
             return 0
         }
-        holding = 0
-        sparse = 0
+        stopHolding()
         if let gap, gap >= 0, gap <= busyGapUs { streak += 1 } else { streak = 1 }
-        guard streak >= needed else { return 0 }
+        guard streak >= needed || saturated else { return 0 }
         holding = holdUs
         return holding
+    }
+
+    private mutating func stopHolding() {
+        holding = 0
+        sparse = 0
+        (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
+        shorter = []
+    }
+
+    /// A held turn that goes on holding gathered `gathered`: once `probeTurns` of them at this
+    /// length are in, this length is judged against the one below it (kept, or back to that one),
+    /// and a longer one is tried if there is one and no trial failed within `quietUs`.
+    private mutating func adjustLength(gathered: Int, overUs: Int, nowUs: Int) {
+        sampleTurns += 1
+        sampleGathered += gathered
+        sampleUs += overUs
+        guard sampleTurns >= Self.probeTurns else { return }
+        let now = Rate(gathered: sampleGathered, us: max(1, sampleUs))
+        (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
+        // Kept if its rate (gathered per µs) is keepRatePercent of the shorter one's, or more.
+        if let before = shorter.last, now.gathered * before.us * 100 < before.gathered * now.us * Self.keepRatePercent {
+            shorter.removeLast()
+            holding /= 2
+            noTrialBeforeUs = nowUs &+ quietUs
+            return
+        }
+        guard holding * 2 <= longestHoldUs, nowUs >= noTrialBeforeUs else { return }
+        shorter.append(now)
+        holding *= 2
     }
 }

@@ -29,47 +29,53 @@ struct ArrivalCoalescingTests {
     @Test("three accept turns within 1 ms of each other start holding; a hold that gathers five or more goes on, one sparse hold alone does not stop it")
     func sustainedArrivalsAreHeld() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         #expect(holds(&c, &now, [(50_000, 1), (400, 1), (400, 1)]) == [0, 0, 250])
         #expect(c.holding == 250)
         #expect(holds(&c, &now, [(260, 2), (300, 5), (251, 64)]) == [250, 250, 250])
         // The third busy turn counts from the first of them: a gap over 1 ms in between restarts the count.
-        var d = ArrivalCoalescing()
+        var d = ArrivalCoalescing(growth: 1)
         #expect(holds(&d, &now, [(100, 1), (100, 1), (1001, 1), (100, 1), (100, 1)]) == [0, 0, 0, 0, 250])
     }
 
     @Test("two held turns in a row that find fewer than five each stop holding, and holding then needs six busy turns; one alone does not")
     func sparseHoldStops() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         #expect(holds(&c, &now, [(0, 1), (200, 1), (200, 1), (300, 4), (300, 5), (300, 1), (300, 4)]) == [0, 0, 250, 250, 250, 250, 0])
         #expect(c.holding == 0)
         #expect(c.needed == 6)
         #expect(holds(&c, &now, Array(repeating: (200, 3), count: 6)) == [0, 0, 0, 0, 0, 250])
     }
 
-    @Test("2 to 4 clients sending requests back to back on new connections are held a few times, then hardly ever: a hold never gathers five of them")
+    @Test("2 to 4 clients sending requests back to back on new connections are held a few times, then hardly ever: a hold never gathers five of them, however long")
     func aFewClientsAreNotHeld() {
-        for clients in 2...4 {
-            var now = 1_000_000
-            var c = ArrivalCoalescing()
-            // Every 100 µs a turn with one of them; a held turn finds all of them at most.
-            var held = 0
-            for _ in 0..<10_000 {
-                now += c.holding > 0 ? c.holding : 100
-                if c.turn(nowUs: now, accepted: c.holding > 0 ? clients : 1) > 0 { held += 1 }
+        for growth in [1, 4] {
+            for clients in 2...4 {
+                var now = 1_000_000
+                var c = ArrivalCoalescing(growth: growth)
+                // Every 100 µs a turn with one of them; a held turn finds all of them at most.
+                var held = 0, longest = 0
+                for _ in 0..<10_000 {
+                    now += c.holding > 0 ? c.holding : 100
+                    let hold = c.turn(nowUs: now, accepted: c.holding > 0 ? clients : 1)
+                    if hold > 0 { held += 1 }
+                    longest = max(longest, hold)
+                }
+                // About a second of this: 3, 6, …, 768, then 1024 busy turns before each try, two held
+                // turns a try (9 tries to reach 1024, then 8 of 1024): at most 0.4 % of turns; with
+                // growth, a third (the first at 500 µs) while no trial failed within 1 s.
+                #expect(held <= (growth == 1 ? 40 : 60), "\(clients) clients: \(held) held turns of 10000")
+                #expect(longest <= (growth == 1 ? 250 : 500), "\(clients) clients: a hold of \(longest) µs")
+                #expect(c.needed == 1024)
             }
-            // About a second of this: 3, 6, …, 768, then 1024 busy turns before each try, two held
-            // turns a try (9 tries to reach 1024, then 8 of 1024): at most 0.4 % of turns.
-            #expect(held <= 40, "\(clients) clients: \(held) held turns of 10000")
-            #expect(c.needed == 1024)
         }
     }
 
     @Test("after a hold, what was queued when the turn began decides, not what the turn accepted: a slow turn takes in what a few fast clients bring during it")
     func gatheredDecides() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1)])
         #expect(c.holding == 250)
         now += 300
@@ -77,7 +83,7 @@ struct ArrivalCoalescingTests {
         now += 300
         #expect(c.turn(nowUs: now, accepted: 30, gathered: 4) == 0, "two sparse turns end it, whatever was accepted")
         #expect(c.needed == 6)
-        var d = ArrivalCoalescing()
+        var d = ArrivalCoalescing(growth: 1)
         _ = holds(&d, &now, [(5000, 1), (200, 1), (200, 1)])
         now += 300
         #expect(d.turn(nowUs: now, accepted: 5, gathered: 5) == 250)
@@ -91,7 +97,7 @@ struct ArrivalCoalescingTests {
     @Test("a client sending one request at a time within 1 ms is held ever more rarely: twice as many busy turns after each hold that gathered nothing, up to 1024; a hold that gathers a batch starts over")
     func oneAtATimeBacksOff() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         var heldAt: [Int] = []
         for i in 0..<4000 where holds(&c, &now, [(400, 1)]) == [250] { heldAt.append(i) }
         // 3 busy turns (the third holds), one more held, one sparse that stops; 6 busy; 12… then 1024.
@@ -101,7 +107,7 @@ struct ArrivalCoalescingTests {
         let last = heldAt.suffix(4)
         #expect(Array(last).count == 4 && last[last.startIndex + 2] - last[last.startIndex] == 1026, "every 1024 busy turns at most: \(last)")
         // Now a load that fills batches: back to three busy turns once a hold gathers five.
-        var busy = ArrivalCoalescing()
+        var busy = ArrivalCoalescing(growth: 1)
         _ = holds(&busy, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 1)])
         #expect(busy.needed == 6)
         _ = holds(&busy, &now, Array(repeating: (200, 1), count: 6))
@@ -113,7 +119,7 @@ struct ArrivalCoalescingTests {
     @Test("a turn that accepted nothing changes nothing and holds nothing")
     func emptyTurns() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1)])
         let before = c
         #expect(c.turn(nowUs: 99, accepted: 0) == 0)
@@ -124,7 +130,7 @@ struct ArrivalCoalescingTests {
     @Test("load that stops and comes back as a burst after a quiet spell is not held")
     func quietSpellResets() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1)])
         #expect(c.holding == 250)
         // 250 µs of hold + 1 ms: still the held turn. A µs more: a fresh start.
@@ -160,7 +166,7 @@ struct ArrivalCoalescingTests {
     @Test("the back-off is forgotten over 1 s after it last grew, not before, with or without turns meanwhile")
     func backOffRecovers() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         _ = holds(&c, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 1)])
         #expect(c.needed == 6)
         _ = holds(&c, &now, [(1_000_000, 1)])
@@ -170,7 +176,7 @@ struct ArrivalCoalescingTests {
         #expect(holds(&c, &now, [(200, 1), (200, 1)]) == [0, 250], "three busy turns hold again")
         // Not only after a quiet spell: turns that go on (here every 2 ms) forget it too, 1 s after
         // it last grew, so a heavy load that follows a light one is held again soon.
-        var d = ArrivalCoalescing()
+        var d = ArrivalCoalescing(growth: 1)
         _ = holds(&d, &now, [(0, 1), (200, 1), (200, 1), (300, 1), (300, 1)])
         #expect(d.needed == 6)
         _ = holds(&d, &now, Array(repeating: (2000, 1), count: 500))
@@ -179,29 +185,46 @@ struct ArrivalCoalescingTests {
         #expect(d.needed == 3)
     }
 
-    @Test("a turn that stopped because no worker was free is not busy: it ends a hold and the busy count starts over (NODE_HANDLE workers: a hold would only delay their ACKs)")
-    func starvedTurnsNeverHold() {
+    @Test("a turn that stopped because no worker was free neither counts as busy nor ends a hold (pml holds the listener for the workers' credits itself)")
+    func starvedTurnsNeitherCountNorEndHolds() {
         var now = 1_000_000
         var c = ArrivalCoalescing()
-        // Every turn ends with all workers busy, however fast: never held.
+        // Every turn ends with all workers busy, however fast: coalescing never holds.
         for _ in 0..<1000 { now += 100; #expect(c.turn(nowUs: now, accepted: 2, starved: true) == 0) }
         #expect(c.holding == 0)
-        // Holding, then a starved turn: the hold ends, without backing off.
-        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1), (260, 3)]) == [0, 0, 250, 250])
+        // Over 10 ms later (saturation over), holding, then a starved turn: the hold stays for the turn after it.
+        #expect(holds(&c, &now, [(20_000, 1), (100, 1), (100, 1), (260, 5)]) == [0, 0, 250, 250])
         now += 260
         #expect(c.turn(nowUs: now, accepted: 4, starved: true) == 0)
-        #expect(c.holding == 0 && c.needed == 3)
-        // Two busy turns, a starved one, two busy: the count restarted, no hold yet; a third holds.
-        #expect(holds(&c, &now, [(100, 1), (100, 1)]) == [0, 0])
+        #expect(c.holding == 250 && c.needed == 3)
+        #expect(holds(&c, &now, [(260, 5)]) == [250], "the next turn is a held one")
+        // Two busy turns, a starved one: the starved one ended nothing, and the next turn holds
+        // (the workers are saturated: `saturatedWorkersAreHeldFor`).
+        var d = ArrivalCoalescing()
+        #expect(holds(&d, &now, [(5000, 1), (100, 1)]) == [0, 0])
         now += 100
-        #expect(c.turn(nowUs: now, accepted: 0, starved: true) == 0)
-        #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1)]) == [0, 0, 250])
+        #expect(d.turn(nowUs: now, accepted: 0, starved: true) == 0)
+        #expect(holds(&d, &now, [(100, 1)]) == [250])
+    }
+
+    @Test("for 10 ms after a starved turn the workers count as saturated: holding starts with the first turn, and holds that gather few go on; after that, the usual rules")
+    func saturatedWorkersAreHeldFor() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing(growth: 1)
+        #expect(c.turn(nowUs: now, accepted: 3, starved: true) == 0)
+        #expect(holds(&c, &now, [(2000, 1)]) == [250], "a lone turn 2 ms later holds")
+        #expect(holds(&c, &now, [(300, 1), (300, 0), (300, 1), (300, 2)]) == [250, 0, 250, 250], "few per hold: not sparse")
+        now += 10_000
+        #expect(holds(&c, &now, [(100, 1), (300, 1)]) == [0, 0], "over 10 ms later: a turn long after the hold, then the busy count")
+        var d = ArrivalCoalescing(growth: 1)
+        #expect(d.turn(nowUs: now, accepted: 3, starved: true) == 0)
+        #expect(holds(&d, &now, [(10_001, 1)]) == [0], "10 ms and 1 µs later: not saturated")
     }
 
     @Test("a turn of a listener some NODE_HANDLE worker serves is never held: it ends a hold and the busy count starts over, like a starved one")
     func unholdableTurnsNeverHold() {
         var now = 1_000_000
-        var c = ArrivalCoalescing()
+        var c = ArrivalCoalescing(growth: 1)
         for _ in 0..<1000 { now += 100; #expect(c.turn(nowUs: now, accepted: 8, holdable: false) == 0) }
         #expect(c.holding == 0 && c.needed == 3)
         #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1), (260, 3)]) == [0, 0, 250, 250])
@@ -209,6 +232,113 @@ struct ArrivalCoalescingTests {
         #expect(c.turn(nowUs: now, accepted: 4, holdable: false) == 0, "a worker on NODE_HANDLE joined")
         #expect(c.holding == 0 && c.needed == 3, "no back-off: the hold did not fail")
         #expect(holds(&c, &now, [(100, 1), (100, 1), (100, 1)]) == [0, 0, 250], "three busy turns again")
+    }
+
+    /// Held turns, each right after the hold before it ended, gathering `gathered(hold)`: the holds.
+    private func heldRun(_ c: inout ArrivalCoalescing, _ now: inout Int, turns: Int, gathered: (Int) -> Int) -> [Int] {
+        (0..<turns).map { _ in
+            let hold = c.holding
+            now += hold + 10
+            let n = gathered(hold)
+            return c.turn(nowUs: now, accepted: n, gathered: n)
+        }
+    }
+
+    /// Starts holding (three busy turns): the hold is holdUs.
+    private func startHolding(_ c: inout ArrivalCoalescing, _ now: inout Int) {
+        #expect(holds(&c, &now, [(50_000, 1), (100, 1), (100, 1)]).last == c.holdUs)
+    }
+
+    @Test("arrivals that do not wait for the hold (twice as long a hold gathers twice as much): it doubles every 8 held turns up to 4 x holdUs, and stays there")
+    func holdGrowsWhileTheRateHolds() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        #expect(c.longestHoldUs == 1000)
+        startHolding(&c, &now)
+        // 20 connections per ms, whatever the hold.
+        let run = heldRun(&c, &now, turns: 40, gathered: { $0 / 50 })
+        #expect(Array(run[0..<7]) == Array(repeating: 250, count: 7))
+        #expect(Array(run[7..<15]) == Array(repeating: 500, count: 8), "\(run)")
+        #expect(Array(run[15...]).allSatisfy { $0 == 1000 }, "\(run)")
+        // Kept at 80 % of the rate: 16 per ms at 1000 µs.
+        #expect(heldRun(&c, &now, turns: 24, gathered: { $0 * 16 / 1000 }).allSatisfy { $0 == 1000 })
+    }
+
+    @Test("arrivals that wait for the hold (a few clients, each waiting for its answer): a longer hold gathers no more, so it goes back and is tried again only after quietUs")
+    func holdDoesNotGrowWhenClientsWaitForIt() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        startHolding(&c, &now)
+        // Eight clients: eight connections per hold, however long.
+        let run = heldRun(&c, &now, turns: 40, gathered: { _ in 8 })
+        #expect(Array(run[0..<7]) == Array(repeating: 250, count: 7))
+        #expect(Array(run[7..<15]) == Array(repeating: 500, count: 8), "tried: \(run)")
+        #expect(Array(run[15...]).allSatisfy { $0 == 250 }, "back: \(run)")
+        // Not tried again within quietUs (1 s) of the failed trial; tried again once it is over.
+        let failedAt = now - 25 * 260
+        var held = 0
+        while now - failedAt <= 1_000_000 {
+            held = heldRun(&c, &now, turns: 1, gathered: { _ in 8 })[0]
+            if held != 250 { break }
+        }
+        #expect(held == 250, "no trial within 1 s")
+        let later = heldRun(&c, &now, turns: 8, gathered: { _ in 8 })
+        #expect(later.last == 500, "a trial after 1 s: \(later)")
+    }
+
+    @Test("a grown hold whose arrivals turn to waiting for it goes back down step by step to holdUs; holding that stops starts again at holdUs")
+    func grownHoldComesBack() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        startHolding(&c, &now)
+        _ = heldRun(&c, &now, turns: 16, gathered: { $0 / 50 })
+        #expect(c.holding == 1000)
+        // Six clients now: six per hold (under 80 % of the rate each shorter hold had).
+        let run = heldRun(&c, &now, turns: 24, gathered: { _ in 6 })
+        #expect(Array(run[0..<7]).allSatisfy { $0 == 1000 } && Array(run[7..<15]).allSatisfy { $0 == 500 }, "\(run)")
+        #expect(Array(run[15...]).allSatisfy { $0 == 250 }, "\(run)")
+        now += 5000
+        #expect(c.turn(nowUs: now, accepted: 3) == 0, "a turn long after the hold: holding stops")
+        startHolding(&c, &now)
+        #expect(c.holding == 250)
+        // Starved: holding stops too, and starts again at holdUs.
+        _ = heldRun(&c, &now, turns: 8, gathered: { $0 / 50 })
+        #expect(c.holding == 250, "the trial that failed was within 1 s: none yet")
+        now += 100
+        #expect(c.turn(nowUs: now, accepted: 3, starved: true) == 0)
+        startHolding(&c, &now)
+        #expect(c.holding == 250)
+    }
+
+    @Test("a sparse hold at holdUs tries twice as long before it counts: arrivals at 11 a ms (under five in 250 µs) are held, and the hold grows to 1 ms; four clients waiting for their answers gather no more in 500 µs, and holding stops as before")
+    func sparseHoldTriesLonger() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing()
+        startHolding(&c, &now)
+        let open = heldRun(&c, &now, turns: 24, gathered: { $0 * 11 / 1000 })
+        #expect(open[0] == 500, "2 in 250 µs: tried 500 at once: \(open)")
+        #expect(open.allSatisfy { $0 > 0 } && open.last == 1000, "\(open)")
+        var d = ArrivalCoalescing()
+        startHolding(&d, &now)
+        let few = heldRun(&d, &now, turns: 3, gathered: { _ in 4 })
+        #expect(few == [500, 500, 0], "\(few)")
+        #expect(d.needed == 6, "backed off as any sparse holding")
+        // Within quietUs of that: a sparse hold counts at once.
+        #expect(holds(&d, &now, Array(repeating: (100, 1), count: 6)).last == 250)
+        #expect(heldRun(&d, &now, turns: 2, gathered: { _ in 4 }) == [250, 0])
+    }
+
+    @Test("growth 1 (or a holdUs that cannot double within maxHoldUs) never grows the hold")
+    func holdGrowthBounded() {
+        var now = 1_000_000
+        var c = ArrivalCoalescing(growth: 1)
+        startHolding(&c, &now)
+        #expect(heldRun(&c, &now, turns: 40, gathered: { $0 / 50 + 5 }).allSatisfy { $0 == 250 })
+        var d = ArrivalCoalescing(holdUs: 6000)
+        #expect(d.longestHoldUs == ArrivalCoalescing.maxHoldUs)
+        startHolding(&d, &now)
+        #expect(heldRun(&d, &now, turns: 40, gathered: { $0 / 50 }).allSatisfy { $0 == 6000 })
+        #expect(ArrivalCoalescing(holdUs: 3000).longestHoldUs == 10_000)
     }
 
     @Test("a hold is at most 10000 µs, however it is made")
@@ -257,10 +387,10 @@ struct ArrivalCoalescingTests {
     /// Every sequence of four turns over these gaps and counts, against what the rules allow
     /// (checked by hand, not with #expect per turn: 2.5 million sequences).
     /// One turn of the exhaustive walk: µs since the previous turn, connections accepted, and
-    /// whether it stopped starved or its listener had a NODE_HANDLE server (either: `reset`).
+    /// whether it stopped starved (`reset` 1) or its listener had a NODE_HANDLE server (2).
     private struct Step { var gap: Int; var accepted: Int; var reset = 0 }
 
-    @Test("exhaustively: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than five; starved or NODE_HANDLE-served turns never hold and restart the count; the back-off ends quietUs after it last grew")
+    @Test("exhaustively, without growth: a hold is never over holdUs, and only follows three busy turns or held turns that did not twice in a row gather fewer than five, or any turn within 10 ms of a starved one; starved turns hold nothing and end nothing; NODE_HANDLE-served turns never hold and restart the count; the back-off ends quietUs after it last grew")
     func exhaustive() {
         let gaps = [-5, 0, 100, 250, 999, 1000, 1001, 1250, 1251, 5000]
         let counts = [0, 1, 2, 5]
@@ -277,11 +407,20 @@ struct ArrivalCoalescingTests {
             var needed = made.busyTurns
             var lastAcceptAt: Int?
             var backedOffAt: Int?     // when needed last grew
+            var lastStarvedAt: Int?
             for t in turns {
                 now += t.gap
                 let wasHolding = c.holding
                 let h = c.turn(nowUs: now, accepted: t.accepted, starved: t.reset == 1, holdable: t.reset != 2)
                 guard h == 0 || h == c.holdUs else { return false }
+                if t.reset == 1 {
+                    // Starved: no hold from coalescing, nothing counted, nothing ended.
+                    guard h == 0, c.holding == wasHolding, c.needed == needed else { return false }
+                    lastAcceptAt = now
+                    lastStarvedAt = now
+                    checked += 1
+                    continue
+                }
                 if t.reset > 0 {
                     // Not busy: no hold, the counts start over, the back-off stays.
                     guard h == 0, c.holding == 0, c.needed == needed else { return false }
@@ -299,16 +438,18 @@ struct ArrivalCoalescingTests {
                 if let t = backedOffAt, now - t > c.quietUs || now < t { needed = c.busyTurns; backedOffAt = nil }
                 let gap = lastAcceptAt.map { now - $0 }
                 let heldTurn = wasHolding > 0 && gap.map { $0 >= 0 && $0 <= wasHolding + c.busyGapUs } == true
+                // Within saturatedUs of a starved turn: holding starts at once, nothing is sparse.
+                let saturated = lastStarvedAt.map { now >= $0 && now - $0 <= ArrivalCoalescing.saturatedUs } ?? false
                 busyRun = gap.map { $0 >= 0 && $0 <= c.busyGapUs } == true ? busyRun + 1 : 1
                 if heldTurn {
                     // A held turn goes on holding unless it is the second sparse one in a row.
-                    sparseRun = t.accepted >= c.minBatch ? 0 : sparseRun + 1
+                    sparseRun = t.accepted >= c.minBatch || saturated ? 0 : sparseRun + 1
                     if t.accepted >= c.minBatch { needed = c.busyTurns; backedOffAt = nil }
                     guard (h > 0) == (sparseRun < c.sparseTurns) else { return false }
                     if h == 0 { busyRun = 0; sparseRun = 0; needed = min(needed * 2, c.maxBusyTurns); backedOffAt = now }
                 } else {
                     sparseRun = 0
-                    guard (h > 0) == (busyRun >= needed) else { return false }
+                    guard (h > 0) == (busyRun >= needed || saturated) else { return false }
                 }
                 guard c.needed == needed else { return false }
                 lastAcceptAt = now
@@ -318,8 +459,9 @@ struct ArrivalCoalescingTests {
         }
         // The defaults, and shorter runs so that four turns also reach the end of a hold, and the
         // back-off its end (quietUs within the gaps walked).
-        let settings = [ArrivalCoalescing(), ArrivalCoalescing(busyTurns: 1),
-                        ArrivalCoalescing(busyTurns: 1, sparseTurns: 1, maxBusyTurns: 3, quietUs: 1000)]
+        // Without growth (holds that grow are walked by the tests above).
+        let settings = [ArrivalCoalescing(growth: 1), ArrivalCoalescing(busyTurns: 1, growth: 1),
+                        ArrivalCoalescing(busyTurns: 1, sparseTurns: 1, maxBusyTurns: 3, quietUs: 1000, growth: 1)]
         for made in settings {
             for a in steps { for b in steps { for c in steps { for d in steps where wrong == nil {
                 if !check([a, b, c, d], made) { wrong = [a, b, c, d] }
