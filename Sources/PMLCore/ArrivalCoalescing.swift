@@ -23,10 +23,8 @@
 /// While holding, the hold grows (doubling, up to `longestHoldUs`) as long as longer holds keep the
 /// arrival rate: after `probeTurns` held turns at one length it tries twice that, and keeps it for
 /// as long as each `probeTurns` turns gather at least `keepRatePercent` of the rate (connections
-/// per µs held) the shorter one last had; otherwise it goes back to the shorter one (and on down,
-/// judged the same way), and no longer one is tried for `quietUs`. A hold at `holdUs` that gathers
-/// no batch tries twice as long before it counts as sparse (open arrivals too slow for a batch in
-/// `holdUs` gather one in a longer hold), judged the same way. Where the hold is
+/// per µs held) that holds of `holdUs` last had; otherwise it goes back to the shorter one (and on
+/// down, judged the same way), and no longer one is tried for `quietUs`. Where the hold is
 /// not what the clients wait for (the workers are), a longer one gathers proportionally more: fewer
 /// wake-ups for the same work, at no cost in throughput. Where it is (a few clients, each waiting
 /// for its answer before its next connection), a longer one gathers no more, and is dropped.
@@ -53,8 +51,8 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     public let longestHoldUs: Int
     /// Held turns at one hold length before it is judged, or a longer one tried.
     public static let probeTurns = 8
-    /// A longer hold is kept if its turns gathered at least this share (in percent) of the shorter
-    /// one's rate: under it, the hold is what the clients wait for.
+    /// A longer hold is kept if its turns gathered at least this share (in percent) of the rate of
+    /// holds of `holdUs`: under it, the hold is what the clients wait for.
     public static let keepRatePercent = 80
     /// The hold when `PML_ACCEPT_HOLD_US` is not set (µs).
     public static let defaultHoldUs = 250
@@ -73,8 +71,8 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     private var sampleTurns = 0
     private var sampleGathered = 0
     private var sampleUs = 0
-    /// For each shorter hold the current one grew from (the last: half its length), its rate: what
-    /// its last `probeTurns` turns gathered, over how long.
+    /// For each shorter hold the current one grew from (the first: `holdUs`), its rate: what its
+    /// last `probeTurns` turns gathered, over how long.
     private var shorter: [Rate] = []
     private struct Rate: Equatable, Sendable { var gathered: Int; var us: Int }
     /// When a turn last stopped for want of a free worker (µs).
@@ -173,16 +171,6 @@ public struct ArrivalCoalescing: Sendable, Equatable {
                 adjustLength(gathered: batch, overUs: gap, nowUs: nowUs)
                 return holding
             }
-            // A sparse hold at holdUs tries twice as long first, judged as any trial (this one
-            // turn's rate standing for the shorter hold's): open arrivals too
-            // slow for a batch in holdUs gather one in a longer hold; clients that wait for the
-            // hold do not, and stop it as before.
-            if shorter.isEmpty, holding * 2 <= longestHoldUs, nowUs >= noTrialBeforeUs {
-                shorter.append(Rate(gathered: batch, us: max(1, gap)))
-                (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
-                holding *= 2
-                return holding
-            }
             sparse += 1
             if sparse < sparseTurns {
                 adjustLength(gathered: batch, overUs: gap, nowUs: nowUs)
@@ -220,8 +208,9 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         guard sampleTurns >= Self.probeTurns else { return }
         let now = Rate(gathered: sampleGathered, us: max(1, sampleUs))
         (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
-        // Kept if its rate (gathered per µs) is keepRatePercent of the shorter one's, or more.
-        if let before = shorter.last, now.gathered * before.us * 100 < before.gathered * now.us * Self.keepRatePercent {
+        // Kept if its rate (gathered per µs) is keepRatePercent of the base hold's, or more: judged
+        // against the base, not the next shorter one, as a few per cent lost at each step add up.
+        if let before = shorter.first, now.gathered * before.us * 100 < before.gathered * now.us * Self.keepRatePercent {
             shorter.removeLast()
             holding /= 2
             noTrialBeforeUs = nowUs &+ quietUs

@@ -174,11 +174,12 @@ public struct RoundRobinDispatcher: Sendable, Equatable {
     /// The worker is on the handoff channel (credits), not on NODE_HANDLE ACKs.
     public func usesCredits(_ worker: Int) -> Bool { slots[worker].map { states[$0].window != nil } ?? false }
 
-    /// Whether some worker serves `listener` and every one that does is on the handoff channel.
-    public func onlyCredits(serving listener: Int) -> Bool {
+    /// Whether some worker serves `listener` and every one that does is on the handoff channel,
+    /// with a window of `minWindow` or more.
+    public func onlyCredits(serving listener: Int, minWindow: Int = 1) -> Bool {
         var any = false
         for s in order where states[s].serving.contains(listener) {
-            guard states[s].window != nil else { return false }
+            guard let w = states[s].window, w >= minWindow else { return false }
             any = true
         }
         return any

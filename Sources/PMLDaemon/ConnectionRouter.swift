@@ -160,6 +160,8 @@ final class ConnectionRouter {
     /// environment (read once, at start) says otherwise (0: off), or the loop's timeouts are whole
     /// milliseconds (then off unless set). Only that listener waits, and only one whose workers all
     /// take connections on the native handoff channel.
+    /// The smallest window of a worker whose listener is ever held (the Node preload's is 16).
+    static let holdableWindow = 8
     static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs,
                                                           microsecondTimeouts: EventLoop.microsecondTimeouts)
 
@@ -654,9 +656,10 @@ final class ConnectionRouter {
         for s in l.slots.values where s.accepting && canAccept(l) { acceptAll(s.fd, l) }
         // No hold set: nothing to decide, and no clock read per turn.
         if l.coalescing.holdUs > 0 {
-            // Only a listener whose workers all take connections with credits is held: a NODE_HANDLE
-            // worker gets one at a time, and a hold would only delay the ACK that frees it.
-            let holdable = ask { $0.onlyCredits(serving: l.id) }
+            // Only a listener whose workers all take connections with credits, several in flight, is
+            // held: a NODE_HANDLE worker gets one at a time, as does one with a small window, and a
+            // hold would only delay the ACK or credit that frees it.
+            let holdable = ask { $0.onlyCredits(serving: l.id, minWindow: Self.holdableWindow) }
             let hold = l.coalescing.turn(nowUs: monotonicUs(), accepted: acceptedThisTurn, gathered: gathered,
                                          starved: starvedThisTurn, holdable: holdable)
             if hold > 0, canAccept(l) {
@@ -664,8 +667,9 @@ final class ConnectionRouter {
             } else if starvedThisTurn, holdable, gathered == nil || acceptedThisTurn > 0 {
                 // Every worker's window is full: their credits come a line per event-loop turn, and
                 // reading each as it comes woke pml about once per connection. They are read
-                // together after a hold instead; if that hold brought none, as they come (`holdEnded`).
-                l.hold(loop.schedule(afterUs: l.coalescing.holdUs, l.holdEnd))
+                // together after a hold instead (twice the accept hold: a full window of at least
+                // `holdableWindow` is more work than that); if it brought none, as they come (`holdEnded`).
+                l.hold(loop.schedule(afterUs: 2 * l.coalescing.holdUs, l.holdEnd))
             }
         }
         rewatch(l)

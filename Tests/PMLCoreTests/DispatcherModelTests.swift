@@ -51,6 +51,7 @@ import Testing
                 for l in listeners {
                     #expect(d.hasFreeWorker(for: l) == m.hasFreeWorker(for: l), "\(context)")
                     #expect(d.onlyCredits(serving: l) == m.onlyCredits(serving: l), "\(context)")
+                    #expect(d.onlyCredits(serving: l, minWindow: 3) == m.onlyCredits(serving: l, minWindow: 3), "\(context)")
                 }
                 for w in workers {
                     #expect(d.load(of: w) == m.load(of: w) && d.credits(of: w) == m.credits(of: w), "\(context)")
@@ -151,10 +152,10 @@ struct ReferenceDispatcher {
 
     func usesCredits(_ worker: Int) -> Bool { credits[worker] != nil }
 
-    func onlyCredits(serving listener: Int) -> Bool {
+    func onlyCredits(serving listener: Int, minWindow: Int = 1) -> Bool {
         var any = false
         for w in rotation where serving[w]?.contains(listener) == true {
-            guard credits[w] != nil else { return false }
+            guard credits[w] != nil, let win = window[w], win >= minWindow else { return false }
             any = true
         }
         return any

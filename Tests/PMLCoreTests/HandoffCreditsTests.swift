@@ -160,6 +160,19 @@ import Testing
         #expect(!d.onlyCredits(serving: 0))
     }
 
+    /// A listener is held only if every worker serving it has several connections in flight to work on.
+    @Test func onlyCreditsWithAWindowOfAtLeast() {
+        var d = RoundRobinDispatcher()
+        d.add(worker: 1, listener: 0)
+        d.add(worker: 2, listener: 0)
+        d.grant(worker: 1, window: 16, outstanding: 0)
+        d.grant(worker: 2, window: 4, outstanding: 0)
+        #expect(d.onlyCredits(serving: 0) && !d.onlyCredits(serving: 0, minWindow: 8), "worker 2's window is 4")
+        d.grant(worker: 2, window: 8, outstanding: 0)
+        #expect(d.onlyCredits(serving: 0, minWindow: 8))
+        #expect(!d.onlyCredits(serving: 0, minWindow: 17))
+    }
+
     /// What the router asks to let a worker's credits wait unread: more than half its window free.
     @Test func mostlyFreeWhileMoreThanHalfTheWindowIsFree() {
         var d = RoundRobinDispatcher()

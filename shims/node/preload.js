@@ -154,7 +154,9 @@
         // Every message is credited, its fd arrived or not (EMFILE: MSG_CTRUNC, no handle): a
         // credit never given back would shrink the window for good. Counted at the end of this
         // event-loop turn (setImmediate), written in batches (endOfTurn). If this process dies,
-        // pml takes back from the channel only what it never read, whatever was credited.
+        // pml takes back from the channel only what it never read, whatever was credited (it
+        // holds a reclaim end for every worker it started; only workers adopted from an older
+        // pml, which run that pml's preload, are served from copies kept until credited).
         const bytes = Buffer.from(buf, 0, nread);
         let start = 0;
         if (bytes[0] === 69 && bytes[1] === 32) { // "E ": a successor daemon's mark
