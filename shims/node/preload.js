@@ -402,8 +402,10 @@
         st.sockets.add(socket);
         socket.once('close', () => st.sockets.delete(socket));
       }
-      // Done once its writing side has finished (the response sent) or it closed, whichever is
-      // first: the report then reaches pml before the client's next connection usually does.
+      // least-busy only (two listeners a connection, for nothing in the other modes): done once
+      // its writing side has finished (the response sent) or it closed, whichever is first: the
+      // report then reaches pml before the client's next connection usually does.
+      if (!reportLoad) return;
       let counted = true;
       const done = () => { if (counted) { counted = false; connectionClosed(); } };
       socket.once('finish', done);
