@@ -100,6 +100,37 @@ extension Integration {
             }
         }
 
+        @Test("a keep-alive request in progress when its Node worker gets \"shutdown\" (reload --graceful) is answered with Connection: close, and the connection ends (the preload finds it among the HTTP server's own connections); before, the same request keeps its connection")
+        func inProgressKeepAliveEndsAtReload() async throws {
+            try await withSandbox { box in
+                let port = try Net.freePort()
+                let script = """
+                    require('http').createServer((req, res) => {
+                      const reply = () => res.end('hello from ' + process.pid + '\\n');
+                      if (req.url === '/slow') setTimeout(reply, 2500); else reply();
+                    }).listen(Number(process.env.FX_PORT));
+                    """
+                let file = try Self.nodeApp(box, name: "ka", script: script, port: port, instances: 1, extra: "  kill_timeout = 8000,")
+                try await box.pmlOK("start", file)
+                _ = try await box.waitServing("ka", count: 1)
+                let request = "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+                // Before: answered, the connection kept.
+                let kept = try RawConnection(.local(port))
+                #expect(kept.send(request))
+                let first = kept.read(idle: 3, deadline: nowMs() + 10_000)
+                #expect(first.text.contains("hello from") && first.text.lowercased().contains("connection: keep-alive") && !first.eof, "\(first.text)")
+                // In progress while the worker is told to stop: Connection: close, then EOF.
+                let conn = try RawConnection(.local(port))
+                #expect(conn.send(request))
+                await sleepMs(300)
+                async let reload = box.pml(["reload", "ka", "--graceful"], timeout: 40)
+                let reply = conn.read(idle: 4, deadline: nowMs() + 15_000)
+                #expect(reply.text.contains("hello from") && reply.text.lowercased().contains("connection: close"), "\(reply.text)")
+                #expect(reply.eof, "the server closed the connection after the answer")
+                #expect(try await reload.ok)
+            }
+        }
+
         // MARK: the graceful message
 
         @Test("a Node worker handling 'shutdown' itself gets it, closes and exits 0 on its own (no signal, well before kill_timeout)")

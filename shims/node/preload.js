@@ -392,13 +392,29 @@
     return origListen.call(server, { fd: slot.fd });
   }
 
-  // Every connection of a shim server, handed over or accepted on an inherited socket.
+  // The sockets of an HTTP server that lists its own connections (Node 18.2+: what its
+  // closeIdleConnections goes through), or null.
+  function ownConnections(server) {
+    const k = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
+    const list = k && server[k];
+    return list && typeof list.all === 'function' ? list.all().map((parser) => parser.socket).filter(Boolean) : null;
+  }
+
+  // Every connection of a shim server, handed over or accepted on an inherited socket: kept only
+  // where shutdown must find them (an HTTP server that does not list its own: `stopKeepAlive`), and
+  // counted for least-busy. Otherwise nothing is done per connection.
   function track(server) {
     if (server[kTracked]) return;
     server[kTracked] = true;
-    server.prependListener('connection', (socket) => {
+    // Decided at the first connection: an HTTP server sets up its list when it starts listening.
+    let keep;
+    const onConnection = (socket) => {
+      if (keep === undefined) {
+        keep = typeof server.closeIdleConnections === 'function' && ownConnections(server) === null;
+        if (!keep && !reportLoad) return server.removeListener('connection', onConnection);
+      }
       const st = server[kState];
-      if (st) {
+      if (st && keep) {
         st.sockets.add(socket);
         socket.once('close', () => st.sockets.delete(socket));
       }
@@ -410,7 +426,8 @@
       const done = () => { if (counted) { counted = false; connectionClosed(); } };
       socket.once('finish', done);
       socket.once('close', done);
-    });
+    };
+    server.prependListener('connection', onConnection);
   }
 
   function describe(request) {
@@ -574,7 +591,7 @@
         return emit.apply(this, arguments);
       };
     }
-    for (const socket of st.sockets) endKeepAlive(socket);
+    for (const socket of ownConnections(server) ?? st.sockets) endKeepAlive(socket);
     if (typeof server.closeIdleConnections !== 'function') return;
     if (!closingGently) { server.closeIdleConnections(); return; }
     const t = setTimeout(() => server.closeIdleConnections(), IDLE_GRACE_MS);
