@@ -154,14 +154,14 @@ final class ConnectionRouter {
     /// it keeps one), and the worker gets no other until it answers (a late ACK, NACK or credit proves it alive).
     /// `PML_HANDOFF_EXPIRY_MS` in the daemon's environment (read once, at start) changes it, for tests.
     static let ackTimeoutMs = HomeConfig.environmentInteger("PML_HANDOFF_EXPIRY_MS", in: 100...600_000, default: 10_000)
+    /// The smallest window of a worker whose listener is ever held (the Node preload's is 16).
+    static let holdableWindow = 8
 
     /// How long (µs) pml lets connections gather in a listener's backlog between its accept turns
     /// under sustained load (`ArrivalCoalescing`): 250 unless `PML_ACCEPT_HOLD_US` in the daemon's
     /// environment (read once, at start) says otherwise (0: off), or the loop's timeouts are whole
     /// milliseconds (then off unless set). Only that listener waits, and only one whose workers all
-    /// take connections on the native handoff channel.
-    /// The smallest window of a worker whose listener is ever held (the Node preload's is 16).
-    static let holdableWindow = 8
+    /// take connections on the native handoff channel, with windows of `holdableWindow` or more.
     static let acceptHold = ArrivalCoalescing.holdSetting(processEnvironment()["PML_ACCEPT_HOLD_US"], max: ArrivalCoalescing.maxHoldUs,
                                                           microsecondTimeouts: EventLoop.microsecondTimeouts)
 
@@ -438,13 +438,13 @@ final class ConnectionRouter {
     /// the loop's wake-ups under a close load), and it is needed only when connections wait for a
     /// worker. So the worker's credits wait in its socket (the loop does not watch it): they are
     /// read at the start of an accept turn once half its window is used (`catchUpHalfUsed`: a read,
-    /// no wake-up), by `expire` each second, or at its end (a hang-up is always reported). Watched
-    /// as they come once it has none left while connections wait (`connectionsWait`: they may be
-    /// waiting for its credits), and for a worker pml keeps copies for (credits close them), or one
-    /// whose channel is full (`creditsMayWait`); nor (`HandoffChannel.rewatch`) before its hello,
-    /// while the echo of a mark is awaited, or while it writes more than a read takes. Nor while
-    /// accept is paused or a gone worker's reclaim end is read as room comes (`readAllCredits`):
-    /// then any credit may be the room that ends the wait.
+    /// no wake-up), by `expire` each second, or at its end (a hang-up is always reported). Read as
+    /// they come instead: once it has none left while connections wait (`connectionsWait`: they
+    /// may be waiting for its credits), for a worker pml keeps copies for (credits close them), for
+    /// one whose channel is full (`creditsMayWait`), and (`HandoffChannel.rewatch`) before its
+    /// hello, while the echo of a mark is awaited, or while it writes more than a read takes; also
+    /// while accept is paused or a gone worker's reclaim end is read as room comes
+    /// (`readAllCredits`): then any credit may be the room that ends the wait.
     private func paceCredits(_ worker: Int) {
         let wait = !acceptingPaused && reclaiming.isEmpty && !keepsCopies.contains(worker)
             && ask { $0.creditsMayWait(worker, connectionsWait: connectionsWait) }
