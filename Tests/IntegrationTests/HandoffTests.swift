@@ -553,6 +553,20 @@ extension Integration {
             return by
         }
 
+        /// Under ulimit -n 256 (the daemon's bound on connections waiting or in flight is then 64,
+        /// the handoff expiry 60 s): app "h", 6 workers that read and credit nothing (window 64
+        /// each) until the sandbox's `wake` file exists, all on the handoff channel. Its port and rows.
+        static func sixSilentUnderLimit(_ box: Sandbox, withoutCapSysResource: Bool = false) async throws -> (port: Int, rows: [Row]) {
+            try box.startDaemon(fdLimit: 256, withoutCapSysResource: withoutCapSysResource, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
+            let port = try Net.freePort()
+            let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
+                                           env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": box.work + "/wake"])
+            try await box.pmlOK("start", file)
+            let rows = try await box.waitOnline("h", count: 6)
+            try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+            return (port, rows)
+        }
+
         /// How many fds the daemon has open (-1 if it cannot be read).
         static func daemonFDs(_ box: Sandbox) -> Int {
             guard let pid = box.daemonPid else { return -1 }
@@ -664,14 +678,7 @@ extension Integration {
         @Test("under ulimit -n 256, 6 workers that never credit (window 64 each): pml sends them only as many as its bound (64, what it could take back into its own fds), keeps none of them itself, and the rest wait in the backlog; pml ls answers throughout; once they read, all 300 are answered")
         func unreadConnectionsTakeNoDaemonFDs() async throws {
             try await withSandbox { box in
-                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
-                let port = try Net.freePort()
-                let wake = box.work + "/wake"
-                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
-                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
-                try await box.pmlOK("start", file)
-                try await box.waitOnline("h", count: 6)
-                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let port = try await Self.sixSilentUnderLimit(box).port
                 let before = Self.daemonFDs(box)
                 // 300 connections: far more than the bound, which counts every one sent and not credited.
                 let gets = ParallelGets(port: port, count: 300, timeout: 30)
@@ -906,14 +913,7 @@ extension Integration {
         @Test("under ulimit -n 256, 6 stopped workers that never read (window 64 each) and then all killed at once: pml takes back only what its bound has room for, the rest as it drains; the restarted workers answer all 300")
         func killAllUnderLimit() async throws {
             try await withSandbox { box in
-                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
-                let port = try Net.freePort()
-                let wake = box.work + "/wake"
-                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
-                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
-                try await box.pmlOK("start", file)
-                let rows = try await box.waitOnline("h", count: 6)
-                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let (port, rows) = try await Self.sixSilentUnderLimit(box)
                 let gets = ParallelGets(port: port, count: 300, timeout: 30)
                 try await box.waitFor("the bound (64) handed to the silent workers", timeout: 20) {
                     try await Dispatch.dispatched(box, "h").values.reduce(0, +) == 64 ? true : nil
@@ -935,14 +935,7 @@ extension Integration {
         @Test("under ulimit -n 256 (bound 64), two daemons each send 64 to 6 silent workers (128 unread), which are then killed and replaced by workers as silent: the daemon takes back only what its bound has room for and keeps the rest in the reclaim ends (and the keeper's copies); killed with -9, its successor takes back from those; once the workers read, all 128 are answered")
         func takeBackWaitsForRoomAndOutlivesTheDaemon() async throws {
             try await withSandbox { box in
-                try box.startDaemon(fdLimit: 256, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
-                let port = try Net.freePort()
-                let wake = box.work + "/wake"
-                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
-                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
-                try await box.pmlOK("start", file)
-                let rows = try await box.waitOnline("h", count: 6)
-                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let (port, rows) = try await Self.sixSilentUnderLimit(box)
                 try await Self.waitSaved(box, "h", count: 6, [1, 64])
                 let gets = ParallelGets(port: port, count: 128, timeout: 60)
                 func successor() async throws {
@@ -1011,14 +1004,7 @@ extension Integration {
         @Test("a daemon without CAP_SYS_RESOURCE (a non-root user's limits, ulimit -n 256) whose user already has 230 fds in flight: the kernel refuses its sends (ETOOMANYREFS) past 256; the channels stay, pml tries again, and once those fds are read all 100 requests are answered by the same workers")
         func refusedSendsKeepTheChannels() async throws {
             try await withSandbox { box in
-                try box.startDaemon(fdLimit: 256, withoutCapSysResource: true, env: ["PML_HANDOFF_EXPIRY_MS": "60000"])
-                let port = try Net.freePort()
-                let wake = box.work + "/wake"
-                let file = try Self.hostileApp(box, name: "h", port: port, instances: 6,
-                                               env: ["FX_HELLO": "H 1 64", "FX_SILENT_INSTANCE": "all", "FX_WAKE": wake])
-                try await box.pmlOK("start", file)
-                let rows = try await box.waitOnline("h", count: 6)
-                try await Self.waitMode(box, "h", count: 6, "credits 64, 1 fd/message")
+                let (port, rows) = try await Self.sixSilentUnderLimit(box, withoutCapSysResource: true)
                 let caps = box.read("/proc/\(box.daemonPid ?? 0)/status").split(separator: "\n").first { $0.hasPrefix("CapEff") }
                 #expect(caps != nil && !caps!.hasSuffix("ffffffffff"), "the daemon runs without every capability: \(String(describing: caps))")
                 // The same user (the kernel counts fds in flight per user) puts 230 in flight and
