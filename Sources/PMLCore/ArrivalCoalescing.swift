@@ -71,9 +71,9 @@ public struct ArrivalCoalescing: Sendable, Equatable {
     private var sampleTurns = 0
     private var sampleGathered = 0
     private var sampleUs = 0
-    /// For each shorter hold the current one grew from (the first: `holdUs`), its rate: what its
-    /// last `probeTurns` turns gathered, over how long.
-    private var shorter: [Rate] = []
+    /// While the hold is longer than `holdUs`: the rate holds of `holdUs` had before it grew, what
+    /// their last `probeTurns` turns gathered over how long (every longer hold is judged by it).
+    private var base: Rate?
     private struct Rate: Equatable, Sendable { var gathered: Int; var us: Int }
     /// When a turn last stopped for want of a free worker (µs).
     private var lastStarvedUs: Int?
@@ -177,7 +177,7 @@ public struct ArrivalCoalescing: Sendable, Equatable {
                 return holding
             }
             // A longer hold that gathered no batch either: none is tried again for a while.
-            if !shorter.isEmpty { noTrialBeforeUs = nowUs &+ quietUs }
+            if base != nil { noTrialBeforeUs = nowUs &+ quietUs }
             stopHolding()
             streak = 0
             needed = min(needed * 2, maxBusyTurns)
@@ -195,12 +195,12 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         holding = 0
         sparse = 0
         (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
-        shorter = []
+        base = nil
     }
 
     /// A held turn that goes on holding gathered `gathered`: once `probeTurns` of them at this
-    /// length are in, this length is judged against the one below it (kept, or back to that one),
-    /// and a longer one is tried if there is one and no trial failed within `quietUs`.
+    /// length are in, this length is judged against `base` (kept, or back to half as long), and a
+    /// longer one is tried if there is one and no trial failed within `quietUs`.
     private mutating func adjustLength(gathered: Int, overUs: Int, nowUs: Int) {
         sampleTurns += 1
         sampleGathered += gathered
@@ -210,14 +210,14 @@ public struct ArrivalCoalescing: Sendable, Equatable {
         (sampleTurns, sampleGathered, sampleUs) = (0, 0, 0)
         // Kept if its rate (gathered per µs) is keepRatePercent of the base hold's, or more: judged
         // against the base, not the next shorter one, as a few per cent lost at each step add up.
-        if let before = shorter.first, now.gathered * before.us * 100 < before.gathered * now.us * Self.keepRatePercent {
-            shorter.removeLast()
+        if let before = base, now.gathered * before.us * 100 < before.gathered * now.us * Self.keepRatePercent {
             holding /= 2
+            if holding == holdUs { base = nil }
             noTrialBeforeUs = nowUs &+ quietUs
             return
         }
         guard holding * 2 <= longestHoldUs, nowUs >= noTrialBeforeUs else { return }
-        shorter.append(now)
+        if base == nil { base = now }
         holding *= 2
     }
 }
